@@ -1,0 +1,122 @@
+"""``create_app(settings)``: the whole gateway, built in one place.
+
+Everything with a lifetime (store, blob storage, HTTP session, providers,
+scheduler) is opened in the lifespan and closed in reverse order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from muxproxy.app_state import AppState
+from muxproxy.auth import Authenticator, hash_key
+from muxproxy.clock import Clock, SystemClock, now_ms
+from muxproxy.errors import MuxError, status_error
+from muxproxy.gateway import Gateway
+from muxproxy.http import ErrorRenderer
+from muxproxy.logs import configure_logging, get_logger
+from muxproxy.metrics import Metrics
+from muxproxy.middleware import RequestContext
+from muxproxy.providers import build_providers
+from muxproxy.runner import JobRunner
+from muxproxy.scheduler import Scheduler
+from muxproxy.settings import Settings
+from muxproxy.signing import UrlSigner
+from muxproxy.storage import open_storage
+from muxproxy.store import open_store
+from muxproxy.surfaces import files, native, ops
+
+log = get_logger("muxproxy.app")
+
+# Which surface's error shape answers a request that matched no route, by path prefix.
+ERROR_SHAPES: tuple[tuple[str, ErrorRenderer], ...] = ()
+
+
+def _renderer_for(path: str) -> ErrorRenderer:
+    for prefix, render in ERROR_SHAPES:
+        if path.startswith(prefix):
+            return render
+    return native.render_error
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: MuxError = status_error(exc.status_code, exc.detail or "error")
+    if exc.status_code == 404:
+        error = status_error(404, f"no route for {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        error = status_error(405, f"method {request.method} not allowed here")
+    return _renderer_for(request.url.path)(error)
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
+    clock = clock or SystemClock()
+    metrics = Metrics()
+    configure_logging(settings.logging.level, settings.logging.format)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = await _start(settings, clock, metrics)
+        app.state.mux = state
+        log.info("muxproxy started", providers=sorted(state.providers),
+                 models=len(settings.models), public_url=settings.server.public_url)
+        try:
+            yield
+        finally:
+            await _stop(state)
+            log.info("muxproxy stopped")
+
+    return Starlette(
+        routes=[*native.routes, *files.routes, *ops.routes],
+        middleware=[Middleware(RequestContext, metrics=metrics)],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+
+
+async def _start(settings: Settings, clock: Clock, metrics: Metrics) -> AppState:
+    store = open_store(settings.database.url)
+    await store.open()
+    try:
+        for key in settings.keys:
+            await store.upsert_key(key.name, hash_key(key.key), now=now_ms(clock))
+        storage = open_storage(settings.storage.url)
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+            headers={"User-Agent": "muxproxy/0.1"})
+    except BaseException:
+        await store.aclose()
+        raise
+    providers = build_providers(dict(settings.providers), http, clock)
+    signer = UrlSigner(settings.server.secret, settings.server.public_url,
+                       settings.storage.url_ttl_seconds, clock)
+    runner = JobRunner(settings, store, storage, providers, http, clock, metrics)
+    scheduler = Scheduler(store, providers, runner, clock, settings.jobs, metrics)
+    gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
+                      scheduler.wake)
+    state = AppState(settings=settings, clock=clock, metrics=metrics, store=store,
+                     storage=storage, http=http, providers=providers, signer=signer,
+                     auth=Authenticator(store), gateway=gateway, runner=runner,
+                     scheduler=scheduler)
+    await scheduler.start()
+    return state
+
+
+async def _stop(state: AppState) -> None:
+    await state.scheduler.stop(state.settings.server.graceful_shutdown_seconds)
+    for provider in state.providers.values():
+        try:
+            await provider.aclose()
+        except Exception:
+            log.warning("provider close failed", provider=provider.name, exc_info=True)
+    await state.http.close()
+    await state.storage.aclose()
+    await state.store.aclose()

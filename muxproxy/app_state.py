@@ -1,0 +1,36 @@
+"""Everything the app builds at start, kept on ``app.state.mux``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from muxproxy.auth import Authenticator
+from muxproxy.clock import Clock
+from muxproxy.gateway import Gateway
+from muxproxy.metrics import Metrics
+from muxproxy.providers.base import Provider
+from muxproxy.runner import JobRunner
+from muxproxy.scheduler import Scheduler
+from muxproxy.settings import Settings
+from muxproxy.signing import UrlSigner
+from muxproxy.storage import BlobStorage
+from muxproxy.store import Store
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    clock: Clock
+    metrics: Metrics
+    store: Store
+    storage: BlobStorage
+    http: aiohttp.ClientSession
+    providers: Mapping[str, Provider]
+    signer: UrlSigner
+    auth: Authenticator
+    gateway: Gateway
+    runner: JobRunner
+    scheduler: Scheduler

@@ -1,0 +1,52 @@
+"""``muxproxy serve [--config PATH]`` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from muxproxy.settings import SettingsError, load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="muxproxy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"),
+                       help="config file (default: $MUXPROXY_CONFIG or ./config.toml)")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"))
+    args = parser.parse_args(argv)
+
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"muxproxy: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"{args.config}: ok ({len(settings.providers)} providers, "
+              f"{len(settings.models)} models)")
+        return 0
+    return _serve(settings, args.host, args.port)
+
+
+def _serve(settings: object, host: str | None, port: int | None) -> int:
+    import uvicorn
+
+    from muxproxy.app import create_app
+    from muxproxy.settings import Settings
+
+    assert isinstance(settings, Settings)
+    app = create_app(settings)
+    uvicorn.run(app, host=host or settings.server.host, port=port or settings.server.port,
+                log_level="warning", access_log=False, proxy_headers=False,
+                timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The domain's exception tree.
+
+Each surface renders these in its own error shape at the edge; nothing below the
+surfaces knows about HTTP bodies.
+"""
+
+from __future__ import annotations
+
+
+class MuxError(Exception):
+    """A request-level failure with an HTTP status and a stable code."""
+
+    status = 500
+    code = "internal_error"
+    type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+
+class InvalidRequest(MuxError):
+    status = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+
+class Unauthorized(MuxError):
+    status = 401
+    code = "invalid_api_key"
+    type = "authentication_error"
+
+
+class InsufficientCredits(MuxError):
+    status = 402
+    code = "insufficient_credits"
+    type = "insufficient_quota"
+
+
+class Forbidden(MuxError):
+    status = 403
+    code = "forbidden"
+    type = "permission_error"
+
+
+class NotFound(MuxError):
+    status = 404
+    code = "not_found"
+    type = "not_found_error"
+
+
+class MethodNotAllowed(MuxError):
+    status = 405
+    code = "method_not_allowed"
+    type = "invalid_request_error"
+
+
+class Conflict(MuxError):
+    status = 409
+    code = "conflict"
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(MuxError):
+    status = 413
+    code = "payload_too_large"
+    type = "invalid_request_error"
+
+
+class UnsupportedMediaType(MuxError):
+    status = 415
+    code = "unsupported_media_type"
+    type = "invalid_request_error"
+
+
+class RateLimited(MuxError):
+    status = 429
+    code = "rate_limit_exceeded"
+    type = "rate_limit_error"
+
+
+class InternalError(MuxError):
+    status = 500
+    code = "internal_error"
+    type = "server_error"
+
+
+class UpstreamFailed(MuxError):
+    status = 502
+    code = "upstream_error"
+    type = "upstream_error"
+
+
+class WaitTimeout(MuxError):
+    status = 504
+    code = "timeout"
+    type = "timeout_error"
+
+
+class ServiceUnavailable(MuxError):
+    status = 503
+    code = "unavailable"
+    type = "server_error"
+
+
+def status_error(status: int, message: str) -> MuxError:
+    """The domain error for a bare HTTP status (routing 404/405 and the like)."""
+    for cls in (InvalidRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed,
+                PayloadTooLarge, UnsupportedMediaType, RateLimited):
+        if cls.status == status:
+            return cls(message)
+    return InternalError(message)

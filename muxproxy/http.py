@@ -1,0 +1,95 @@
+"""HTTP plumbing shared by the surfaces: fast JSON, bounded body reading, and the
+one place where domain errors turn into each surface's error body."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse as _StarletteJSON
+from starlette.responses import Response
+
+from muxproxy.errors import InternalError, InvalidRequest, MuxError, PayloadTooLarge
+from muxproxy.logs import get_logger
+
+log = get_logger("muxproxy.http")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+ErrorRenderer = Callable[[MuxError], Response]
+
+
+class JSONResponse(_StarletteJSON):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            too_big = int(declared) > limit
+        except ValueError:
+            raise InvalidRequest("invalid Content-Length header") from None
+        if too_big:
+            raise PayloadTooLarge(f"request body exceeds the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the {limit} byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidRequest("client disconnected while sending the body") from None
+    return b"".join(chunks)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        raise InvalidRequest("request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON: {exc.args[0] if exc.args else exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return data
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def surface(render: ErrorRenderer) -> Callable[[Endpoint], Endpoint]:
+    """Wrap an endpoint so every failure leaves in its surface's error shape.
+
+    Unexpected exceptions are logged with their traceback and answered as a plain
+    500 in the surface's shape: the client never sees a stack trace.
+    """
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except MuxError as exc:
+                response = render(exc)
+            except Exception:
+                log.exception("unhandled error", path=request.url.path)
+                response = render(InternalError("internal server error"))
+            return response
+
+        return wrapped
+
+    return decorate
+
+
+def with_retry_after(response: Response, exc: MuxError) -> Response:
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    return response

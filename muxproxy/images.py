@@ -1,0 +1,73 @@
+"""Image facts shared by every layer: formats, sniffing, pixel sizes."""
+
+from __future__ import annotations
+
+import math
+import re
+
+FORMATS: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS: dict[str, str] = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp",
+                              "image/gif": "gif"}
+RESOLUTIONS: dict[str, int] = {"1k": 1024, "2k": 2048, "4k": 4096}
+ASPECT_RATIO = re.compile(r"^(\d{1,2}(?:\.\d)?):(\d{1,2}(?:\.\d)?)$")
+SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+MIN_SIDE, MAX_SIDE = 64, 4096
+
+
+def sniff(data: bytes) -> str | None:
+    """The image content type judged by the bytes themselves, or None if not an image."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return None
+
+
+def normalize_format(value: str) -> str | None:
+    value = value.lower()
+    return "jpeg" if value == "jpg" else value if value in FORMATS else None
+
+
+def parse_size(value: str) -> tuple[int, int] | None:
+    match = SIZE.match(value)
+    if not match:
+        return None
+    width, height = int(match.group(1)), int(match.group(2))
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        return None
+    return width, height
+
+
+def parse_ratio(value: str) -> float | None:
+    match = ASPECT_RATIO.match(value)
+    if not match:
+        return None
+    w, h = float(match.group(1)), float(match.group(2))
+    if w <= 0 or h <= 0 or not (1 / 4 <= w / h <= 4):
+        return None
+    return w / h
+
+
+def _round16(value: float) -> int:
+    return max(MIN_SIDE, int(round(value / 16)) * 16)
+
+
+def pixel_size(size: tuple[int, int] | None, aspect_ratio: str | None,
+               resolution: str | None) -> tuple[int, int]:
+    """The output size: ``size`` wins; else the ratio at the resolution's pixel area.
+
+    ``1k`` means about 1024x1024 pixels of area, as Gemini's ``imageSize`` does
+    (16:9 at 1k is 1360x768).
+    """
+    if size is not None:
+        return size
+    ratio = parse_ratio(aspect_ratio) if aspect_ratio and aspect_ratio != "auto" else None
+    ratio = ratio or 1.0
+    side = RESOLUTIONS.get((resolution or "1k").lower(), 1024)
+    area = side * side
+    width, height = _round16(math.sqrt(area * ratio)), _round16(math.sqrt(area / ratio))
+    return min(width, MAX_SIDE), min(height, MAX_SIDE)

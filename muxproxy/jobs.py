@@ -1,0 +1,175 @@
+"""Jobs: the state machine, and the job record as the store hands it out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from muxproxy.generation import GenerationRequest
+
+
+class JobState(StrEnum):
+    # Accepted and stored; waiting for a worker slot.
+    PENDING = "pending"
+    # A worker holds it: calling a sync upstream, or an async upstream has it and
+    # we poll. Retries and resumed polling stay here.
+    PROCESSING = "processing"
+    # Images are stored and listed in the result. Terminal.
+    COMPLETED = "completed"
+    # Given up; fail_code and fail_msg say why. Terminal.
+    FAILED = "failed"
+
+
+# The only moves a job may make. The store refuses any other.
+#   pending    -> processing  (claimed by a worker)
+#   pending    -> failed      (deadline passed before any worker took it)
+#   processing -> processing  (upstream id recorded, retry or next poll scheduled)
+#   processing -> completed   (images stored)
+#   processing -> failed      (permanent error, retries and routes exhausted, deadline)
+TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.PROCESSING, JobState.FAILED}),
+    JobState.PROCESSING: frozenset({JobState.PROCESSING, JobState.COMPLETED, JobState.FAILED}),
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset(),
+}
+TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED})
+
+
+class IllegalTransition(Exception):
+    def __init__(self, job_id: str, current: JobState | None, target: JobState) -> None:
+        super().__init__(f"job {job_id}: {current} -> {target} is not allowed")
+        self.job_id = job_id
+        self.current = current
+        self.target = target
+
+
+def can_transition(current: JobState, target: JobState) -> bool:
+    return target in TRANSITIONS[current]
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    key: str
+    content_type: str
+    width: int | None = None
+    height: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "content_type": self.content_type,
+                "width": self.width, "height": self.height}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StoredImage:
+        return cls(key=data["key"], content_type=data["content_type"],
+                   width=data.get("width"), height=data.get("height"))
+
+
+@dataclass(frozen=True)
+class JobResult:
+    images: tuple[StoredImage, ...]
+    revised_prompt: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"images": [i.to_json() for i in self.images]}
+        if self.revised_prompt is not None:
+            data["revised_prompt"] = self.revised_prompt
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobResult:
+        return cls(images=tuple(StoredImage.from_json(i) for i in data["images"]),
+                   revised_prompt=data.get("revised_prompt"))
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What a surface hands the store to create a job."""
+
+    id: str
+    key_id: str
+    surface: str
+    model: str
+    request: GenerationRequest
+    client_params: Mapping[str, Any]
+    provider: str
+    upstream_model: str
+    callback_url: str | None
+    created_at: int
+    deadline_at: int
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    key_id: str
+    surface: str
+    model: str
+    state: JobState
+    request: GenerationRequest
+    client_params: Mapping[str, Any]
+    route_index: int
+    provider: str
+    upstream_model: str
+    upstream_id: str | None
+    upstream_state: Mapping[str, Any]
+    result: JobResult | None
+    fail_code: str | None
+    fail_msg: str | None
+    attempts: int
+    recoveries: int
+    polls: int
+    callback_url: str | None
+    created_at: int
+    started_at: int | None
+    completed_at: int | None
+    updated_at: int
+    run_after: int
+    deadline_at: int
+    lease_owner: str | None = None
+    lease_until: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def served_by(self) -> str:
+        """``<provider>/<model_name>``, as the callback's ``data.model`` names it."""
+        return f"{self.provider}/{self.upstream_model}"
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        result = row["result"]
+        return cls(
+            id=row["id"],
+            key_id=row["key_id"],
+            surface=row["surface"],
+            model=row["model"],
+            state=JobState(row["state"]),
+            request=GenerationRequest.from_json(json.loads(row["params"])),
+            client_params=json.loads(row["client_params"]),
+            route_index=row["route_index"],
+            provider=row["provider"],
+            upstream_model=row["upstream_model"],
+            upstream_id=row["upstream_id"],
+            upstream_state=json.loads(row["upstream_state"] or "{}"),
+            result=JobResult.from_json(json.loads(result)) if result else None,
+            fail_code=row["fail_code"],
+            fail_msg=row["fail_msg"],
+            attempts=row["attempts"],
+            recoveries=row["recoveries"],
+            polls=row["polls"],
+            callback_url=row["callback_url"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            completed_at=row["completed_at"],
+            updated_at=row["updated_at"],
+            run_after=row["run_after"],
+            deadline_at=row["deadline_at"],
+            lease_owner=row["lease_owner"],
+            lease_until=row["lease_until"],
+        )

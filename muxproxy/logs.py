@@ -1,0 +1,72 @@
+"""Structured JSON logs (structlog), with secrets and image data kept out.
+
+Context (``request_id``, ``job_id``) is bound through contextvars, so every line
+logged while serving a request or running a job carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+
+_SECRET_NAMES = re.compile(r"(authorization|api[-_]?key|secret|token|password|x-key)", re.I)
+_BASE64ISH = re.compile(r"^[A-Za-z0-9+/=_-]{200,}$")
+_DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+")
+
+
+def scrub(value: Any) -> Any:
+    """Replace base64 blobs and data URIs in a logged value with a short placeholder."""
+    if isinstance(value, str):
+        if _BASE64ISH.match(value):
+            return f"<{len(value)} chars elided>"
+        if "base64," in value:
+            return _DATA_URI.sub("<data uri elided>", value)
+        return value
+    if isinstance(value, dict):
+        return {k: "<redacted>" if _SECRET_NAMES.search(str(k)) else scrub(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    return value
+
+
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if key != "event" and _SECRET_NAMES.search(key):
+            event[key] = "<redacted>"
+        else:
+            event[key] = scrub(event[key])
+    return event
+
+
+def _dumps(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    renderer: Any = (structlog.processors.JSONRenderer(serializer=_dumps) if fmt == "json"
+                     else structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,48 @@
+"""Prometheus metrics, on a registry of the app's own (no process globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "muxproxy_http_requests", "HTTP requests served", ["route", "method", "status"],
+            registry=r)
+        self.http_latency = Histogram(
+            "muxproxy_http_request_duration_seconds", "HTTP request latency",
+            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.job_transitions = Counter(
+            "muxproxy_job_transitions", "Jobs entering a state", ["model", "provider", "state"],
+            registry=r)
+        self.jobs = Gauge(
+            "muxproxy_jobs", "Jobs in the store by model, provider and state",
+            ["model", "provider", "state"], registry=r)
+        self.job_duration = Histogram(
+            "muxproxy_job_duration_seconds", "Time from submit to a terminal state",
+            ["model", "provider", "state"], buckets=JOB_BUCKETS, registry=r)
+        self.jobs_in_flight = Gauge(
+            "muxproxy_jobs_in_flight", "Jobs a worker is running right now", ["provider"],
+            registry=r)
+        self.upstream_requests = Counter(
+            "muxproxy_upstream_requests", "Upstream provider calls by outcome",
+            ["provider", "outcome"], registry=r)
+        self.upstream_latency = Histogram(
+            "muxproxy_upstream_request_duration_seconds", "Upstream call latency",
+            ["provider"], buckets=JOB_BUCKETS, registry=r)
+
+    def set_job_counts(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        self.jobs.clear()
+        for (model, provider, state), count in counts.items():
+            self.jobs.labels(model, provider, state).set(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,98 @@
+"""An offline provider that renders real images: the prompt on a gradient.
+
+Deterministic for a given prompt, so tests can compare bytes. ``options``:
+``delay_seconds`` (per image job), ``failure_rate`` (0..1, a permanent failure
+"demo failure" drawn per job from the prompt and job id), ``async`` (answer
+with an upstream id and finish on the first poll, to exercise polling offline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import random
+import textwrap
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from muxproxy import images
+from muxproxy.providers.base import (
+    Call,
+    Finished,
+    Handle,
+    ImageData,
+    PollOutcome,
+    Provider,
+    Submitted,
+    SubmitOutcome,
+)
+from muxproxy.providers.errors import UpstreamError
+
+
+class DemoProvider(Provider):
+    kind = "demo"
+    is_async = True
+
+    @property
+    def _delay(self) -> float:
+        return float(self.settings.options.get("delay_seconds", 0.0))
+
+    @property
+    def _failure_rate(self) -> float:
+        return float(self.settings.options.get("failure_rate", 0.0))
+
+    async def submit(self, call: Call) -> SubmitOutcome:
+        rng = random.Random(f"{call.job_id}:{call.request.prompt}")  # noqa: S311 - not crypto
+        if rng.random() < self._failure_rate:
+            raise UpstreamError("demo failure (configured failure_rate)", transient=False,
+                                code="demo_failure")
+        if self.settings.options.get("async"):
+            return Submitted(upstream_id=f"demo-{call.job_id}", state={"params": _spec(call)})
+        return await self._render(_spec(call))
+
+    async def poll(self, handle: Handle) -> PollOutcome:
+        return await self._render(handle.state["params"])
+
+    async def _render(self, spec: dict[str, Any]) -> Finished:
+        if self._delay > 0:
+            await self.clock.sleep(self._delay)
+        rendered = await asyncio.to_thread(_render_all, spec)
+        return Finished(images=tuple(ImageData(data, ctype) for data, ctype in rendered),
+                        revised_prompt=spec["prompt"])
+
+
+def _spec(call: Call) -> dict[str, Any]:
+    request = call.request
+    width, height = images.pixel_size(request.size, request.aspect_ratio, request.resolution)
+    return {"prompt": request.prompt, "n": request.n, "width": width, "height": height,
+            "format": request.output_format or "png"}
+
+
+def _render_all(spec: dict[str, Any]) -> list[tuple[bytes, str]]:
+    return [_render(spec["prompt"], spec["width"], spec["height"], spec["format"], i)
+            for i in range(spec["n"])]
+
+
+def _render(prompt: str, width: int, height: int, fmt: str, index: int) -> tuple[bytes, str]:
+    digest = hashlib.sha256(f"{prompt}\0{index}".encode()).digest()
+    start, end = digest[:3], digest[3:6]
+    ramp = Image.linear_gradient("L").resize((width, height)).transpose(
+        Image.Transpose.ROTATE_90 if digest[6] % 2 else Image.Transpose.FLIP_TOP_BOTTOM)
+    bands = [ramp.point(_lerp(a, b)) for a, b in zip(start, end, strict=True)]
+    image = Image.merge("RGB", bands)
+    draw = ImageDraw.Draw(image)
+    font_size = max(12, min(width, height) // 14)
+    font = ImageFont.load_default(size=font_size)
+    text = "\n".join(textwrap.wrap(prompt, width=max(8, width // (font_size // 2 + 1)))[:6])
+    draw.multiline_text((width // 16, height // 16), text, fill=(255, 255, 255), font=font,
+                        stroke_width=max(1, font_size // 16), stroke_fill=(0, 0, 0))
+    out = io.BytesIO()
+    pil_format = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt]
+    image.save(out, format=pil_format, **({"compress_level": 1} if fmt == "png" else {}))
+    return out.getvalue(), images.FORMATS[fmt]
+
+
+def _lerp(a: int, b: int) -> list[int]:
+    return [a + (b - a) * i // 255 for i in range(256)]

@@ -1,0 +1,264 @@
+"""One step of one job: submit or poll upstream, then record the outcome.
+
+The scheduler hands the runner a job it has leased; the runner always leaves the
+job either terminal or released with a ``run_after`` for its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from PIL import Image
+
+from muxproxy import images
+from muxproxy.backoff import backoff, poll_delay
+from muxproxy.clock import Clock, now_ms
+from muxproxy.fetch import download
+from muxproxy.jobs import Job, JobResult, JobState, StoredImage
+from muxproxy.logs import get_logger
+from muxproxy.metrics import Metrics
+from muxproxy.providers.base import (
+    Call,
+    Finished,
+    Handle,
+    ImageData,
+    Provider,
+    Reference,
+    Running,
+    Submitted,
+)
+from muxproxy.providers.errors import Unsupported, UpstreamError
+from muxproxy.settings import Settings
+from muxproxy.storage import BlobNotFound, BlobStorage
+from muxproxy.store import StaleJob, Store
+
+log = get_logger("muxproxy.runner")
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
+                 providers: Mapping[str, Provider], http: aiohttp.ClientSession,
+                 clock: Clock, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.providers = providers
+        self.http = http
+        self.clock = clock
+        self.metrics = metrics
+
+    async def run(self, job: Job, owner: str) -> None:
+        now = now_ms(self.clock)
+        if job.state is JobState.PENDING:
+            job = await self.store.transition(job, JobState.PENDING, JobState.PROCESSING,
+                                              now=now, owner=owner, release=False,
+                                              started_at=now)
+            self.record(job)
+        provider = self.providers[job.provider]
+        remaining = (job.deadline_at - now) / 1000
+        started = time.perf_counter()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(remaining):
+                if job.upstream_id is None:
+                    outcome: Any = await provider.submit(await self._call(job))
+                else:
+                    outcome = await provider.poll(self._handle(job))
+                if isinstance(outcome, Finished):
+                    result = await self._store_results(job, outcome)
+        except TimeoutError:
+            self._observe(provider, "timeout", started)
+            await self._fail(job, owner, "deadline_exceeded",
+                             "job deadline exceeded before the upstream finished")
+            return
+        except UpstreamError as exc:
+            self._observe(provider, "transient" if exc.transient else "permanent", started)
+            await self._on_error(job, owner, exc)
+            return
+        except Unsupported as exc:
+            self._observe(provider, "permanent", started)
+            await self._fail(job, owner, "unsupported", exc.message)
+            return
+        except Exception:
+            # A bug in an adapter must not strand the job: log it, retry like a
+            # transient fault, and fail it once the attempts run out.
+            log.exception("provider raised unexpectedly", provider=provider.name)
+            self._observe(provider, "error", started)
+            await self._on_error(job, owner, UpstreamError(
+                f"{provider.name}: internal error in the adapter", transient=True,
+                code="adapter_error"))
+            return
+        self._observe(provider, "ok", started)
+        await self._advance(job, owner, outcome, result if isinstance(outcome, Finished)
+                            else None)
+
+    async def _advance(self, job: Job, owner: str, outcome: Any,
+                       result: JobResult | None) -> None:
+        now = now_ms(self.clock)
+        jobs = self.settings.jobs
+        if result is not None:
+            done = await self._move(job, owner, JobState.COMPLETED, result=result.to_json(),
+                                    completed_at=now, fail_code=None, fail_msg=None)
+            if done is not None:
+                self.record(done)
+            return
+        if isinstance(outcome, Submitted):
+            delay = poll_delay(0, jobs.poll_initial_seconds, jobs.poll_cap_seconds)
+            await self._move(job, owner, JobState.PROCESSING, upstream_id=outcome.upstream_id,
+                             upstream_state=dict(outcome.state), polls=0,
+                             run_after=now + int(delay * 1000))
+        elif isinstance(outcome, Running):
+            delay = poll_delay(job.polls + 1, jobs.poll_initial_seconds, jobs.poll_cap_seconds)
+            changes: dict[str, Any] = {"polls": job.polls + 1,
+                                       "run_after": now + int(delay * 1000)}
+            if outcome.state is not None:
+                changes["upstream_state"] = dict(outcome.state)
+            await self._move(job, owner, JobState.PROCESSING, **changes)
+
+    async def _on_error(self, job: Job, owner: str, exc: UpstreamError) -> None:
+        jobs = self.settings.jobs
+        now = now_ms(self.clock)
+        log.info("upstream error", provider=job.provider, transient=exc.transient,
+                 code=exc.code, message=exc.message, status=exc.status)
+        if not exc.transient:
+            await self._fail(job, owner, exc.code, exc.message)
+            return
+        if job.upstream_id is not None:
+            # The upstream has the job: keep polling (a 429 on a poll is not a
+            # reason to give up or to submit elsewhere); the deadline bounds it.
+            delay = max(exc.retry_after or 0.0,
+                        poll_delay(job.polls + 1, jobs.poll_initial_seconds,
+                                   jobs.poll_cap_seconds))
+            await self._move(job, owner, JobState.PROCESSING, polls=job.polls + 1,
+                             run_after=now + int(delay * 1000))
+            return
+        attempts = job.attempts + 1
+        if attempts < jobs.max_attempts:
+            delay = max(exc.retry_after or 0.0,
+                        backoff(attempts, jobs.retry_base_seconds, jobs.retry_cap_seconds,
+                                jitter=0.2))
+            delay = min(delay, jobs.retry_cap_seconds)
+            await self._move(job, owner, JobState.PROCESSING, attempts=attempts,
+                             fail_code=exc.code, fail_msg=exc.message,
+                             run_after=now + int(delay * 1000))
+            return
+        routes = self.settings.models[job.model].routes if job.model in self.settings.models \
+            else ()
+        next_index = job.route_index + 1
+        if next_index < len(routes):
+            route = routes[next_index]
+            log.info("falling back to next route", provider=route.provider, model=route.model)
+            await self._move(job, owner, JobState.PROCESSING, route_index=next_index,
+                             provider=route.provider, upstream_model=route.model, attempts=0,
+                             upstream_state=None, run_after=now)
+            return
+        await self._fail(job, owner, exc.code, exc.message)
+
+    async def _fail(self, job: Job, owner: str, code: str, message: str) -> None:
+        now = now_ms(self.clock)
+        failed = await self._move(job, owner, JobState.FAILED, fail_code=code, fail_msg=message,
+                                  completed_at=now)
+        if failed is None:
+            return
+        self.record(failed)
+        if failed.upstream_id is not None:
+            await self.cancel_upstream(failed)
+
+    async def cancel_upstream(self, job: Job) -> None:
+        provider = self.providers.get(job.provider)
+        if provider is None or job.upstream_id is None:
+            return
+        try:
+            await provider.cancel(self._handle(job))
+        except Exception:
+            log.warning("upstream cancel failed", exc_info=True)
+
+    async def _move(self, job: Job, owner: str, target: JobState, **changes: Any) -> Job | None:
+        try:
+            return await self.store.transition(job, JobState.PROCESSING, target,
+                                               now=now_ms(self.clock), owner=owner, **changes)
+        except StaleJob as exc:
+            log.warning("job changed under the worker", actual=exc.actual)
+            return None
+
+    def record(self, job: Job) -> None:
+        self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
+        if job.is_terminal and job.completed_at is not None:
+            self.metrics.job_duration.labels(job.model, job.provider, job.state).observe(
+                max(0, job.completed_at - job.created_at) / 1000)
+
+    def _observe(self, provider: Provider, outcome: str, started: float) -> None:
+        self.metrics.upstream_requests.labels(provider.name, outcome).inc()
+        self.metrics.upstream_latency.labels(provider.name).observe(
+            time.perf_counter() - started)
+
+    async def _call(self, job: Job) -> Call:
+        request = job.request
+        refs = tuple([await self._reference(ref.url, ref.blob, ref.content_type)
+                      for ref in request.images])
+        mask = request.mask
+        route = self._route_params(job)
+        return Call(job_id=job.id, request=request, upstream_model=job.upstream_model,
+                    params=route, images=refs,
+                    mask=await self._reference(mask.url, mask.blob, mask.content_type)
+                    if mask else None)
+
+    def _route_params(self, job: Job) -> Mapping[str, Any]:
+        model = self.settings.models.get(job.model)
+        if model is None or job.route_index >= len(model.routes):
+            return {}
+        return model.routes[job.route_index].params
+
+    async def _reference(self, url: str | None, blob: str | None,
+                         content_type: str | None) -> Reference:
+        data = None
+        if blob is not None:
+            try:
+                data = await self.storage.get(blob)
+            except BlobNotFound:
+                raise UpstreamError("a stored reference image is missing", transient=False,
+                                    code="input_missing") from None
+        return Reference(url=url, data=data, content_type=content_type)
+
+    def _handle(self, job: Job) -> Handle:
+        assert job.upstream_id is not None
+        return Handle(job_id=job.id, upstream_id=job.upstream_id,
+                      upstream_model=job.upstream_model, state=job.upstream_state)
+
+    async def _store_results(self, job: Job, outcome: Finished) -> JobResult:
+        if not outcome.images:
+            raise UpstreamError(f"{job.provider}: upstream finished without an image",
+                                transient=False, code="no_image")
+        limits = self.settings.limits
+        stored = []
+        for index, item in enumerate(outcome.images):
+            if isinstance(item, ImageData):
+                data = item.data
+                content_type = images.sniff(data)
+                if content_type is None:
+                    raise UpstreamError(f"{job.provider}: upstream sent data that is not an "
+                                        "image", transient=False, code="not_an_image")
+            else:
+                data, content_type = await download(
+                    self.http, item.url, max_bytes=limits.max_download_bytes,
+                    timeout=self.providers[job.provider].settings.timeout_seconds)
+            key = f"results/{job.id}/{index}.{images.EXTENSIONS[content_type]}"
+            await self.storage.put(key, data, content_type)
+            width, height = _dimensions(data)
+            stored.append(StoredImage(key=key, content_type=content_type, width=width,
+                                      height=height))
+        return JobResult(images=tuple(stored), revised_prompt=outcome.revised_prompt)
+
+
+def _dimensions(data: bytes) -> tuple[int | None, int | None]:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # Pillow raises a zoo of types for odd files; size is optional
+        return None, None

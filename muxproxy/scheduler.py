@@ -1,0 +1,157 @@
+"""The in-process scheduler: claims due jobs within each provider's concurrency
+limit and runs them.
+
+The loop is "wait for a wake-up, a timer or stop": submits wake it at once; the
+timer is the earliest ``run_after`` in the store (next poll, next retry), capped
+so deadlines are swept regularly. Every pass logs its exception and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+
+import structlog
+
+from muxproxy.clock import Clock, now_ms
+from muxproxy.jobs import Job
+from muxproxy.logs import get_logger
+from muxproxy.metrics import Metrics
+from muxproxy.providers.base import Provider
+from muxproxy.runner import JobRunner
+from muxproxy.settings import JobSettings
+from muxproxy.store import Store
+
+log = get_logger("muxproxy.scheduler")
+
+SWEEP_SECONDS = 1.0
+
+
+class Scheduler:
+    def __init__(self, store: Store, providers: Mapping[str, Provider], runner: JobRunner,
+                 clock: Clock, settings: JobSettings, metrics: Metrics) -> None:
+        self.store = store
+        self.providers = providers
+        self.runner = runner
+        self.clock = clock
+        self.settings = settings
+        self.metrics = metrics
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop: asyncio.Task[None] | None = None
+        self._running: dict[asyncio.Task[None], Job] = {}
+        self._in_flight = dict.fromkeys(providers, 0)
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        recovery = await self.store.recover(self.owner, now_ms(self.clock))
+        if recovery.resumed or recovery.retried or recovery.failed:
+            log.info("recovered jobs after restart", resumed=recovery.resumed,
+                     retried=recovery.retried, failed=len(recovery.failed))
+        for job in recovery.failed:
+            self.runner.record(job)
+        self._loop = asyncio.create_task(self._run(), name="muxproxy-scheduler")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop claiming; give running steps ``grace_seconds``, then cancel them and
+        hand their leases back so the next start resumes them."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop is not None:
+            await self._loop
+        if self._running:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_seconds):
+                    await self._idle.wait()
+        for task in list(self._running):
+            task.cancel()
+        leftovers = list(self._running.items())
+        await asyncio.gather(*(t for t, _ in leftovers), return_exceptions=True)
+        for _, job in leftovers:
+            await self.store.release(job.id, self.owner, now=now_ms(self.clock))
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._tick()
+                delay = await self._next_delay()
+            except Exception:
+                log.exception("scheduler pass failed")
+                delay = SWEEP_SECONDS
+            await self._sleep(delay)
+
+    async def _sleep(self, delay: float) -> None:
+        if self._wake.is_set() or delay <= 0:
+            self._wake.clear()
+            await asyncio.sleep(0)
+            return
+        waiter = asyncio.ensure_future(self._wake.wait())
+        timer = asyncio.ensure_future(self.clock.sleep(delay))
+        try:
+            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
+            self._wake.clear()
+
+    async def _tick(self) -> None:
+        now = now_ms(self.clock)
+        for job in await self.store.expire_overdue(now):
+            log.info("job deadline exceeded", job_id=job.id)
+            self.runner.record(job)
+            if job.upstream_id is not None:
+                await self.runner.cancel_upstream(job)
+        for name, provider in self.providers.items():
+            free = provider.settings.max_concurrency - self._in_flight[name]
+            if free <= 0 or self._stopping:
+                continue
+            lease_ms = int((provider.settings.timeout_seconds
+                            + self.settings.lease_margin_seconds) * 1000)
+            for job in await self.store.claim_due(name, now, free, self.owner, now + lease_ms):
+                self._spawn(job)
+
+    async def _next_delay(self) -> float:
+        free = [n for n, p in self.providers.items()
+                if self._in_flight[n] < p.settings.max_concurrency]
+        due = await self.store.next_due(free)
+        if due is None:
+            return SWEEP_SECONDS
+        return min(SWEEP_SECONDS, max(0.0, (due - now_ms(self.clock)) / 1000))
+
+    def _spawn(self, job: Job) -> None:
+        self._in_flight[job.provider] += 1
+        self.metrics.jobs_in_flight.labels(job.provider).inc()
+        self._idle.clear()
+        task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+        self._running[task] = job
+        task.add_done_callback(lambda t: self._done(t, job))
+
+    async def _execute(self, job: Job) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id)
+        try:
+            await self.runner.run(job, self.owner)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job step failed")
+            await self.store.release(job.id, self.owner, now=now_ms(self.clock))
+
+    def _done(self, task: asyncio.Task[None], job: Job) -> None:
+        self._running.pop(task, None)
+        self._in_flight[job.provider] -= 1
+        self.metrics.jobs_in_flight.labels(job.provider).dec()
+        if not self._running:
+            self._idle.set()
+        self._wake.set()

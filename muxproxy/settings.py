@@ -1,0 +1,308 @@
+"""Settings: one frozen tree, loaded once from ``config.toml``.
+
+String values may reference the environment as ``${NAME}`` or ``${NAME:-default}``.
+Every problem is reported as a :class:`SettingsError` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class SettingsError(ValueError):
+    """The configuration is unusable; the message names the key at fault."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    secret: str = ""
+    graceful_shutdown_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///data/muxproxy.db"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    url: str = "file://data/images"
+    url_ttl_seconds: int = 3600
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_prompt_chars: int = 32_000
+    max_n: int = 10
+    max_reference_images: int = 16
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_download_bytes: int = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    deadline_seconds: float = 600.0
+    max_attempts: int = 3
+    retry_base_seconds: float = 1.0
+    retry_cap_seconds: float = 60.0
+    poll_initial_seconds: float = 1.0
+    poll_cap_seconds: float = 15.0
+    lease_margin_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "info"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class ApiKeySettings:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    name: str
+    kind: str
+    base_url: str = ""
+    api_key: str = ""
+    timeout_seconds: float = 120.0
+    max_concurrency: int = 8
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    provider: str
+    model: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    id: str
+    routes: tuple[RouteSettings, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
+    logging: LogSettings = field(default_factory=LogSettings)
+    keys: tuple[ApiKeySettings, ...] = ()
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+    models: Mapping[str, ModelSettings] = field(default_factory=dict)
+
+
+def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a TOML file; relative storage and database paths stay as written."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: invalid TOML: {exc}") from None
+    return parse_settings(raw, os.environ if env is None else env)
+
+
+def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    data = _expand(raw, env, "")
+    known = {"server", "database", "storage", "limits", "jobs", "logging", "keys", "providers",
+             "models"}
+    _no_unknown(data, known, "")
+    providers = _providers(data.get("providers", {}))
+    settings = Settings(
+        server=_section(ServerSettings, data, "server"),
+        database=_section(DatabaseSettings, data, "database"),
+        storage=_section(StorageSettings, data, "storage"),
+        limits=_section(LimitSettings, data, "limits"),
+        jobs=_section(JobSettings, data, "jobs"),
+        logging=_section(LogSettings, data, "logging"),
+        keys=_keys(data.get("keys", [])),
+        providers=providers,
+        models=_models(data.get("models", {}), providers),
+    )
+    _check(settings)
+    return settings
+
+
+def _expand(value: Any, env: Mapping[str, str], where: str) -> Any:
+    if isinstance(value, str):
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise SettingsError(f"{where or 'config'}: environment variable {name} is not set")
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, Mapping):
+        return {k: _expand(v, env, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _no_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
+    for key in table:
+        if key not in known:
+            prefix = f"{where}." if where else ""
+            raise SettingsError(f"unknown setting {prefix}{key}")
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    expected = type(default)
+    if expected is float and isinstance(value, int | str) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif expected is int and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    elif isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool):
+        return value
+    raise SettingsError(f"{where}: expected {expected.__name__}, got {value!r}")
+
+
+def _section(cls: Any, data: Mapping[str, Any], name: str) -> Any:
+    table = data.get(name, {})
+    if not isinstance(table, Mapping):
+        raise SettingsError(f"{name}: expected a table")
+    defaults = cls()
+    fields = set(cls.__dataclass_fields__)
+    _no_unknown(table, fields, name)
+    values = {k: _coerce(v, getattr(defaults, k), f"{name}.{k}") for k, v in table.items()}
+    return cls(**values)
+
+
+def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
+    if not isinstance(raw, list):
+        raise SettingsError("keys: expected an array of tables ([[keys]])")
+    keys = []
+    for i, item in enumerate(raw):
+        where = f"keys[{i}]"
+        if not isinstance(item, Mapping):
+            raise SettingsError(f"{where}: expected a table")
+        _no_unknown(item, {"name", "key"}, where)
+        name, key = item.get("name"), item.get("key")
+        if not isinstance(name, str) or not name:
+            raise SettingsError(f"{where}.name: required")
+        if not isinstance(key, str) or len(key) < 8:
+            raise SettingsError(f"{where}.key: required, at least 8 characters")
+        keys.append(ApiKeySettings(name=name, key=key))
+    return tuple(keys)
+
+
+def _providers(raw: Any) -> dict[str, ProviderSettings]:
+    if not isinstance(raw, Mapping):
+        raise SettingsError("providers: expected a table")
+    result = {}
+    defaults = ProviderSettings(name="", kind="")
+    for name, table in raw.items():
+        where = f"providers.{name}"
+        if not isinstance(table, Mapping):
+            raise SettingsError(f"{where}: expected a table")
+        _no_unknown(table, set(ProviderSettings.__dataclass_fields__) - {"name"}, where)
+        kind = table.get("kind")
+        if not isinstance(kind, str) or not kind:
+            raise SettingsError(f"{where}.kind: required")
+        values: dict[str, Any] = {"name": name, "kind": kind}
+        for key, value in table.items():
+            if key == "kind":
+                continue
+            if key == "options":
+                if not isinstance(value, Mapping):
+                    raise SettingsError(f"{where}.options: expected a table")
+                values[key] = dict(value)
+            else:
+                values[key] = _coerce(value, getattr(defaults, key), f"{where}.{key}")
+        result[name] = ProviderSettings(**values)
+    return result
+
+
+def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, ModelSettings]:
+    if not isinstance(raw, Mapping):
+        raise SettingsError("models: expected a table")
+    result = {}
+    for model_id, table in raw.items():
+        where = f'models."{model_id}"'
+        if not isinstance(table, Mapping):
+            raise SettingsError(f"{where}: expected a table")
+        _no_unknown(table, {"routes", "description"}, where)
+        routes_raw = table.get("routes")
+        if not isinstance(routes_raw, list) or not routes_raw:
+            raise SettingsError(f"{where}.routes: at least one route is required")
+        routes = []
+        for i, route in enumerate(routes_raw):
+            rwhere = f"{where}.routes[{i}]"
+            if not isinstance(route, Mapping):
+                raise SettingsError(f"{rwhere}: expected a table")
+            _no_unknown(route, {"provider", "model", "params"}, rwhere)
+            provider, model = route.get("provider"), route.get("model")
+            if provider not in providers:
+                raise SettingsError(f"{rwhere}.provider: unknown provider {provider!r}")
+            if not isinstance(model, str) or not model:
+                raise SettingsError(f"{rwhere}.model: required")
+            params = route.get("params", {})
+            if not isinstance(params, Mapping):
+                raise SettingsError(f"{rwhere}.params: expected a table")
+            routes.append(RouteSettings(provider=provider, model=model, params=dict(params)))
+        description = table.get("description", "")
+        if not isinstance(description, str):
+            raise SettingsError(f"{where}.description: expected a string")
+        result[model_id] = ModelSettings(id=model_id, routes=tuple(routes), description=description)
+    return result
+
+
+def _check(settings: Settings) -> None:
+    if not settings.database.url.startswith("sqlite://"):
+        raise SettingsError("database.url: only sqlite:///path is supported in this build")
+    if not settings.storage.url.startswith("file://"):
+        raise SettingsError("storage.url: only file://path is supported in this build")
+    if not settings.server.public_url.startswith(("http://", "https://")):
+        raise SettingsError("server.public_url: must start with http:// or https://")
+    if len(settings.server.secret) < 16:
+        raise SettingsError("server.secret: required, at least 16 characters")
+    if settings.logging.format not in {"json", "console"}:
+        raise SettingsError("logging.format: must be 'json' or 'console'")
+    for name, provider in settings.providers.items():
+        if provider.max_concurrency < 1:
+            raise SettingsError(f"providers.{name}.max_concurrency: must be at least 1")
+        if provider.timeout_seconds <= 0:
+            raise SettingsError(f"providers.{name}.timeout_seconds: must be positive")
+    if settings.jobs.max_attempts < 1:
+        raise SettingsError("jobs.max_attempts: must be at least 1")
+    names = [k.name for k in settings.keys]
+    if len(set(names)) != len(names):
+        raise SettingsError("keys: names must be unique")
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///rel/path.db`` is relative to the working directory, ``sqlite:////abs`` absolute."""
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def file_path(url: str) -> Path:
+    return Path(url.removeprefix("file://"))

@@ -1,0 +1,18 @@
+"""Job stores, chosen by the database URL's scheme."""
+
+from __future__ import annotations
+
+from muxproxy.settings import SettingsError, sqlite_path
+from muxproxy.store.base import ApiKey, Recovery, StaleJob, Store
+from muxproxy.store.sqlite import SqliteStore
+
+
+def open_store(url: str) -> Store:
+    """A store for ``url``, not yet opened. ``sqlite:///path`` today; ``postgresql://`` later."""
+    scheme = url.split(":", 1)[0]
+    if scheme == "sqlite":
+        return SqliteStore(sqlite_path(url))
+    raise SettingsError(f"database.url: unsupported scheme {scheme!r}")
+
+
+__all__ = ["ApiKey", "Recovery", "StaleJob", "Store", "open_store"]

@@ -1,0 +1,140 @@
+"""The store interface: every backend (SQLite now, PostgreSQL later) implements it
+and passes ``tests/test_store_contract.py``.
+
+Public methods enforce the job state machine; a transition that
+:data:`muxproxy.jobs.TRANSITIONS` does not allow, or whose expected state no longer
+holds, is refused here and by the database itself.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob, can_transition
+
+# Columns a transition may change besides the state. Anything else is refused, so
+# callers cannot bypass the state machine by writing, say, ``state`` as a change.
+MUTABLE_FIELDS = frozenset({
+    "route_index", "provider", "upstream_model", "upstream_id", "upstream_state", "result",
+    "fail_code", "fail_msg", "attempts", "recoveries", "polls", "started_at", "completed_at",
+    "run_after",
+})
+
+
+class StaleJob(Exception):
+    """A compare-and-swap lost: the job is not in the expected state or lease."""
+
+    def __init__(self, job_id: str, expected: JobState, actual: JobState | None) -> None:
+        super().__init__(f"job {job_id}: expected {expected}, found {actual}")
+        self.job_id = job_id
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    created_at: int
+    revoked_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :meth:`Store.recover` did with jobs a previous process left behind."""
+
+    resumed: int = 0
+    retried: int = 0
+    failed: tuple[Job, ...] = ()
+
+
+class Store(abc.ABC):
+    """Persistence for jobs and keys. Times are integer milliseconds since the epoch."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and migrate the schema to the current version."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+
+    # -- jobs ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_job(self, new: NewJob) -> Job: ...
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str, key_id: str | None = None) -> Job | None:
+        """The job, or None; with ``key_id``, None also when another key owns it."""
+
+    @abc.abstractmethod
+    async def list_jobs(self, key_id: str, *, limit: int = 50,
+                        before: int | None = None) -> list[Job]:
+        """A key's jobs, newest first; ``before`` pages by ``created_at``."""
+
+    @abc.abstractmethod
+    async def claim_due(self, provider: str, now: int, limit: int, owner: str,
+                        lease_until: int) -> list[Job]:
+        """Atomically lease up to ``limit`` unleased non-terminal jobs due by ``now``."""
+
+    async def transition(self, job: Job | str, expected: JobState, target: JobState, *,
+                         now: int, owner: str | None = None, release: bool = True,
+                         **changes: Any) -> Job:
+        """Move a job from ``expected`` to ``target``, applying ``changes``.
+
+        With ``owner``, the job must still be leased by it. ``release`` drops the
+        lease in the same write. Raises :class:`IllegalTransition` or :class:`StaleJob`.
+        """
+        job_id = job if isinstance(job, str) else job.id
+        if not can_transition(expected, target):
+            raise IllegalTransition(job_id, expected, target)
+        unknown = set(changes) - MUTABLE_FIELDS
+        if unknown:
+            raise ValueError(f"not a mutable job field: {', '.join(sorted(unknown))}")
+        return await self._transition(job_id, expected, target, now=now, owner=owner,
+                                      release=release, changes=changes)
+
+    @abc.abstractmethod
+    async def _transition(self, job_id: str, expected: JobState, target: JobState, *,
+                          now: int, owner: str | None, release: bool,
+                          changes: Mapping[str, Any]) -> Job: ...
+
+    @abc.abstractmethod
+    async def release(self, job_id: str, owner: str, *, now: int) -> None:
+        """Drop a lease without changing the job (a worker stopping mid-step)."""
+
+    @abc.abstractmethod
+    async def expire_overdue(self, now: int, limit: int = 100) -> list[Job]:
+        """Fail unleased non-terminal jobs whose deadline has passed; return them."""
+
+    @abc.abstractmethod
+    async def next_due(self, providers: Sequence[str]) -> int | None:
+        """The earliest ``run_after`` among unleased non-terminal jobs of those providers."""
+
+    @abc.abstractmethod
+    async def recover(self, owner: str, now: int) -> Recovery:
+        """Take back jobs a dead process held.
+
+        A job with an upstream id resumes polling; one without is retried once,
+        then failed, so nothing stays stuck.
+        """
+
+    @abc.abstractmethod
+    async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:
+        """Jobs by (model, provider, state), for metrics."""
+
+    # -- keys ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def upsert_key(self, name: str, key_hash: str, *, now: int) -> ApiKey:
+        """Create the key named ``name``, or point it at a new hash (config keys)."""
+
+    @abc.abstractmethod
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None: ...

@@ -1,0 +1,81 @@
+"""The SQLite schema, as an append-only list of migrations (``PRAGMA user_version``).
+
+Statements are separated by a line holding only ``;`` so trigger bodies stay whole.
+Never edit a released migration: add a new one.
+"""
+
+from __future__ import annotations
+
+from muxproxy.jobs import TRANSITIONS
+
+
+def _state_machine_trigger() -> str:
+    allowed = " OR ".join(f"(OLD.state = '{src}' AND NEW.state = '{dst}')"
+                          for src, targets in TRANSITIONS.items() for dst in sorted(targets))
+    return f"""
+CREATE TRIGGER jobs_state_machine BEFORE UPDATE OF state ON jobs
+WHEN OLD.state != NEW.state AND NOT ({allowed})
+BEGIN
+    SELECT RAISE(ABORT, 'illegal transition');
+END"""
+
+
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+CREATE TABLE jobs (
+    id             TEXT PRIMARY KEY,
+    key_id         TEXT NOT NULL,
+    surface        TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    params         TEXT NOT NULL,
+    client_params  TEXT NOT NULL,
+    route_index    INTEGER NOT NULL DEFAULT 0,
+    provider       TEXT NOT NULL,
+    upstream_model TEXT NOT NULL,
+    upstream_id    TEXT,
+    upstream_state TEXT,
+    result         TEXT,
+    fail_code      TEXT,
+    fail_msg       TEXT,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    recoveries     INTEGER NOT NULL DEFAULT 0,
+    polls          INTEGER NOT NULL DEFAULT 0,
+    callback_url   TEXT,
+    created_at     INTEGER NOT NULL,
+    started_at     INTEGER,
+    completed_at   INTEGER,
+    updated_at     INTEGER NOT NULL,
+    run_after      INTEGER NOT NULL,
+    deadline_at    INTEGER NOT NULL,
+    lease_owner    TEXT,
+    lease_until    INTEGER
+)
+;
+CREATE INDEX jobs_due ON jobs (provider, run_after)
+    WHERE state IN ('pending', 'processing') AND lease_owner IS NULL
+;
+CREATE INDEX jobs_deadline ON jobs (deadline_at) WHERE state IN ('pending', 'processing')
+;
+CREATE INDEX jobs_by_key ON jobs (key_id, created_at)
+;
+CREATE INDEX jobs_leased ON jobs (lease_owner) WHERE lease_owner IS NOT NULL
+;
+{_state_machine_trigger()}
+;
+CREATE TRIGGER jobs_terminal_final BEFORE UPDATE ON jobs
+WHEN OLD.state IN ('completed', 'failed') AND (
+    NEW.result IS NOT OLD.result OR NEW.fail_msg IS NOT OLD.fail_msg)
+BEGIN
+    SELECT RAISE(ABORT, 'illegal transition');
+END
+;
+CREATE TABLE api_keys (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    key_hash   TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+)
+""",
+)

@@ -1,0 +1,281 @@
+"""The embedded backend: one SQLite file in WAL mode.
+
+Writes go through one connection behind a lock, so a multi-statement transaction
+is never interleaved with another coroutine's statement; reads use a second
+connection and see the last committed state without waiting for writers.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from muxproxy.jobs import TERMINAL, IllegalTransition, Job, JobState, NewJob
+from muxproxy.store.base import ApiKey, Recovery, Store, StaleJob
+from muxproxy.store.schema import MIGRATIONS
+
+_ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
+_JSON_FIELDS = frozenset({"upstream_state", "result"})
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock: Any = None
+
+    async def open(self) -> None:
+        import asyncio
+
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = asyncio.Lock()
+        self._writer = await self._connect()
+        await self._migrate(self._writer)
+        self._reader = await self._connect() if self.path != ":memory:" else self._writer
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        for pragma in ("journal_mode = WAL", "synchronous = NORMAL", "busy_timeout = 5000",
+                       "foreign_keys = ON", "temp_store = MEMORY"):
+            await conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        async with conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise RuntimeError(f"{self.path}: schema version {version} is newer than this "
+                               f"muxproxy ({len(MIGRATIONS)}); upgrade muxproxy")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(script):
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {number}")
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+
+    async def aclose(self) -> None:
+        for conn in {id(c): c for c in (self._reader, self._writer) if c}.values():
+            await conn.close()
+        self._reader = self._writer = None
+
+    async def ping(self) -> None:
+        async with self._read().execute("SELECT 1") as cur:
+            await cur.fetchone()
+
+    def _read(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise RuntimeError("store is not open")
+        return self._reader
+
+    @asynccontextmanager
+    async def _write(self, transaction: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        async with self._lock:
+            if not transaction:
+                yield self._writer
+                return
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    # -- jobs ---------------------------------------------------------------
+
+    async def create_job(self, new: NewJob) -> Job:
+        row = {
+            "id": new.id, "key_id": new.key_id, "surface": new.surface, "model": new.model,
+            "state": JobState.PENDING.value, "params": _dumps(new.request.to_json()),
+            "client_params": _dumps(new.client_params), "route_index": 0,
+            "provider": new.provider, "upstream_model": new.upstream_model,
+            "callback_url": new.callback_url, "created_at": new.created_at,
+            "updated_at": new.created_at, "run_after": new.created_at,
+            "deadline_at": new.deadline_at,
+        }
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        async with self._write() as db, db.execute(
+                f"INSERT INTO jobs ({columns}) VALUES ({marks}) RETURNING *",  # noqa: S608
+                tuple(row.values())) as cur:
+            created = await cur.fetchone()
+        assert created is not None
+        return Job.from_row(created)
+
+    async def get_job(self, job_id: str, key_id: str | None = None) -> Job | None:
+        sql, args = "SELECT * FROM jobs WHERE id = ?", [job_id]
+        if key_id is not None:
+            sql += " AND key_id = ?"
+            args.append(key_id)
+        async with self._read().execute(sql, args) as cur:
+            row = await cur.fetchone()
+        return Job.from_row(row) if row else None
+
+    async def list_jobs(self, key_id: str, *, limit: int = 50,
+                        before: int | None = None) -> list[Job]:
+        sql = "SELECT * FROM jobs WHERE key_id = ?"
+        args: list[Any] = [key_id]
+        if before is not None:
+            sql += " AND created_at < ?"
+            args.append(before)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        args.append(limit)
+        async with self._read().execute(sql, args) as cur:
+            return [Job.from_row(r) for r in await cur.fetchall()]
+
+    async def claim_due(self, provider: str, now: int, limit: int, owner: str,
+                        lease_until: int) -> list[Job]:
+        if limit <= 0:
+            return []
+        sql = f"""
+            UPDATE jobs SET lease_owner = ?, lease_until = ?
+            WHERE id IN (
+                SELECT id FROM jobs
+                WHERE provider = ? AND {_ACTIVE} AND run_after <= ? AND lease_owner IS NULL
+                ORDER BY run_after LIMIT ?)
+            RETURNING *"""  # noqa: S608 - constant fragments only
+        async with self._write() as db, db.execute(
+                sql, (owner, lease_until, provider, now, limit)) as cur:
+            rows = await cur.fetchall()
+        return sorted((Job.from_row(r) for r in rows), key=lambda j: j.run_after)
+
+    async def _transition(self, job_id: str, expected: JobState, target: JobState, *,
+                          now: int, owner: str | None, release: bool,
+                          changes: Mapping[str, Any]) -> Job:
+        values: dict[str, Any] = {k: (_dumps(v) if k in _JSON_FIELDS and v is not None else v)
+                                  for k, v in changes.items()}
+        values["state"] = target.value
+        values["updated_at"] = now
+        if release:
+            values["lease_owner"] = None
+            values["lease_until"] = None
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        sql = f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ?"  # noqa: S608
+        args = [*values.values(), job_id, expected.value]
+        if owner is not None:
+            sql += " AND lease_owner = ?"
+            args.append(owner)
+        async with self._write() as db:
+            try:
+                async with db.execute(sql + " RETURNING *", args) as cur:
+                    row = await cur.fetchone()
+            except aiosqlite.IntegrityError as exc:
+                if "illegal transition" in str(exc):
+                    raise IllegalTransition(job_id, expected, target) from None
+                raise
+        if row is None:
+            current = await self.get_job(job_id)
+            raise StaleJob(job_id, expected, current.state if current else None)
+        return Job.from_row(row)
+
+    async def release(self, job_id: str, owner: str, *, now: int) -> None:
+        async with self._write() as db:
+            await db.execute("UPDATE jobs SET lease_owner = NULL, lease_until = NULL "
+                             "WHERE id = ? AND lease_owner = ?", (job_id, owner))
+
+    async def expire_overdue(self, now: int, limit: int = 100) -> list[Job]:
+        sql = f"""
+            UPDATE jobs SET state = '{JobState.FAILED}', fail_code = 'deadline_exceeded',
+                fail_msg = 'job deadline exceeded before the upstream finished',
+                completed_at = ?, updated_at = ?
+            WHERE id IN (
+                SELECT id FROM jobs WHERE {_ACTIVE} AND deadline_at <= ?
+                AND (lease_owner IS NULL OR lease_until < ?) LIMIT ?)
+            RETURNING *"""  # noqa: S608 - constant fragments only
+        async with self._write() as db, db.execute(sql, (now, now, now, now, limit)) as cur:
+            rows = await cur.fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    async def next_due(self, providers: Sequence[str]) -> int | None:
+        if not providers:
+            return None
+        marks = ", ".join("?" for _ in providers)
+        sql = (f"SELECT MIN(run_after) FROM jobs WHERE {_ACTIVE} AND lease_owner IS NULL "  # noqa: S608
+               f"AND provider IN ({marks})")
+        async with self._read().execute(sql, tuple(providers)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def recover(self, owner: str, now: int) -> Recovery:
+        # Only one process serves a SQLite file, so every lease held by another
+        # owner belongs to a process that is gone.
+        foreign = "lease_owner IS NOT NULL AND lease_owner != ?"
+        async with self._write(transaction=True) as db:
+            await db.execute(f"UPDATE jobs SET lease_owner = NULL, lease_until = NULL "  # noqa: S608
+                             f"WHERE {foreign} AND state = '{JobState.PENDING}'", (owner,))
+            cur = await db.execute(
+                f"UPDATE jobs SET lease_owner = NULL, lease_until = NULL, run_after = ?, "  # noqa: S608
+                f"updated_at = ? WHERE {foreign} AND state = '{JobState.PROCESSING}' "
+                f"AND upstream_id IS NOT NULL", (now, now, owner))
+            resumed = cur.rowcount
+            cur = await db.execute(
+                f"UPDATE jobs SET lease_owner = NULL, lease_until = NULL, run_after = ?, "  # noqa: S608
+                f"updated_at = ?, recoveries = recoveries + 1 WHERE {foreign} "
+                f"AND state = '{JobState.PROCESSING}' AND upstream_id IS NULL AND recoveries < 1",
+                (now, now, owner))
+            retried = cur.rowcount
+            async with db.execute(
+                    f"UPDATE jobs SET state = '{JobState.FAILED}', lease_owner = NULL, "  # noqa: S608
+                    f"lease_until = NULL, fail_code = 'interrupted', fail_msg = 'the gateway "
+                    f"restarted twice while this job was being submitted', completed_at = ?, "
+                    f"updated_at = ? WHERE {foreign} AND state = '{JobState.PROCESSING}' "
+                    f"AND upstream_id IS NULL RETURNING *", (now, now, owner)) as cur2:
+                failed = tuple(Job.from_row(r) for r in await cur2.fetchall())
+        return Recovery(resumed=resumed, retried=retried, failed=failed)
+
+    async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:
+        sql = "SELECT model, provider, state, COUNT(*) FROM jobs GROUP BY model, provider, state"
+        async with self._read().execute(sql) as cur:
+            return {(r[0], r[1], r[2]): int(r[3]) for r in await cur.fetchall()}
+
+    # -- keys ---------------------------------------------------------------
+
+    async def upsert_key(self, name: str, key_hash: str, *, now: int) -> ApiKey:
+        sql = """
+            INSERT INTO api_keys (id, name, key_hash, created_at) VALUES (?, ?, ?, ?)
+            ON CONFLICT (name) DO UPDATE SET key_hash = excluded.key_hash
+            RETURNING *"""
+        async with self._write() as db, db.execute(
+                sql, (f"key_{secrets.token_hex(8)}", name, key_hash, now)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return _key(row)
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        async with self._read().execute("SELECT * FROM api_keys WHERE key_hash = ?",
+                                        (key_hash,)) as cur:
+            row = await cur.fetchone()
+        return _key(row) if row else None
+
+
+def _key(row: Mapping[str, Any]) -> ApiKey:
+    return ApiKey(id=row["id"], name=row["name"], created_at=row["created_at"],
+                  revoked_at=row["revoked_at"])
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration on ``;`` lines, keeping trigger bodies whole."""
+    return [s.strip() for s in script.split("\n;\n") if s.strip()]
+
+
+__all__ = ["TERMINAL", "SqliteStore"]

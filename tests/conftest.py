@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.gateway import RunningGateway, base_config, run_gateway
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> dict[str, Any]:
+    return base_config(tmp_path)
+
+
+@pytest.fixture
+async def gateway(config: dict[str, Any]) -> AsyncIterator[RunningGateway]:
+    async with run_gateway(config) as running:
+        yield running
