@@ -20,6 +20,7 @@ from muxproxy.app_state import AppState
 from muxproxy.auth import Authenticator, hash_key
 from muxproxy.clock import Clock, SystemClock, now_ms
 from muxproxy.errors import MuxError, status_error
+from muxproxy.events import JobEvents
 from muxproxy.gateway import Gateway
 from muxproxy.http import ErrorRenderer
 from muxproxy.logs import configure_logging, get_logger
@@ -98,14 +99,15 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics) -> AppState
     providers = build_providers(dict(settings.providers), http, clock)
     signer = UrlSigner(settings.server.secret, settings.server.public_url,
                        settings.storage.url_ttl_seconds, clock)
-    runner = JobRunner(settings, store, storage, providers, http, clock, metrics)
+    events = JobEvents()
+    runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events)
     scheduler = Scheduler(store, providers, runner, clock, settings.jobs, metrics)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
                       scheduler.wake)
     state = AppState(settings=settings, clock=clock, metrics=metrics, store=store,
                      storage=storage, http=http, providers=providers, signer=signer,
                      auth=Authenticator(store), gateway=gateway, runner=runner,
-                     scheduler=scheduler)
+                     scheduler=scheduler, events=events)
     await scheduler.start()
     return state
 

@@ -9,6 +9,7 @@ import aiohttp
 
 from muxproxy.auth import Authenticator
 from muxproxy.clock import Clock
+from muxproxy.events import JobEvents
 from muxproxy.gateway import Gateway
 from muxproxy.metrics import Metrics
 from muxproxy.providers.base import Provider
@@ -34,3 +35,4 @@ class AppState:
     gateway: Gateway
     runner: JobRunner
     scheduler: Scheduler
+    events: JobEvents

@@ -10,7 +10,7 @@ def backoff(attempt: int, base: float, cap: float, jitter: float = 0.0,
             rand: Callable[[], float] = random.random) -> float:
     """Seconds to wait before retry number ``attempt`` (1-based): ``base * 2**(attempt-1)``,
     capped, then spread by +/- ``jitter`` (a fraction) so retries do not stampede."""
-    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay = float(min(cap, base * (2.0 ** max(0, attempt - 1))))
     if jitter:
         delay *= 1 + jitter * (2 * rand() - 1)
     return max(0.0, delay)

@@ -35,13 +35,13 @@ async def download(http: aiohttp.ClientSession, url: str, *, max_bytes: int,
                 if (response.content_length or 0) > max_bytes:
                     raise UpstreamError(f"image larger than {max_bytes} bytes",
                                         transient=False, code="image_too_large")
-                data = bytearray()
+                buffer = bytearray()
                 async for chunk in response.content.iter_chunked(64 * 1024):
-                    data += chunk
-                    if len(data) > max_bytes:
+                    buffer += chunk
+                    if len(buffer) > max_bytes:
                         raise UpstreamError(f"image larger than {max_bytes} bytes",
                                             transient=False, code="image_too_large")
-                data = bytes(data)
+                data = bytes(buffer)
         except UpstreamError:
             raise
         except TimeoutError:

@@ -14,6 +14,7 @@ from muxproxy.errors import InvalidRequest, NotFound
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.jobs import Job, NewJob
 from muxproxy.metrics import Metrics
+from muxproxy.pricing import check_capabilities, price
 from muxproxy.providers.base import Provider
 from muxproxy.providers.errors import Unsupported
 from muxproxy.settings import ModelSettings, Settings
@@ -62,6 +63,8 @@ class Gateway:
         model = self.model(submission.model)
         route = model.routes[0]
         request = submission.request
+        check_capabilities(model, request)
+        credits = price(model, request)
         try:
             self.providers[route.provider].check(request, route.model, route.params)
         except Unsupported as exc:
@@ -79,7 +82,7 @@ class Gateway:
             id=job_id, key_id=key.id, surface=surface, model=model.id, request=request,
             client_params=submission.client_params, provider=route.provider,
             upstream_model=route.model, callback_url=submission.callback_url, created_at=now,
-            deadline_at=now + int(self.settings.jobs.deadline_seconds * 1000)))
+            deadline_at=now + int(self.settings.jobs.deadline_seconds * 1000), credits=credits))
         self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
         self._wake()
         return job

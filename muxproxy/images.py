@@ -53,7 +53,7 @@ def parse_ratio(value: str) -> float | None:
 
 
 def _round16(value: float) -> int:
-    return max(MIN_SIDE, int(round(value / 16)) * 16)
+    return max(MIN_SIDE, round(value / 16) * 16)
 
 
 def pixel_size(size: tuple[int, int] | None, aspect_ratio: str | None,

@@ -6,9 +6,15 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from muxproxy.generation import GenerationRequest
+
+
+class RowLike(Protocol):
+    """A database row readable by column name (sqlite3.Row, asyncpg.Record, dict)."""
+
+    def __getitem__(self, key: str) -> Any: ...
 
 
 class JobState(StrEnum):
@@ -99,6 +105,7 @@ class NewJob:
     callback_url: str | None
     created_at: int
     deadline_at: int
+    credits: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,7 @@ class Job:
     recoveries: int
     polls: int
     callback_url: str | None
+    credits: int
     created_at: int
     started_at: int | None
     completed_at: int | None
@@ -142,7 +150,7 @@ class Job:
         return f"{self.provider}/{self.upstream_model}"
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Job:
+    def from_row(cls, row: RowLike) -> Job:
         result = row["result"]
         return cls(
             id=row["id"],
@@ -164,6 +172,7 @@ class Job:
             recoveries=row["recoveries"],
             polls=row["polls"],
             callback_url=row["callback_url"],
+            credits=row["credits"],
             created_at=row["created_at"],
             started_at=row["started_at"],
             completed_at=row["completed_at"],

@@ -18,6 +18,7 @@ from PIL import Image
 from muxproxy import images
 from muxproxy.backoff import backoff, poll_delay
 from muxproxy.clock import Clock, now_ms
+from muxproxy.events import JobEvents
 from muxproxy.fetch import download
 from muxproxy.jobs import Job, JobResult, JobState, StoredImage
 from muxproxy.logs import get_logger
@@ -43,7 +44,7 @@ log = get_logger("muxproxy.runner")
 class JobRunner:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
                  providers: Mapping[str, Provider], http: aiohttp.ClientSession,
-                 clock: Clock, metrics: Metrics) -> None:
+                 clock: Clock, metrics: Metrics, events: JobEvents) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -51,6 +52,7 @@ class JobRunner:
         self.http = http
         self.clock = clock
         self.metrics = metrics
+        self.events = events
 
     async def run(self, job: Job, owner: str) -> None:
         now = now_ms(self.clock)
@@ -188,7 +190,10 @@ class JobRunner:
             return None
 
     def record(self, job: Job) -> None:
+        """Count a job entering its state; announce it when terminal."""
         self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
+        if job.is_terminal:
+            self.events.publish(job)
         if job.is_terminal and job.completed_at is not None:
             self.metrics.job_duration.labels(job.model, job.provider, job.state).observe(
                 max(0, job.completed_at - job.created_at) / 1000)

@@ -92,11 +92,19 @@ class RouteSettings:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
+# A price: credits per image, flat, by resolution, or by resolution then quality.
+Credits = int | Mapping[str, "int | Mapping[str, int]"]
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     id: str
     routes: tuple[RouteSettings, ...]
     description: str = ""
+    credits: Credits = 0
+    # Allowed values; empty means the providers decide.
+    resolutions: tuple[str, ...] = ()
+    aspect_ratios: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -250,7 +258,8 @@ def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Mo
         where = f'models."{model_id}"'
         if not isinstance(table, Mapping):
             raise SettingsError(f"{where}: expected a table")
-        _no_unknown(table, {"routes", "description"}, where)
+        _no_unknown(table, {"routes", "description", "credits", "resolutions", "aspect_ratios"},
+                    where)
         routes_raw = table.get("routes")
         if not isinstance(routes_raw, list) or not routes_raw:
             raise SettingsError(f"{where}.routes: at least one route is required")
@@ -261,7 +270,7 @@ def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Mo
                 raise SettingsError(f"{rwhere}: expected a table")
             _no_unknown(route, {"provider", "model", "params"}, rwhere)
             provider, model = route.get("provider"), route.get("model")
-            if provider not in providers:
+            if not isinstance(provider, str) or provider not in providers:
                 raise SettingsError(f"{rwhere}.provider: unknown provider {provider!r}")
             if not isinstance(model, str) or not model:
                 raise SettingsError(f"{rwhere}.model: required")
@@ -272,8 +281,37 @@ def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Mo
         description = table.get("description", "")
         if not isinstance(description, str):
             raise SettingsError(f"{where}.description: expected a string")
-        result[model_id] = ModelSettings(id=model_id, routes=tuple(routes), description=description)
+        result[model_id] = ModelSettings(
+            id=model_id, routes=tuple(routes), description=description,
+            credits=_credits(table.get("credits", 0), f"{where}.credits"),
+            resolutions=tuple(r.lower() for r in _strings(table, "resolutions", where)),
+            aspect_ratios=_strings(table, "aspect_ratios", where))
     return result
+
+
+def _strings(table: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
+    value = table.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SettingsError(f"{where}.{name}: expected an array of strings")
+    return tuple(value)
+
+
+def _credits(value: Any, where: str) -> Credits:
+    def amount(v: Any, w: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise SettingsError(f"{w}: expected a whole number of credits >= 0")
+        return v
+
+    if not isinstance(value, Mapping):
+        return amount(value, where)
+    table: dict[str, int | Mapping[str, int]] = {}
+    for resolution, entry in value.items():
+        w = f"{where}.{resolution}"
+        if isinstance(entry, Mapping):
+            table[resolution.lower()] = {q: amount(c, f"{w}.{q}") for q, c in entry.items()}
+        else:
+            table[resolution.lower()] = amount(entry, w)
+    return table
 
 
 def _check(settings: Settings) -> None:
@@ -300,7 +338,8 @@ def _check(settings: Settings) -> None:
 
 
 def sqlite_path(url: str) -> Path:
-    """``sqlite:///rel/path.db`` is relative to the working directory, ``sqlite:////abs`` absolute."""
+    """``sqlite:///rel/path.db`` is relative to the working directory;
+    ``sqlite:////abs/path.db`` is absolute."""
     return Path(url.removeprefix("sqlite:///"))
 
 

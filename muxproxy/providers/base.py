@@ -27,8 +27,8 @@ import aiohttp
 
 from muxproxy.clock import Clock
 from muxproxy.fetch import download
-from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.generation import GenerationRequest
+from muxproxy.providers.errors import UpstreamError
 from muxproxy.settings import ProviderSettings
 
 
@@ -121,7 +121,7 @@ class Provider(abc.ABC):
         self.clock = clock
         self.timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
 
-    def check(self, request: GenerationRequest, upstream_model: str,
+    def check(self, request: GenerationRequest, upstream_model: str,  # noqa: B027
               params: Mapping[str, Any]) -> None:
         """Raise :class:`Unsupported` for what this upstream cannot do. Called at submit."""
 

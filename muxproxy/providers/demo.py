@@ -25,8 +25,8 @@ from muxproxy.providers.base import (
     ImageData,
     PollOutcome,
     Provider,
-    Submitted,
     SubmitOutcome,
+    Submitted,
 )
 from muxproxy.providers.errors import UpstreamError
 
@@ -44,7 +44,7 @@ class DemoProvider(Provider):
         return float(self.settings.options.get("failure_rate", 0.0))
 
     async def submit(self, call: Call) -> SubmitOutcome:
-        rng = random.Random(f"{call.job_id}:{call.request.prompt}")  # noqa: S311 - not crypto
+        rng = random.Random(f"{call.job_id}:{call.request.prompt}")
         if rng.random() < self._failure_rate:
             raise UpstreamError("demo failure (configured failure_rate)", transient=False,
                                 code="demo_failure")

@@ -42,6 +42,7 @@ CREATE TABLE jobs (
     recoveries     INTEGER NOT NULL DEFAULT 0,
     polls          INTEGER NOT NULL DEFAULT 0,
     callback_url   TEXT,
+    credits        INTEGER NOT NULL DEFAULT 0,
     created_at     INTEGER NOT NULL,
     started_at     INTEGER,
     completed_at   INTEGER,

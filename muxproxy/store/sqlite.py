@@ -16,8 +16,8 @@ from typing import Any
 
 import aiosqlite
 
-from muxproxy.jobs import TERMINAL, IllegalTransition, Job, JobState, NewJob
-from muxproxy.store.base import ApiKey, Recovery, Store, StaleJob
+from muxproxy.jobs import TERMINAL, IllegalTransition, Job, JobState, NewJob, RowLike
+from muxproxy.store.base import ApiKey, Recovery, StaleJob, Store
 from muxproxy.store.schema import MIGRATIONS
 
 _ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
@@ -105,7 +105,8 @@ class SqliteStore(Store):
             "state": JobState.PENDING.value, "params": _dumps(new.request.to_json()),
             "client_params": _dumps(new.client_params), "route_index": 0,
             "provider": new.provider, "upstream_model": new.upstream_model,
-            "callback_url": new.callback_url, "created_at": new.created_at,
+            "callback_url": new.callback_url, "credits": new.credits,
+            "created_at": new.created_at,
             "updated_at": new.created_at, "run_after": new.created_at,
             "deadline_at": new.deadline_at,
         }
@@ -264,7 +265,7 @@ class SqliteStore(Store):
         return _key(row) if row else None
 
 
-def _key(row: Mapping[str, Any]) -> ApiKey:
+def _key(row: RowLike) -> ApiKey:
     return ApiKey(id=row["id"], name=row["name"], created_at=row["created_at"],
                   revoked_at=row["revoked_at"])
 

@@ -8,11 +8,11 @@ from starlette.routing import Route
 
 from muxproxy.app_state import AppState
 from muxproxy.errors import Forbidden, NotFound
+from muxproxy.http import surface
 from muxproxy.images import FORMATS
 from muxproxy.signing import LinkExpired, LinkInvalid
 from muxproxy.storage import BlobNotFound
 from muxproxy.surfaces.native import render_error
-from muxproxy.http import surface
 
 _TYPES = {ext: ctype for ext, ctype in FORMATS.items()} | {"gif": "image/gif"}
 

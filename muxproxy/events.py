@@ -1,0 +1,46 @@
+"""In-process notice that a job reached a terminal state, for callers that wait
+(the OpenAI surface answers only when the image exists)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from muxproxy.jobs import Job
+
+
+class JobEvents:
+    def __init__(self) -> None:
+        self._waiters: defaultdict[str, set[asyncio.Future[Job]]] = defaultdict(set)
+
+    def publish(self, job: Job) -> None:
+        for future in self._waiters.pop(job.id, ()):
+            if not future.done():
+                future.set_result(job)
+
+    async def wait(self, job_id: str, timeout: float) -> Job | None:
+        """The job once terminal, or None after ``timeout`` seconds.
+
+        Subscribe before checking the store, so a job finishing in between is not
+        missed: callers do ``waiter = events.waiter(id)``, read, then await it.
+        """
+        future = self.waiter(job_id)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            self.discard(job_id, future)
+
+    def waiter(self, job_id: str) -> asyncio.Future[Job]:
+        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._waiters[job_id].add(future)
+        return future
+
+    def discard(self, job_id: str, future: asyncio.Future[Job]) -> None:
+        waiters = self._waiters.get(job_id)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._waiters[job_id]
