@@ -13,6 +13,7 @@ from muxproxy.clock import Clock, now_ms
 from muxproxy.errors import InvalidRequest, NotFound
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.jobs import Job, NewJob
+from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.pricing import check_capabilities, price
 from muxproxy.providers.base import Provider
@@ -22,6 +23,8 @@ from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage
 from muxproxy.store import ApiKey, Store
 from muxproxy.validation import UploadedImage
+
+log = get_logger("muxproxy.gateway")
 
 
 def new_job_id() -> str:
@@ -84,6 +87,8 @@ class Gateway:
             upstream_model=route.model, callback_url=submission.callback_url, created_at=now,
             deadline_at=now + int(self.settings.jobs.deadline_seconds * 1000), credits=credits))
         self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
+        log.info("job created", job_id=job.id, model=job.model, provider=job.provider,
+                 surface=surface, credits=credits)
         self._wake()
         return job
 

@@ -190,7 +190,9 @@ class JobRunner:
             return None
 
     def record(self, job: Job) -> None:
-        """Count a job entering its state; announce it when terminal."""
+        """Count and log a job entering its state; announce it when terminal."""
+        log.info("job state", job_id=job.id, state=job.state.value, model=job.model,
+                 provider=job.provider, fail_code=job.fail_code)
         self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
         if job.is_terminal:
             self.events.publish(job)

@@ -1,0 +1,99 @@
+"""Settings: env references, defaults, and errors that name the bad key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from muxproxy.settings import SettingsError, load_settings, parse_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+MINIMAL: dict[str, Any] = {"server": {"secret": "0123456789abcdef"}}
+
+
+def test_shipped_config_loads_without_any_environment() -> None:
+    settings = load_settings(ROOT / "config.toml", env={})
+    assert settings.server.port == 8080
+    assert settings.database.url == "sqlite:///data/muxproxy.db"
+    assert [k.name for k in settings.keys] == ["dev"]
+    assert "demo-image" in settings.models
+    for model in settings.models.values():
+        assert all(route.provider in settings.providers for route in model.routes)
+
+
+def test_env_references_and_defaults() -> None:
+    raw = {"server": {"secret": "${SECRET}", "port": "${PORT:-9000}",
+                      "public_url": "https://${HOST:-localhost}/gw"}}
+    settings = parse_settings(raw, {"SECRET": "from-the-environment", "HOST": "img.example"})
+    assert settings.server.secret == "from-the-environment"
+    assert settings.server.port == 9000
+    assert settings.server.public_url == "https://img.example/gw"
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"server": {"secret": "${MISSING}"}}, "server.secret: environment variable MISSING"),
+    ({**MINIMAL, "server": {"secret": "short"}}, "server.secret"),
+    ({**MINIMAL, "servr": {}}, "unknown setting servr"),
+    ({"server": {**MINIMAL["server"], "prot": 1}}, "unknown setting server.prot"),
+    ({"server": {**MINIMAL["server"], "port": "eighty"}}, "server.port: expected int"),
+    ({**MINIMAL, "jobs": {"max_attempts": 0}}, "jobs.max_attempts"),
+    ({**MINIMAL, "database": {"url": "mysql://x"}}, "database.url"),
+    ({**MINIMAL, "providers": {"p": {"base_url": "x"}}}, "providers.p.kind: required"),
+    ({**MINIMAL, "providers": {"p": {"kind": "demo", "max_concurrency": 0}}},
+     "providers.p.max_concurrency"),
+    ({**MINIMAL, "models": {"m": {"routes": []}}}, 'models."m".routes'),
+    ({**MINIMAL, "models": {"m": {"routes": [{"provider": "ghost", "model": "x"}]}}},
+     "models.\"m\".routes[0].provider: unknown provider 'ghost'"),
+    ({**MINIMAL, "models": {"m": {"credits": -1, "routes": []}}}, 'models."m"'),
+    ({**MINIMAL, "keys": [{"name": "k", "key": "short"}]}, "keys[0].key"),
+    ({**MINIMAL, "keys": [{"name": "k", "key": "x" * 10}, {"name": "k", "key": "y" * 10}]},
+     "keys: names must be unique"),
+])
+def test_errors_name_the_key(raw: dict[str, Any], message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        parse_settings(raw, {})
+    assert message in str(info.value)
+
+
+def test_credits_tables(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("""
+[server]
+secret = "0123456789abcdef"
+[providers.demo]
+kind = "demo"
+[models."gpt-image-2"]
+resolutions = ["1K", "2k"]
+routes = [{ provider = "demo", model = "x" }]
+credits = { "1K" = { standard = 2, medium = 10, high = 18 }, "2k" = 5 }
+""")
+    model = load_settings(path, env={}).models["gpt-image-2"]
+    assert model.credits == {"1k": {"standard": 2, "medium": 10, "high": 18}, "2k": 5}
+    assert model.resolutions == ("1k", "2k")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "muxproxy.cli", *args], capture_output=True,
+                          text=True, check=False, timeout=30)
+
+
+def test_cli_check_config() -> None:
+    ok = run_cli("check-config", "--config", str(ROOT / "config.toml"))
+    assert ok.returncode == 0
+    assert "ok" in ok.stdout
+
+
+def test_cli_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nsecret = "0123456789abcdef"\nport = "http"\n')
+    result = run_cli("serve", "--config", str(bad))
+    assert result.returncode == 2
+    assert "server.port: expected int" in result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run_cli("serve", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2
+    assert "config file not found" in missing.stderr

@@ -1,0 +1,284 @@
+"""The contract every Store backend must pass. Add a backend to ``BACKENDS``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from muxproxy.generation import GenerationRequest, ImageRef
+from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob
+from muxproxy.store import StaleJob, Store
+from muxproxy.store.sqlite import SqliteStore
+
+BACKENDS: dict[str, Callable[[Path], Store]] = {
+    "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
+}
+T0 = 1_700_000_000_000
+OWNER = "worker-1"
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    backend = BACKENDS[request.param](tmp_path)
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+def new_job(job_id: str, *, key_id: str = "key-a", provider: str = "demo", created: int = T0,
+            deadline: int = T0 + 600_000, callback: str | None = None) -> NewJob:
+    request = GenerationRequest(prompt="a red fox", n=2, size=(512, 256), output_format="png",
+                                images=(ImageRef(url="https://example.com/a.png"),),
+                                extra={"style": "vivid"})
+    return NewJob(id=job_id, key_id=key_id, surface="native", model="demo-image",
+                  request=request, client_params={"prompt": "a red fox"}, provider=provider,
+                  upstream_model="demo-image", callback_url=callback, created_at=created,
+                  deadline_at=deadline, credits=7)
+
+
+async def claim_one(store: Store, job_id: str, now: int = T0) -> Job:
+    [job] = [j for j in await store.claim_due("demo", now, 100, OWNER, now + 60_000)
+             if j.id == job_id]
+    return job
+
+
+async def test_create_and_get_round_trip(store: Store) -> None:
+    created = await store.create_job(new_job("j1", callback="https://example.com/cb"))
+    fetched = await store.get_job("j1")
+    assert fetched == created
+    assert fetched.state is JobState.PENDING
+    assert fetched.request.size == (512, 256)
+    assert fetched.request.images[0].url == "https://example.com/a.png"
+    assert fetched.request.extra == {"style": "vivid"}
+    assert fetched.callback_url == "https://example.com/cb"
+    assert fetched.credits == 7
+    assert (fetched.attempts, fetched.recoveries, fetched.polls) == (0, 0, 0)
+    assert fetched.run_after == T0
+
+
+async def test_get_is_scoped_to_the_owning_key(store: Store) -> None:
+    await store.create_job(new_job("j1", key_id="key-a"))
+    assert await store.get_job("j1", key_id="key-a") is not None
+    assert await store.get_job("j1", key_id="key-b") is None
+    assert await store.get_job("missing") is None
+
+
+async def test_duplicate_id_is_refused(store: Store) -> None:
+    await store.create_job(new_job("j1"))
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        await store.create_job(new_job("j1"))
+
+
+async def test_list_newest_first_with_paging(store: Store) -> None:
+    for i in range(5):
+        await store.create_job(new_job(f"j{i}", created=T0 + i))
+    await store.create_job(new_job("other", key_id="key-b"))
+    page = await store.list_jobs("key-a", limit=3)
+    assert [j.id for j in page] == ["j4", "j3", "j2"]
+    rest = await store.list_jobs("key-a", limit=3, before=page[-1].created_at)
+    assert [j.id for j in rest] == ["j1", "j0"]
+
+
+async def test_claim_leases_due_jobs_once(store: Store) -> None:
+    await store.create_job(new_job("due", created=T0))
+    await store.create_job(new_job("later", created=T0 + 5_000))
+    await store.create_job(new_job("elsewhere", provider="other"))
+    claimed = await store.claim_due("demo", T0, 10, OWNER, T0 + 60_000)
+    assert [j.id for j in claimed] == ["due"]
+    assert claimed[0].lease_owner == OWNER
+    assert await store.claim_due("demo", T0, 10, "worker-2", T0 + 60_000) == []
+    assert [j.id for j in await store.claim_due("demo", T0 + 5_000, 10, OWNER, T0)] == ["later"]
+
+
+async def test_claim_respects_the_limit(store: Store) -> None:
+    for i in range(5):
+        await store.create_job(new_job(f"j{i}", created=T0 + i))
+    first = await store.claim_due("demo", T0 + 10, 2, OWNER, T0 + 60_000)
+    assert [j.id for j in first] == ["j0", "j1"]
+    assert await store.claim_due("demo", T0 + 10, 0, OWNER, T0) == []
+
+
+async def test_concurrent_claims_never_share_a_job(store: Store) -> None:
+    for i in range(40):
+        await store.create_job(new_job(f"j{i}"))
+    batches = await asyncio.gather(*(store.claim_due("demo", T0, 7, f"w{i}", T0 + 60_000)
+                                     for i in range(8)))
+    ids = [j.id for batch in batches for j in batch]
+    assert len(ids) == len(set(ids)) == 40
+
+
+async def test_happy_path_transitions(store: Store) -> None:
+    await store.create_job(new_job("j1"))
+    job = await claim_one(store, "j1")
+    job = await store.transition(job, JobState.PENDING, JobState.PROCESSING, now=T0 + 1,
+                                 owner=OWNER, release=False, started_at=T0 + 1)
+    assert job.state is JobState.PROCESSING
+    assert job.lease_owner == OWNER
+    job = await store.transition(job, JobState.PROCESSING, JobState.PROCESSING, now=T0 + 2,
+                                 owner=OWNER, upstream_id="up-1",
+                                 upstream_state={"poll": "https://x/1"}, run_after=T0 + 1000)
+    assert job.upstream_id == "up-1"
+    assert job.upstream_state == {"poll": "https://x/1"}
+    assert job.lease_owner is None
+    result = {"images": [{"key": "results/j1/0.png", "content_type": "image/png",
+                          "width": 1, "height": 1}]}
+    job = await claim_one(store, "j1", now=T0 + 1000)
+    job = await store.transition(job, JobState.PROCESSING, JobState.COMPLETED, now=T0 + 3,
+                                 owner=OWNER, result=result, completed_at=T0 + 3)
+    assert job.state is JobState.COMPLETED
+    assert job.result is not None
+    assert job.result.images[0].key == "results/j1/0.png"
+    assert await store.claim_due("demo", T0 + 10**6, 10, OWNER, T0) == []
+
+
+@pytest.mark.parametrize(("source", "target"), [
+    (JobState.PENDING, JobState.COMPLETED),
+    (JobState.PENDING, JobState.PENDING),
+    (JobState.PROCESSING, JobState.PENDING),
+    (JobState.COMPLETED, JobState.FAILED),
+    (JobState.COMPLETED, JobState.PROCESSING),
+    (JobState.FAILED, JobState.COMPLETED),
+    (JobState.FAILED, JobState.PENDING),
+])
+async def test_illegal_transitions_are_refused(store: Store, source: JobState,
+                                               target: JobState) -> None:
+    await store.create_job(new_job("j1"))
+    with pytest.raises(IllegalTransition):
+        await store.transition("j1", source, target, now=T0)
+    job = await store.get_job("j1")
+    assert job is not None
+    assert job.state is JobState.PENDING
+
+
+async def test_compare_and_swap_on_the_state(store: Store) -> None:
+    await store.create_job(new_job("j1"))
+    await store.transition("j1", JobState.PENDING, JobState.PROCESSING, now=T0)
+    await store.transition("j1", JobState.PROCESSING, JobState.FAILED, now=T0,
+                           fail_code="x", fail_msg="boom")
+    # A caller that still believes the job is processing must lose.
+    with pytest.raises(StaleJob) as info:
+        await store.transition("j1", JobState.PROCESSING, JobState.COMPLETED, now=T0)
+    assert info.value.actual is JobState.FAILED
+    job = await store.get_job("j1")
+    assert job is not None
+    assert (job.state, job.fail_msg) == (JobState.FAILED, "boom")
+
+
+async def test_cas_requires_the_lease_owner(store: Store) -> None:
+    await store.create_job(new_job("j1"))
+    await claim_one(store, "j1")
+    with pytest.raises(StaleJob):
+        await store.transition("j1", JobState.PENDING, JobState.PROCESSING, now=T0,
+                               owner="someone-else")
+
+
+async def test_state_cannot_be_smuggled_in_as_a_change(store: Store) -> None:
+    await store.create_job(new_job("j1"))
+    with pytest.raises(ValueError, match="state"):
+        await store.transition("j1", JobState.PENDING, JobState.PROCESSING, now=T0,
+                               state="completed")
+
+
+async def test_expire_overdue_fails_unleased_jobs_only(store: Store) -> None:
+    await store.create_job(new_job("idle", deadline=T0 + 10))
+    await store.create_job(new_job("leased", deadline=T0 + 10))
+    await store.create_job(new_job("fresh", deadline=T0 + 10**6))
+    [leased] = [j for j in await store.claim_due("demo", T0, 10, OWNER, T0 + 10**6)
+                if j.id == "leased"]
+    await store.release("idle", OWNER, now=T0)
+    await store.release("fresh", OWNER, now=T0)
+    expired = await store.expire_overdue(T0 + 100)
+    assert [j.id for j in expired] == ["idle"]
+    assert expired[0].state is JobState.FAILED
+    assert expired[0].fail_code == "deadline_exceeded"
+    assert leased.lease_owner == OWNER
+
+
+async def test_next_due(store: Store) -> None:
+    assert await store.next_due(["demo"]) is None
+    await store.create_job(new_job("a", created=T0 + 50))
+    await store.create_job(new_job("b", created=T0 + 20))
+    await store.create_job(new_job("c", provider="other", created=T0))
+    assert await store.next_due(["demo"]) == T0 + 20
+    assert await store.next_due(["demo", "other"]) == T0
+    assert await store.next_due([]) is None
+
+
+async def test_recover_after_a_crash(store: Store) -> None:
+    for name in ("polling", "submitting", "twice", "queued"):
+        await store.create_job(new_job(name))
+    claimed = await store.claim_due("demo", T0, 10, "dead-worker", T0 + 10**6)
+    assert len(claimed) == 4
+    for name in ("polling", "submitting", "twice"):
+        await store.transition(name, JobState.PENDING, JobState.PROCESSING, now=T0,
+                               owner="dead-worker", release=False)
+    await store.transition("polling", JobState.PROCESSING, JobState.PROCESSING, now=T0,
+                           owner="dead-worker", release=False, upstream_id="up-9")
+    await store.transition("twice", JobState.PROCESSING, JobState.PROCESSING, now=T0,
+                           owner="dead-worker", release=False, recoveries=1)
+
+    recovery = await store.recover("new-worker", T0 + 5)
+    assert (recovery.resumed, recovery.retried) == (1, 1)
+    assert [j.id for j in recovery.failed] == ["twice"]
+    states = {n: await store.get_job(n) for n in ("polling", "submitting", "twice", "queued")}
+    assert all(j is not None and j.lease_owner is None for j in states.values())
+    polling, submitting, twice, queued = (states[n] for n in
+                                          ("polling", "submitting", "twice", "queued"))
+    assert polling is not None and polling.upstream_id == "up-9"
+    assert polling.state is JobState.PROCESSING
+    assert submitting is not None and submitting.recoveries == 1
+    assert twice is not None and twice.state is JobState.FAILED
+    assert twice.fail_code == "interrupted"
+    assert queued is not None and queued.state is JobState.PENDING
+    # Everything not failed is claimable again at once.
+    again = await store.claim_due("demo", T0 + 5, 10, "new-worker", T0 + 10**6)
+    assert {j.id for j in again} == {"polling", "submitting", "queued"}
+
+
+async def test_recover_leaves_own_leases_alone(store: Store) -> None:
+    await store.create_job(new_job("mine"))
+    await claim_one(store, "mine")
+    recovery = await store.recover(OWNER, T0)
+    assert (recovery.resumed, recovery.retried, recovery.failed) == (0, 0, ())
+    job = await store.get_job("mine")
+    assert job is not None
+    assert job.lease_owner == OWNER
+
+
+async def test_count_jobs(store: Store) -> None:
+    await store.create_job(new_job("a"))
+    await store.create_job(new_job("b"))
+    await store.transition("b", JobState.PENDING, JobState.FAILED, now=T0, fail_msg="x")
+    assert await store.count_jobs() == {("demo-image", "demo", "pending"): 1,
+                                        ("demo-image", "demo", "failed"): 1}
+
+
+async def test_keys_upsert_and_lookup(store: Store) -> None:
+    first = await store.upsert_key("dev", "hash-1", now=T0)
+    assert await store.key_by_hash("hash-1") == first
+    moved = await store.upsert_key("dev", "hash-2", now=T0 + 1)
+    assert moved.id == first.id
+    assert await store.key_by_hash("hash-1") is None
+    assert await store.key_by_hash("hash-2") == moved
+
+
+async def test_store_survives_reopen(tmp_path: Path) -> None:
+    for name, factory in BACKENDS.items():
+        (tmp_path / name).mkdir()
+        first = factory(tmp_path / name)
+        await first.open()
+        await first.create_job(new_job("kept"))
+        await first.aclose()
+        second = factory(tmp_path / name)
+        await second.open()
+        try:
+            job = await second.get_job("kept")
+            assert job is not None
+            assert job.request.prompt == "a red fox"
+        finally:
+            await second.aclose()

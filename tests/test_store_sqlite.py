@@ -1,0 +1,61 @@
+"""SQLite specifics beyond the contract: the schema guards itself."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from muxproxy.store.schema import MIGRATIONS
+from muxproxy.store.sqlite import SqliteStore
+from tests.test_store_contract import T0, new_job
+
+
+async def test_schema_is_versioned_and_wal(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    await store.aclose()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_database_refuses_illegal_transitions_written_directly(tmp_path: Path) -> None:
+    """Even SQL that bypasses the store cannot break the state machine."""
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    await store.create_job(new_job("j1"))
+    await store.aclose()
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        with pytest.raises(sqlite3.IntegrityError, match="illegal transition"):
+            conn.execute("UPDATE jobs SET state = 'completed' WHERE id = 'j1'")
+        conn.execute("UPDATE jobs SET state = 'processing' WHERE id = 'j1'")
+        conn.execute("UPDATE jobs SET state = 'failed', fail_msg = 'x' WHERE id = 'j1'")
+        with pytest.raises(sqlite3.IntegrityError, match="illegal transition"):
+            conn.execute("UPDATE jobs SET state = 'processing' WHERE id = 'j1'")
+        with pytest.raises(sqlite3.IntegrityError, match="illegal transition"):
+            conn.execute("UPDATE jobs SET fail_msg = 'rewritten' WHERE id = 'j1'")
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    store = SqliteStore(tmp_path / "s.db")
+    with pytest.raises(RuntimeError, match="newer"):
+        await store.open()
+    await store.aclose()
+
+
+async def test_reopen_does_not_rerun_migrations(tmp_path: Path) -> None:
+    for _ in range(2):
+        store = SqliteStore(tmp_path / "s.db")
+        await store.open()
+        await store.create_job(new_job(f"j{_}", created=T0 + _))
+        await store.aclose()
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        assert len(await store.list_jobs("key-a")) == 2
+    finally:
+        await store.aclose()

@@ -1,0 +1,100 @@
+"""Small pure pieces: sizes, sniffing, backoff, pricing, the manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from muxproxy import images
+from muxproxy.backoff import backoff, poll_delay
+from muxproxy.clock import ManualClock
+from muxproxy.errors import InvalidRequest
+from muxproxy.generation import GenerationRequest
+from muxproxy.pricing import price, resolution_of
+from muxproxy.settings import ModelSettings
+
+
+@pytest.mark.parametrize(("ratio", "resolution", "expected"), [
+    ("1:1", "1k", (1024, 1024)),
+    ("16:9", "1k", (1360, 768)),
+    ("9:16", "2k", (1536, 2736)),
+    ("1:1", "4k", (4096, 4096)),
+    (None, None, (1024, 1024)),
+    ("auto", "2k", (2048, 2048)),
+])
+def test_pixel_size(ratio: str | None, resolution: str | None,
+                    expected: tuple[int, int]) -> None:
+    assert images.pixel_size(None, ratio, resolution) == expected
+    assert images.pixel_size((300, 200), ratio, resolution) == (300, 200)
+
+
+def test_sniff_judges_bytes_not_names() -> None:
+    assert images.sniff(b"\x89PNG\r\n\x1a\n....") == "image/png"
+    assert images.sniff(b"\xff\xd8\xff\xe0") == "image/jpeg"
+    assert images.sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "image/webp"
+    assert images.sniff(b"GIF89a") == "image/gif"
+    assert images.sniff(b"%PDF-1.7") is None
+    assert images.sniff(b"") is None
+
+
+def test_backoff_doubles_caps_and_jitters() -> None:
+    assert [backoff(a, 1, 60) for a in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert backoff(10, 1, 60) == 60
+    assert backoff(2, 1, 60, jitter=0.5, rand=lambda: 0.0) == 1.0
+    assert backoff(2, 1, 60, jitter=0.5, rand=lambda: 1.0) == 3.0
+    assert poll_delay(0, 1, 15) == 1
+    assert poll_delay(1, 1, 15) == 1.5
+    assert poll_delay(20, 1, 15) == 15
+
+
+GPT = ModelSettings(id="gpt-image-2", routes=(), credits={
+    "1k": {"standard": 2, "medium": 10, "high": 18},
+    "2k": {"standard": 5, "medium": 20, "high": 40},
+    "4k": {"standard": 10, "medium": 32, "high": 80}})
+
+
+@pytest.mark.parametrize(("fields", "credits"), [
+    ({}, 2),
+    ({"quality": "high"}, 18),
+    ({"quality": "hd"}, 18),
+    ({"quality": "low"}, 2),
+    ({"resolution": "4k", "quality": "medium"}, 32),
+    ({"resolution": "2k", "quality": "high", "n": 3}, 120),
+    ({"size": (2048, 2048), "quality": "medium"}, 20),
+])
+def test_price_by_resolution_and_quality(fields: dict[str, object], credits: int) -> None:
+    request = GenerationRequest(prompt="x", **fields)  # type: ignore[arg-type]
+    assert price(GPT, request) == credits
+
+
+def test_price_refuses_what_the_table_lacks() -> None:
+    banana = ModelSettings(id="nano-banana", routes=(), credits={"1k": 5})
+    assert price(banana, GenerationRequest(prompt="x", n=2)) == 10
+    with pytest.raises(InvalidRequest, match="resolution '2k'"):
+        price(banana, GenerationRequest(prompt="x", resolution="2k"))
+    with pytest.raises(InvalidRequest, match="quality 'ultra'"):
+        price(GPT, GenerationRequest(prompt="x", quality="ultra"))
+    assert price(ModelSettings(id="flat", routes=(), credits=3),
+                 GenerationRequest(prompt="x", n=4)) == 12
+    assert resolution_of(GenerationRequest(prompt="x", size=(3840, 2160))) == "4k"
+
+
+async def test_manual_clock_wakes_sleepers_in_order() -> None:
+    clock = ManualClock(start=100.0)
+    woke: list[str] = []
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append(name)
+
+    tasks = [asyncio.create_task(sleeper("late", 5)), asyncio.create_task(sleeper("soon", 1))]
+    await asyncio.sleep(0)
+    assert clock.next_wakeup == 101.0
+    clock.advance(1)
+    await asyncio.sleep(0)
+    assert woke == ["soon"]
+    clock.advance(4)
+    await asyncio.gather(*tasks)
+    assert woke == ["soon", "late"]
+    assert clock.now() == 105.0
