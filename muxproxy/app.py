@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from muxproxy.app_state import AppState
 from muxproxy.auth import Authenticator, hash_key
+from muxproxy.breaker import CircuitBreaker
 from muxproxy.clock import Clock, SystemClock, now_ms
 from muxproxy.errors import MuxError, status_error
 from muxproxy.events import JobEvents
@@ -100,14 +101,17 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics) -> AppState
     signer = UrlSigner(settings.server.secret, settings.server.public_url,
                        settings.storage.url_ttl_seconds, clock)
     events = JobEvents()
-    runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events)
+    breakers = {name: CircuitBreaker(ps.circuit_threshold, ps.circuit_cooldown_seconds, clock)
+                for name, ps in settings.providers.items()}
+    runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events,
+                       breakers)
     scheduler = Scheduler(store, providers, runner, clock, settings.jobs, metrics)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
                       scheduler.wake)
     state = AppState(settings=settings, clock=clock, metrics=metrics, store=store,
                      storage=storage, http=http, providers=providers, signer=signer,
                      auth=Authenticator(store), gateway=gateway, runner=runner,
-                     scheduler=scheduler, events=events)
+                     scheduler=scheduler, events=events, breakers=breakers)
     await scheduler.start()
     return state
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from muxproxy.auth import Authenticator
+from muxproxy.breaker import CircuitBreaker
 from muxproxy.clock import Clock
 from muxproxy.events import JobEvents
 from muxproxy.gateway import Gateway
@@ -36,3 +37,4 @@ class AppState:
     runner: JobRunner
     scheduler: Scheduler
     events: JobEvents
+    breakers: Mapping[str, CircuitBreaker]

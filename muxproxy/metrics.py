@@ -35,6 +35,9 @@ class Metrics:
         self.upstream_requests = Counter(
             "muxproxy_upstream_requests", "Upstream provider calls by outcome",
             ["provider", "outcome"], registry=r)
+        self.circuit_open = Gauge(
+            "muxproxy_provider_circuit_open", "1 while a provider's circuit breaker is open",
+            ["provider"], registry=r)
         self.upstream_latency = Histogram(
             "muxproxy_upstream_request_duration_seconds", "Upstream call latency",
             ["provider"], buckets=JOB_BUCKETS, registry=r)

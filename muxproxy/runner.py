@@ -17,6 +17,7 @@ from PIL import Image
 
 from muxproxy import images
 from muxproxy.backoff import backoff, poll_delay
+from muxproxy.breaker import CircuitBreaker
 from muxproxy.clock import Clock, now_ms
 from muxproxy.events import JobEvents
 from muxproxy.fetch import download
@@ -44,7 +45,8 @@ log = get_logger("muxproxy.runner")
 class JobRunner:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
                  providers: Mapping[str, Provider], http: aiohttp.ClientSession,
-                 clock: Clock, metrics: Metrics, events: JobEvents) -> None:
+                 clock: Clock, metrics: Metrics, events: JobEvents,
+                 breakers: Mapping[str, CircuitBreaker]) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -53,6 +55,7 @@ class JobRunner:
         self.clock = clock
         self.metrics = metrics
         self.events = events
+        self.breakers = breakers
 
     async def run(self, job: Job, owner: str) -> None:
         now = now_ms(self.clock)
@@ -62,6 +65,10 @@ class JobRunner:
                                               started_at=now)
             self.record(job)
         provider = self.providers[job.provider]
+        breaker = self.breakers[job.provider]
+        if job.upstream_id is None and not breaker.allow():
+            await self._avoid_open_circuit(job, owner, breaker)
+            return
         remaining = (job.deadline_at - now) / 1000
         started = time.perf_counter()
         try:
@@ -76,15 +83,21 @@ class JobRunner:
                     result = await self._store_results(job, outcome)
         except TimeoutError:
             self._observe(provider, "timeout", started)
+            breaker.failure()
             await self._fail(job, owner, "deadline_exceeded",
                              "job deadline exceeded before the upstream finished")
             return
         except UpstreamError as exc:
             self._observe(provider, "transient" if exc.transient else "permanent", started)
+            if exc.transient:
+                breaker.failure()
+            else:
+                breaker.success()
             await self._on_error(job, owner, exc)
             return
         except Unsupported as exc:
             self._observe(provider, "permanent", started)
+            breaker.success()
             await self._fail(job, owner, "unsupported", exc.message)
             return
         except Exception:
@@ -92,11 +105,13 @@ class JobRunner:
             # transient fault, and fail it once the attempts run out.
             log.exception("provider raised unexpectedly", provider=provider.name)
             self._observe(provider, "error", started)
+            breaker.failure()
             await self._on_error(job, owner, UpstreamError(
                 f"{provider.name}: internal error in the adapter", transient=True,
                 code="adapter_error"))
             return
         self._observe(provider, "ok", started)
+        breaker.success()
         await self._advance(job, owner, outcome, result if isinstance(outcome, Finished)
                             else None)
 
@@ -150,17 +165,28 @@ class JobRunner:
                              fail_code=exc.code, fail_msg=exc.message,
                              run_after=now + int(delay * 1000))
             return
-        routes = self.settings.models[job.model].routes if job.model in self.settings.models \
-            else ()
-        next_index = job.route_index + 1
-        if next_index < len(routes):
-            route = routes[next_index]
-            log.info("falling back to next route", provider=route.provider, model=route.model)
-            await self._move(job, owner, JobState.PROCESSING, route_index=next_index,
-                             provider=route.provider, upstream_model=route.model, attempts=0,
-                             upstream_state=None, run_after=now)
+        if not await self._fall_back(job, owner):
+            await self._fail(job, owner, exc.code, exc.message)
+
+    async def _avoid_open_circuit(self, job: Job, owner: str, breaker: CircuitBreaker) -> None:
+        """The provider is marked down: take the next route now, or wait for the trial."""
+        if await self._fall_back(job, owner):
             return
-        await self._fail(job, owner, exc.code, exc.message)
+        await self._move(job, owner, JobState.PROCESSING,
+                         run_after=int(breaker.retry_at * 1000) + 1)
+
+    async def _fall_back(self, job: Job, owner: str) -> bool:
+        model = self.settings.models.get(job.model)
+        next_index = job.route_index + 1
+        if model is None or next_index >= len(model.routes):
+            return False
+        route = model.routes[next_index]
+        log.info("falling back to next route", from_provider=job.provider,
+                 provider=route.provider, model=route.model)
+        await self._move(job, owner, JobState.PROCESSING, route_index=next_index,
+                         provider=route.provider, upstream_model=route.model, attempts=0,
+                         upstream_state=None, run_after=now_ms(self.clock))
+        return True
 
     async def _fail(self, job: Job, owner: str, code: str, message: str) -> None:
         now = now_ms(self.clock)

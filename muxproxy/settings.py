@@ -82,6 +82,9 @@ class ProviderSettings:
     api_key: str = ""
     timeout_seconds: float = 120.0
     max_concurrency: int = 8
+    # The circuit opens after this many transient failures in a row, for the cooldown.
+    circuit_threshold: int = 5
+    circuit_cooldown_seconds: float = 30.0
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -330,6 +333,8 @@ def _check(settings: Settings) -> None:
             raise SettingsError(f"providers.{name}.max_concurrency: must be at least 1")
         if provider.timeout_seconds <= 0:
             raise SettingsError(f"providers.{name}.timeout_seconds: must be positive")
+        if provider.circuit_threshold < 1:
+            raise SettingsError(f"providers.{name}.circuit_threshold: must be at least 1")
     if settings.jobs.max_attempts < 1:
         raise SettingsError("jobs.max_attempts: must be at least 1")
     names = [k.name for k in settings.keys]

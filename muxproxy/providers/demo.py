@@ -1,9 +1,11 @@
 """An offline provider that renders real images: the prompt on a gradient.
 
 Deterministic for a given prompt, so tests can compare bytes. ``options``:
-``delay_seconds`` (per image job), ``failure_rate`` (0..1, a permanent failure
-"demo failure" drawn per job from the prompt and job id), ``async`` (answer
-with an upstream id and finish on the first poll, to exercise polling offline).
+``delay_seconds`` (per image job); ``failure_rate`` (0..1, the share of calls
+that fail, drawn from the job id, prompt and attempt); ``failure_kind``
+(``permanent``, the default, or ``transient`` to act like an overloaded upstream
+answering 503); ``async`` (answer with an upstream id and finish on the first
+poll, to exercise polling offline).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from muxproxy.providers.errors import UpstreamError
 class DemoProvider(Provider):
     kind = "demo"
     is_async = True
+    #: Submits seen, for tests and the curious.
+    calls = 0
 
     @property
     def _delay(self) -> float:
@@ -44,8 +48,12 @@ class DemoProvider(Provider):
         return float(self.settings.options.get("failure_rate", 0.0))
 
     async def submit(self, call: Call) -> SubmitOutcome:
-        rng = random.Random(f"{call.job_id}:{call.request.prompt}")
+        self.calls += 1
+        rng = random.Random(f"{call.job_id}:{call.request.prompt}:{self.calls}")
         if rng.random() < self._failure_rate:
+            if self.settings.options.get("failure_kind") == "transient":
+                raise UpstreamError("demo: 503 service unavailable (configured failure_rate)",
+                                    transient=True, code="demo_unavailable", status=503)
             raise UpstreamError("demo failure (configured failure_rate)", transient=False,
                                 code="demo_failure")
         if self.settings.options.get("async"):

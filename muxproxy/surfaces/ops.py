@@ -19,13 +19,17 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready while the store answers; providers' circuits are shown, not judged
+    (one provider down is what routes and fallbacks are for)."""
     state: AppState = request.app.state.mux
+    circuits = {name: breaker.state.value for name, breaker in state.breakers.items()}
     try:
         await state.store.ping()
     except Exception as exc:
         log.warning("readiness check failed", error=type(exc).__name__)
-        return JSONResponse({"status": "unavailable", "store": "unreachable"}, status_code=503)
-    return JSONResponse({"status": "ready", "store": "ok"})
+        return JSONResponse({"status": "unavailable", "store": "unreachable",
+                             "providers": circuits}, status_code=503)
+    return JSONResponse({"status": "ready", "store": "ok", "providers": circuits})
 
 
 async def metrics(request: Request) -> Response:
@@ -34,6 +38,8 @@ async def metrics(request: Request) -> Response:
         state.metrics.set_job_counts(await state.store.count_jobs())
     except Exception:
         log.warning("could not count jobs for metrics", exc_info=True)
+    for name, breaker in state.breakers.items():
+        state.metrics.circuit_open.labels(name).set(1 if breaker.state == "open" else 0)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

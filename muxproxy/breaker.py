@@ -1,0 +1,66 @@
+"""A circuit breaker per provider.
+
+After ``threshold`` transient failures in a row the circuit opens: jobs stop going
+to that provider for ``cooldown`` seconds (they fall back to their next route, or
+wait). Then one trial call is let through (half-open); its outcome closes or
+reopens the circuit. Only transient failures count: a 400 says nothing about the
+provider's health.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from muxproxy.clock import Clock
+
+
+class Circuit(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    def __init__(self, threshold: int, cooldown: float, clock: Clock) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._trial_in_flight = False
+
+    @property
+    def state(self) -> Circuit:
+        if self.opened_at is None:
+            return Circuit.CLOSED
+        if self.clock.now() - self.opened_at < self.cooldown:
+            return Circuit.OPEN
+        return Circuit.HALF_OPEN
+
+    @property
+    def retry_at(self) -> float:
+        """When an open circuit lets a trial through (now, if it is not open)."""
+        if self.opened_at is None:
+            return self.clock.now()
+        return self.opened_at + self.cooldown
+
+    def allow(self) -> bool:
+        """May a new submit go to this provider now? Half-open admits one trial."""
+        state = self.state
+        if state is Circuit.CLOSED:
+            return True
+        if state is Circuit.HALF_OPEN and not self._trial_in_flight:
+            self._trial_in_flight = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self._trial_in_flight = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self._trial_in_flight or self.failures >= self.threshold:
+            self.opened_at = self.clock.now()
+        self._trial_in_flight = False
