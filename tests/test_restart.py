@@ -12,6 +12,7 @@ import aiohttp
 
 from tests.support.gateway import KEY_A
 from tests.support.process import free_port, gateway_process
+from tests.support.wait import eventually
 
 HEADERS = {"Authorization": f"Bearer {KEY_A}"}
 
@@ -67,12 +68,6 @@ async def submit(http: aiohttp.ClientSession, url: str, model: str) -> str:
         return task_id
 
 
-async def until(predicate: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - the state is in another process
-            await asyncio.sleep(0.02)
-
-
 async def wait_terminal(http: aiohttp.ClientSession, url: str, task_id: str
                         ) -> dict[str, Any]:
     async with asyncio.timeout(15):
@@ -95,7 +90,7 @@ async def test_jobs_left_processing_by_a_crash_complete_after_restart(tmp_path: 
             sync_job = await submit(http, gw.url, "sync")
             queued_job = await submit(http, gw.url, "queued")
             waiting_job = await submit(http, gw.url, "sync")  # the one slot is taken
-            await until(lambda: row(db, sync_job)["state"] == "processing"
+            await eventually(lambda: row(db, sync_job)["state"] == "processing"
                         and row(db, queued_job)["upstream_id"] is not None)
             await gw.kill()
         assert row(db, sync_job)["lease_owner"] is not None
@@ -126,11 +121,11 @@ async def test_a_job_interrupted_twice_fails_instead_of_looping(tmp_path: Path) 
     async with aiohttp.ClientSession() as http:
         async with gateway_process(slow, port) as gw:
             task_id = await submit(http, gw.url, "sync")
-            await until(lambda: row(db, task_id)["state"] == "processing")
+            await eventually(lambda: row(db, task_id)["state"] == "processing")
             await gw.kill()
         async with gateway_process(slow, port) as gw:
             # Recovered once, and being worked on again when the second crash hits.
-            await until(lambda: row(db, task_id)["recoveries"] == 1
+            await eventually(lambda: row(db, task_id)["recoveries"] == 1
                         and row(db, task_id)["lease_owner"] is not None)
             await gw.kill()
         async with gateway_process(fast, port) as gw:
@@ -148,7 +143,7 @@ async def test_sigterm_hands_running_jobs_back(tmp_path: Path) -> None:
     async with aiohttp.ClientSession() as http:
         async with gateway_process(slow, port) as gw:
             task_id = await submit(http, gw.url, "sync")
-            await until(lambda: row(db, task_id)["state"] == "processing")
+            await eventually(lambda: row(db, task_id)["state"] == "processing")
             # uvicorn shuts down gracefully, then re-raises SIGTERM as its exit.
             assert await gw.terminate() in (0, -15)
         stopped = row(db, task_id)
