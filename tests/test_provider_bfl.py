@@ -26,7 +26,7 @@ from muxproxy.providers.base import (
     Running,
     Submitted,
 )
-from muxproxy.providers.bfl import BflProvider
+from muxproxy.providers.bfl import BflProvider, family_for, pixel_size
 from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.settings import ProviderSettings
 from tests.fakes.bfl import FakeBFL, running
@@ -140,6 +140,21 @@ async def test_flux11_fits_pixels_and_sends_image_prompt_as_base64(
     # 2k 16:9 is 2736x1536: scaled into FLUX1.1's 1440 limit, in multiples of 32.
     assert fake.order[0].body == {"prompt": "p", "width": 1440, "height": 800,
                                   "image_prompt": b64(hosted)}
+
+
+@pytest.mark.parametrize(("model", "request_", "expected"), [
+    ("flux-2-pro", GenerationRequest(prompt="p", aspect_ratio="16:9", resolution="4k"),
+     (2736, 1536)),  # 4 MP at most, the ratio kept
+    ("flux-2-pro", GenerationRequest(prompt="p", aspect_ratio="1:1"), (1024, 1024)),
+    ("flux-2-pro", GenerationRequest(prompt="p", size=(1000, 600)), (992, 608)),
+    ("flux-pro-1.1", GenerationRequest(prompt="p", resolution="1k"), (1024, 1024)),
+    ("flux-pro-1.1", GenerationRequest(prompt="p", aspect_ratio="9:16", resolution="4k"),
+     (800, 1440)),
+    ("flux-pro-1.1", GenerationRequest(prompt="p", size=(200, 200)), (256, 256)),
+])
+def test_pixel_sizes_fit_the_family(model: str, request_: GenerationRequest,
+                                    expected: tuple[int, int]) -> None:
+    assert pixel_size(request_, family_for(model)) == expected
 
 
 async def test_pending_then_ready(fake: FakeBFL, http: aiohttp.ClientSession) -> None:

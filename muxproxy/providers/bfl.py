@@ -98,7 +98,14 @@ def pixel_size(request: GenerationRequest, family: Family) -> tuple[int, int] | 
     ratio = request.aspect_ratio if request.aspect_ratio != "auto" else None
     if request.size is None and ratio is None and request.resolution is None:
         return None
-    width, height = images.pixel_size(request.size, ratio, request.resolution)
+    if request.size is not None:
+        width, height = float(request.size[0]), float(request.size[1])
+    else:
+        # Not images.pixel_size: it clamps each side to 4096 on its own, which bends
+        # wide ratios at 4k; here the ratio is kept and the whole is scaled to fit.
+        r = images.parse_ratio(ratio) if ratio else None
+        area = float(images.RESOLUTIONS[request.resolution or "1k"] ** 2)
+        width, height = math.sqrt(area * (r or 1.0)), math.sqrt(area / (r or 1.0))
     scale = min(1.0, family.max_side / max(width, height),
                 math.sqrt(family.max_area / (width * height)))
     m = family.multiple
