@@ -16,6 +16,8 @@ from muxproxy.settings import ProviderSettings, SettingsError
 
 KINDS: dict[str, str] = {
     "demo": "muxproxy.providers.demo:DemoProvider",
+    "gemini": "muxproxy.providers.gemini:GeminiProvider",
+    "bfl": "muxproxy.providers.bfl:BflProvider",
 }
 
 
