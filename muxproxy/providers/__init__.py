@@ -16,6 +16,9 @@ from muxproxy.settings import ProviderSettings, SettingsError
 
 KINDS: dict[str, str] = {
     "demo": "muxproxy.providers.demo:DemoProvider",
+    "openai": "muxproxy.providers.openai:OpenAIProvider",
+    "openai-compatible": "muxproxy.providers.openai_compatible:OpenAICompatibleProvider",
+    "xai": "muxproxy.providers.xai:XAIProvider",
 }
 
 
