@@ -18,6 +18,9 @@ KINDS: dict[str, str] = {
     "demo": "muxproxy.providers.demo:DemoProvider",
     "gemini": "muxproxy.providers.gemini:GeminiProvider",
     "bfl": "muxproxy.providers.bfl:BflProvider",
+    "openai": "muxproxy.providers.openai:OpenAIProvider",
+    "openai-compatible": "muxproxy.providers.openai_compatible:OpenAICompatibleProvider",
+    "xai": "muxproxy.providers.xai:XAIProvider",
 }
 
 

@@ -1,0 +1,225 @@
+"""Any service that speaks OpenAI's Images API (modelmax, local servers...).
+
+``POST {base_url}/images/generations`` with JSON, ``POST {base_url}/images/edits``
+with multipart when the request carries reference images, ``Authorization: Bearer``.
+No model tables here: size, quality, style and response_format go through as given,
+and the service may answer with ``url`` or ``b64_json`` images.
+
+This is the general class; :mod:`muxproxy.providers.openai` adds OpenAI's model
+rules and :mod:`muxproxy.providers.xai` xAI's dialect on top of it, through the
+``fields`` / ``edit_payload`` hooks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import aiohttp
+
+from muxproxy import images
+from muxproxy.clock import Clock
+from muxproxy.generation import GenerationRequest
+from muxproxy.providers.base import (
+    Call,
+    Finished,
+    ImageData,
+    ImageLink,
+    Output,
+    Provider,
+    SubmitOutcome,
+    retry_after,
+)
+from muxproxy.providers.errors import Unsupported, UpstreamError
+from muxproxy.settings import ProviderSettings, SettingsError
+
+# Options a client may set through ``request.extra``; route params may set them too
+# (and win, being the operator's fixed choice).
+OPTIONS = frozenset({"style", "background", "user", "moderation", "output_compression",
+                     "input_fidelity", "response_format"})
+# Fields the adapter owns; a route param cannot replace them.
+RESERVED = frozenset({"model", "prompt", "image", "image[]", "images", "mask", "stream"})
+# Enough of an error body to find the message; the rest is not read.
+MAX_ERROR_BODY = 64 * 1024
+
+
+class OpenAICompatibleProvider(Provider):
+    kind = "openai-compatible"
+    #: Used when the provider's ``base_url`` is not configured.
+    default_base_url: ClassVar[str] = ""
+
+    def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
+                 clock: Clock) -> None:
+        super().__init__(settings, http, clock)
+        self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
+        if not self.base_url:
+            raise SettingsError(f"providers.{settings.name}.base_url: required for kind "
+                                f"{self.kind!r}")
+
+    def check(self, request: GenerationRequest, upstream_model: str,
+              params: Mapping[str, Any]) -> None:
+        self.fields(request, upstream_model, params)
+
+    def fields(self, request: GenerationRequest, model: str,
+               params: Mapping[str, Any]) -> dict[str, Any]:
+        """The request body without images. Raises :class:`Unsupported`."""
+        require_image_for_mask(request)
+        body: dict[str, Any] = {"model": model, "prompt": request.prompt, "n": request.n}
+        if request.size is not None:
+            body["size"] = f"{request.size[0]}x{request.size[1]}"
+        elif request.aspect_ratio == "auto" and request.resolution is None:
+            body["size"] = "auto"
+        elif request.aspect_ratio or request.resolution:
+            width, height = images.pixel_size(None, request.aspect_ratio, request.resolution)
+            body["size"] = f"{width}x{height}"
+        if request.quality is not None:
+            body["quality"] = request.quality
+        if request.output_format is not None:
+            body["output_format"] = request.output_format
+        body.update(options(request, params))
+        return body
+
+    async def submit(self, call: Call) -> SubmitOutcome:
+        body = self.fields(call.request, call.upstream_model, call.params)
+        if call.images:
+            url = f"{self.base_url}/images/edits"
+            payload = await self.edit_payload(call, body)
+        else:
+            url = f"{self.base_url}/images/generations"
+            payload = {"json": body}
+        async with self.call("POST", url, headers=self.auth_headers(), **payload) as response:
+            if not 200 <= response.status < 300:
+                raise await self.upstream_error(response)
+            result = await self.read_json(response)
+        return self.finished(result)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.api_key}"}
+
+    async def edit_payload(self, call: Call, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for the edits request: OpenAI's multipart form.
+
+        One reference image goes in part ``image``, several in repeated ``image[]``
+        parts (as openai-python sends them), the mask in ``mask``.
+        """
+        form = aiohttp.FormData(default_to_multipart=True)
+        for name, value in body.items():
+            form.add_field(name, form_value(value))
+        part = "image" if len(call.images) == 1 else "image[]"
+        for index, ref in enumerate(call.images):
+            data, content_type = await self.reference_bytes(ref)
+            form.add_field(part, data, content_type=content_type,
+                           filename=f"image{index}.{images.EXTENSIONS[content_type]}")
+        if call.mask is not None:
+            data, content_type = await self.reference_bytes(call.mask)
+            form.add_field("mask", data, content_type=content_type,
+                           filename=f"mask.{images.EXTENSIONS[content_type]}")
+        return {"data": form}
+
+    async def upstream_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
+        """Classify a non-2xx answer with the provider's own message.
+
+        Beyond :meth:`Provider.error_for`: a moderation block is permanent whatever
+        the status, ``x-should-retry`` overrides the status (as the OpenAI SDK obeys
+        it), and ``retry-after-ms`` is preferred to ``Retry-After``.
+        """
+        message, code = error_details(await _error_body(response))
+        blocked = code == "moderation_blocked"
+        error = self.error_for(response, message or f"HTTP {response.status}",
+                               code="moderation_blocked" if blocked else None)
+        override = {"false": False, "true": True}.get(response.headers.get("x-should-retry", ""))
+        transient = False if blocked else error.transient if override is None else override
+        if transient != error.transient:
+            error = UpstreamError(error.message, transient=transient, status=error.status,
+                                  retry_after=error.retry_after,
+                                  code="moderation_blocked" if blocked else None)
+        retry_ms = retry_after(response.headers.get("retry-after-ms"))
+        if retry_ms is not None:
+            error.retry_after = retry_ms / 1000
+        return error
+
+    def finished(self, result: Any) -> Finished:
+        """``{"data": [{"b64_json"|"url", "revised_prompt"?}]}`` as images."""
+        items = result.get("data") if isinstance(result, dict) else None
+        if not isinstance(items, list):
+            # Some compatible servers answer 200 with an error body.
+            message, _ = error_details(result)
+            raise UpstreamError(f"{self.name}: {message or 'response without a data list'}",
+                                transient=False, code="upstream_error")
+        outputs: list[Output] = []
+        revised = None
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if isinstance(item.get("b64_json"), str):
+                mime_type = item.get("mime_type")
+                outputs.append(ImageData(self._decode(item["b64_json"]),
+                                         mime_type if isinstance(mime_type, str) else None))
+            elif isinstance(item.get("url"), str):
+                outputs.append(ImageLink(item["url"]))
+            if revised is None and isinstance(item.get("revised_prompt"), str):
+                revised = item["revised_prompt"]
+        return Finished(images=tuple(outputs), revised_prompt=revised)
+
+    def _decode(self, data: str) -> bytes:
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise UpstreamError(f"{self.name}: upstream sent invalid base64 image data",
+                                transient=False, code="upstream_error") from None
+
+
+def require_image_for_mask(request: GenerationRequest) -> None:
+    if request.mask is not None and not request.images:
+        raise Unsupported("a mask needs a reference image to apply to", param="mask")
+
+
+def options(request: GenerationRequest, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Body options: known names from ``request.extra``, then every route param."""
+    found = {k: v for k, v in request.extra.items() if k in OPTIONS and v is not None}
+    found.update({k: v for k, v in params.items() if k not in RESERVED})
+    return found
+
+
+def form_value(value: Any) -> str:
+    """A multipart text part: ints as decimal strings, bools as true/false."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value)
+
+
+async def _error_body(response: aiohttp.ClientResponse) -> Any:
+    """The error body as JSON, or None (HTML from a proxy, a cut connection...)."""
+    raw = bytearray()
+    try:
+        async for chunk in response.content.iter_chunked(16 * 1024):
+            raw += chunk
+            if len(raw) > MAX_ERROR_BODY:
+                return None
+        return json.loads(raw)
+    except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def error_details(body: Any) -> tuple[str | None, str | None]:
+    """(message, code) from the error bodies these APIs send:
+    ``{"error": {"message", "code", ...}}``, ``{"code", "error": "..."}``
+    (xAI), and the plain ``{"message"}`` / ``{"detail"}`` of other servers."""
+    if not isinstance(body, dict):
+        return None, None
+    error = body.get("error")
+    if isinstance(error, dict):
+        message, code = error.get("message"), error.get("code")
+    elif isinstance(error, str):
+        message, code = error, body.get("code")
+    else:
+        message, code = body.get("message", body.get("detail")), body.get("code")
+    return (message if isinstance(message, str) and message else None,
+            code if isinstance(code, str) else None)
