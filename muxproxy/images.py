@@ -69,5 +69,6 @@ def pixel_size(size: tuple[int, int] | None, aspect_ratio: str | None,
     ratio = ratio or 1.0
     side = RESOLUTIONS.get((resolution or "1k").lower(), 1024)
     area = side * side
-    width, height = _round16(math.sqrt(area * ratio)), _round16(math.sqrt(area / ratio))
-    return min(width, MAX_SIDE), min(height, MAX_SIDE)
+    width, height = math.sqrt(area * ratio), math.sqrt(area / ratio)
+    scale = min(1.0, MAX_SIDE / max(width, height))  # shrink both sides: keep the ratio
+    return _round16(width * scale), _round16(height * scale)
