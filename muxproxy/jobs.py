@@ -106,6 +106,8 @@ class NewJob:
     created_at: int
     deadline_at: int
     credits: int = 0
+    # The key's cap on unfinished jobs, checked by the store inside the insert.
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class Job:
     polls: int
     callback_url: str | None
     credits: int
+    billing: str
     created_at: int
     started_at: int | None
     completed_at: int | None
@@ -173,6 +176,7 @@ class Job:
             polls=row["polls"],
             callback_url=row["callback_url"],
             credits=row["credits"],
+            billing=row["billing"],
             created_at=row["created_at"],
             started_at=row["started_at"],
             completed_at=row["completed_at"],

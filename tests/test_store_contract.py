@@ -31,14 +31,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 def new_job(job_id: str, *, key_id: str = "key-a", provider: str = "demo", created: int = T0,
-            deadline: int = T0 + 600_000, callback: str | None = None) -> NewJob:
+            deadline: int = T0 + 600_000, callback: str | None = None, credits: int = 0,
+            max_concurrent: int | None = None) -> NewJob:
     request = GenerationRequest(prompt="a red fox", n=2, size=(512, 256), output_format="png",
                                 images=(ImageRef(url="https://example.com/a.png"),),
                                 extra={"style": "vivid"})
     return NewJob(id=job_id, key_id=key_id, surface="native", model="demo-image",
                   request=request, client_params={"prompt": "a red fox"}, provider=provider,
                   upstream_model="demo-image", callback_url=callback, created_at=created,
-                  deadline_at=deadline, credits=7)
+                  deadline_at=deadline, credits=credits, max_concurrent=max_concurrent)
 
 
 async def claim_one(store: Store, job_id: str, now: int = T0) -> Job:
@@ -56,7 +57,8 @@ async def test_create_and_get_round_trip(store: Store) -> None:
     assert fetched.request.images[0].url == "https://example.com/a.png"
     assert fetched.request.extra == {"style": "vivid"}
     assert fetched.callback_url == "https://example.com/cb"
-    assert fetched.credits == 7
+    assert fetched.credits == 0
+    assert fetched.billing == "none"
     assert (fetched.attempts, fetched.recoveries, fetched.polls) == (0, 0, 0)
     assert fetched.run_after == T0
 

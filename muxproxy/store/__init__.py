@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from muxproxy.settings import SettingsError, sqlite_path
-from muxproxy.store.base import ApiKey, Recovery, StaleJob, Store
+from muxproxy.store.accounts import (
+    ApiKey,
+    Billing,
+    ConcurrencyLimitReached,
+    InsufficientBalance,
+    KeyExists,
+    KeyLimits,
+    KeyNotFound,
+)
+from muxproxy.store.base import Recovery, StaleJob, Store
 from muxproxy.store.sqlite import SqliteStore
 
 
@@ -15,4 +24,5 @@ def open_store(url: str) -> Store:
     raise SettingsError(f"database.url: unsupported scheme {scheme!r}")
 
 
-__all__ = ["ApiKey", "Recovery", "StaleJob", "Store", "open_store"]
+__all__ = ["ApiKey", "Billing", "ConcurrencyLimitReached", "InsufficientBalance", "KeyExists",
+           "KeyLimits", "KeyNotFound", "Recovery", "StaleJob", "Store", "open_store"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob, can_transition
+from muxproxy.store.accounts import AccountStore
 
 # Columns a transition may change besides the state. Anything else is refused, so
 # callers cannot bypass the state machine by writing, say, ``state`` as a change.
@@ -35,14 +36,6 @@ class StaleJob(Exception):
 
 
 @dataclass(frozen=True)
-class ApiKey:
-    id: str
-    name: str
-    created_at: int
-    revoked_at: int | None = None
-
-
-@dataclass(frozen=True)
 class Recovery:
     """What :meth:`Store.recover` did with jobs a previous process left behind."""
 
@@ -51,8 +44,8 @@ class Recovery:
     failed: tuple[Job, ...] = ()
 
 
-class Store(abc.ABC):
-    """Persistence for jobs and keys. Times are integer milliseconds since the epoch."""
+class Store(AccountStore):
+    """Persistence for jobs and accounts. Times are integer milliseconds since the epoch."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -68,7 +61,11 @@ class Store(abc.ABC):
     # -- jobs ---------------------------------------------------------------
 
     @abc.abstractmethod
-    async def create_job(self, new: NewJob) -> Job: ...
+    async def create_job(self, new: NewJob) -> Job:
+        """Store a new pending job. When it is priced, hold its price from the key's
+        balance in the same transaction (:class:`InsufficientBalance` if short, unless
+        the key is unlimited); when ``new.max_concurrent`` is set, refuse with
+        :class:`ConcurrencyLimitReached` if the key has that many unfinished jobs."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str, key_id: str | None = None) -> Job | None:
@@ -90,7 +87,9 @@ class Store(abc.ABC):
         """Move a job from ``expected`` to ``target``, applying ``changes``.
 
         With ``owner``, the job must still be leased by it. ``release`` drops the
-        lease in the same write. Raises :class:`IllegalTransition` or :class:`StaleJob`.
+        lease in the same write. Billing moves in the same transaction: a held job
+        starting to process is charged; a failing job is refunded or released.
+        Raises :class:`IllegalTransition` or :class:`StaleJob`.
         """
         job_id = job if isinstance(job, str) else job.id
         if not can_transition(expected, target):
@@ -129,12 +128,3 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:
         """Jobs by (model, provider, state), for metrics."""
-
-    # -- keys ---------------------------------------------------------------
-
-    @abc.abstractmethod
-    async def upsert_key(self, name: str, key_hash: str, *, now: int) -> ApiKey:
-        """Create the key named ``name``, or point it at a new hash (config keys)."""
-
-    @abc.abstractmethod
-    async def key_by_hash(self, key_hash: str) -> ApiKey | None: ...

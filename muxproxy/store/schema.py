@@ -79,4 +79,55 @@ CREATE TABLE api_keys (
     revoked_at INTEGER
 )
 """,
+    """
+ALTER TABLE api_keys ADD COLUMN balance INTEGER NOT NULL DEFAULT 0
+;
+ALTER TABLE api_keys ADD COLUMN unlimited INTEGER NOT NULL DEFAULT 0
+;
+ALTER TABLE api_keys ADD COLUMN rpm_limit INTEGER
+;
+ALTER TABLE api_keys ADD COLUMN max_concurrent INTEGER
+;
+ALTER TABLE api_keys ADD COLUMN allowed_models TEXT
+;
+ALTER TABLE jobs ADD COLUMN billing TEXT NOT NULL DEFAULT 'none'
+;
+CREATE INDEX jobs_active_by_key ON jobs (key_id) WHERE state IN ('pending', 'processing')
+;
+CREATE TABLE ledger (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id     TEXT NOT NULL REFERENCES api_keys (id),
+    kind       TEXT NOT NULL,
+    amount     INTEGER NOT NULL,
+    job_id     TEXT,
+    model      TEXT,
+    note       TEXT,
+    created_at INTEGER NOT NULL
+)
+;
+CREATE INDEX ledger_by_key ON ledger (key_id, id)
+;
+-- A job is held, charged, refunded and released at most once each, whatever
+-- the crash or retry timing: the database refuses a second row.
+CREATE UNIQUE INDEX ledger_once_per_job ON ledger (job_id, kind) WHERE job_id IS NOT NULL
+;
+CREATE TRIGGER ledger_append_only BEFORE UPDATE ON ledger
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END
+;
+CREATE TABLE idempotency (
+    key_id        TEXT NOT NULL,
+    idem_key      TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    status        INTEGER,
+    content_type  TEXT,
+    body          BLOB,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    PRIMARY KEY (key_id, idem_key)
+)
+;
+CREATE INDEX idempotency_expiry ON idempotency (expires_at)
+""",
 )

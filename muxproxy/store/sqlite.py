@@ -8,7 +8,6 @@ connection and see the last committed state without waiting for writers.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,15 +15,17 @@ from typing import Any
 
 import aiosqlite
 
-from muxproxy.jobs import TERMINAL, IllegalTransition, Job, JobState, NewJob, RowLike
-from muxproxy.store.base import ApiKey, Recovery, StaleJob, Store
+from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob
+from muxproxy.store.accounts import Billing
+from muxproxy.store.base import Recovery, StaleJob, Store
 from muxproxy.store.schema import MIGRATIONS
+from muxproxy.store.sqlite_accounts import AccountsMixin, check_concurrency, hold, settle
 
 _ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
 _JSON_FIELDS = frozenset({"upstream_state", "result"})
 
 
-class SqliteStore(Store):
+class SqliteStore(AccountsMixin, Store):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._writer: aiosqlite.Connection | None = None
@@ -106,16 +107,22 @@ class SqliteStore(Store):
             "client_params": _dumps(new.client_params), "route_index": 0,
             "provider": new.provider, "upstream_model": new.upstream_model,
             "callback_url": new.callback_url, "credits": new.credits,
-            "created_at": new.created_at,
-            "updated_at": new.created_at, "run_after": new.created_at,
-            "deadline_at": new.deadline_at,
+            "billing": (Billing.HELD if new.credits > 0 else Billing.NONE).value,
+            "created_at": new.created_at, "updated_at": new.created_at,
+            "run_after": new.created_at, "deadline_at": new.deadline_at,
         }
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        async with self._write() as db, db.execute(
-                f"INSERT INTO jobs ({columns}) VALUES ({marks}) RETURNING *",  # noqa: S608
-                tuple(row.values())) as cur:
-            created = await cur.fetchone()
+        sql = (f"INSERT INTO jobs ({', '.join(row)}) "  # noqa: S608 - fixed column names
+               f"VALUES ({', '.join('?' for _ in row)}) RETURNING *")
+        # Free, unlimited-concurrency jobs are one statement; the rest check the
+        # key's limits and hold the price in the same transaction as the insert.
+        guarded = new.credits > 0 or new.max_concurrent is not None
+        async with self._write(transaction=guarded) as db:
+            if new.max_concurrent is not None:
+                await check_concurrency(db, new.key_id, new.max_concurrent)
+            async with db.execute(sql, tuple(row.values())) as cur:
+                created = await cur.fetchone()
+            if new.credits > 0:
+                await hold(db, new.key_id, new.id, new.model, new.credits, new.created_at)
         assert created is not None
         return Job.from_row(created)
 
@@ -172,7 +179,7 @@ class SqliteStore(Store):
         if owner is not None:
             sql += " AND lease_owner = ?"
             args.append(owner)
-        async with self._write() as db:
+        async with self._write(transaction=True) as db:
             try:
                 async with db.execute(sql + " RETURNING *", args) as cur:
                     row = await cur.fetchone()
@@ -180,6 +187,10 @@ class SqliteStore(Store):
                 if "illegal transition" in str(exc):
                     raise IllegalTransition(job_id, expected, target) from None
                 raise
+            if row is not None and row["billing"] in (Billing.HELD, Billing.CHARGED):
+                await settle(db, [row], now)
+                async with db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cur:
+                    row = await cur.fetchone()
         if row is None:
             current = await self.get_job(job_id)
             raise StaleJob(job_id, expected, current.state if current else None)
@@ -199,8 +210,10 @@ class SqliteStore(Store):
                 SELECT id FROM jobs WHERE {_ACTIVE} AND deadline_at <= ?
                 AND (lease_owner IS NULL OR lease_until < ?) LIMIT ?)
             RETURNING *"""  # noqa: S608 - constant fragments only
-        async with self._write() as db, db.execute(sql, (now, now, now, now, limit)) as cur:
-            rows = await cur.fetchall()
+        async with self._write(transaction=True) as db:
+            async with db.execute(sql, (now, now, now, now, limit)) as cur:
+                rows = await cur.fetchall()
+            await settle(db, rows, now)
         return [Job.from_row(r) for r in rows]
 
     async def next_due(self, providers: Sequence[str]) -> int | None:
@@ -237,37 +250,15 @@ class SqliteStore(Store):
                     f"restarted twice while this job was being submitted', completed_at = ?, "
                     f"updated_at = ? WHERE {foreign} AND state = '{JobState.PROCESSING}' "
                     f"AND upstream_id IS NULL RETURNING *", (now, now, owner)) as cur2:
-                failed = tuple(Job.from_row(r) for r in await cur2.fetchall())
+                failed_rows = await cur2.fetchall()
+            await settle(db, failed_rows, now)
+            failed = tuple(Job.from_row(r) for r in failed_rows)
         return Recovery(resumed=resumed, retried=retried, failed=failed)
 
     async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:
         sql = "SELECT model, provider, state, COUNT(*) FROM jobs GROUP BY model, provider, state"
         async with self._read().execute(sql) as cur:
             return {(r[0], r[1], r[2]): int(r[3]) for r in await cur.fetchall()}
-
-    # -- keys ---------------------------------------------------------------
-
-    async def upsert_key(self, name: str, key_hash: str, *, now: int) -> ApiKey:
-        sql = """
-            INSERT INTO api_keys (id, name, key_hash, created_at) VALUES (?, ?, ?, ?)
-            ON CONFLICT (name) DO UPDATE SET key_hash = excluded.key_hash
-            RETURNING *"""
-        async with self._write() as db, db.execute(
-                sql, (f"key_{secrets.token_hex(8)}", name, key_hash, now)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return _key(row)
-
-    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
-        async with self._read().execute("SELECT * FROM api_keys WHERE key_hash = ?",
-                                        (key_hash,)) as cur:
-            row = await cur.fetchone()
-        return _key(row) if row else None
-
-
-def _key(row: RowLike) -> ApiKey:
-    return ApiKey(id=row["id"], name=row["name"], created_at=row["created_at"],
-                  revoked_at=row["revoked_at"])
 
 
 def _dumps(value: Any) -> str:
@@ -278,5 +269,3 @@ def _statements(script: str) -> list[str]:
     """Split a migration on ``;`` lines, keeping trigger bodies whole."""
     return [s.strip() for s in script.split("\n;\n") if s.strip()]
 
-
-__all__ = ["TERMINAL", "SqliteStore"]

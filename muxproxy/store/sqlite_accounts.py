@@ -1,0 +1,274 @@
+"""SQLite side of the account store: keys, ledger, usage, idempotency, and the
+billing moves that ride along with job transitions."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import aiosqlite
+
+from muxproxy.jobs import JobState, RowLike
+from muxproxy.store.accounts import (
+    NO_LIMITS,
+    ApiKey,
+    Billing,
+    ConcurrencyLimitReached,
+    IdempotencyRecord,
+    IdempotentResponse,
+    InsufficientBalance,
+    KeyExists,
+    KeyLimits,
+    KeyNotFound,
+    LedgerEntry,
+    LedgerKind,
+    UsageRow,
+)
+
+
+class Connected(Protocol):
+    def _read(self) -> aiosqlite.Connection: ...
+
+    def _write(self, transaction: bool = False
+               ) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
+
+
+async def ledger_row(db: aiosqlite.Connection, key_id: str, kind: LedgerKind, amount: int,
+                     now: int, *, job_id: str | None = None, model: str | None = None,
+                     note: str | None = None) -> None:
+    """Append a ledger row and move the key's balance by the same amount."""
+    await db.execute("INSERT INTO ledger (key_id, kind, amount, job_id, model, note, created_at)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (key_id, kind.value, amount, job_id, model, note, now))
+    await db.execute("UPDATE api_keys SET balance = balance + ? WHERE id = ?", (amount, key_id))
+
+
+async def hold(db: aiosqlite.Connection, key_id: str, job_id: str, model: str, price: int,
+               now: int) -> None:
+    """Reserve a new job's price: refused when the balance is short, unless unlimited."""
+    async with db.execute("SELECT balance, unlimited FROM api_keys WHERE id = ?",
+                          (key_id,)) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise KeyNotFound(key_id)
+    if not row["unlimited"] and row["balance"] < price:
+        raise InsufficientBalance(row["balance"], price)
+    await ledger_row(db, key_id, LedgerKind.HOLD, -price, now, job_id=job_id, model=model)
+
+
+async def check_concurrency(db: aiosqlite.Connection, key_id: str, limit: int) -> None:
+    async with db.execute("SELECT COUNT(*) FROM jobs WHERE key_id = ? AND state IN "
+                          "('pending', 'processing')", (key_id,)) as cur:
+        row = await cur.fetchone()
+    if row is not None and row[0] >= limit:
+        raise ConcurrencyLimitReached(limit)
+
+
+async def settle(db: aiosqlite.Connection, rows: Iterable[RowLike], now: int) -> None:
+    """Billing for jobs that just changed state, inside the same transaction.
+
+    Each move is a compare-and-swap on the job's billing state, so it happens at
+    most once; the ledger's unique index backs that up.
+    """
+    for row in rows:
+        billing, state = row["billing"], row["state"]
+        if billing == Billing.HELD and state == JobState.PROCESSING:
+            moves = [(LedgerKind.RELEASE, row["credits"]), (LedgerKind.CHARGE, -row["credits"])]
+            target = Billing.CHARGED
+        elif billing == Billing.HELD and state == JobState.FAILED:
+            moves, target = [(LedgerKind.RELEASE, row["credits"])], Billing.RELEASED
+        elif billing == Billing.CHARGED and state == JobState.FAILED:
+            moves, target = [(LedgerKind.REFUND, row["credits"])], Billing.REFUNDED
+        else:
+            continue
+        cur = await db.execute("UPDATE jobs SET billing = ? WHERE id = ? AND billing = ?",
+                               (target.value, row["id"], billing))
+        if cur.rowcount != 1:
+            continue
+        for kind, amount in moves:
+            await ledger_row(db, row["key_id"], kind, amount, now, job_id=row["id"],
+                             model=row["model"])
+
+
+def _key(row: RowLike) -> ApiKey:
+    models = row["allowed_models"]
+    return ApiKey(id=row["id"], name=row["name"], created_at=row["created_at"],
+                  revoked_at=row["revoked_at"], balance=row["balance"],
+                  limits=KeyLimits(unlimited=bool(row["unlimited"]), rpm_limit=row["rpm_limit"],
+                                   max_concurrent=row["max_concurrent"],
+                                   allowed_models=tuple(json.loads(models)) if models else None))
+
+
+def _limit_values(limits: KeyLimits) -> tuple[Any, ...]:
+    models = json.dumps(list(limits.allowed_models)) if limits.allowed_models is not None \
+        else None
+    return int(limits.unlimited), limits.rpm_limit, limits.max_concurrent, models
+
+
+class AccountsMixin:
+    async def upsert_key(self: Connected, name: str, key_hash: str, *, now: int,
+                         limits: KeyLimits = NO_LIMITS, initial_credits: int = 0) -> ApiKey:
+        async with self._write(transaction=True) as db:
+            async with db.execute("SELECT id FROM api_keys WHERE name = ?", (name,)) as cur:
+                existing = await cur.fetchone()
+            if existing is None:
+                key_id = f"key_{secrets.token_hex(8)}"
+                await db.execute(
+                    "INSERT INTO api_keys (id, name, key_hash, created_at, unlimited, rpm_limit,"
+                    " max_concurrent, allowed_models) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key_id, name, key_hash, now, *_limit_values(limits)))
+                if initial_credits:
+                    await ledger_row(db, key_id, LedgerKind.TOPUP, initial_credits, now,
+                                     note="initial credits from config")
+            else:
+                key_id = existing["id"]
+                await db.execute(
+                    "UPDATE api_keys SET key_hash = ?, unlimited = ?, rpm_limit = ?, "
+                    "max_concurrent = ?, allowed_models = ? WHERE id = ?",
+                    (key_hash, *_limit_values(limits), key_id))
+            async with db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return _key(row)
+
+    async def create_key(self: Connected, name: str, key_hash: str, *, now: int,
+                         limits: KeyLimits = NO_LIMITS, credits: int = 0) -> ApiKey:
+        key_id = f"key_{secrets.token_hex(8)}"
+        async with self._write(transaction=True) as db:
+            try:
+                await db.execute(
+                    "INSERT INTO api_keys (id, name, key_hash, created_at, unlimited, rpm_limit,"
+                    " max_concurrent, allowed_models) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key_id, name, key_hash, now, *_limit_values(limits)))
+            except aiosqlite.IntegrityError:
+                raise KeyExists(name) from None
+            if credits:
+                await ledger_row(db, key_id, LedgerKind.TOPUP, credits, now,
+                                 note="initial credits")
+            async with db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return _key(row)
+
+    async def key_by_hash(self: Connected, key_hash: str) -> ApiKey | None:
+        async with self._read().execute("SELECT * FROM api_keys WHERE key_hash = ?",
+                                        (key_hash,)) as cur:
+            row = await cur.fetchone()
+        return _key(row) if row else None
+
+    async def get_key(self: Connected, key_id: str) -> ApiKey | None:
+        async with self._read().execute("SELECT * FROM api_keys WHERE id = ? OR name = ?",
+                                        (key_id, key_id)) as cur:
+            row = await cur.fetchone()
+        return _key(row) if row else None
+
+    async def list_keys(self: Connected) -> list[ApiKey]:
+        async with self._read().execute("SELECT * FROM api_keys ORDER BY created_at, name") as cur:
+            return [_key(r) for r in await cur.fetchall()]
+
+    async def update_key(self: Connected, key_id: str, limits: KeyLimits) -> ApiKey:
+        async with self._write() as db, db.execute(
+                "UPDATE api_keys SET unlimited = ?, rpm_limit = ?, max_concurrent = ?, "
+                "allowed_models = ? WHERE id = ? OR name = ? RETURNING *",
+                (*_limit_values(limits), key_id, key_id)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise KeyNotFound(key_id)
+        return _key(row)
+
+    async def revoke_key(self: Connected, key_id: str, *, now: int) -> ApiKey:
+        async with self._write() as db, db.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) "
+                "WHERE id = ? OR name = ? RETURNING *", (now, key_id, key_id)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise KeyNotFound(key_id)
+        return _key(row)
+
+    async def topup(self: Connected, key_id: str, amount: int, *, now: int,
+                    note: str | None = None) -> ApiKey:
+        async with self._write(transaction=True) as db:
+            async with db.execute("SELECT id FROM api_keys WHERE id = ? OR name = ?",
+                                  (key_id, key_id)) as cur:
+                found = await cur.fetchone()
+            if found is None:
+                raise KeyNotFound(key_id)
+            await ledger_row(db, found["id"], LedgerKind.TOPUP, amount, now, note=note)
+            async with db.execute("SELECT * FROM api_keys WHERE id = ?", (found["id"],)) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return _key(row)
+
+    async def ledger(self: Connected, key_id: str, *, limit: int = 100,
+                     before: int | None = None) -> list[LedgerEntry]:
+        sql = "SELECT * FROM ledger WHERE key_id = ?"
+        args: list[Any] = [key_id]
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
+        async with self._read().execute(sql + " ORDER BY id DESC LIMIT ?",
+                                        (*args, limit)) as cur:
+            rows = await cur.fetchall()
+        return [LedgerEntry(id=r["id"], key_id=r["key_id"], kind=LedgerKind(r["kind"]),
+                            amount=r["amount"], job_id=r["job_id"], model=r["model"],
+                            note=r["note"], created_at=r["created_at"]) for r in rows]
+
+    async def ledger_sum(self: Connected, key_id: str) -> int:
+        async with self._read().execute("SELECT COALESCE(SUM(amount), 0) FROM ledger "
+                                        "WHERE key_id = ?", (key_id,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def usage(self: Connected, key_id: str, *, since: int) -> list[UsageRow]:
+        sql = """
+            SELECT date(created_at / 1000, 'unixepoch') AS day, model,
+                   COUNT(*) AS jobs,
+                   SUM(state = 'completed') AS completed,
+                   SUM(state = 'failed') AS failed,
+                   SUM(CASE WHEN billing = 'charged' THEN credits ELSE 0 END) AS credits
+            FROM jobs WHERE key_id = ? AND created_at >= ?
+            GROUP BY day, model ORDER BY day, model"""
+        async with self._read().execute(sql, (key_id, since)) as cur:
+            rows = await cur.fetchall()
+        return [UsageRow(day=r["day"], model=r["model"], jobs=r["jobs"],
+                         completed=r["completed"], failed=r["failed"], credits=r["credits"])
+                for r in rows]
+
+    async def idempotency_begin(self: Connected, key_id: str, idem_key: str, request_hash: str,
+                                *, now: int, ttl_ms: int) -> IdempotencyRecord | None:
+        async with self._write(transaction=True) as db:
+            # Expired records go lazily: this key's, plus a bounded batch of others.
+            await db.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? "
+                             "AND expires_at <= ?", (key_id, idem_key, now))
+            await db.execute("DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM "
+                             "idempotency WHERE expires_at <= ? LIMIT 100)", (now,))
+            cur = await db.execute(
+                "INSERT OR IGNORE INTO idempotency (key_id, idem_key, request_hash, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?)",
+                (key_id, idem_key, request_hash, now, now + ttl_ms))
+            if cur.rowcount == 1:
+                return None
+            async with db.execute("SELECT * FROM idempotency WHERE key_id = ? AND idem_key = ?",
+                                  (key_id, idem_key)) as found:
+                row = await found.fetchone()
+        assert row is not None
+        response = None
+        if row["status"] is not None:
+            response = IdempotentResponse(status=row["status"], body=bytes(row["body"]),
+                                          content_type=row["content_type"])
+        return IdempotencyRecord(request_hash=row["request_hash"], response=response)
+
+    async def idempotency_finish(self: Connected, key_id: str, idem_key: str,
+                                 response: IdempotentResponse | None) -> None:
+        async with self._write() as db:
+            if response is None:
+                await db.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? "
+                                 "AND status IS NULL", (key_id, idem_key))
+            else:
+                await db.execute("UPDATE idempotency SET status = ?, content_type = ?, body = ? "
+                                 "WHERE key_id = ? AND idem_key = ?",
+                                 (response.status, response.content_type, response.body,
+                                  key_id, idem_key))
