@@ -33,13 +33,14 @@ from muxproxy.settings import Settings
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import open_storage
 from muxproxy.store import open_store
-from muxproxy.surfaces import files, native, openai, ops
+from muxproxy.surfaces import files, modelmux, native, openai, ops
 
 log = get_logger("muxproxy.app")
 
 # Which surface's error shape answers a request that matched no route, by path prefix.
 ERROR_SHAPES: tuple[tuple[str, ErrorRenderer], ...] = (
     ("/v1/", openai.render_error),
+    ("/api/v1/generations", modelmux.render_error),
 )
 
 
@@ -78,7 +79,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             log.info("muxproxy stopped")
 
     return Starlette(
-        routes=[*native.routes, *openai.routes, *files.routes, *ops.routes],
+        routes=[*native.routes, *openai.routes, *modelmux.routes, *files.routes, *ops.routes],
         middleware=[Middleware(RequestContext, metrics=metrics)],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
