@@ -34,12 +34,15 @@ from muxproxy.settings import Settings
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import open_storage
 from muxproxy.store import open_store
-from muxproxy.surfaces import files, native, ops
+from muxproxy.surfaces import files, modelmux, native, openai, ops
 
 log = get_logger("muxproxy.app")
 
 # Which surface's error shape answers a request that matched no route, by path prefix.
-ERROR_SHAPES: tuple[tuple[str, ErrorRenderer], ...] = ()
+ERROR_SHAPES: tuple[tuple[str, ErrorRenderer], ...] = (
+    ("/v1/", openai.render_error),
+    ("/api/v1/generations", modelmux.render_error),
+)
 
 
 def _renderer_for(path: str) -> ErrorRenderer:
@@ -77,7 +80,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             log.info("muxproxy stopped")
 
     return Starlette(
-        routes=[*native.routes, *files.routes, *ops.routes],
+        routes=[*native.routes, *openai.routes, *modelmux.routes, *files.routes, *ops.routes],
         middleware=[Middleware(RequestContext, metrics=metrics)],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,

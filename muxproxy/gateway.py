@@ -62,6 +62,15 @@ class Gateway:
         except KeyError:
             raise InvalidRequest(f"unknown model {model_id!r}", param="model") from None
 
+    def model_or_default(self, model_id: str | None) -> ModelSettings:
+        """The named model; with none named, ``surfaces.default_model`` or the first one."""
+        if model_id is None:
+            model_id = self.settings.surfaces.default_model or next(iter(self.settings.models),
+                                                                    None)
+            if model_id is None:
+                raise InvalidRequest("'model' is required", param="model")
+        return self.model(model_id)
+
     async def submit(self, key: ApiKey, surface: str, submission: Submission) -> Job:
         model = self.model(submission.model)
         route = model.routes[0]

@@ -63,6 +63,14 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class SurfaceSettings:
+    # How long POST /v1/images/* waits for its job before answering 504 (the job runs on).
+    openai_wait_seconds: float = 300.0
+    # The model used when an OpenAI or ModelMux request names none; "" = the first model.
+    default_model: str = ""
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     format: str = "json"
@@ -117,6 +125,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
+    surfaces: SurfaceSettings = field(default_factory=SurfaceSettings)
     logging: LogSettings = field(default_factory=LogSettings)
     keys: tuple[ApiKeySettings, ...] = ()
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
@@ -137,8 +146,8 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 
 def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     data = _expand(raw, env, "")
-    known = {"server", "database", "storage", "limits", "jobs", "logging", "keys", "providers",
-             "models"}
+    known = {"server", "database", "storage", "limits", "jobs", "surfaces", "logging", "keys",
+             "providers", "models"}
     _no_unknown(data, known, "")
     providers = _providers(data.get("providers", {}))
     settings = Settings(
@@ -147,6 +156,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         storage=_section(StorageSettings, data, "storage"),
         limits=_section(LimitSettings, data, "limits"),
         jobs=_section(JobSettings, data, "jobs"),
+        surfaces=_section(SurfaceSettings, data, "surfaces"),
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),
         providers=providers,
@@ -337,6 +347,11 @@ def _check(settings: Settings) -> None:
             raise SettingsError(f"providers.{name}.circuit_threshold: must be at least 1")
     if settings.jobs.max_attempts < 1:
         raise SettingsError("jobs.max_attempts: must be at least 1")
+    if settings.surfaces.openai_wait_seconds <= 0:
+        raise SettingsError("surfaces.openai_wait_seconds: must be positive")
+    default_model = settings.surfaces.default_model
+    if default_model and default_model not in settings.models:
+        raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")
     names = [k.name for k in settings.keys]
     if len(set(names)) != len(names):
         raise SettingsError("keys: names must be unique")

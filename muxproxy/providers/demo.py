@@ -86,8 +86,10 @@ def _render_all(spec: dict[str, Any]) -> list[tuple[bytes, str]]:
 def _render(prompt: str, width: int, height: int, fmt: str, index: int) -> tuple[bytes, str]:
     digest = hashlib.sha256(f"{prompt}\0{index}".encode()).digest()
     start, end = digest[:3], digest[3:6]
-    ramp = Image.linear_gradient("L").resize((width, height)).transpose(
-        Image.Transpose.ROTATE_90 if digest[6] % 2 else Image.Transpose.FLIP_TOP_BOTTOM)
+    # Turn the square ramp before resizing it, so a rotation cannot swap the sides.
+    ramp = Image.linear_gradient("L").transpose(
+        Image.Transpose.ROTATE_90 if digest[6] % 2 else Image.Transpose.FLIP_TOP_BOTTOM
+    ).resize((width, height))
     bands = [ramp.point(_lerp(a, b)) for a, b in zip(start, end, strict=True)]
     image = Image.merge("RGB", bands)
     draw = ImageDraw.Draw(image)

@@ -1,0 +1,31 @@
+"""The [surfaces] settings section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from muxproxy.settings import SettingsError, parse_settings
+from tests.support.gateway import base_config, merge
+
+
+def test_defaults_and_values(tmp_path: Path) -> None:
+    settings = parse_settings(base_config(tmp_path), {})
+    assert settings.surfaces.openai_wait_seconds == 300.0
+    assert settings.surfaces.default_model == ""
+    settings = parse_settings(merge(base_config(tmp_path), {"surfaces": {
+        "openai_wait_seconds": "12", "default_model": "demo-image-async"}}), {})
+    assert settings.surfaces.openai_wait_seconds == 12.0
+    assert settings.surfaces.default_model == "demo-image-async"
+
+
+@pytest.mark.parametrize(("surfaces", "message"), [
+    ({"openai_wait_seconds": 0}, "surfaces.openai_wait_seconds"),
+    ({"default_model": "nope"}, "surfaces.default_model: unknown model 'nope'"),
+    ({"wait": 3}, "unknown setting surfaces.wait"),
+])
+def test_bad_values_name_the_key(tmp_path: Path, surfaces: dict[str, object],
+                                 message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        parse_settings(merge(base_config(tmp_path), {"surfaces": surfaces}), {})
