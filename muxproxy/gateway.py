@@ -66,7 +66,8 @@ class Gateway:
         check_capabilities(model, request)
         credits = price(model, request)
         try:
-            self.providers[route.provider].check(request, route.model, route.params)
+            self.providers[route.provider].check(_with_uploads(submission), route.model,
+                                                 route.params)
         except Unsupported as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
         job_id = new_job_id()
@@ -103,3 +104,14 @@ class Gateway:
         if job.result is None:
             return []
         return [self.signer.url(image.key) for image in job.result.images]
+
+
+def _with_uploads(submission: Submission) -> GenerationRequest:
+    """The request as a provider's ``check`` must see it: with the uploaded references
+    too (as placeholders; they are stored only once the request is accepted)."""
+    request = submission.request
+    uploads = tuple(ImageRef(content_type=u.content_type) for u in submission.uploads)
+    mask = request.mask
+    if submission.mask_upload is not None:
+        mask = ImageRef(content_type=submission.mask_upload.content_type)
+    return replace(request, images=request.images + uploads, mask=mask)
