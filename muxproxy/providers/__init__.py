@@ -16,6 +16,7 @@ from muxproxy.settings import ProviderSettings, SettingsError
 
 KINDS: dict[str, str] = {
     "demo": "muxproxy.providers.demo:DemoProvider",
+    "fal": "muxproxy.providers.fal:FalProvider",
 }
 
 
