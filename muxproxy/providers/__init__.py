@@ -17,6 +17,7 @@ from muxproxy.settings import ProviderSettings, SettingsError
 KINDS: dict[str, str] = {
     "demo": "muxproxy.providers.demo:DemoProvider",
     "fal": "muxproxy.providers.fal:FalProvider",
+    "replicate": "muxproxy.providers.replicate:ReplicateProvider",
 }
 
 
