@@ -18,6 +18,7 @@ KINDS: dict[str, str] = {
     "demo": "muxproxy.providers.demo:DemoProvider",
     "fal": "muxproxy.providers.fal:FalProvider",
     "replicate": "muxproxy.providers.replicate:ReplicateProvider",
+    "task": "muxproxy.providers.task:TaskProvider",
 }
 
 
