@@ -21,6 +21,9 @@ KINDS: dict[str, str] = {
     "openai": "muxproxy.providers.openai:OpenAIProvider",
     "openai-compatible": "muxproxy.providers.openai_compatible:OpenAICompatibleProvider",
     "xai": "muxproxy.providers.xai:XAIProvider",
+    "fal": "muxproxy.providers.fal:FalProvider",
+    "replicate": "muxproxy.providers.replicate:ReplicateProvider",
+    "task": "muxproxy.providers.task:TaskProvider",
 }
 
 
