@@ -23,7 +23,7 @@ from muxproxy.clock import Clock, SystemClock, now_ms
 from muxproxy.errors import MuxError, status_error
 from muxproxy.events import JobEvents
 from muxproxy.gateway import Gateway
-from muxproxy.http import ErrorRenderer
+from muxproxy.idempotency import Idempotency
 from muxproxy.logs import configure_logging, get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.middleware import RequestContext
@@ -33,24 +33,11 @@ from muxproxy.scheduler import Scheduler
 from muxproxy.settings import Settings
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import open_storage
-from muxproxy.store import open_store
-from muxproxy.surfaces import files, modelmux, native, openai, ops
+from muxproxy.store import KeyLimits, open_store
+from muxproxy.surfaces import admin, files, modelmux, native, openai, ops
+from muxproxy.surfaces.shapes import renderer_for
 
 log = get_logger("muxproxy.app")
-
-# Which surface's error shape answers a request that matched no route, by path prefix.
-ERROR_SHAPES: tuple[tuple[str, ErrorRenderer], ...] = (
-    ("/v1/", openai.render_error),
-    ("/api/v1/generations", modelmux.render_error),
-)
-
-
-def _renderer_for(path: str) -> ErrorRenderer:
-    for prefix, render in ERROR_SHAPES:
-        if path.startswith(prefix):
-            return render
-    return native.render_error
-
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
@@ -59,7 +46,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error = status_error(404, f"no route for {request.method} {request.url.path}")
     elif exc.status_code == 405:
         error = status_error(405, f"method {request.method} not allowed here")
-    return _renderer_for(request.url.path)(error)
+    return renderer_for(request.url.path)(error)
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
@@ -80,8 +67,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             log.info("muxproxy stopped")
 
     return Starlette(
-        routes=[*native.routes, *openai.routes, *modelmux.routes, *files.routes, *ops.routes],
-        middleware=[Middleware(RequestContext, metrics=metrics)],
+        routes=[*native.routes, *openai.routes, *modelmux.routes, *admin.routes, *files.routes,
+                *ops.routes],
+        middleware=[Middleware(RequestContext, metrics=metrics), Middleware(Idempotency)],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
@@ -92,7 +80,10 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics) -> AppState
     await store.open()
     try:
         for key in settings.keys:
-            await store.upsert_key(key.name, hash_key(key.key), now=now_ms(clock))
+            limits = KeyLimits(unlimited=key.unlimited, rpm_limit=key.rpm,
+                               max_concurrent=key.max_concurrent, allowed_models=key.models)
+            await store.upsert_key(key.name, hash_key(key.key), now=now_ms(clock),
+                                   limits=limits, initial_credits=key.credits)
         storage = open_storage(settings.storage.url)
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),

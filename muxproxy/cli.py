@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from muxproxy import cli_keys
 from muxproxy.settings import SettingsError, load_settings
 
 
@@ -20,13 +21,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="override server.port")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"))
+    cli_keys.add_parser(commands)
     args = parser.parse_args(argv)
 
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config or os.environ.get("MUXPROXY_CONFIG", "config.toml"))
     except SettingsError as exc:
         print(f"muxproxy: {exc}", file=sys.stderr)
         return 2
+    if args.command == "keys":
+        return cli_keys.run(settings, args)
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(settings.providers)} providers, "
               f"{len(settings.models)} models)")

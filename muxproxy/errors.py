@@ -64,6 +64,12 @@ class Conflict(MuxError):
     type = "invalid_request_error"
 
 
+class Unprocessable(MuxError):
+    status = 422
+    code = "unprocessable"
+    type = "invalid_request_error"
+
+
 class PayloadTooLarge(MuxError):
     status = 413
     code = "payload_too_large"

@@ -10,7 +10,7 @@ from typing import Any
 
 from muxproxy import images
 from muxproxy.clock import Clock, now_ms
-from muxproxy.errors import InvalidRequest, NotFound
+from muxproxy.errors import Forbidden, InsufficientCredits, InvalidRequest, NotFound, RateLimited
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.jobs import Job, NewJob
 from muxproxy.logs import get_logger
@@ -18,10 +18,12 @@ from muxproxy.metrics import Metrics
 from muxproxy.pricing import check_capabilities, price
 from muxproxy.providers.base import Provider
 from muxproxy.providers.errors import Unsupported
+from muxproxy.ratelimit import RateLimiter
+from muxproxy.routing import next_route
 from muxproxy.settings import ModelSettings, Settings
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage
-from muxproxy.store import ApiKey, Store
+from muxproxy.store import ApiKey, ConcurrencyLimitReached, InsufficientBalance, Store
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.gateway")
@@ -55,6 +57,7 @@ class Gateway:
         self.clock = clock
         self.metrics = metrics
         self._wake = wake
+        self.limiter = RateLimiter(clock)
 
     def model(self, model_id: str) -> ModelSettings:
         try:
@@ -71,9 +74,31 @@ class Gateway:
                 raise InvalidRequest("'model' is required", param="model")
         return self.model(model_id)
 
+    def admit(self, key: ApiKey) -> None:
+        """The key's rate of create requests, checked before any work (429 with
+        Retry-After). Polls and downloads are not counted: they cost nothing upstream."""
+        rpm = key.limits.rpm_limit
+        if rpm is not None and (wait := self.limiter.acquire(key.id, rpm)) is not None:
+            self._refuse("rate_limit")
+            raise RateLimited(f"rate limit of {rpm} requests per minute exceeded",
+                              retry_after=wait)
+
+    def _refuse(self, reason: str) -> None:
+        self.metrics.refused.labels(reason).inc()
+        log.info("request refused", reason=reason)
+
     async def submit(self, key: ApiKey, surface: str, submission: Submission) -> Job:
+        self.admit(key)
         model = self.model(submission.model)
-        route = model.routes[0]
+        if not key.may_use(model.id):
+            self._refuse("model_access")
+            raise Forbidden(f"this API key may not use model {model.id!r}", param="model")
+        found = next_route(model, self.providers)
+        if found is None:
+            names = ", ".join(sorted({r.provider for r in model.routes}))
+            raise InvalidRequest(f"model {model.id!r} is not available: its providers ({names}) "
+                                 "have no API key configured", param="model")
+        route_index, route = found
         request = submission.request
         check_capabilities(model, request)
         credits = price(model, request)
@@ -91,11 +116,22 @@ class Gateway:
             mask = await self._store_input(job_id, "mask", submission.mask_upload)
         request = replace(request, images=tuple(refs), mask=mask)
         now = now_ms(self.clock)
-        job = await self.store.create_job(NewJob(
-            id=job_id, key_id=key.id, surface=surface, model=model.id, request=request,
-            client_params=submission.client_params, provider=route.provider,
-            upstream_model=route.model, callback_url=submission.callback_url, created_at=now,
-            deadline_at=now + int(self.settings.jobs.deadline_seconds * 1000), credits=credits))
+        try:
+            job = await self.store.create_job(NewJob(
+                id=job_id, key_id=key.id, surface=surface, model=model.id, request=request,
+                client_params=submission.client_params, provider=route.provider,
+                upstream_model=route.model, callback_url=submission.callback_url,
+                created_at=now, deadline_at=now + int(self.settings.jobs.deadline_seconds * 1000),
+                credits=credits, max_concurrent=key.limits.max_concurrent,
+                route_index=route_index))
+        except InsufficientBalance as exc:
+            self._refuse("credits")
+            raise InsufficientCredits(f"insufficient credits: this request costs {exc.price}, "
+                                      f"the balance is {exc.balance}") from None
+        except ConcurrencyLimitReached as exc:
+            self._refuse("concurrency")
+            raise RateLimited(f"{exc.limit} jobs already in flight for this key; wait for one "
+                              "to finish", retry_after=1.0) from None
         self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
         log.info("job created", job_id=job.id, model=job.model, provider=job.provider,
                  surface=surface, credits=credits)

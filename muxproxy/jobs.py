@@ -108,6 +108,8 @@ class NewJob:
     credits: int = 0
     # The key's cap on unfinished jobs, checked by the store inside the insert.
     max_concurrent: int | None = None
+    # Which of the model's routes serves first (earlier ones may be unconfigured).
+    route_index: int = 0
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,13 @@ class Metrics:
         self.upstream_requests = Counter(
             "muxproxy_upstream_requests", "Upstream provider calls by outcome",
             ["provider", "outcome"], registry=r)
+        self.refused = Counter(
+            "muxproxy_requests_refused", "Requests refused by reason", ["reason"], registry=r)
+        self.credits_charged = Counter(
+            "muxproxy_credits_charged", "Credits charged when jobs run", ["model"], registry=r)
+        self.credits_refunded = Counter(
+            "muxproxy_credits_refunded", "Credits given back for failed jobs (refunds of "
+            "charges and releases of holds)", ["model"], registry=r)
         self.circuit_open = Gauge(
             "muxproxy_provider_circuit_open", "1 while a provider's circuit breaker is open",
             ["provider"], registry=r)

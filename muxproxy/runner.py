@@ -35,9 +35,10 @@ from muxproxy.providers.base import (
     Submitted,
 )
 from muxproxy.providers.errors import Unsupported, UpstreamError
+from muxproxy.routing import next_route
 from muxproxy.settings import Settings
 from muxproxy.storage import BlobNotFound, BlobStorage
-from muxproxy.store import StaleJob, Store
+from muxproxy.store import Billing, StaleJob, Store
 
 log = get_logger("muxproxy.runner")
 
@@ -177,13 +178,13 @@ class JobRunner:
 
     async def _fall_back(self, job: Job, owner: str) -> bool:
         model = self.settings.models.get(job.model)
-        next_index = job.route_index + 1
-        if model is None or next_index >= len(model.routes):
+        found = next_route(model, self.providers, after=job.route_index) if model else None
+        if found is None:
             return False
-        route = model.routes[next_index]
+        index, route = found
         log.info("falling back to next route", from_provider=job.provider,
                  provider=route.provider, model=route.model)
-        await self._move(job, owner, JobState.PROCESSING, route_index=next_index,
+        await self._move(job, owner, JobState.PROCESSING, route_index=index,
                          provider=route.provider, upstream_model=route.model, attempts=0,
                          upstream_state=None, run_after=now_ms(self.clock))
         return True
@@ -220,6 +221,10 @@ class JobRunner:
         log.info("job state", job_id=job.id, state=job.state.value, model=job.model,
                  provider=job.provider, fail_code=job.fail_code)
         self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
+        if job.state is JobState.PROCESSING and job.billing == Billing.CHARGED:
+            self.metrics.credits_charged.labels(job.model).inc(job.credits)
+        elif job.billing in (Billing.REFUNDED, Billing.RELEASED):
+            self.metrics.credits_refunded.labels(job.model).inc(job.credits)
         if job.is_terminal:
             self.events.publish(job)
         if job.is_terminal and job.completed_at is not None:

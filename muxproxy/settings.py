@@ -49,6 +49,7 @@ class LimitSettings:
     max_reference_images: int = 16
     max_image_bytes: int = 10 * 1024 * 1024
     max_download_bytes: int = 50 * 1024 * 1024
+    idempotency_ttl_seconds: int = 86400
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,19 @@ class LogSettings:
 class ApiKeySettings:
     name: str
     key: str
+    # Credits given when the key is first created (later top-ups go through the
+    # admin API or CLI); unlimited keys are never refused for their balance.
+    credits: int = 0
+    unlimited: bool = False
+    rpm: int | None = None
+    max_concurrent: int | None = None
+    models: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    # The admin API (/admin/) answers only to this bearer token; empty disables it.
+    token: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     surfaces: SurfaceSettings = field(default_factory=SurfaceSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     logging: LogSettings = field(default_factory=LogSettings)
     keys: tuple[ApiKeySettings, ...] = ()
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
@@ -146,7 +161,8 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 
 def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     data = _expand(raw, env, "")
-    known = {"server", "database", "storage", "limits", "jobs", "surfaces", "logging", "keys",
+    known = {"server", "database", "storage", "limits", "jobs", "surfaces", "admin", "logging",
+             "keys",
              "providers", "models"}
     _no_unknown(data, known, "")
     providers = _providers(data.get("providers", {}))
@@ -157,6 +173,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         limits=_section(LimitSettings, data, "limits"),
         jobs=_section(JobSettings, data, "jobs"),
         surfaces=_section(SurfaceSettings, data, "surfaces"),
+        admin=_section(AdminSettings, data, "admin"),
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),
         providers=providers,
@@ -226,14 +243,34 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
         where = f"keys[{i}]"
         if not isinstance(item, Mapping):
             raise SettingsError(f"{where}: expected a table")
-        _no_unknown(item, {"name", "key"}, where)
+        _no_unknown(item, {"name", "key", "credits", "unlimited", "rpm", "max_concurrent",
+                           "models"}, where)
         name, key = item.get("name"), item.get("key")
         if not isinstance(name, str) or not name:
             raise SettingsError(f"{where}.name: required")
         if not isinstance(key, str) or len(key) < 8:
             raise SettingsError(f"{where}.key: required, at least 8 characters")
-        keys.append(ApiKeySettings(name=name, key=key))
+        models = item.get("models")
+        if models is not None:
+            models = _strings(item, "models", where)
+        keys.append(ApiKeySettings(
+            name=name, key=key,
+            credits=_coerce(item.get("credits", 0), 0, f"{where}.credits"),
+            unlimited=_coerce(item.get("unlimited", False), False, f"{where}.unlimited"),
+            rpm=_optional_positive(item, "rpm", where),
+            max_concurrent=_optional_positive(item, "max_concurrent", where),
+            models=models))
     return tuple(keys)
+
+
+def _optional_positive(table: Mapping[str, Any], name: str, where: str) -> int | None:
+    value = table.get(name)
+    if value is None:
+        return None
+    number = _coerce(value, 0, f"{where}.{name}")
+    if number < 1:
+        raise SettingsError(f"{where}.{name}: must be at least 1")
+    return int(number)
 
 
 def _providers(raw: Any) -> dict[str, ProviderSettings]:

@@ -112,6 +112,13 @@ class Provider(abc.ABC):
     kind: ClassVar[str]
     #: True when ``submit`` may answer :class:`Submitted` and ``poll`` must work.
     is_async: ClassVar[bool] = False
+    #: False for upstreams that work without a key (the demo, local servers).
+    needs_key: ClassVar[bool] = True
+
+    @property
+    def configured(self) -> bool:
+        """Can this provider serve at all? Routes to one that cannot are skipped."""
+        return bool(self.settings.api_key) or not self.needs_key
 
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:

@@ -34,6 +34,7 @@ from muxproxy.providers.errors import UpstreamError
 
 
 class DemoProvider(Provider):
+    needs_key = False
     kind = "demo"
     is_async = True
     #: Submits seen, for tests and the curious.

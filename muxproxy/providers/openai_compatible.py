@@ -47,6 +47,7 @@ MAX_ERROR_BODY = 64 * 1024
 
 
 class OpenAICompatibleProvider(Provider):
+    needs_key = False
     kind = "openai-compatible"
     #: Used when the provider's ``base_url`` is not configured.
     default_base_url: ClassVar[str] = ""

@@ -104,7 +104,7 @@ class SqliteStore(AccountsMixin, Store):
         row = {
             "id": new.id, "key_id": new.key_id, "surface": new.surface, "model": new.model,
             "state": JobState.PENDING.value, "params": _dumps(new.request.to_json()),
-            "client_params": _dumps(new.client_params), "route_index": 0,
+            "client_params": _dumps(new.client_params), "route_index": new.route_index,
             "provider": new.provider, "upstream_model": new.upstream_model,
             "callback_url": new.callback_url, "credits": new.credits,
             "billing": (Billing.HELD if new.credits > 0 else Billing.NONE).value,

@@ -32,7 +32,8 @@ def base_config(tmp_path: Path) -> dict[str, Any]:
         "jobs": {"retry_base_seconds": 0.01, "retry_cap_seconds": 0.05,
                  "poll_initial_seconds": 0.01, "poll_cap_seconds": 0.05},
         "logging": {"level": "warning"},
-        "keys": [{"name": "alpha", "key": KEY_A}, {"name": "bravo", "key": KEY_B}],
+        "keys": [{"name": "alpha", "key": KEY_A, "unlimited": True},
+                 {"name": "bravo", "key": KEY_B, "unlimited": True}],
         "providers": {
             "demo": {"kind": "demo", "options": {}},
             "demo-queue": {"kind": "demo", "options": {"async": True}},

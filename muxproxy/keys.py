@@ -1,0 +1,71 @@
+"""API key administration shared by the admin API and the CLI."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from muxproxy.store import ApiKey, KeyLimits
+from muxproxy.store.accounts import LedgerEntry, UsageRow
+
+KEY_PREFIX = "mux_"
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_view(key: ApiKey) -> dict[str, Any]:
+    return {"id": key.id, "name": key.name, "created_at": key.created_at,
+            "revoked_at": key.revoked_at, "balance": key.balance,
+            "unlimited": key.limits.unlimited, "rpm": key.limits.rpm_limit,
+            "max_concurrent": key.limits.max_concurrent,
+            "models": list(key.limits.allowed_models)
+            if key.limits.allowed_models is not None else None}
+
+
+def ledger_view(entry: LedgerEntry) -> dict[str, Any]:
+    return {"id": entry.id, "kind": entry.kind.value, "amount": entry.amount,
+            "job_id": entry.job_id, "model": entry.model, "note": entry.note,
+            "created_at": entry.created_at}
+
+
+def usage_view(row: UsageRow) -> dict[str, Any]:
+    return {"day": row.day, "model": row.model, "jobs": row.jobs, "completed": row.completed,
+            "failed": row.failed, "credits": row.credits}
+
+
+class LimitError(ValueError):
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def apply_limits(limits: KeyLimits, changes: Mapping[str, Any]) -> KeyLimits:
+    """``changes`` may hold unlimited, rpm, max_concurrent, models; null clears a limit."""
+    result = limits
+    if "unlimited" in changes:
+        if not isinstance(changes["unlimited"], bool):
+            raise LimitError("'unlimited' must be true or false", "unlimited")
+        result = replace(result, unlimited=changes["unlimited"])
+    if "rpm" in changes:
+        result = replace(result, rpm_limit=_positive_or_null(changes["rpm"], "rpm"))
+    if "max_concurrent" in changes:
+        result = replace(result, max_concurrent=_positive_or_null(changes["max_concurrent"],
+                                                                  "max_concurrent"))
+    if "models" in changes:
+        models = changes["models"]
+        if models is not None and (not isinstance(models, list)
+                                   or not all(isinstance(m, str) and m for m in models)):
+            raise LimitError("'models' must be a list of model ids, or null", "models")
+        result = replace(result, allowed_models=tuple(models) if models is not None else None)
+    return result
+
+
+def _positive_or_null(value: Any, name: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise LimitError(f"'{name}' must be a whole number >= 1, or null", name)
+    return value
