@@ -19,12 +19,13 @@ import aiosqlite
 from muxproxy.jobs import TERMINAL, IllegalTransition, Job, JobState, NewJob, RowLike
 from muxproxy.store.base import ApiKey, Recovery, StaleJob, Store
 from muxproxy.store.schema import MIGRATIONS
+from muxproxy.store.sqlite_outbox import SqliteOutbox
 
 _ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
 _JSON_FIELDS = frozenset({"upstream_state", "result"})
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteOutbox, Store):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._writer: aiosqlite.Connection | None = None
@@ -172,7 +173,8 @@ class SqliteStore(Store):
         if owner is not None:
             sql += " AND lease_owner = ?"
             args.append(owner)
-        async with self._write() as db:
+        # A terminal move and its callback's outbox row commit together.
+        async with self._write(transaction=target in TERMINAL) as db:
             try:
                 async with db.execute(sql + " RETURNING *", args) as cur:
                     row = await cur.fetchone()
@@ -180,10 +182,13 @@ class SqliteStore(Store):
                 if "illegal transition" in str(exc):
                     raise IllegalTransition(job_id, expected, target) from None
                 raise
-        if row is None:
+            job = Job.from_row(row) if row is not None else None
+            if job is not None:
+                await self._enqueue_callbacks(db, [job], now)
+        if job is None:
             current = await self.get_job(job_id)
             raise StaleJob(job_id, expected, current.state if current else None)
-        return Job.from_row(row)
+        return job
 
     async def release(self, job_id: str, owner: str, *, now: int) -> None:
         async with self._write() as db:
@@ -199,9 +204,11 @@ class SqliteStore(Store):
                 SELECT id FROM jobs WHERE {_ACTIVE} AND deadline_at <= ?
                 AND (lease_owner IS NULL OR lease_until < ?) LIMIT ?)
             RETURNING *"""  # noqa: S608 - constant fragments only
-        async with self._write() as db, db.execute(sql, (now, now, now, now, limit)) as cur:
-            rows = await cur.fetchall()
-        return [Job.from_row(r) for r in rows]
+        async with self._write(transaction=True) as db:
+            async with db.execute(sql, (now, now, now, now, limit)) as cur:
+                expired = [Job.from_row(r) for r in await cur.fetchall()]
+            await self._enqueue_callbacks(db, expired, now)
+        return expired
 
     async def next_due(self, providers: Sequence[str]) -> int | None:
         if not providers:
@@ -238,6 +245,7 @@ class SqliteStore(Store):
                     f"updated_at = ? WHERE {foreign} AND state = '{JobState.PROCESSING}' "
                     f"AND upstream_id IS NULL RETURNING *", (now, now, owner)) as cur2:
                 failed = tuple(Job.from_row(r) for r in await cur2.fetchall())
+            await self._enqueue_callbacks(db, failed, now)
         return Recovery(resumed=resumed, retried=retried, failed=failed)
 
     async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:
