@@ -19,6 +19,7 @@ from muxproxy.settings import Settings
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage
 from muxproxy.store import Store
+from muxproxy.webhooks.relay import WebhookRelay
 
 
 @dataclass
@@ -36,3 +37,4 @@ class AppState:
     runner: JobRunner
     scheduler: Scheduler
     events: JobEvents
+    relay: WebhookRelay

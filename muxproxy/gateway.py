@@ -4,7 +4,7 @@ create the job, wake the scheduler; and render a job's result links."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,7 +43,8 @@ class Submission:
 class Gateway:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
                  providers: Mapping[str, Provider], signer: UrlSigner, clock: Clock,
-                 metrics: Metrics, wake: Callable[[], None]) -> None:
+                 metrics: Metrics, wake: Callable[[], None], *,
+                 check_callback: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -52,6 +53,7 @@ class Gateway:
         self.clock = clock
         self.metrics = metrics
         self._wake = wake
+        self._check_callback = check_callback
 
     def model(self, model_id: str) -> ModelSettings:
         try:
@@ -64,6 +66,8 @@ class Gateway:
         route = model.routes[0]
         request = submission.request
         check_capabilities(model, request)
+        if submission.callback_url is not None and self._check_callback is not None:
+            await self._check_callback(submission.callback_url)
         credits = price(model, request)
         try:
             self.providers[route.provider].check(request, route.model, route.params)

@@ -6,6 +6,7 @@ Every problem is reported as a :class:`SettingsError` naming the offending key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -63,6 +64,28 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """The ``callback_url`` relay. Waits are spread by +/- ``jitter`` (a fraction)."""
+
+    # Attempts right after a task ends, ``quick_backoff_seconds`` x 1, 2, 4 ... apart.
+    quick_attempts: int = 3
+    quick_backoff_seconds: float = 1.0
+    # Then background attempts, starting this far apart and doubling up to the max,
+    # until ``retry_window_seconds`` after the first attempt.
+    background_interval_seconds: float = 30.0
+    background_max_interval_seconds: float = 300.0
+    retry_window_seconds: float = 1800.0
+    attempt_timeout_seconds: float = 10.0
+    jitter: float = 0.1
+    # A 429/5xx ``Retry-After`` is honoured up to this many seconds.
+    retry_after_max_seconds: float = 300.0
+    max_concurrency: int = 16
+    max_per_host: int = 4
+    # Networks a callback may reach although they are not public (CIDR strings).
+    allow_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
     format: str = "json"
@@ -114,6 +137,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     jobs: JobSettings = field(default_factory=JobSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LogSettings = field(default_factory=LogSettings)
     keys: tuple[ApiKeySettings, ...] = ()
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
@@ -134,8 +158,8 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 
 def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     data = _expand(raw, env, "")
-    known = {"server", "database", "storage", "limits", "jobs", "logging", "keys", "providers",
-             "models"}
+    known = {"server", "database", "storage", "limits", "jobs", "webhooks", "logging", "keys",
+             "providers", "models"}
     _no_unknown(data, known, "")
     providers = _providers(data.get("providers", {}))
     settings = Settings(
@@ -144,6 +168,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         storage=_section(StorageSettings, data, "storage"),
         limits=_section(LimitSettings, data, "limits"),
         jobs=_section(JobSettings, data, "jobs"),
+        webhooks=_section(WebhookSettings, data, "webhooks"),
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),
         providers=providers,
@@ -189,6 +214,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             return int(value)
         except ValueError:
             pass
+    elif expected is tuple and isinstance(value, list) and all(
+            isinstance(v, str) for v in value):
+        return tuple(value)
     elif isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool):
         return value
     raise SettingsError(f"{where}: expected {expected.__name__}, got {value!r}")
@@ -332,9 +360,31 @@ def _check(settings: Settings) -> None:
             raise SettingsError(f"providers.{name}.timeout_seconds: must be positive")
     if settings.jobs.max_attempts < 1:
         raise SettingsError("jobs.max_attempts: must be at least 1")
+    _check_webhooks(settings.webhooks)
     names = [k.name for k in settings.keys]
     if len(set(names)) != len(names):
         raise SettingsError("keys: names must be unique")
+
+
+def _check_webhooks(hooks: WebhookSettings) -> None:
+    for name in ("quick_attempts", "max_concurrency", "max_per_host"):
+        if getattr(hooks, name) < 1:
+            raise SettingsError(f"webhooks.{name}: must be at least 1")
+    for name in ("quick_backoff_seconds", "background_interval_seconds",
+                 "background_max_interval_seconds", "attempt_timeout_seconds"):
+        if getattr(hooks, name) <= 0:
+            raise SettingsError(f"webhooks.{name}: must be positive")
+    if hooks.retry_window_seconds < 0 or hooks.retry_after_max_seconds < 0:
+        raise SettingsError("webhooks: retry_window_seconds and retry_after_max_seconds "
+                            "must not be negative")
+    if not 0 <= hooks.jitter < 1:
+        raise SettingsError("webhooks.jitter: must be at least 0 and below 1")
+    for i, network in enumerate(hooks.allow_networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise SettingsError(f"webhooks.allow_networks[{i}]: not a network: "
+                                f"{network!r}") from None
 
 
 def sqlite_path(url: str) -> Path:

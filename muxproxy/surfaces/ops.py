@@ -32,6 +32,7 @@ async def metrics(request: Request) -> Response:
     state: AppState = request.app.state.mux
     try:
         state.metrics.set_job_counts(await state.store.count_jobs())
+        await state.relay.refresh_metrics()
     except Exception:
         log.warning("could not count jobs for metrics", exc_info=True)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
