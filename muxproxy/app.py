@@ -1,6 +1,6 @@
 """``create_app(settings)``: the whole gateway, built in one place.
 
-Everything with a lifetime (store, blob storage, HTTP session, providers,
+Everything with a lifetime (store, blob storage, HTTP session, providers, webhook relay,
 scheduler) is opened in the lifespan and closed in reverse order.
 """
 
@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -34,8 +35,10 @@ from muxproxy.settings import Settings
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import open_storage
 from muxproxy.store import KeyLimits, open_store
-from muxproxy.surfaces import admin, files, modelmux, native, openai, ops
+from muxproxy.surfaces import admin, callbacks, files, modelmux, native, openai, ops
 from muxproxy.surfaces.shapes import renderer_for
+from muxproxy.webhooks.relay import WebhookRelay
+from muxproxy.webhooks.ssrf import AddressPolicy, CallbackGuard
 
 log = get_logger("muxproxy.app")
 
@@ -49,14 +52,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return renderer_for(request.url.path)(error)
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
+def create_app(settings: Settings, *, clock: Clock | None = None,
+               resolver: AbstractResolver | None = None) -> Starlette:
+    """``resolver`` replaces DNS for callback URLs (tests map names to addresses)."""
     clock = clock or SystemClock()
     metrics = Metrics()
     configure_logging(settings.logging.level, settings.logging.format)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state = await _start(settings, clock, metrics)
+        state = await _start(settings, clock, metrics, resolver)
         app.state.mux = state
         log.info("muxproxy started", providers=sorted(state.providers),
                  models=len(settings.models), public_url=settings.server.public_url)
@@ -67,15 +72,16 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> Starlette:
             log.info("muxproxy stopped")
 
     return Starlette(
-        routes=[*native.routes, *openai.routes, *modelmux.routes, *admin.routes, *files.routes,
-                *ops.routes],
+        routes=[*native.routes, *callbacks.routes, *openai.routes, *modelmux.routes,
+                *admin.routes, *files.routes, *ops.routes],
         middleware=[Middleware(RequestContext, metrics=metrics), Middleware(Idempotency)],
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
 
 
-async def _start(settings: Settings, clock: Clock, metrics: Metrics) -> AppState:
+async def _start(settings: Settings, clock: Clock, metrics: Metrics,
+                 resolver: AbstractResolver | None) -> AppState:
     store = open_store(settings.database.url)
     await store.open()
     try:
@@ -100,18 +106,24 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics) -> AppState
     runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events,
                        breakers)
     scheduler = Scheduler(store, providers, runner, clock, settings.jobs, metrics)
+    guard = CallbackGuard(AddressPolicy(settings.webhooks.allow_networks), resolver)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
-                      scheduler.wake)
+                      scheduler.wake, check_callback=guard.check)
+    relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_urls)
+    events.subscribe(relay.on_job)
     state = AppState(settings=settings, clock=clock, metrics=metrics, store=store,
                      storage=storage, http=http, providers=providers, signer=signer,
                      auth=Authenticator(store), gateway=gateway, runner=runner,
-                     scheduler=scheduler, events=events, breakers=breakers)
+                     scheduler=scheduler, events=events, breakers=breakers,
+                     relay=relay)
+    await relay.start()
     await scheduler.start()
     return state
 
 
 async def _stop(state: AppState) -> None:
     await state.scheduler.stop(state.settings.server.graceful_shutdown_seconds)
+    await state.relay.stop(state.settings.server.graceful_shutdown_seconds)
     for provider in state.providers.values():
         try:
             await provider.aclose()

@@ -20,6 +20,7 @@ from muxproxy.settings import Settings
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage
 from muxproxy.store import Store
+from muxproxy.webhooks.relay import WebhookRelay
 
 
 @dataclass
@@ -38,3 +39,4 @@ class AppState:
     scheduler: Scheduler
     events: JobEvents
     breakers: Mapping[str, CircuitBreaker]
+    relay: WebhookRelay

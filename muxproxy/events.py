@@ -1,22 +1,38 @@
 """In-process notice that a job reached a terminal state, for callers that wait
-(the OpenAI surface answers only when the image exists)."""
+(the OpenAI surface answers only when the image exists) and for subscribers (the
+webhook relay)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 from muxproxy.jobs import Job
+from muxproxy.logs import get_logger
+
+log = get_logger("muxproxy.events")
 
 
 class JobEvents:
     def __init__(self) -> None:
         self._waiters: defaultdict[str, set[asyncio.Future[Job]]] = defaultdict(set)
+        self._subscribers: list[Callable[[Job], None]] = []
+
+    def subscribe(self, callback: Callable[[Job], None]) -> None:
+        """Call ``callback`` with every terminal job. It must be quick and not block:
+        it runs inside the worker that finished the job."""
+        self._subscribers.append(callback)
 
     def publish(self, job: Job) -> None:
         for future in self._waiters.pop(job.id, ()):
             if not future.done():
                 future.set_result(job)
+        for callback in self._subscribers:
+            try:
+                callback(job)
+            except Exception:
+                log.exception("job event subscriber failed")
 
     async def wait(self, job_id: str, timeout: float) -> Job | None:
         """The job once terminal, or None after ``timeout`` seconds.

@@ -4,7 +4,7 @@ create the job, wake the scheduler; and render a job's result links."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,7 +48,8 @@ class Submission:
 class Gateway:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
                  providers: Mapping[str, Provider], signer: UrlSigner, clock: Clock,
-                 metrics: Metrics, wake: Callable[[], None]) -> None:
+                 metrics: Metrics, wake: Callable[[], None], *,
+                 check_callback: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -58,6 +59,7 @@ class Gateway:
         self.metrics = metrics
         self._wake = wake
         self.limiter = RateLimiter(clock)
+        self._check_callback = check_callback
 
     def model(self, model_id: str) -> ModelSettings:
         try:
@@ -101,6 +103,8 @@ class Gateway:
         route_index, route = found
         request = submission.request
         check_capabilities(model, request)
+        if submission.callback_url is not None and self._check_callback is not None:
+            await self._check_callback(submission.callback_url)
         credits = price(model, request)
         try:
             self.providers[route.provider].check(_with_uploads(submission), route.model,

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+WEBHOOK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600)
 
 
 class Metrics:
@@ -48,6 +49,28 @@ class Metrics:
         self.upstream_latency = Histogram(
             "muxproxy_upstream_request_duration_seconds", "Upstream call latency",
             ["provider"], buckets=JOB_BUCKETS, registry=r)
+
+        self.webhook_deliveries = Counter(
+            "muxproxy_webhook_deliveries", "Callback deliveries ended, by outcome "
+            "(delivered, gone: the receiver said 410, expired: retry window passed)",
+            ["outcome"], registry=r)
+        self.webhook_attempts = Counter(
+            "muxproxy_webhook_attempts", "Callback attempts by result (2xx..5xx, timeout, "
+            "connect_error, refused, disconnected, error)", ["result"], registry=r)
+        self.webhook_attempt_latency = Histogram(
+            "muxproxy_webhook_attempt_duration_seconds", "One callback POST, start to answer",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.webhook_delivery_latency = Histogram(
+            "muxproxy_webhook_delivery_latency_seconds",
+            "From a task ending to its receiver's 2xx", buckets=WEBHOOK_BUCKETS, registry=r)
+        self.webhook_backlog = Gauge(
+            "muxproxy_webhook_backlog", "Callbacks not delivered yet and still retried",
+            registry=r)
+        self.webhook_oldest_pending_age = Gauge(
+            "muxproxy_webhook_oldest_pending_age_seconds",
+            "Age of the oldest callback not delivered yet", registry=r)
+        self.webhooks_in_flight = Gauge(
+            "muxproxy_webhooks_in_flight", "Callback attempts running right now", registry=r)
 
     def set_job_counts(self, counts: Mapping[tuple[str, str, str], int]) -> None:
         self.jobs.clear()

@@ -6,6 +6,7 @@ Every problem is reported as a :class:`SettingsError` naming the offending key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -69,6 +70,28 @@ class SurfaceSettings:
     openai_wait_seconds: float = 300.0
     # The model used when an OpenAI or ModelMux request names none; "" = the first model.
     default_model: str = ""
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The ``callback_url`` relay. Waits are spread by +/- ``jitter`` (a fraction)."""
+
+    # Attempts right after a task ends, ``quick_backoff_seconds`` x 1, 2, 4 ... apart.
+    quick_attempts: int = 3
+    quick_backoff_seconds: float = 1.0
+    # Then background attempts, starting this far apart and doubling up to the max,
+    # until ``retry_window_seconds`` after the first attempt.
+    background_interval_seconds: float = 30.0
+    background_max_interval_seconds: float = 300.0
+    retry_window_seconds: float = 1800.0
+    attempt_timeout_seconds: float = 10.0
+    jitter: float = 0.1
+    # A 429/5xx ``Retry-After`` is honoured up to this many seconds.
+    retry_after_max_seconds: float = 300.0
+    max_concurrency: int = 16
+    max_per_host: int = 4
+    # Networks a callback may reach although they are not public (CIDR strings).
+    allow_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +164,7 @@ class Settings:
     jobs: JobSettings = field(default_factory=JobSettings)
     surfaces: SurfaceSettings = field(default_factory=SurfaceSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LogSettings = field(default_factory=LogSettings)
     keys: tuple[ApiKeySettings, ...] = ()
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
@@ -161,8 +185,8 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 
 def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     data = _expand(raw, env, "")
-    known = {"server", "database", "storage", "limits", "jobs", "surfaces", "admin", "logging",
-             "keys",
+    known = {"server", "database", "storage", "limits", "jobs", "surfaces", "admin",
+             "webhooks", "logging", "keys",
              "providers", "models"}
     _no_unknown(data, known, "")
     providers = _providers(data.get("providers", {}))
@@ -174,6 +198,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         jobs=_section(JobSettings, data, "jobs"),
         surfaces=_section(SurfaceSettings, data, "surfaces"),
         admin=_section(AdminSettings, data, "admin"),
+        webhooks=_section(WebhookSettings, data, "webhooks"),
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),
         providers=providers,
@@ -219,6 +244,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             return int(value)
         except ValueError:
             pass
+    elif expected is tuple and isinstance(value, list) and all(
+            isinstance(v, str) for v in value):
+        return tuple(value)
     elif isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool):
         return value
     raise SettingsError(f"{where}: expected {expected.__name__}, got {value!r}")
@@ -389,9 +417,31 @@ def _check(settings: Settings) -> None:
     default_model = settings.surfaces.default_model
     if default_model and default_model not in settings.models:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")
+    _check_webhooks(settings.webhooks)
     names = [k.name for k in settings.keys]
     if len(set(names)) != len(names):
         raise SettingsError("keys: names must be unique")
+
+
+def _check_webhooks(hooks: WebhookSettings) -> None:
+    for name in ("quick_attempts", "max_concurrency", "max_per_host"):
+        if getattr(hooks, name) < 1:
+            raise SettingsError(f"webhooks.{name}: must be at least 1")
+    for name in ("quick_backoff_seconds", "background_interval_seconds",
+                 "background_max_interval_seconds", "attempt_timeout_seconds"):
+        if getattr(hooks, name) <= 0:
+            raise SettingsError(f"webhooks.{name}: must be positive")
+    if hooks.retry_window_seconds < 0 or hooks.retry_after_max_seconds < 0:
+        raise SettingsError("webhooks: retry_window_seconds and retry_after_max_seconds "
+                            "must not be negative")
+    if not 0 <= hooks.jitter < 1:
+        raise SettingsError("webhooks.jitter: must be at least 0 and below 1")
+    for i, network in enumerate(hooks.allow_networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise SettingsError(f"webhooks.allow_networks[{i}]: not a network: "
+                                f"{network!r}") from None
 
 
 def sqlite_path(url: str) -> Path:

@@ -79,6 +79,7 @@ CREATE TABLE api_keys (
     revoked_at INTEGER
 )
 """,
+    # 2: accounts: key limits and balances, the credit ledger, idempotency records.
     """
 ALTER TABLE api_keys ADD COLUMN balance INTEGER NOT NULL DEFAULT 0
 ;
@@ -129,5 +130,47 @@ CREATE TABLE idempotency (
 )
 ;
 CREATE INDEX idempotency_expiry ON idempotency (expires_at)
+""",
+    # 3: the webhook outbox. A delivery row is written in the transaction that makes
+    # its job terminal; attempts are appended as they happen.
+    """
+CREATE TABLE webhook_deliveries (
+    id              TEXT PRIMARY KEY,
+    job_id          TEXT NOT NULL UNIQUE REFERENCES jobs (id) ON DELETE CASCADE,
+    key_id          TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    host            TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    round_attempts  INTEGER NOT NULL DEFAULT 0,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    next_attempt_at INTEGER,
+    window_ends_at  INTEGER,
+    delivered_at    INTEGER,
+    last_error      TEXT,
+    lease_owner     TEXT,
+    lease_until     INTEGER
+)
+;
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+    WHERE status = 'pending'
+;
+CREATE TABLE webhook_attempts (
+    delivery_id TEXT NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+    number      INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    latency_ms  INTEGER NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    response    TEXT,
+    PRIMARY KEY (delivery_id, number)
+)
+;
+CREATE TABLE webhook_secrets (
+    key_id     TEXT PRIMARY KEY REFERENCES api_keys (id) ON DELETE CASCADE,
+    secret     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+)
 """,
 )

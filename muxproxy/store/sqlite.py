@@ -20,12 +20,13 @@ from muxproxy.store.accounts import Billing
 from muxproxy.store.base import Recovery, StaleJob, Store
 from muxproxy.store.schema import MIGRATIONS
 from muxproxy.store.sqlite_accounts import AccountsMixin, check_concurrency, hold, settle
+from muxproxy.store.sqlite_outbox import SqliteOutbox
 
 _ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
 _JSON_FIELDS = frozenset({"upstream_state", "result"})
 
 
-class SqliteStore(AccountsMixin, Store):
+class SqliteStore(AccountsMixin, SqliteOutbox, Store):
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._writer: aiosqlite.Connection | None = None
@@ -191,10 +192,13 @@ class SqliteStore(AccountsMixin, Store):
                 await settle(db, [row], now)
                 async with db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cur:
                     row = await cur.fetchone()
-        if row is None:
+            job = Job.from_row(row) if row is not None else None
+            if job is not None:
+                await self._enqueue_callbacks(db, [job], now)
+        if job is None:
             current = await self.get_job(job_id)
             raise StaleJob(job_id, expected, current.state if current else None)
-        return Job.from_row(row)
+        return job
 
     async def release(self, job_id: str, owner: str, *, now: int) -> None:
         async with self._write() as db:
@@ -214,7 +218,9 @@ class SqliteStore(AccountsMixin, Store):
             async with db.execute(sql, (now, now, now, now, limit)) as cur:
                 rows = await cur.fetchall()
             await settle(db, rows, now)
-        return [Job.from_row(r) for r in rows]
+            expired = [Job.from_row(r) for r in rows]
+            await self._enqueue_callbacks(db, expired, now)
+        return expired
 
     async def next_due(self, providers: Sequence[str]) -> int | None:
         if not providers:
@@ -253,6 +259,7 @@ class SqliteStore(AccountsMixin, Store):
                 failed_rows = await cur2.fetchall()
             await settle(db, failed_rows, now)
             failed = tuple(Job.from_row(r) for r in failed_rows)
+            await self._enqueue_callbacks(db, failed, now)
         return Recovery(resumed=resumed, retried=retried, failed=failed)
 
     async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:

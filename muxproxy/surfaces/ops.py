@@ -36,6 +36,7 @@ async def metrics(request: Request) -> Response:
     state: AppState = request.app.state.mux
     try:
         state.metrics.set_job_counts(await state.store.count_jobs())
+        await state.relay.refresh_metrics()
     except Exception:
         log.warning("could not count jobs for metrics", exc_info=True)
     for name, breaker in state.breakers.items():

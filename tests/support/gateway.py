@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import uvicorn
+from aiohttp.abc import AbstractResolver
 
 from muxproxy.app import create_app
 from muxproxy.app_state import AppState
@@ -118,12 +119,15 @@ def settings_from(config: Mapping[str, Any], port: int) -> Settings:
 
 @asynccontextmanager
 async def run_gateway(config: Mapping[str, Any], *, clock: Clock | None = None,
-                      sock: socket.socket | None = None) -> AsyncIterator[RunningGateway]:
-    """Start the gateway for real and stop it cleanly (lifespan included) after."""
+                      sock: socket.socket | None = None,
+                      resolver: AbstractResolver | None = None
+                      ) -> AsyncIterator[RunningGateway]:
+    """Start the gateway for real and stop it cleanly (lifespan included) after.
+    ``resolver`` answers DNS for callback URLs."""
     sock = sock or free_socket()
     port = sock.getsockname()[1]
     settings = settings_from(config, port)
-    app = create_app(settings, clock=clock)
+    app = create_app(settings, clock=clock, resolver=resolver)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
                                            access_log=False))
     task = asyncio.create_task(server.serve(sockets=[sock]))

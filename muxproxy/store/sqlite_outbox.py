@@ -1,0 +1,185 @@
+"""The webhook outbox on SQLite, mixed into :class:`~muxproxy.store.sqlite.SqliteStore`
+(which owns the connections and calls :meth:`_enqueue_callbacks` inside the
+transactions that make jobs terminal)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import aiosqlite
+
+from muxproxy.jobs import Job
+from muxproxy.webhooks.outbox import (
+    Attempt,
+    Backlog,
+    Delivery,
+    DeliveryStatus,
+    SigningSecret,
+    Verdict,
+    new_delivery_id,
+    target_host,
+)
+
+_PENDING = f"status = '{DeliveryStatus.PENDING}'"
+_INSERT = """
+    INSERT INTO webhook_deliveries (id, job_id, key_id, url, host, status, created_at,
+                                    updated_at, next_attempt_at)
+    VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)"""
+
+
+class SqliteOutbox:
+    def _read(self) -> aiosqlite.Connection:
+        raise NotImplementedError
+
+    def _write(self, transaction: bool = False
+               ) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+        raise NotImplementedError
+
+    async def _enqueue_callbacks(self, db: aiosqlite.Connection, jobs: Iterable[Job],
+                                 now: int) -> None:
+        """Called inside the transaction that made ``jobs`` terminal."""
+        for job in jobs:
+            if job.callback_url is None or not job.is_terminal:
+                continue
+            await db.execute(_INSERT + " ON CONFLICT (job_id) DO NOTHING",
+                             _new_row(job, job.callback_url, now))
+
+    async def get_delivery(self, job_id: str, key_id: str | None = None) -> Delivery | None:
+        sql, args = "SELECT * FROM webhook_deliveries WHERE job_id = ?", [job_id]
+        if key_id is not None:
+            sql += " AND key_id = ?"
+            args.append(key_id)
+        async with self._read().execute(sql, args) as cur:
+            row = await cur.fetchone()
+        return Delivery.from_row(row) if row else None
+
+    async def list_attempts(self, delivery_id: str) -> list[Attempt]:
+        async with self._read().execute(
+                "SELECT * FROM webhook_attempts WHERE delivery_id = ? ORDER BY number",
+                (delivery_id,)) as cur:
+            return [Attempt.from_row(r) for r in await cur.fetchall()]
+
+    async def claim_deliveries(self, now: int, limit: int, owner: str, lease_until: int,
+                               skip_hosts: Sequence[str] = ()) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        skip = _not_in("host", skip_hosts)
+        sql = f"""
+            UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ?
+            WHERE id IN (
+                SELECT id FROM webhook_deliveries
+                WHERE {_PENDING} AND next_attempt_at <= ?
+                AND (lease_owner IS NULL OR lease_until < ?) {skip}
+                ORDER BY next_attempt_at LIMIT ?)
+            RETURNING *"""  # noqa: S608 - constant fragments and placeholders only
+        args = (owner, lease_until, now, now, *skip_hosts, limit)
+        async with self._write() as db, db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return sorted((Delivery.from_row(r) for r in rows),
+                      key=lambda d: d.next_attempt_at or 0)
+
+    async def record_attempt(self, delivery_id: str, owner: str, attempt: Attempt,
+                             verdict: Verdict, *, now: int) -> Delivery | None:
+        async with self._write(transaction=True) as db:
+            async with db.execute("SELECT attempts FROM webhook_deliveries "
+                                  "WHERE id = ? AND lease_owner = ?",
+                                  (delivery_id, owner)) as cur:
+                held = await cur.fetchone()
+            if held is None:
+                return None
+            number = int(held[0]) + 1
+            await db.execute(
+                "INSERT INTO webhook_attempts (delivery_id, number, started_at, latency_ms, "
+                "status_code, error, response) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (delivery_id, number, attempt.started_at, attempt.latency_ms,
+                 attempt.status_code, attempt.error, attempt.response))
+            delivered = now if verdict.status is DeliveryStatus.DELIVERED else None
+            async with db.execute(
+                    "UPDATE webhook_deliveries SET attempts = ?, "
+                    "round_attempts = round_attempts + 1, status = ?, next_attempt_at = ?, "
+                    "window_ends_at = ?, delivered_at = COALESCE(?, delivered_at), "
+                    "last_error = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL "
+                    "WHERE id = ? RETURNING *",
+                    (number, verdict.status.value, verdict.next_attempt_at,
+                     verdict.window_ends_at, delivered, verdict.reason, now,
+                     delivery_id)) as cur:
+                row = await cur.fetchone()
+        return Delivery.from_row(row) if row else None
+
+    async def release_delivery(self, delivery_id: str, owner: str) -> None:
+        async with self._write() as db:
+            await db.execute("UPDATE webhook_deliveries SET lease_owner = NULL, "
+                             "lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                             (delivery_id, owner))
+
+    async def recover_deliveries(self, owner: str) -> int:
+        # One process serves a SQLite file: a lease held by another owner is stale.
+        async with self._write() as db:
+            cur = await db.execute("UPDATE webhook_deliveries SET lease_owner = NULL, "
+                                   "lease_until = NULL WHERE lease_owner IS NOT NULL "
+                                   "AND lease_owner != ?", (owner,))
+            return cur.rowcount
+
+    async def redeliver(self, job: Job, *, now: int) -> Delivery:
+        if job.callback_url is None or not job.is_terminal:
+            raise ValueError(f"job {job.id} has no callback to deliver")
+        sql = _INSERT + """
+            ON CONFLICT (job_id) DO UPDATE SET status = 'pending', round_attempts = 0,
+                next_attempt_at = excluded.next_attempt_at, window_ends_at = NULL,
+                last_error = NULL, updated_at = excluded.updated_at
+            RETURNING *"""
+        async with self._write() as db, db.execute(
+                sql, _new_row(job, job.callback_url, now)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return Delivery.from_row(row)
+
+    async def next_delivery_due(self, skip_hosts: Sequence[str] = ()) -> int | None:
+        sql = (f"SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE {_PENDING} "  # noqa: S608
+               f"AND lease_owner IS NULL {_not_in('host', skip_hosts)}")
+        async with self._read().execute(sql, tuple(skip_hosts)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def delivery_backlog(self) -> Backlog:
+        sql = f"SELECT COUNT(*), MIN(created_at) FROM webhook_deliveries WHERE {_PENDING}"  # noqa: S608
+        async with self._read().execute(sql) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return Backlog(pending=int(row[0]),
+                       oldest_created_at=int(row[1]) if row[1] is not None else None)
+
+    async def set_signing_secret(self, key_id: str, secret: str, *,
+                                 now: int) -> SigningSecret:
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO webhook_secrets (key_id, secret, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key_id) DO UPDATE SET secret = excluded.secret, "
+                "created_at = excluded.created_at", (key_id, secret, now))
+        return SigningSecret(key_id=key_id, secret=secret, created_at=now)
+
+    async def signing_secret(self, key_id: str) -> SigningSecret | None:
+        async with self._read().execute("SELECT * FROM webhook_secrets WHERE key_id = ?",
+                                        (key_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return SigningSecret(key_id=row["key_id"], secret=row["secret"],
+                             created_at=row["created_at"])
+
+    async def delete_signing_secret(self, key_id: str) -> bool:
+        async with self._write() as db:
+            cur = await db.execute("DELETE FROM webhook_secrets WHERE key_id = ?", (key_id,))
+            return cur.rowcount > 0
+
+
+def _new_row(job: Job, url: str, now: int) -> tuple[Any, ...]:
+    return (new_delivery_id(), job.id, job.key_id, url, target_host(url), now, now, now)
+
+
+def _not_in(column: str, values: Sequence[str]) -> str:
+    if not values:
+        return ""
+    return f"AND {column} NOT IN ({', '.join('?' for _ in values)})"

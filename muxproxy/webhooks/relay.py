@@ -1,0 +1,265 @@
+"""The webhook relay: a background loop that delivers the outbox.
+
+The loop is "wait for a wake-up, a timer or stop", like the scheduler's: a job
+turning terminal wakes it (a :class:`~muxproxy.events.JobEvents` subscriber), the
+timer is the earliest ``next_attempt_at``, and ``start`` picks up what a previous
+process left. Each claimed delivery runs as its own task, at most
+``max_concurrency`` at once and ``max_per_host`` per receiver, each attempt bounded
+by ``attempt_timeout_seconds``: a slow receiver only ever holds its own slots, and
+the job pipeline never waits for a receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import socket
+from collections import Counter
+from collections.abc import Callable
+
+import structlog
+
+from muxproxy.clock import Clock, now_ms
+from muxproxy.jobs import Job
+from muxproxy.logs import get_logger
+from muxproxy.metrics import Metrics
+from muxproxy.settings import WebhookSettings
+from muxproxy.store import Store
+from muxproxy.webhooks import signing
+from muxproxy.webhooks.outbox import Attempt, Delivery, DeliveryStatus, Verdict
+from muxproxy.webhooks.payload import callback_body
+from muxproxy.webhooks.schedule import (
+    Outcome,
+    classify,
+    honours_retry_after,
+    next_attempt_at,
+    parse_retry_after,
+)
+from muxproxy.webhooks.sender import Reply, Sender
+from muxproxy.webhooks.ssrf import CallbackGuard
+
+log = get_logger("muxproxy.webhooks")
+
+SWEEP_SECONDS = 5.0
+LEASE_MARGIN_SECONDS = 30.0
+
+
+class WebhookRelay:
+    def __init__(self, settings: WebhookSettings, store: Store, clock: Clock,
+                 metrics: Metrics, guard: CallbackGuard,
+                 result_urls: Callable[[Job], list[str]],
+                 rand: Callable[[], float] = random.random) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.guard = guard
+        self.result_urls = result_urls
+        self.rand = rand
+        self.sender = Sender(guard, settings.attempt_timeout_seconds, settings.max_concurrency)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop: asyncio.Task[None] | None = None
+        self._running: dict[asyncio.Task[None], Delivery] = {}
+        self._per_host: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        await self.sender.start()
+        recovered = await self.store.recover_deliveries(self.owner)
+        if recovered:
+            log.info("took back webhook deliveries after restart", count=recovered)
+        self._loop = asyncio.create_task(self._run(), name="muxproxy-webhooks")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def on_job(self, job: Job) -> None:
+        """JobEvents subscriber: a terminal job may have just queued a callback."""
+        if job.callback_url is not None and job.is_terminal:
+            self.wake()
+
+    async def redeliver(self, job: Job) -> Delivery:
+        delivery = await self.store.redeliver(job, now=now_ms(self.clock))
+        log.info("webhook redelivery requested", job_id=job.id, webhook_id=delivery.id)
+        self.wake()
+        return delivery
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop claiming; let attempts in flight finish within ``grace_seconds``, then
+        cancel them and hand their leases back (the next start sends them again)."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop is not None:
+            await self._loop
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=grace_seconds)
+        leftovers = list(self._running.items())
+        for task, _ in leftovers:
+            task.cancel()
+        await asyncio.gather(*(t for t, _ in leftovers), return_exceptions=True)
+        for _, delivery in leftovers:
+            await self.store.release_delivery(delivery.id, self.owner)
+        await self.sender.aclose()
+        await self.guard.aclose()
+
+    async def refresh_metrics(self) -> None:
+        backlog = await self.store.delivery_backlog()
+        self.metrics.webhook_backlog.set(backlog.pending)
+        oldest = backlog.oldest_created_at
+        self.metrics.webhook_oldest_pending_age.set(
+            max(0.0, (now_ms(self.clock) - oldest) / 1000) if oldest is not None else 0.0)
+
+    # -- the loop -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._tick()
+                wake_at = await self._next_wake()
+            except Exception:
+                log.exception("webhook relay pass failed")
+                wake_at = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
+            await self._sleep(wake_at)
+
+    async def _sleep(self, wake_at: int) -> None:
+        if self._wake.is_set() or wake_at <= now_ms(self.clock):
+            self._wake.clear()
+            await asyncio.sleep(0)
+            return
+        waiter = asyncio.ensure_future(self._wake.wait())
+        timer = asyncio.ensure_future(self._until(wake_at))
+        try:
+            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
+            self._wake.clear()
+
+    async def _until(self, when: int) -> None:
+        # Measured when the timer starts, not when the pass ended: a clock that
+        # moved in between (a test's ManualClock) must not push the wake-up back.
+        # Due means due in whole milliseconds, as the claim compares them: aim a
+        # hair past the boundary so float rounding cannot wake us just short of it.
+        while now_ms(self.clock) < when:
+            await self.clock.sleep(when / 1000 + 0.0001 - self.clock.now())
+
+    def _busy_hosts(self) -> list[str]:
+        return [h for h, n in self._per_host.items() if n >= self.settings.max_per_host]
+
+    async def _tick(self) -> None:
+        free = self.settings.max_concurrency - len(self._running)
+        if free <= 0 or self._stopping:
+            return
+        now = now_ms(self.clock)
+        lease = int((self.settings.attempt_timeout_seconds + LEASE_MARGIN_SECONDS) * 1000)
+        in_flight = {d.id for d in self._running.values()}
+        claimed = await self.store.claim_deliveries(now, free, self.owner, now + lease,
+                                                    self._busy_hosts())
+        for delivery in claimed:
+            if delivery.id in in_flight:
+                continue  # our own lease, lapsed on a clock jump; the attempt is running
+            if self._per_host[delivery.host] >= self.settings.max_per_host:
+                await self.store.release_delivery(delivery.id, self.owner)
+                continue
+            self._spawn(delivery)
+
+    async def _next_wake(self) -> int:
+        """When to look again (ms): the next due delivery, or a sweep."""
+        sweep = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
+        if len(self._running) >= self.settings.max_concurrency:
+            return sweep  # a finishing attempt wakes the loop
+        due = await self.store.next_delivery_due(self._busy_hosts())
+        return sweep if due is None else min(sweep, due)
+
+    def _spawn(self, delivery: Delivery) -> None:
+        self._per_host[delivery.host] += 1
+        self.metrics.webhooks_in_flight.inc()
+        task = asyncio.create_task(self._deliver(delivery), name=f"webhook-{delivery.id}")
+        self._running[task] = delivery
+        task.add_done_callback(lambda t: self._done(t, delivery))
+
+    def _done(self, task: asyncio.Task[None], delivery: Delivery) -> None:
+        self._running.pop(task, None)
+        self._per_host[delivery.host] -= 1
+        if self._per_host[delivery.host] <= 0:
+            del self._per_host[delivery.host]
+        self.metrics.webhooks_in_flight.dec()
+        self._wake.set()
+
+    # -- one attempt ------------------------------------------------------------
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        structlog.contextvars.bind_contextvars(job_id=delivery.job_id, webhook_id=delivery.id)
+        started = now_ms(self.clock)
+        try:
+            reply = await self._attempt(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("webhook attempt failed unexpectedly")
+            reply = Reply(latency_ms=0, error="internal: the gateway could not send it")
+        attempt = Attempt(started_at=started, latency_ms=reply.latency_ms,
+                          status_code=reply.status, error=reply.error, response=reply.preview)
+        verdict = self._verdict(delivery, reply, started)
+        try:
+            updated = await self.store.record_attempt(delivery.id, self.owner, attempt,
+                                                      verdict, now=now_ms(self.clock))
+        except Exception:
+            log.exception("could not record a webhook attempt")
+            await self.store.release_delivery(delivery.id, self.owner)
+            return
+        if updated is None:
+            log.warning("webhook delivery changed hands during an attempt")
+            return
+        self._observe(updated, reply, verdict)
+
+    async def _attempt(self, delivery: Delivery) -> Reply:
+        job = await self.store.get_job(delivery.job_id)
+        if job is None:
+            return Reply(latency_ms=0, error="internal: the task no longer exists")
+        body = callback_body(job, self.result_urls(job))
+        secret = await self.store.signing_secret(delivery.key_id)
+        headers = signing.headers(delivery.id, int(self.clock.now()), body,
+                                  secret.secret if secret is not None else None)
+        return await self.sender.post(delivery.url, body, headers)
+
+    def _verdict(self, delivery: Delivery, reply: Reply, started: int) -> Verdict:
+        window = self.settings.retry_window_seconds
+        window_ends = delivery.window_ends_at or started + int(window * 1000)
+        outcome = classify(reply.status)
+        if outcome is Outcome.DELIVERED:
+            return Verdict(DeliveryStatus.DELIVERED, None, window_ends)
+        if outcome is Outcome.GONE:
+            return Verdict(DeliveryStatus.FAILED, None, window_ends,
+                           "the receiver answered 410 Gone: not retrying")
+        problem = reply.error or f"HTTP {reply.status}"
+        retry_after = (parse_retry_after(reply.retry_after, self.clock.now())
+                       if honours_retry_after(reply.status) else None)
+        at = next_attempt_at(delivery.round_attempts + 1, now_ms(self.clock), window_ends,
+                             self.settings, retry_after, self.rand)
+        if at is None:
+            return Verdict(DeliveryStatus.FAILED, None, window_ends,
+                           f"gave up: no 2xx within the {window:g} s retry window "
+                           f"(last: {problem})")
+        return Verdict(DeliveryStatus.PENDING, at, window_ends, problem)
+
+    def _observe(self, delivery: Delivery, reply: Reply, verdict: Verdict) -> None:
+        m = self.metrics
+        m.webhook_attempts.labels(reply.result).inc()
+        m.webhook_attempt_latency.observe(reply.latency_ms / 1000)
+        fields = {"host": delivery.host, "attempt": delivery.attempts,
+                  "status": reply.status, "ms": reply.latency_ms}
+        if verdict.status is DeliveryStatus.DELIVERED:
+            m.webhook_deliveries.labels("delivered").inc()
+            m.webhook_delivery_latency.observe(
+                max(0, now_ms(self.clock) - delivery.created_at) / 1000)
+            log.info("webhook delivered", **fields)
+        elif verdict.status is DeliveryStatus.FAILED:
+            m.webhook_deliveries.labels("gone" if reply.status == 410 else "expired").inc()
+            log.warning("webhook given up", reason=verdict.reason, **fields)
+        else:
+            log.info("webhook attempt failed", error=reply.error, retry_at=verdict.next_attempt_at,
+                     **fields)
