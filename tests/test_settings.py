@@ -97,3 +97,36 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
     missing = run_cli("serve", "--config", str(tmp_path / "nope.toml"))
     assert missing.returncode == 2
     assert "config file not found" in missing.stderr
+
+
+SEED_MODELS = [
+    # 000 (ModelMux)
+    "nano-banana", "nano-banana-2", "nano-banana-pro", "gpt-image-2",
+    # 001 (Gemini models)
+    "gemini-2.5-flash-image", "gemini-3-pro-image-lite", "gemini-3-pro-image",
+    "nanobanana2/gemini-3.1-flash-image-preview",
+    "nanobanana-2-lite/gemini-3.1-flash-image-preview",
+    "nanobanana-2-beta/gemini-3.1-flash-image-preview", "gemini-3-pro-image-gemini",
+    "gemini-3.1-flash-image-gemini",
+    # 002, 003, 004
+    "gpt-image-2-lite", "imagen-3", "grok-image/grok-4.2-image",
+    "grok-imagine/grok-imagine-image", "grok-imagine-pro/grok-imagine-image-pro",
+]
+
+
+def test_shipped_config_routes_every_seed_model() -> None:
+    settings = load_settings(ROOT / "config.toml", env={})
+    for model_id in SEED_MODELS:
+        model = settings.models[model_id]
+        kinds = {settings.providers[r.provider].kind for r in model.routes}
+        assert kinds and "demo" not in kinds, model_id
+    prices = {m: settings.models[m].credits for m in ("nano-banana", "nano-banana-2",
+                                                      "nano-banana-pro")}
+    assert prices == {"nano-banana": 5, "nano-banana-2": 5, "nano-banana-pro": 10}
+    assert settings.models["gpt-image-2"].credits == {
+        "1k": {"standard": 2, "medium": 10, "high": 18},
+        "2k": {"standard": 5, "medium": 20, "high": 40},
+        "4k": {"standard": 10, "medium": 32, "high": 80}}
+    assert {p.kind for p in settings.providers.values()} == {
+        "demo", "openai", "openai-compatible", "gemini", "xai", "fal", "replicate", "bfl",
+        "task"}

@@ -1,0 +1,168 @@
+"""The admin API and the keys CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.gateway import KEY_A, RunningGateway, merge, run_gateway
+
+ADMIN = "admin-token-for-tests-0001"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+ROUTES = [("POST", "/admin/keys"), ("GET", "/admin/keys"), ("GET", "/admin/keys/alpha"),
+          ("PATCH", "/admin/keys/alpha"), ("POST", "/admin/keys/alpha/topup"),
+          ("POST", "/admin/keys/alpha/revoke"), ("GET", "/admin/keys/alpha/ledger"),
+          ("GET", "/admin/keys/alpha/usage")]
+
+
+@pytest.fixture
+async def admin_gw(config: dict[str, Any]) -> Any:
+    priced = {"admin": {"token": ADMIN},
+              "models": {"priced": {"credits": 3, "routes": [{"provider": "demo",
+                                                               "model": "p"}]}}}
+    async with run_gateway(merge(config, priced)) as gw:
+        yield gw
+
+
+async def call(gw: RunningGateway, method: str, path: str, body: Any = None,
+               headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async with gw.http.request(method, gw.url + path, json=body,
+                               headers=AUTH if headers is None else headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_every_admin_route_needs_the_admin_token(admin_gw: RunningGateway) -> None:
+    refusals = [{}, {"Authorization": f"Bearer {KEY_A}"},
+                {"Authorization": "Bearer wrong-admin-token"},
+                {"Authorization": ADMIN}, {"x-api-key": ADMIN}]
+    for method, path in ROUTES:
+        for headers in refusals:
+            status, body = await call(admin_gw, method, path, {"name": "x", "amount": 1},
+                                      headers)
+            assert status == 401, (method, path, headers)
+            assert body == {"error": "missing or wrong admin token", "code": "invalid_api_key"}
+    assert [k.name for k in await admin_gw.state.store.list_keys()] == ["alpha", "bravo"]
+    alpha = await admin_gw.state.store.get_key("alpha")
+    assert alpha is not None
+    assert alpha.revoked_at is None
+
+
+async def test_admin_api_is_off_without_a_token(gateway: RunningGateway) -> None:
+    status, body = await call(gateway, "GET", "/admin/keys", headers={"Authorization": "Bearer "})
+    assert status == 401
+    assert "disabled" in body["error"]
+
+
+async def test_key_lifecycle(admin_gw: RunningGateway) -> None:
+    status, created = await call(admin_gw, "POST", "/admin/keys",
+                                 {"name": "team-a", "credits": 10, "rpm": 100,
+                                  "models": ["priced"]})
+    assert status == 201
+    secret = created["secret"]
+    assert secret.startswith("mux_")
+    key = created["key"]
+    assert (key["name"], key["balance"], key["rpm"], key["models"], key["unlimited"]) == (
+        "team-a", 10, 100, ["priced"], False)
+    assert "secret" not in json.dumps((await call(admin_gw, "GET", "/admin/keys"))[1])
+
+    # The new key works at once, within its limits and balance.
+    async with admin_gw.http.post(f"{admin_gw.url}/api/v1/images/generations",
+                                  json={"model": "priced", "prompt": "first"},
+                                  headers={"Authorization": f"Bearer {secret}"}) as resp:
+        assert resp.status == 200
+        task_id = (await resp.json())["data"]["taskId"]
+    await admin_gw.wait_terminal(task_id, key=secret)
+
+    status, topped = await call(admin_gw, "POST", f"/admin/keys/{key['id']}/topup",
+                                {"amount": 25, "note": "december budget"})
+    assert (status, topped["balance"]) == (200, 32)
+    status, changed = await call(admin_gw, "PATCH", "/admin/keys/team-a",
+                                 {"rpm": None, "max_concurrent": 4, "models": None})
+    assert (status, changed["rpm"], changed["max_concurrent"], changed["models"]) == (
+        200, None, 4, None)
+
+    status, ledger = await call(admin_gw, "GET", "/admin/keys/team-a/ledger")
+    assert status == 200
+    kinds = [(e["kind"], e["amount"]) for e in ledger["entries"]]
+    assert kinds == [("topup", 25), ("charge", -3), ("release", 3), ("hold", -3),
+                     ("topup", 10)]
+    assert ledger["ledger_sum"] == ledger["key"]["balance"] == 32
+    assert ledger["entries"][0]["note"] == "december budget"
+
+    status, usage = await call(admin_gw, "GET", "/admin/keys/team-a/usage?days=7")
+    assert status == 200
+    [row] = usage["usage"]
+    assert (row["model"], row["jobs"], row["completed"], row["failed"], row["credits"]) == (
+        "priced", 1, 1, 0, 3)
+
+    status, revoked = await call(admin_gw, "POST", "/admin/keys/team-a/revoke")
+    assert status == 200
+    assert revoked["revoked_at"] is not None
+    async with admin_gw.http.get(f"{admin_gw.url}/api/v1/images/generations",
+                                 params={"task_id": task_id},
+                                 headers={"Authorization": f"Bearer {secret}"}) as resp:
+        assert resp.status == 401
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "fragment"), [
+    ("POST", "/admin/keys", {"name": ""}, 400, "'name' is required"),
+    ("POST", "/admin/keys", {"name": "alpha"}, 409, "exists"),
+    ("POST", "/admin/keys", {"name": "n", "credits": -1}, 400, "'credits'"),
+    ("POST", "/admin/keys", {"name": "n", "rpm": 0}, 400, "'rpm'"),
+    ("POST", "/admin/keys", {"name": "n", "models": "priced"}, 400, "'models'"),
+    ("POST", "/admin/keys", {"name": "n", "colour": 1}, 400, "unknown field"),
+    ("POST", "/admin/keys/alpha/topup", {"amount": 0}, 400, "'amount'"),
+    ("POST", "/admin/keys/alpha/topup", {"amount": "5"}, 400, "'amount'"),
+    ("POST", "/admin/keys/ghost/topup", {"amount": 5}, 404, "no such key"),
+    ("GET", "/admin/keys/ghost", None, 404, "no such key"),
+    ("GET", "/admin/keys/alpha/usage?days=x", None, 400, "'days'"),
+])
+async def test_admin_errors(admin_gw: RunningGateway, method: str, path: str, body: Any,
+                            status: int, fragment: str) -> None:
+    got, data = await call(admin_gw, method, path, body)
+    assert got == status
+    assert set(data) == {"error", "code"}
+    assert fragment in data["error"]
+
+
+def cli(config: Path, *args: str) -> tuple[int, Any, str]:
+    result = subprocess.run([sys.executable, "-m", "muxproxy.cli", "keys", "--config",
+                             str(config), *args], capture_output=True, text=True,
+                            check=False, timeout=60, cwd=config.parent)
+    out = json.loads(result.stdout) if result.returncode == 0 else None
+    return result.returncode, out, result.stderr
+
+
+def test_keys_cli(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[server]\nsecret = "0123456789abcdef"\n'
+                      '[database]\nurl = "sqlite:///state/db.sqlite"\n'
+                      '[storage]\nurl = "file://state/images"\n'
+                      '[providers.demo]\nkind = "demo"\n'
+                      '[models."m"]\nroutes = [{ provider = "demo", model = "m" }]\n')
+    code, created, _ = cli(config, "create", "ops", "--credits", "40", "--rpm", "30",
+                           "--models", "m")
+    assert code == 0
+    assert created["secret"].startswith("mux_")
+    assert (created["key"]["balance"], created["key"]["rpm"], created["key"]["models"]) == (
+        40, 30, ["m"])
+    assert cli(config, "create", "ops")[0] == 1
+    code, listed, _ = cli(config, "list")
+    assert [k["name"] for k in listed["keys"]] == ["ops"]
+    code, topped, _ = cli(config, "topup", "ops", "-15", "--note", "correction")
+    assert topped["balance"] == 25
+    code, ledger, _ = cli(config, "ledger", "ops")
+    assert ledger["balance_from_ledger"] == 25
+    assert [e["amount"] for e in ledger["entries"]] == [-15, 40]
+    code, usage, _ = cli(config, "usage", "ops", "--days", "3")
+    assert (code, usage["usage"]) == (0, [])
+    code, revoked, _ = cli(config, "revoke", created["key"]["id"])
+    assert revoked["revoked_at"] is not None
+    code, _, err = cli(config, "topup", "nobody", "5")
+    assert code == 1
+    assert "no key 'nobody'" in err
