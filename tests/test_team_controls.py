@@ -10,6 +10,7 @@ import pytest
 from muxproxy.clock import ManualClock
 from muxproxy.ratelimit import RateLimiter
 from tests.support.gateway import RunningGateway, merge, run_gateway
+from tests.support.wait import eventually
 
 LIMITED = "limited-key-0000001"
 ADMIN = "admin-token-for-tests-0001"
@@ -190,9 +191,11 @@ async def test_retry_while_the_first_is_running_is_409(config: dict[str, Any]) -
         headers = {"Idempotency-Key": "waiting"}
         first = asyncio.create_task(post(gw, body, key=key, headers=headers,
                                          path="/v1/images/generations"))
-        async with asyncio.timeout(5):
-            while not (await gw.state.store.count_jobs()):
-                await asyncio.sleep(0.01)
+
+        async def job_exists() -> bool:
+            return bool(await gw.state.store.count_jobs())
+
+        await eventually(job_exists, timeout=5)
         status, data, _ = await post(gw, body, key=key, headers=headers,
                                      path="/v1/images/generations")
         assert status == 409
