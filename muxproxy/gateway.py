@@ -43,6 +43,12 @@ class Submission:
     uploads: Sequence[UploadedImage] = ()
     mask_upload: UploadedImage | None = None
     callback_url: str | None = None
+    # Every reference image in the client's order, URLs and uploads mixed ("combine
+    # image 1 with image 2"). When empty: request.images, then uploads.
+    images: Sequence[ImageRef | UploadedImage] = ()
+
+    def ordered_images(self) -> Sequence[ImageRef | UploadedImage]:
+        return self.images or (*self.request.images, *self.uploads)
 
 
 class Gateway:
@@ -112,9 +118,9 @@ class Gateway:
         except Unsupported as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
         job_id = new_job_id()
-        refs = [ref for ref in request.images if ref.url is not None]
-        for i, upload in enumerate(submission.uploads):
-            refs.append(await self._store_input(job_id, f"image{i}", upload))
+        refs = [item if isinstance(item, ImageRef)
+                else await self._store_input(job_id, f"image{i}", item)
+                for i, item in enumerate(submission.ordered_images())]
         mask = request.mask
         if submission.mask_upload is not None:
             mask = await self._store_input(job_id, "mask", submission.mask_upload)
@@ -164,8 +170,9 @@ def _with_uploads(submission: Submission) -> GenerationRequest:
     """The request as the provider will see it, uploads included (as placeholders:
     nothing is stored before the provider has accepted the request)."""
     request = submission.request
-    uploads = tuple(ImageRef(content_type=u.content_type) for u in submission.uploads)
+    images = tuple(item if isinstance(item, ImageRef) else ImageRef(content_type=item.content_type)
+                   for item in submission.ordered_images())
     mask = request.mask
     if submission.mask_upload is not None:
         mask = ImageRef(content_type=submission.mask_upload.content_type)
-    return replace(request, images=request.images + uploads, mask=mask)
+    return replace(request, images=images, mask=mask)

@@ -51,10 +51,13 @@ def price(model: ModelSettings, request: GenerationRequest) -> int:
 
 def check_capabilities(model: ModelSettings, request: GenerationRequest) -> None:
     """Refuse resolutions and aspect ratios the model's config does not list."""
-    if model.resolutions and request.resolution and request.resolution not in model.resolutions:
-        raise InvalidRequest(f"model {model.id!r} supports resolution "
-                             f"{', '.join(model.resolutions)}, not {request.resolution!r}",
-                             param="resolution")
+    if model.resolutions and (request.resolution or request.size):
+        # A pixel size counts as the tier of its area, as it is priced.
+        tier = resolution_of(request)
+        if tier not in model.resolutions:
+            param = "resolution" if request.resolution else "size"
+            raise InvalidRequest(f"model {model.id!r} supports resolution "
+                                 f"{', '.join(model.resolutions)}, not {tier!r}", param=param)
     ratio = request.aspect_ratio
     if model.aspect_ratios and ratio and ratio != "auto" and ratio not in model.aspect_ratios:
         raise InvalidRequest(f"model {model.id!r} supports aspect ratios "

@@ -228,3 +228,33 @@ async def test_logs_are_json_with_request_id_and_no_secrets(
     for secret in (KEY_A, KEY_B, "not-a-real-key-42", image[:60],
                    base64.b64encode(b"\x89PNG").decode()[:6] + image[6:40]):
         assert secret not in out
+
+
+async def test_reference_images_keep_the_clients_order(gateway: RunningGateway) -> None:
+    """Seed 002: "combine the model from image 1 (image_base64) with the outfit from
+    image 2 (image_urls)": the upstream must see them in that order."""
+    from tests.test_native_errors import png_b64
+
+    body = {"model": "demo-image", "prompt": "combine", "image_base64": png_b64(),
+            "image_urls": ["https://example.com/outfit.jpg"],
+            "image_url": "https://example.com/third.jpg"}
+    task_id = await gateway.submit(body)
+    job = await gateway.state.store.get_job(task_id)
+    assert job is not None
+    first, second, third = job.request.images
+    assert first.blob == f"inputs/{task_id}/image0.png"
+    assert (second.url, third.url) == ("https://example.com/outfit.jpg",
+                                       "https://example.com/third.jpg")
+    stored = await gateway.state.storage.get(first.blob)
+    assert stored.startswith(b"\x89PNG")
+    # The OpenAI surface's JSON edit form keeps its list order too.
+    async with gateway.http.post(
+            f"{gateway.url}/v1/images/edits", headers=gateway.headers(),
+            json={"model": "demo-image", "prompt": "edit", "size": "256x256",
+                  "images": [{"image_url": "https://example.com/a.png"},
+                             {"image_url": f"data:image/png;base64,{png_b64()}"}]}) as resp:
+        assert resp.status == 200, await resp.text()
+        job_id = resp.headers["x-muxproxy-job-id"]
+    job = await gateway.state.store.get_job(job_id)
+    assert job is not None
+    assert [i.url is not None for i in job.request.images] == [True, False]

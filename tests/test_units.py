@@ -100,3 +100,16 @@ async def test_manual_clock_wakes_sleepers_in_order() -> None:
     await asyncio.gather(*tasks)
     assert woke == ["soon", "late"]
     assert clock.now() == 105.0
+
+
+def test_pixel_sizes_count_against_a_models_resolutions() -> None:
+    from muxproxy.pricing import check_capabilities
+
+    banana = ModelSettings(id="nano-banana", routes=(), credits=5, resolutions=("1k",))
+    check_capabilities(banana, GenerationRequest(prompt="x", size=(1024, 1024)))
+    with pytest.raises(InvalidRequest, match="not '2k'") as info:
+        check_capabilities(banana, GenerationRequest(prompt="x", size=(2048, 2048)))
+    assert info.value.param == "size"
+    with pytest.raises(InvalidRequest, match="not '4k'") as info:
+        check_capabilities(banana, GenerationRequest(prompt="x", resolution="4k"))
+    assert info.value.param == "resolution"

@@ -17,12 +17,14 @@ from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.http import JSONResponse, media_type, parse_json_object, read_body, surface
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
+from muxproxy.validation import UploadedImage
 
 FIELDS = frozenset({
     "model", "prompt", "n", "size", "aspect_ratio", "resolution", "quality", "output_format",
     "image_url", "image_urls", "image_base64", "mask_base64", "image", "mask", "callback_url",
 })
 _BASE64_FIELDS = ("image_base64", "mask_base64", "image", "mask")
+_IMAGE_FIELDS = frozenset({"image_url", "image_urls", "image_base64", "image"})
 
 
 def render_error(exc: MuxError) -> Response:
@@ -75,24 +77,21 @@ def parse_submission(body: dict[str, Any], state: AppState) -> Submission:
     model = v.string(body, "model", required=True, max_len=200)
     assert model is not None
     state.gateway.model(model)
-    urls: list[ImageRef] = []
-    uploads = []
-    if (url := body.get("image_url")) is not None:
-        urls.append(ImageRef(url=v.http_url(url, "image_url")))
-    image_urls = body.get("image_urls")
-    if image_urls is not None:
-        if not isinstance(image_urls, list):
-            raise InvalidRequest("'image_urls' must be an array of URLs", param="image_urls")
-        urls.extend(ImageRef(url=v.http_url(u, "image_urls")) for u in image_urls)
-    for name in ("image_base64", "image"):
-        value = body.get(name)
-        if value is None:
+    # Reference images in the order the client's fields came in: seed 002 sends
+    # "image 1" as image_base64 and "image 2" in image_urls.
+    images: list[ImageRef | UploadedImage] = []
+    for name in body:
+        if name not in _IMAGE_FIELDS or body[name] is None:
             continue
+        value = body[name]
+        if name == "image_urls" and not isinstance(value, list):
+            raise InvalidRequest("'image_urls' must be an array of URLs", param="image_urls")
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and item.startswith(("http://", "https://")):
-                urls.append(ImageRef(url=v.http_url(item, name)))
+            if name in ("image_url", "image_urls") or (
+                    isinstance(item, str) and item.startswith(("http://", "https://"))):
+                images.append(ImageRef(url=v.http_url(item, name)))
             else:
-                uploads.append(v.decode_image(item, name, limits))
+                images.append(v.decode_image(item, name, limits))
     mask_upload = None
     mask_ref = None
     for name in ("mask_base64", "mask"):
@@ -105,10 +104,10 @@ def parse_submission(body: dict[str, Any], state: AppState) -> Submission:
             mask_ref = ImageRef(url=v.http_url(value, name))
         else:
             mask_upload = v.decode_image(value, name, limits)
-    if len(urls) + len(uploads) > limits.max_reference_images:
+    if len(images) > limits.max_reference_images:
         raise InvalidRequest(f"at most {limits.max_reference_images} reference images",
                              param="image_urls")
-    if (mask_upload or mask_ref) and not (urls or uploads):
+    if (mask_upload or mask_ref) and not images:
         raise InvalidRequest("a mask needs a reference image to apply to", param="mask")
     callback = body.get("callback_url")
     request = GenerationRequest(
@@ -119,12 +118,11 @@ def parse_submission(body: dict[str, Any], state: AppState) -> Submission:
         resolution=v.resolution(body),
         quality=v.quality(body),
         output_format=v.output_format(body),
-        images=tuple(urls),
         mask=mask_ref,
     )
     return Submission(
         model=model, request=request, client_params=sanitized(body),
-        uploads=uploads, mask_upload=mask_upload,
+        images=images, mask_upload=mask_upload,
         callback_url=v.http_url(callback, "callback_url") if callback is not None else None)
 
 

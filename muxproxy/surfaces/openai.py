@@ -129,7 +129,9 @@ async def edit(request: Request) -> Response:
     if kind == "application/json":
         body = parse_json_object(raw)
         v.unknown_fields(body, EDIT_FIELDS)
-        refs, uploads, mask_ref, mask_upload = _json_images(body, state)
+        ordered, mask_ref, mask_upload = _json_images(body, state)
+        refs = [i for i in ordered if isinstance(i, ImageRef)]
+        uploads = [i for i in ordered if not isinstance(i, ImageRef)]
         params = _without_data(body)
     else:
         form = await parse_form(raw, request.headers["content-type"], FormLimits(
@@ -143,6 +145,7 @@ async def edit(request: Request) -> Response:
         v.unknown_fields(body, EDIT_FIELDS - {"images", "mask"})
         uploads, mask_upload = _form_images(form.files, state)
         refs, mask_ref = [], None
+        ordered = list(uploads)
         params = {**body, **_describe_files(form.files)}
     if not refs and not uploads:
         raise InvalidRequest("'image' is required: send one or more image files",
@@ -150,13 +153,12 @@ async def edit(request: Request) -> Response:
     if len(refs) + len(uploads) > limits.max_reference_images:
         raise InvalidRequest(f"at most {limits.max_reference_images} images", param="image")
     submission, response_format = parse_submission(
-        body, params, state, refs=refs, uploads=uploads, mask_ref=mask_ref,
-        mask_upload=mask_upload)
+        body, params, state, images=ordered, mask_ref=mask_ref, mask_upload=mask_upload)
     return await run(request, state, key, submission, response_format)
 
 
 def parse_submission(body: Mapping[str, Any], params: Mapping[str, Any], state: AppState, *,
-                     refs: Sequence[ImageRef] = (), uploads: Sequence[UploadedImage] = (),
+                     images: Sequence[ImageRef | UploadedImage] = (),
                      mask_ref: ImageRef | None = None,
                      mask_upload: UploadedImage | None = None) -> tuple[Submission, str]:
     """The fields both endpoints share; returns the submission and response_format."""
@@ -182,12 +184,11 @@ def parse_submission(body: Mapping[str, Any], params: Mapping[str, Any], state: 
         size=v.size(body),
         quality=v.quality(body),
         output_format=v.output_format(body),
-        images=tuple(refs),
         mask=mask_ref,
         extra=extra,
     )
     return Submission(model=model.id, request=request, client_params=params,
-                      uploads=uploads, mask_upload=mask_upload), response_format
+                      images=images, mask_upload=mask_upload), response_format
 
 
 def _choice(body: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str | None:
@@ -217,7 +218,7 @@ def _form_images(files: Sequence[Part], state: AppState
 
 
 def _json_images(body: Mapping[str, Any], state: AppState) -> tuple[
-        list[ImageRef], list[UploadedImage], ImageRef | None, UploadedImage | None]:
+        list[ImageRef | UploadedImage], ImageRef | None, UploadedImage | None]:
     """``images: [{"image_url"}]`` and ``mask: {"image_url"}``, as URLs or data URIs."""
     items = body.get("images")
     if items is None:
@@ -225,18 +226,14 @@ def _json_images(body: Mapping[str, Any], state: AppState) -> tuple[
     if not isinstance(items, list):
         raise InvalidRequest("'images' must be an array of {\"image_url\": ...}",
                              param="images")
-    refs: list[ImageRef] = []
-    uploads: list[UploadedImage] = []
+    ordered: list[ImageRef | UploadedImage] = []
     for item in items:
         ref, upload = _image_url(item, "images", state)
-        if ref is not None:
-            refs.append(ref)
-        if upload is not None:
-            uploads.append(upload)
+        ordered.extend(x for x in (ref, upload) if x is not None)
     mask_ref = mask_upload = None
     if body.get("mask") is not None:
         mask_ref, mask_upload = _image_url(body["mask"], "mask", state)
-    return refs, uploads, mask_ref, mask_upload
+    return ordered, mask_ref, mask_upload
 
 
 def _image_url(item: Any, name: str, state: AppState
