@@ -25,6 +25,7 @@ from muxproxy.providers.base import Provider
 from muxproxy.runner import JobRunner
 from muxproxy.settings import JobSettings
 from muxproxy.store import Store
+from muxproxy.wakeup import wait_for_wake
 
 log = get_logger("muxproxy.scheduler")
 
@@ -86,25 +87,11 @@ class Scheduler:
         while not self._stopping:
             try:
                 await self._tick()
-                delay = await self._next_delay()
+                wake_at = await self._next_wake()
             except Exception:
                 log.exception("scheduler pass failed")
-                delay = SWEEP_SECONDS
-            await self._sleep(delay)
-
-    async def _sleep(self, delay: float) -> None:
-        if self._wake.is_set() or delay <= 0:
-            self._wake.clear()
-            await asyncio.sleep(0)
-            return
-        waiter = asyncio.ensure_future(self._wake.wait())
-        timer = asyncio.ensure_future(self.clock.sleep(delay))
-        try:
-            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            timer.cancel()
-            self._wake.clear()
+                wake_at = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
+            await wait_for_wake(self._wake, self.clock, wake_at)
 
     async def _tick(self) -> None:
         now = now_ms(self.clock)
@@ -122,13 +109,13 @@ class Scheduler:
             for job in await self.store.claim_due(name, now, free, self.owner, now + lease_ms):
                 self._spawn(job)
 
-    async def _next_delay(self) -> float:
+    async def _next_wake(self) -> int:
+        """When the next job falls due (ms), but no later than the next sweep."""
         free = [n for n, p in self.providers.items()
                 if self._in_flight[n] < p.settings.max_concurrency]
+        sweep = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
         due = await self.store.next_due(free)
-        if due is None:
-            return SWEEP_SECONDS
-        return min(SWEEP_SECONDS, max(0.0, (due - now_ms(self.clock)) / 1000))
+        return sweep if due is None else min(sweep, due)
 
     def _spawn(self, job: Job) -> None:
         self._in_flight[job.provider] += 1

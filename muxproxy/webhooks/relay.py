@@ -27,6 +27,7 @@ from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.settings import WebhookSettings
 from muxproxy.store import Store
+from muxproxy.wakeup import wait_for_wake
 from muxproxy.webhooks import signing
 from muxproxy.webhooks.outbox import Attempt, Delivery, DeliveryStatus, Verdict
 from muxproxy.webhooks.payload import callback_body
@@ -122,29 +123,7 @@ class WebhookRelay:
             except Exception:
                 log.exception("webhook relay pass failed")
                 wake_at = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
-            await self._sleep(wake_at)
-
-    async def _sleep(self, wake_at: int) -> None:
-        if self._wake.is_set() or wake_at <= now_ms(self.clock):
-            self._wake.clear()
-            await asyncio.sleep(0)
-            return
-        waiter = asyncio.ensure_future(self._wake.wait())
-        timer = asyncio.ensure_future(self._until(wake_at))
-        try:
-            await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            timer.cancel()
-            self._wake.clear()
-
-    async def _until(self, when: int) -> None:
-        # Measured when the timer starts, not when the pass ended: a clock that
-        # moved in between (a test's ManualClock) must not push the wake-up back.
-        # Due means due in whole milliseconds, as the claim compares them: aim a
-        # hair past the boundary so float rounding cannot wake us just short of it.
-        while now_ms(self.clock) < when:
-            await self.clock.sleep(when / 1000 + 0.0001 - self.clock.now())
+            await wait_for_wake(self._wake, self.clock, wake_at)
 
     def _busy_hosts(self) -> list[str]:
         return [h for h, n in self._per_host.items() if n >= self.settings.max_per_host]
