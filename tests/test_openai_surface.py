@@ -358,8 +358,7 @@ async def test_another_keys_job_is_not_found_natively(gateway: RunningGateway,
         assert resp.status == 404
 
 
-# 402 and 429 have no trigger yet (credits and rate limits come later): the renderer's
-# shape is checked directly, and once through the SDK with the authenticator raising.
+# The renderer's shape for every status the surface can answer.
 
 @pytest.mark.parametrize(("error", "status", "code"), [
     (InsufficientCredits("not enough credits: 40 needed, 12 left"), 402,
@@ -376,18 +375,23 @@ def test_renderer_shapes(error: MuxError, status: int, code: str) -> None:
     assert response.headers.get("retry-after") == ("3" if status == 429 else None)
 
 
-@pytest.mark.parametrize(("error", "exception"), [
-    (RateLimited("too many requests", retry_after=1), openai.RateLimitError),
-    (InsufficientCredits("not enough credits"), openai.APIStatusError),
-])
-async def test_sdk_classes_for_402_and_429(gateway: RunningGateway, client: AsyncOpenAI,
-                                           monkeypatch: pytest.MonkeyPatch, error: MuxError,
-                                           exception: type[openai.APIStatusError]) -> None:
-    async def refuse(request: object) -> None:
-        raise error
-
-    monkeypatch.setattr(gateway.state.auth, "authenticate", refuse)
-    with pytest.raises(exception) as caught:
-        await client.images.generate(model="demo-image", prompt=PROMPT)
-    assert caught.value.status_code == error.status
-    assert as_dict(caught.value.body)["code"] == error.code
+async def test_sdk_sees_real_402_and_429(config: dict[str, Any]) -> None:
+    """A key short of credits, then one over its rate: the SDK's own classes."""
+    poor, hasty = "poor-key-000000001", "hasty-key-00000001"
+    limited = {**config, "keys": [*config["keys"], {"name": "poor", "key": poor, "credits": 1},
+                                  {"name": "hasty", "key": hasty, "unlimited": True,
+                                   "rpm": 1}]}
+    async with run_gateway(limited) as gw:
+        async with AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=poor, max_retries=0) as c:
+            with pytest.raises(openai.APIStatusError) as short:
+                await c.images.generate(model="gpt-image-2", prompt=PROMPT, quality="high")
+        assert short.value.status_code == 402
+        assert as_dict(short.value.body)["code"] == "insufficient_credits"
+        assert "costs 18" in as_dict(short.value.body)["message"]
+        async with AsyncOpenAI(base_url=f"{gw.url}/v1", api_key=hasty, max_retries=0) as c:
+            await c.images.generate(model="demo-image", prompt=PROMPT, size="256x256")
+            with pytest.raises(openai.RateLimitError) as fast:
+                await c.images.generate(model="demo-image", prompt=PROMPT)
+        assert fast.value.status_code == 429
+        assert int(fast.value.response.headers["retry-after"]) >= 1
+        assert sum((await gw.state.store.count_jobs()).values()) == 1
