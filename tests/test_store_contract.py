@@ -284,3 +284,33 @@ async def test_store_survives_reopen(tmp_path: Path) -> None:
             assert job.request.prompt == "a red fox"
         finally:
             await second.aclose()
+
+
+async def test_writes_are_visible_at_once_while_other_reads_run(store: Store) -> None:
+    """Read-your-writes under load: a job is found as soon as ``create_job`` returns
+    and its new state as soon as ``transition`` returns, whatever other readers are
+    in the middle of (a client polls the task id it was just given)."""
+    for i in range(30):
+        await store.create_job(new_job(f"bg{i}"))
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            await store.list_jobs("key-a", limit=50)
+
+    readers = [asyncio.create_task(reader()) for _ in range(8)]
+    try:
+        stale = []
+        for i in range(60):
+            created = await store.create_job(new_job(f"n{i}"))
+            if await store.get_job(created.id) is None:
+                stale.append(f"n{i} not found")
+            failed = await store.transition(created, JobState.PENDING, JobState.FAILED,
+                                            now=T0, fail_code="x", fail_msg="gave up")
+            seen = await store.get_job(failed.id)
+            if seen is None or seen.state is not JobState.FAILED:
+                stale.append(f"n{i} seen as {seen and seen.state}")
+        assert stale == []
+    finally:
+        stop.set()
+        await asyncio.gather(*readers)
