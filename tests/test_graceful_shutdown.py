@@ -108,15 +108,15 @@ async def test_sigterm_drains_in_flight_requests_and_starts_nothing_new(tmp_path
             await asyncio.sleep(0.5)
             fake.release_sync()  # the running job finishes inside the grace period
 
-            status, job, body, answered = await first
+            status, job1, body, _ = await first
             assert status == 200, body  # finished normally: its step was running
-            assert body["data"][0]["b64_json"]
-            status, job2, body, answered2 = await second
+            assert job1 is not None and body["data"][0]["b64_json"]
+            status, job2, body, answered = await second
             # Its job was waiting for the slot: nothing starts it before the
             # restart, so the request is answered at once, naming the job.
             assert status == 504 and job2 is not None, body
             assert "restarting" in body["error"]["message"] and job2 in body["error"]["message"]
-            assert answered2 - signalled < 1.5
+            assert answered - signalled < 1.5
             assert await download == BIG  # the slow download ran to its end
             assert await gw.wait() in (0, -signal.SIGTERM)
             assert time.monotonic() - signalled < GRACE + 1.5

@@ -15,7 +15,7 @@ from muxproxy.clock import ManualClock, now_ms
 from muxproxy.store.sqlite import SqliteStore
 from muxproxy.webhooks.outbox import Delivery
 from tests.support.gateway import RunningGateway, merge, run_gateway
-from tests.support.webhooks import LOOPBACK, until
+from tests.support.webhooks import LOOPBACK, until, wait_attempts
 
 
 async def test_a_retry_due_during_a_claim_is_sent(config: dict[str, Any],
@@ -67,8 +67,8 @@ async def test_a_retry_due_during_a_claim_is_sent(config: dict[str, Any],
                 "model": "demo-image", "prompt": "x",
                 "callback_url": f"http://127.0.0.1:{port}/hook"}))
             # The clock stands still from here: a retry left leased would never go.
-            await until(lambda: len(hits) >= 2, 3)
-            found = await gateway.state.store.get_delivery(task_ids[0])
-            assert found is not None and found.status.value == "delivered"
+            found = await wait_attempts(gateway, task_ids[0], 2, timeout=3)
+            assert found.status.value == "delivered"
+            assert len(hits) == 2
     finally:
         await server.cleanup()
