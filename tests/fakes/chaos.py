@@ -11,7 +11,8 @@ an image URL that 404s, and 200 MB bodies (as the answer or as the image), which
 are streamed from one small buffer, never held.
 
 With ``rate = 0`` it is a well-behaved fake; the gates (``hold_sync``,
-``accepting``, ``hold_async``) stop work at chosen points for crash tests.
+``accepting``, ``answering_polls``, ``hold_async``) stop work at chosen points
+for crash tests.
 Handlers are cancelled when the client hangs up, like a real server's work for a
 request that was never read: a submit cut off before it was accepted creates
 nothing.
@@ -109,8 +110,10 @@ class ChaosUpstream:
     #: Every (endpoint, fault) served, per job tag.
     history: defaultdict[str, list[tuple[str, Fault]]] = field(
         default_factory=lambda: defaultdict(list))
-    #: Sync calls waiting at the hold gate now.
+    #: Calls waiting at a gate now: sync calls, submits, status polls.
     waiting: int = 0
+    submits_waiting: int = 0
+    polls_waiting: int = 0
 
     def __post_init__(self) -> None:
         self.image = png()
@@ -119,9 +122,12 @@ class ChaosUpstream:
         self._per_call: Counter[tuple[str, str]] = Counter()
         self._sync_open = asyncio.Event()
         self._closing = asyncio.Event()
-        #: Cleared to make submits wait before they are accepted.
+        #: Cleared to make submits wait before they are accepted, and status polls
+        #: before they are answered.
         self.accepting = asyncio.Event()
         self.accepting.set()
+        self.answering_polls = asyncio.Event()
+        self.answering_polls.set()
         self._runner: web.AppRunner | None = None
 
     # -- serving -------------------------------------------------------------------
@@ -155,6 +161,7 @@ class ChaosUpstream:
         self._closing.set()
         self._sync_open.set()
         self.accepting.set()
+        self.answering_polls.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -290,7 +297,12 @@ class ChaosUpstream:
         if (refused := self._fal_unauthorized(request)) is not None:
             return refused
         body = await request.json()
-        await self.accepting.wait()
+        if not self.accepting.is_set():
+            self.submits_waiting += 1
+            try:
+                await self.accepting.wait()
+            finally:
+                self.submits_waiting -= 1
         tag = tag_of(str(body.get("prompt", "")))
         fault = self.pick(tag, "submit")
         early = await self._common(request, fault, "fal")
@@ -322,6 +334,12 @@ class ChaosUpstream:
         self.calls["status"] += 1
         if (refused := self._fal_unauthorized(request)) is not None:
             return refused
+        if not self.answering_polls.is_set():
+            self.polls_waiting += 1
+            try:
+                await self.answering_polls.wait()
+            finally:
+                self.polls_waiting -= 1
         found = self._find(request)
         if found is None:
             return _json({"detail": "Request not found"}, status=404)
