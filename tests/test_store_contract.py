@@ -314,3 +314,34 @@ async def test_writes_are_visible_at_once_while_other_reads_run(store: Store) ->
     finally:
         stop.set()
         await asyncio.gather(*readers)
+
+
+async def test_credits_move_at_most_once_whatever_the_steps(store: Store) -> None:
+    """Held at submit, charged once however many steps the job takes, refunded once;
+    a released hold is never charged; the balance is always the ledger's sum."""
+    key = await store.create_key("payer", "digest-payer", now=T0, credits=100)
+    charged = await store.create_job(new_job("charged", key_id=key.id, credits=7))
+    released = await store.create_job(new_job("released", key_id=key.id, credits=5))
+    job = await claim_one(store, "charged")
+    job = await store.transition(job, JobState.PENDING, JobState.PROCESSING, now=T0,
+                                 owner=OWNER, release=False, started_at=T0)
+    for step in range(3):  # submit, polls, retries: no new charge
+        job = await store.transition(job, JobState.PROCESSING, JobState.PROCESSING,
+                                     now=T0 + step, polls=step)
+    await store.transition(job, JobState.PROCESSING, JobState.FAILED, now=T0 + 9,
+                           fail_code="x", fail_msg="gave up")
+    with pytest.raises((IllegalTransition, StaleJob)):
+        await store.transition(job, JobState.PROCESSING, JobState.FAILED, now=T0 + 10,
+                               fail_code="x", fail_msg="again")
+    await store.transition(released, JobState.PENDING, JobState.FAILED, now=T0,
+                           fail_code="deadline", fail_msg="never started")
+    rows = sorted((e.job_id, e.kind.value, e.amount)
+                  for e in await store.ledger(key.id) if e.job_id)
+    assert rows == [("charged", "charge", -7), ("charged", "hold", -7),
+                    ("charged", "refund", 7), ("charged", "release", 7),
+                    ("released", "hold", -5), ("released", "release", 5)]
+    final = await store.get_key(key.id)
+    assert final is not None and final.balance == 100 == await store.ledger_sum(key.id)
+    assert {j.id: j.billing for j in await store.list_jobs(key.id)} == {
+        "charged": "refunded", "released": "released"}
+    assert charged.billing == "held"
