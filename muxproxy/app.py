@@ -32,6 +32,7 @@ from muxproxy.providers import build_providers
 from muxproxy.runner import JobRunner
 from muxproxy.scheduler import Scheduler
 from muxproxy.settings import Settings
+from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import open_storage
 from muxproxy.store import KeyLimits, open_store
@@ -115,15 +116,28 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics,
                      storage=storage, http=http, providers=providers, signer=signer,
                      auth=Authenticator(store), gateway=gateway, runner=runner,
                      scheduler=scheduler, events=events, breakers=breakers,
-                     relay=relay)
+                     relay=relay, shutdown=Shutdown(settings.server.graceful_shutdown_seconds))
     await relay.start()
     await scheduler.start()
     return state
 
 
+def begin_shutdown(app: Starlette) -> None:
+    """A stop signal arrived (called by the server before it drains its requests):
+    claim no more jobs, and let waiting requests know when to answer."""
+    state: AppState | None = getattr(app.state, "mux", None)
+    if state is None:
+        return
+    log.info("shutting down: no new jobs are started",
+             grace_seconds=state.settings.server.graceful_shutdown_seconds)
+    state.shutdown.begin()
+    state.scheduler.drain()
+
+
 async def _stop(state: AppState) -> None:
-    await state.scheduler.stop(state.settings.server.graceful_shutdown_seconds)
-    await state.relay.stop(state.settings.server.graceful_shutdown_seconds)
+    # What is left of the grace period since the signal (all of it without one).
+    await state.scheduler.stop(state.shutdown.remaining())
+    await state.relay.stop(state.shutdown.remaining())
     for provider in state.providers.values():
         try:
             await provider.aclose()

@@ -17,6 +17,7 @@ from muxproxy.providers.base import Provider
 from muxproxy.runner import JobRunner
 from muxproxy.scheduler import Scheduler
 from muxproxy.settings import Settings
+from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage
 from muxproxy.store import Store
@@ -40,3 +41,4 @@ class AppState:
     events: JobEvents
     breakers: Mapping[str, CircuitBreaker]
     relay: WebhookRelay
+    shutdown: Shutdown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -40,16 +41,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(settings: object, host: str | None, port: int | None) -> int:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
-    from muxproxy.app import create_app
+    from muxproxy.app import begin_shutdown, create_app
+    from muxproxy.server import Server
     from muxproxy.settings import Settings
 
     assert isinstance(settings, Settings)
     app = create_app(settings)
-    uvicorn.run(app, host=host or settings.server.host, port=port or settings.server.port,
-                log_level="warning", access_log=False, proxy_headers=False,
-                timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds))
-    return 0
+    config = uvicorn.Config(
+        app, host=host or settings.server.host, port=port or settings.server.port,
+        log_level="warning", access_log=False, proxy_headers=False,
+        timeout_graceful_shutdown=math.ceil(settings.server.graceful_shutdown_seconds))
+    server = Server(config, on_signal=lambda: begin_shutdown(app))
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":

@@ -69,14 +69,14 @@ class Idempotency:
         if key is None or key.revoked_at is not None:
             await self.app(scope, receive, send)  # the endpoint answers 401
             return
-        body, complete = await _buffer(receive, state.settings.limits.max_body_bytes)
-        replay = _replaying(body, complete, receive)
+        chunks, complete = await _buffer(receive, state.settings.limits.max_body_bytes)
+        replay = _replaying(chunks, complete, receive)
         if not complete:
             await self.app(scope, replay, send)  # the endpoint answers 413
             return
         digest = hashlib.sha256(b"%s\n%s\n%s" % (
             scope["path"].encode(), request.headers.get("content-type", "").encode(),
-            b"".join(body))).hexdigest()
+            b"".join(chunks))).hexdigest()
         ttl_ms = state.settings.limits.idempotency_ttl_seconds * 1000
         record = await state.store.idempotency_begin(key.id, idem_key, digest,
                                                      now=now_ms(state.clock), ttl_ms=ttl_ms)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -72,6 +80,12 @@ class Metrics:
         self.webhooks_in_flight = Gauge(
             "muxproxy_webhooks_in_flight", "Callback attempts running right now", registry=r)
 
+        # Leak watch: memory, descriptors (process_*, from /proc on Linux) and the
+        # event loop's tasks should come back to their level once a load has passed.
+        ProcessCollector(registry=r)
+        Gauge("muxproxy_event_loop_tasks", "asyncio tasks alive in the server's event loop",
+              registry=r).set_function(_loop_tasks)
+
     def set_job_counts(self, counts: Mapping[tuple[str, str, str], int]) -> None:
         self.jobs.clear()
         for (model, provider, state), count in counts.items():
@@ -79,3 +93,10 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _loop_tasks() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # rendered outside the event loop
+        return 0.0

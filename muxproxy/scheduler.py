@@ -44,6 +44,7 @@ class Scheduler:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         self._stopping = False
+        self._draining = False
         self._loop: asyncio.Task[None] | None = None
         self._running: dict[asyncio.Task[None], Job] = {}
         self._in_flight = dict.fromkeys(providers, 0)
@@ -61,6 +62,16 @@ class Scheduler:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def drain(self) -> None:
+        """Stop claiming jobs now (a shutdown began); steps already running go on
+        until :meth:`stop`, and every job left waits for the next start."""
+        self._draining = True
+        self._wake.set()
+
+    def running(self, job_id: str) -> bool:
+        """Is a step of this job running in this process now?"""
+        return any(job.id == job_id for job in self._running.values())
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop claiming; give running steps ``grace_seconds``, then cancel them and
@@ -102,7 +113,7 @@ class Scheduler:
                 await self.runner.cancel_upstream(job)
         for name, provider in self.providers.items():
             free = provider.settings.max_concurrency - self._in_flight[name]
-            if free <= 0 or self._stopping:
+            if free <= 0 or self._stopping or self._draining:
                 continue
             lease_ms = int((provider.settings.timeout_seconds
                             + self.settings.lease_margin_seconds) * 1000)
@@ -111,9 +122,11 @@ class Scheduler:
 
     async def _next_wake(self) -> int:
         """When the next job falls due (ms), but no later than the next sweep."""
+        sweep = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
+        if self._draining:
+            return sweep  # due jobs wait for the next start: no hurry
         free = [n for n, p in self.providers.items()
                 if self._in_flight[n] < p.settings.max_concurrency]
-        sweep = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
         due = await self.store.next_due(free)
         return sweep if due is None else min(sweep, due)
 

@@ -130,6 +130,9 @@ class ProviderSettings:
     # The circuit opens after this many transient failures in a row, for the cooldown.
     circuit_threshold: int = 5
     circuit_cooldown_seconds: float = 30.0
+    # The largest answer read from this upstream (JSON with inline base64 images
+    # included); a longer one fails the job instead of filling the memory.
+    max_response_bytes: int = 128 * 1024 * 1024
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -410,6 +413,8 @@ def _check(settings: Settings) -> None:
             raise SettingsError(f"providers.{name}.timeout_seconds: must be positive")
         if provider.circuit_threshold < 1:
             raise SettingsError(f"providers.{name}.circuit_threshold: must be at least 1")
+        if provider.max_response_bytes < 64 * 1024:
+            raise SettingsError(f"providers.{name}.max_response_bytes: must be at least 65536")
     if settings.jobs.max_attempts < 1:
         raise SettingsError("jobs.max_attempts: must be at least 1")
     if settings.surfaces.openai_wait_seconds <= 0:

@@ -284,3 +284,64 @@ async def test_store_survives_reopen(tmp_path: Path) -> None:
             assert job.request.prompt == "a red fox"
         finally:
             await second.aclose()
+
+
+async def test_writes_are_visible_at_once_while_other_reads_run(store: Store) -> None:
+    """Read-your-writes under load: a job is found as soon as ``create_job`` returns
+    and its new state as soon as ``transition`` returns, whatever other readers are
+    in the middle of (a client polls the task id it was just given)."""
+    for i in range(10):
+        await store.create_job(new_job(f"bg{i}"))
+    stop = asyncio.Event()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            await store.list_jobs("key-a", limit=10)
+
+    readers = [asyncio.create_task(reader()) for _ in range(4)]
+    try:
+        stale = []
+        for i in range(20):
+            created = await store.create_job(new_job(f"n{i}"))
+            if await store.get_job(created.id) is None:
+                stale.append(f"n{i} not found")
+            failed = await store.transition(created, JobState.PENDING, JobState.FAILED,
+                                            now=T0, fail_code="x", fail_msg="gave up")
+            seen = await store.get_job(failed.id)
+            if seen is None or seen.state is not JobState.FAILED:
+                stale.append(f"n{i} seen as {seen and seen.state}")
+        assert stale == []
+    finally:
+        stop.set()
+        await asyncio.gather(*readers)
+
+
+async def test_credits_move_at_most_once_whatever_the_steps(store: Store) -> None:
+    """Held at submit, charged once however many steps the job takes, refunded once;
+    a released hold is never charged; the balance is always the ledger's sum."""
+    key = await store.create_key("payer", "digest-payer", now=T0, credits=100)
+    charged = await store.create_job(new_job("charged", key_id=key.id, credits=7))
+    released = await store.create_job(new_job("released", key_id=key.id, credits=5))
+    job = await claim_one(store, "charged")
+    job = await store.transition(job, JobState.PENDING, JobState.PROCESSING, now=T0,
+                                 owner=OWNER, release=False, started_at=T0)
+    for step in range(3):  # submit, polls, retries: no new charge
+        job = await store.transition(job, JobState.PROCESSING, JobState.PROCESSING,
+                                     now=T0 + step, polls=step)
+    await store.transition(job, JobState.PROCESSING, JobState.FAILED, now=T0 + 9,
+                           fail_code="x", fail_msg="gave up")
+    with pytest.raises((IllegalTransition, StaleJob)):
+        await store.transition(job, JobState.PROCESSING, JobState.FAILED, now=T0 + 10,
+                               fail_code="x", fail_msg="again")
+    await store.transition(released, JobState.PENDING, JobState.FAILED, now=T0,
+                           fail_code="deadline", fail_msg="never started")
+    rows = sorted((e.job_id, e.kind.value, e.amount)
+                  for e in await store.ledger(key.id) if e.job_id)
+    assert rows == [("charged", "charge", -7), ("charged", "hold", -7),
+                    ("charged", "refund", 7), ("charged", "release", 7),
+                    ("released", "hold", -5), ("released", "release", 5)]
+    final = await store.get_key(key.id)
+    assert final is not None and final.balance == 100 == await store.ledger_sum(key.id)
+    assert {j.id: j.billing for j in await store.list_jobs(key.id)} == {
+        "charged": "refunded", "released": "released"}
+    assert charged.billing == "held"

@@ -175,17 +175,28 @@ class Provider(abc.ABC):
                               timeout=self.settings.timeout_seconds)
 
     async def read_json(self, response: aiohttp.ClientResponse) -> Any:
-        """The body as JSON; a body that is not JSON is a transient upstream fault."""
+        """The body as JSON; a body that is not JSON is a transient upstream fault.
+
+        At most ``max_response_bytes`` are read: a longer answer fails the call for
+        good (asking again would only buy the same oversized answer).
+        """
+        limit = self.settings.max_response_bytes
         try:
-            raw = await response.read()
+            raw = await read_limited(response, limit)
+        except (aiohttp.ClientError, asyncio.IncompleteReadError):
+            raise UpstreamError(f"{self.name}: connection lost reading the response",
+                                transient=True) from None
+        if raw is None:
+            raise UpstreamError(f"{self.name}: upstream answer larger than {limit} bytes "
+                                f"(providers.{self.name}.max_response_bytes)",
+                                transient=False, code="response_too_large",
+                                status=response.status)
+        try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise UpstreamError(f"{self.name}: invalid JSON from upstream (HTTP "
                                 f"{response.status})", transient=True,
                                 status=response.status) from None
-        except (aiohttp.ClientError, asyncio.IncompleteReadError):
-            raise UpstreamError(f"{self.name}: connection lost reading the response",
-                                transient=True) from None
 
     def error_for(self, response: aiohttp.ClientResponse, message: str,
                   code: str | None = None) -> UpstreamError:
@@ -196,6 +207,23 @@ class Provider(abc.ABC):
                              f"{self.name}: HTTP {status}",
                              transient=transient, code=code, status=status,
                              retry_after=retry_after(response.headers.get("Retry-After")))
+
+
+# Enough of an error body to find the provider's message; a longer one is not read.
+MAX_ERROR_BODY = 64 * 1024
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytearray | None:
+    """The body, or None as soon as it proves longer than ``limit`` bytes (the rest
+    is never read, so an endless or huge body costs at most ``limit`` of memory)."""
+    if (response.content_length or 0) > limit:
+        return None
+    data = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            return None
+    return data
 
 
 def retry_after(value: str | None) -> float | None:

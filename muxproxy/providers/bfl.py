@@ -36,6 +36,7 @@ import aiohttp
 from muxproxy import images
 from muxproxy.generation import GenerationRequest
 from muxproxy.providers.base import (
+    MAX_ERROR_BODY,
     Call,
     Finished,
     Handle,
@@ -46,6 +47,7 @@ from muxproxy.providers.base import (
     Running,
     SubmitOutcome,
     Submitted,
+    read_limited,
 )
 from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.providers.fanout import all_or_nothing
@@ -183,7 +185,7 @@ class BflProvider(Provider):
     async def _submit_one(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
         async with self.call("POST", url, json=body, headers=self._headers) as response:
             if response.status >= 300:
-                raise self._error(response, await _body_of(response))
+                raise self._error(response, await _body_of(response, MAX_ERROR_BODY))
             data = await self.read_json(response)
         task_id = data.get("id") if isinstance(data, dict) else None
         polling_url = data.get("polling_url") if isinstance(data, dict) else None
@@ -218,7 +220,7 @@ class BflProvider(Provider):
     async def _poll_one(self, task: Mapping[str, Any]) -> dict[str, Any] | None:
         """The task's result once Ready, None while it is still pending."""
         async with self.call("GET", task["polling_url"], headers=self._headers) as response:
-            body = await _body_of(response)
+            body = await _body_of(response, self.settings.max_response_bytes)
             # A terminal status is believed whatever the HTTP status says.
             status = body.get("status") if isinstance(body, dict) else None
             if response.status >= 300 and status not in _FAILURES:
@@ -273,9 +275,12 @@ _CODES: Mapping[int, str] = {401: "upstream_auth", 403: "upstream_auth",
                              402: "upstream_credits", 422: "invalid_request"}
 
 
-async def _body_of(response: aiohttp.ClientResponse) -> Any:
-    """The body as JSON when it is JSON, else as text (error pages from proxies)."""
-    raw = await response.read()
+async def _body_of(response: aiohttp.ClientResponse, limit: int) -> Any:
+    """The body as JSON when it is JSON, else as text (error pages from proxies);
+    empty text when it is longer than ``limit`` bytes."""
+    raw = await read_limited(response, limit)
+    if raw is None:
+        return ""
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):

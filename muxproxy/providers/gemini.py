@@ -32,7 +32,15 @@ from typing import Any
 import aiohttp
 
 from muxproxy.generation import GenerationRequest
-from muxproxy.providers.base import Call, Finished, ImageData, Provider, SubmitOutcome
+from muxproxy.providers.base import (
+    MAX_ERROR_BODY,
+    Call,
+    Finished,
+    ImageData,
+    Provider,
+    SubmitOutcome,
+    read_limited,
+)
 from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.providers.fanout import all_or_nothing
 
@@ -225,7 +233,7 @@ class GeminiProvider(Provider):
     async def _error(self, response: aiohttp.ClientResponse) -> UpstreamError:
         """Gemini's ``{"error": {"code", "message", "status", "details"}}`` classified by
         HTTP status; a RetryInfo ``retryDelay`` stands in for a missing Retry-After."""
-        raw = await response.read()
+        raw = await read_limited(response, MAX_ERROR_BODY) or b""
         try:
             error = json.loads(raw).get("error")
         except (ValueError, UnicodeDecodeError, AttributeError):

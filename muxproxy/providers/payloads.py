@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from muxproxy import images
-from muxproxy.providers.base import Provider, Reference
+from muxproxy.providers.base import MAX_ERROR_BODY, Provider, Reference, read_limited
 from muxproxy.providers.errors import UpstreamError
 
 
@@ -29,9 +29,11 @@ async def reference_url(provider: Provider, ref: Reference) -> str:
 
 
 async def error_body(response: aiohttp.ClientResponse) -> Any:
-    """An error response's JSON body, or None when it has none (an HTML 502 page...)."""
+    """An error response's JSON body, or None when it has none (an HTML 502 page, a
+    body too long to be an error message...)."""
     try:
-        return json.loads(await response.read())
+        raw = await read_limited(response, MAX_ERROR_BODY)
+        return json.loads(raw) if raw is not None else None
     except (ValueError, UnicodeDecodeError, aiohttp.ClientError, asyncio.IncompleteReadError):
         return None
 

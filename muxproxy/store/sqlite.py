@@ -75,13 +75,23 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         self._reader = self._writer = None
 
     async def ping(self) -> None:
-        async with self._read().execute("SELECT 1") as cur:
-            await cur.fetchone()
+        await self._fetch("SELECT 1")
 
     def _read(self) -> aiosqlite.Connection:
         if self._reader is None:
             raise RuntimeError("store is not open")
         return self._reader
+
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        """Every row of one query, run start to finish in one step on the read
+        connection. A read statement must never stay open across an ``await``:
+        while one is, the connection keeps its read transaction, and every other
+        read on it sees that old snapshot (a job just created looks missing)."""
+        return list(await self._read().execute_fetchall(sql, args))
+
+    async def _fetch_one(self, sql: str, args: Sequence[Any] = ()) -> aiosqlite.Row | None:
+        rows = await self._fetch(sql, args)
+        return rows[0] if rows else None
 
     @asynccontextmanager
     async def _write(self, transaction: bool = False) -> AsyncIterator[aiosqlite.Connection]:
@@ -132,8 +142,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         if key_id is not None:
             sql += " AND key_id = ?"
             args.append(key_id)
-        async with self._read().execute(sql, args) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(sql, args)
         return Job.from_row(row) if row else None
 
     async def list_jobs(self, key_id: str, *, limit: int = 50,
@@ -145,8 +154,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             args.append(before)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         args.append(limit)
-        async with self._read().execute(sql, args) as cur:
-            return [Job.from_row(r) for r in await cur.fetchall()]
+        return [Job.from_row(r) for r in await self._fetch(sql, args)]
 
     async def claim_due(self, provider: str, now: int, limit: int, owner: str,
                         lease_until: int) -> list[Job]:
@@ -228,8 +236,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         marks = ", ".join("?" for _ in providers)
         sql = (f"SELECT MIN(run_after) FROM jobs WHERE {_ACTIVE} AND lease_owner IS NULL "  # noqa: S608
                f"AND provider IN ({marks})")
-        async with self._read().execute(sql, tuple(providers)) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(sql, tuple(providers))
         return int(row[0]) if row and row[0] is not None else None
 
     async def recover(self, owner: str, now: int) -> Recovery:
@@ -264,8 +271,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
 
     async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:
         sql = "SELECT model, provider, state, COUNT(*) FROM jobs GROUP BY model, provider, state"
-        async with self._read().execute(sql) as cur:
-            return {(r[0], r[1], r[2]): int(r[3]) for r in await cur.fetchall()}
+        return {(r[0], r[1], r[2]): int(r[3]) for r in await self._fetch(sql)}
 
 
 def _dumps(value: Any) -> str:

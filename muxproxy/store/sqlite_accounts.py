@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -30,7 +30,9 @@ from muxproxy.store.accounts import (
 
 
 class Connected(Protocol):
-    def _read(self) -> aiosqlite.Connection: ...
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]: ...
+
+    async def _fetch_one(self, sql: str, args: Sequence[Any] = ()) -> aiosqlite.Row | None: ...
 
     def _write(self, transaction: bool = False
                ) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
@@ -154,20 +156,17 @@ class AccountsMixin:
         return _key(row)
 
     async def key_by_hash(self: Connected, key_hash: str) -> ApiKey | None:
-        async with self._read().execute("SELECT * FROM api_keys WHERE key_hash = ?",
-                                        (key_hash,)) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
         return _key(row) if row else None
 
     async def get_key(self: Connected, key_id: str) -> ApiKey | None:
-        async with self._read().execute("SELECT * FROM api_keys WHERE id = ? OR name = ?",
-                                        (key_id, key_id)) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one("SELECT * FROM api_keys WHERE id = ? OR name = ?",
+                                    (key_id, key_id))
         return _key(row) if row else None
 
     async def list_keys(self: Connected) -> list[ApiKey]:
-        async with self._read().execute("SELECT * FROM api_keys ORDER BY created_at, name") as cur:
-            return [_key(r) for r in await cur.fetchall()]
+        return [_key(r) for r in await self._fetch("SELECT * FROM api_keys "
+                                                   "ORDER BY created_at, name")]
 
     async def update_key(self: Connected, key_id: str, limits: KeyLimits) -> ApiKey:
         async with self._write() as db, db.execute(
@@ -209,17 +208,14 @@ class AccountsMixin:
         if before is not None:
             sql += " AND id < ?"
             args.append(before)
-        async with self._read().execute(sql + " ORDER BY id DESC LIMIT ?",
-                                        (*args, limit)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._fetch(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
         return [LedgerEntry(id=r["id"], key_id=r["key_id"], kind=LedgerKind(r["kind"]),
                             amount=r["amount"], job_id=r["job_id"], model=r["model"],
                             note=r["note"], created_at=r["created_at"]) for r in rows]
 
     async def ledger_sum(self: Connected, key_id: str) -> int:
-        async with self._read().execute("SELECT COALESCE(SUM(amount), 0) FROM ledger "
-                                        "WHERE key_id = ?", (key_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one("SELECT COALESCE(SUM(amount), 0) FROM ledger "
+                                    "WHERE key_id = ?", (key_id,))
         return int(row[0]) if row else 0
 
     async def usage(self: Connected, key_id: str, *, since: int) -> list[UsageRow]:
@@ -231,8 +227,7 @@ class AccountsMixin:
                    SUM(CASE WHEN billing = 'charged' THEN credits ELSE 0 END) AS credits
             FROM jobs WHERE key_id = ? AND created_at >= ?
             GROUP BY day, model ORDER BY day, model"""
-        async with self._read().execute(sql, (key_id, since)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._fetch(sql, (key_id, since))
         return [UsageRow(day=r["day"], model=r["model"], jobs=r["jobs"],
                          completed=r["completed"], failed=r["failed"], credits=r["credits"])
                 for r in rows]

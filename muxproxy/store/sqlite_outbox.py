@@ -30,7 +30,10 @@ _INSERT = """
 
 
 class SqliteOutbox:
-    def _read(self) -> aiosqlite.Connection:
+    async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        raise NotImplementedError
+
+    async def _fetch_one(self, sql: str, args: Sequence[Any] = ()) -> aiosqlite.Row | None:
         raise NotImplementedError
 
     def _write(self, transaction: bool = False
@@ -51,15 +54,13 @@ class SqliteOutbox:
         if key_id is not None:
             sql += " AND key_id = ?"
             args.append(key_id)
-        async with self._read().execute(sql, args) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(sql, args)
         return Delivery.from_row(row) if row else None
 
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
-        async with self._read().execute(
-                "SELECT * FROM webhook_attempts WHERE delivery_id = ? ORDER BY number",
-                (delivery_id,)) as cur:
-            return [Attempt.from_row(r) for r in await cur.fetchall()]
+        rows = await self._fetch("SELECT * FROM webhook_attempts WHERE delivery_id = ? "
+                                 "ORDER BY number", (delivery_id,))
+        return [Attempt.from_row(r) for r in rows]
 
     async def claim_deliveries(self, now: int, limit: int, owner: str, lease_until: int,
                                skip_hosts: Sequence[str] = ()) -> list[Delivery]:
@@ -139,14 +140,12 @@ class SqliteOutbox:
     async def next_delivery_due(self, skip_hosts: Sequence[str] = ()) -> int | None:
         sql = (f"SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE {_PENDING} "  # noqa: S608
                f"AND lease_owner IS NULL {_not_in('host', skip_hosts)}")
-        async with self._read().execute(sql, tuple(skip_hosts)) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(sql, tuple(skip_hosts))
         return int(row[0]) if row and row[0] is not None else None
 
     async def delivery_backlog(self) -> Backlog:
         sql = f"SELECT COUNT(*), MIN(created_at) FROM webhook_deliveries WHERE {_PENDING}"  # noqa: S608
-        async with self._read().execute(sql) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(sql)
         assert row is not None
         return Backlog(pending=int(row[0]),
                        oldest_created_at=int(row[1]) if row[1] is not None else None)
@@ -161,9 +160,7 @@ class SqliteOutbox:
         return SigningSecret(key_id=key_id, secret=secret, created_at=now)
 
     async def signing_secret(self, key_id: str) -> SigningSecret | None:
-        async with self._read().execute("SELECT * FROM webhook_secrets WHERE key_id = ?",
-                                        (key_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one("SELECT * FROM webhook_secrets WHERE key_id = ?", (key_id,))
         if row is None:
             return None
         return SigningSecret(key_id=row["key_id"], secret=row["secret"],

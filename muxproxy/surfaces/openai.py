@@ -288,6 +288,10 @@ async def run(request: Request, state: AppState, key: ApiKey, submission: Submis
         response = render_error(WaitTimeout(
             f"the image is not ready after {wait:g} seconds; job {job.id} continues: poll "
             f"GET /api/v1/images/generations?task_id={job.id}"))
+    elif isinstance(outcome, _Stopping):
+        response = render_error(WaitTimeout(
+            f"the gateway is restarting before the image is ready; job {job.id} continues "
+            f"after the restart: poll GET /api/v1/images/generations?task_id={job.id}"))
     elif isinstance(outcome, _Disconnected):
         log.info("client disconnected while waiting; the job continues", job_id=job.id)
         return Response(status_code=499)
@@ -303,25 +307,43 @@ class _Disconnected:
     pass
 
 
+class _Stopping:
+    pass
+
+
 async def wait_for(request: Request, state: AppState, job: Job,
-                   timeout: float) -> Job | _Disconnected | None:
-    """The job once terminal; a marker if the client hangs up; None on timeout."""
+                   timeout: float) -> Job | _Disconnected | _Stopping | None:
+    """The job once terminal; a marker if the client hangs up or the gateway stops
+    first; None on timeout."""
     waiter = state.events.waiter(job.id)
     gone = asyncio.ensure_future(_disconnect(request))
+    stopping = asyncio.ensure_future(_stop_answer_due(state, job.id))
     try:
         # Subscribed first, so a job finishing before this read is not missed.
         current = await state.store.get_job(job.id)
         if current is not None and current.is_terminal:
             return current
-        watched: set[asyncio.Future[Any]] = {waiter, gone}
+        watched: set[asyncio.Future[Any]] = {waiter, gone, stopping}
         done, _ = await asyncio.wait(watched, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if waiter in done:
             return waiter.result()
-        return _Disconnected() if gone in done else None
+        if gone in done:
+            return _Disconnected()
+        return _Stopping() if stopping in done else None
     finally:
         gone.cancel()
+        stopping.cancel()
         state.events.discard(job.id, waiter)
+
+
+async def _stop_answer_due(state: AppState, job_id: str) -> None:
+    """Returns when a waiting request must answer because the gateway stops: at once
+    if no step of its job is running (no new one starts until the restart), else
+    just before the grace period ends, in case the running step finishes the job."""
+    await state.shutdown.started.wait()
+    if state.scheduler.running(job_id):
+        await state.shutdown.answer_due()
 
 
 async def _disconnect(request: Request) -> None:

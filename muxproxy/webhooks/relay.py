@@ -65,6 +65,10 @@ class WebhookRelay:
         self._stopping = False
         self._loop: asyncio.Task[None] | None = None
         self._running: dict[asyncio.Task[None], Delivery] = {}
+        # Deliveries whose attempt has not been recorded yet. Not the same as the
+        # ids in ``_running``: a task stays there a moment after it recorded (and
+        # released) its attempt, and its delivery may be claimed again meanwhile.
+        self._attempting: set[str] = set()
         self._per_host: Counter[str] = Counter()
 
     async def start(self) -> None:
@@ -134,11 +138,10 @@ class WebhookRelay:
             return
         now = now_ms(self.clock)
         lease = int((self.settings.attempt_timeout_seconds + LEASE_MARGIN_SECONDS) * 1000)
-        in_flight = {d.id for d in self._running.values()}
         claimed = await self.store.claim_deliveries(now, free, self.owner, now + lease,
                                                     self._busy_hosts())
         for delivery in claimed:
-            if delivery.id in in_flight:
+            if delivery.id in self._attempting:
                 continue  # our own lease, lapsed on a clock jump; the attempt is running
             if self._per_host[delivery.host] >= self.settings.max_per_host:
                 await self.store.release_delivery(delivery.id, self.owner)
@@ -156,6 +159,7 @@ class WebhookRelay:
     def _spawn(self, delivery: Delivery) -> None:
         self._per_host[delivery.host] += 1
         self.metrics.webhooks_in_flight.inc()
+        self._attempting.add(delivery.id)
         task = asyncio.create_task(self._deliver(delivery), name=f"webhook-{delivery.id}")
         self._running[task] = delivery
         task.add_done_callback(lambda t: self._done(t, delivery))
@@ -171,6 +175,12 @@ class WebhookRelay:
     # -- one attempt ------------------------------------------------------------
 
     async def _deliver(self, delivery: Delivery) -> None:
+        try:
+            await self._attempt_and_record(delivery)
+        finally:
+            self._attempting.discard(delivery.id)
+
+    async def _attempt_and_record(self, delivery: Delivery) -> None:
         structlog.contextvars.bind_contextvars(job_id=delivery.job_id, webhook_id=delivery.id)
         started = now_ms(self.clock)
         try:
