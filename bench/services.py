@@ -38,8 +38,9 @@ class Service:
         self.name = name
         self.log = log
         with log.open("wb") as out:
-            self.proc = subprocess.Popen(argv,  # noqa: S603 - our own argv cwd=cwd, env={**os.environ, **(env or {})},
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(  # noqa: S603 - our own argv
+                argv, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out,
+                stderr=subprocess.STDOUT)
 
     async def wait_http(self, port: int, path: str, timeout: float,
                         headers: dict[str, str] | None = None) -> None:
