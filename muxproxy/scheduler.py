@@ -111,8 +111,10 @@ class Scheduler:
         now = now_ms(self.clock)
         # Deadlines are swept once per SWEEP_SECONDS, not on every wake-up: a busy
         # gateway wakes per submit and per finished step, and a running step already
-        # enforces its own deadline.
-        if now >= self._next_sweep:
+        # enforces its own deadline. Likewise only configured providers get new jobs,
+        # so the others are looked at on sweeps only (for jobs an earlier config left).
+        sweep = now >= self._next_sweep
+        if sweep:
             self._next_sweep = now + int(SWEEP_SECONDS * 1000)
             for job in await self.store.expire_overdue(now):
                 log.info("job deadline exceeded", job_id=job.id)
@@ -123,6 +125,8 @@ class Scheduler:
             return
         wanted = {}
         for name, provider in self.providers.items():
+            if not (sweep or provider.configured):
+                continue
             free = provider.settings.max_concurrency - self._in_flight[name]
             lease_ms = int((provider.settings.timeout_seconds
                             + self.settings.lease_margin_seconds) * 1000)
