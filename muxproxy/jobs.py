@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
+
+import orjson
 
 from muxproxy.generation import GenerationRequest
 
@@ -163,14 +164,14 @@ class Job:
             surface=row["surface"],
             model=row["model"],
             state=JobState(row["state"]),
-            request=GenerationRequest.from_json(json.loads(row["params"])),
-            client_params=json.loads(row["client_params"]),
+            request=GenerationRequest.from_json(orjson.loads(row["params"])),
+            client_params=orjson.loads(row["client_params"]),
             route_index=row["route_index"],
             provider=row["provider"],
             upstream_model=row["upstream_model"],
             upstream_id=row["upstream_id"],
-            upstream_state=json.loads(row["upstream_state"] or "{}"),
-            result=JobResult.from_json(json.loads(result)) if result else None,
+            upstream_state=orjson.loads(row["upstream_state"] or "{}"),
+            result=JobResult.from_json(orjson.loads(result)) if result else None,
             fail_code=row["fail_code"],
             fail_msg=row["fail_msg"],
             attempts=row["attempts"],

@@ -18,7 +18,6 @@ awaits aiosqlite, under the same lock.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import orjson
 
 from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob, RowLike
 from muxproxy.store.accounts import Billing
@@ -337,7 +337,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(value).decode()
 
 
 def _statements(script: str) -> list[str]:
