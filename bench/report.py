@@ -82,8 +82,10 @@ def table(out: dict[str, Any]) -> str:
         parts.append("gateway process runs: " + ", ".join(
             f"{k} {'yes' if v else 'NO'}" for k, v in runtime.items()))
     lite = out["litellm"]
-    parts.append(f"LiteLLM: {lite['version']}" if lite["version"]
-                 else f"LiteLLM: not measured: {lite['error']}")
+    if lite["version"]:
+        parts.append(f"LiteLLM: {lite['version']}")
+    elif lite["error"]:
+        parts.append(f"LiteLLM: not measured: {lite['error']}")
     s1 = out.get("s1")
     if s1:
         direct = s1["direct"]
