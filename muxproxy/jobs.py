@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -91,6 +92,13 @@ class JobResult:
                    revised_prompt=data.get("revised_prompt"))
 
 
+@functools.lru_cache(maxsize=4096)
+def _request(params: str) -> GenerationRequest:
+    """A job's request from its stored JSON, which never changes once written: the
+    same job is read back on every claim, transition and poll."""
+    return GenerationRequest.from_json(orjson.loads(params))
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What a surface hands the store to create a job."""
@@ -164,7 +172,7 @@ class Job:
             surface=row["surface"],
             model=row["model"],
             state=JobState(row["state"]),
-            request=GenerationRequest.from_json(orjson.loads(row["params"])),
+            request=_request(row["params"]),
             client_params=orjson.loads(row["client_params"]),
             route_index=row["route_index"],
             provider=row["provider"],
