@@ -146,5 +146,6 @@ def table(out: dict[str, Any]) -> str:
                   _grid(["target", "measured", "wanted", "met"],
                         [[a, b, c, "-" if d is None else ("yes" if d else "NO")]
                          for a, b, c, d in checks])]
-    parts.append(f"\nwall time {out.get('wall_s', '-')} s")
+    parts.append(f"\nwall time {out.get('wall_s', '-')} s; 1-minute load average "
+                 f"{_f(out.get('load_before'), 2)} before, {_f(out.get('load_after'), 2)} after")
     return "\n".join(parts)

@@ -49,6 +49,13 @@ def machine() -> dict[str, Any]:
             "system": f"{platform.system()} {platform.release()}"}
 
 
+def load_average() -> float:
+    """The 1-minute load average: other work on the machine moves every figure."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    return float("nan")
+
+
 def loaded_modules(service: Service) -> dict[str, bool]:
     """Whether the gateway process really runs uvloop and httptools (their native
     modules are mapped into it)."""
@@ -62,7 +69,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "quick": args.quick, "scale": scale.__dict__,
-        "litellm": {"version": None, "error": None},
+        "litellm": {"version": None, "error": None}, "load_before": load_average(),
     }
     with tempfile.TemporaryDirectory(prefix="muxbench-") as tmp:
         work = Path(tmp)
@@ -148,6 +155,7 @@ def run(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     out = runner(main(args))
     out["wall_s"] = round(time.perf_counter() - started, 1)
+    out["load_after"] = load_average()
     print()
     print(report.table(out))
     RESULTS.mkdir(exist_ok=True)
