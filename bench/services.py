@@ -230,7 +230,7 @@ def litellm_version() -> str | None:
     python = LITELLM_VENV / "bin" / "python"
     if not python.exists():
         return None
-    out = subprocess.run([str(python),  # noqa: S603 "-c", "import importlib.metadata as m;"
-                          "print(m.version('litellm'))"], capture_output=True, text=True,
-                         check=False)
+    code = "import importlib.metadata as m; print(m.version('litellm'))"
+    out = subprocess.run([str(python), "-c", code],  # noqa: S603 - our own argv
+                         capture_output=True, text=True, check=False)
     return out.stdout.strip() or None
