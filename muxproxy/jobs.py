@@ -99,6 +99,12 @@ def _request(params: str) -> GenerationRequest:
     return GenerationRequest.from_json(orjson.loads(params))
 
 
+@functools.lru_cache(maxsize=4096)
+def _result(result: str) -> JobResult:
+    """Likewise a finished job's result, read back on every poll."""
+    return JobResult.from_json(orjson.loads(result))
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What a surface hands the store to create a job."""
@@ -179,7 +185,7 @@ class Job:
             upstream_model=row["upstream_model"],
             upstream_id=row["upstream_id"],
             upstream_state=orjson.loads(row["upstream_state"] or "{}"),
-            result=JobResult.from_json(orjson.loads(result)) if result else None,
+            result=_result(result) if result else None,
             fail_code=row["fail_code"],
             fail_msg=row["fail_msg"],
             attempts=row["attempts"],
