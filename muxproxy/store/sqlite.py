@@ -11,9 +11,9 @@ few microseconds, and a WAL commit with ``synchronous = NORMAL`` does not fsync,
 this blocks the loop far less than a hop to aiosqlite's thread costs (about 60 us
 of CPU and two GIL hand-overs, measured; up to the 5 ms switch interval of latency
 when the loop is busy). What can block: a commit that triggers a WAL checkpoint
-(every ~4 MB of writes, one fsync), or another process (``muxproxy keys``) holding
-the write lock for its few milliseconds. The rest (admin, accounts, listing) still
-awaits aiosqlite, under the same lock.
+(every ~4 MB of writes, one fsync). A write lock held by another process is not
+waited for on the loop (see ``_in_writer``). The rest (admin, accounts, listing)
+still awaits aiosqlite, under the same lock.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 import orjson
@@ -44,6 +44,7 @@ _CLAIM = f"""
     RETURNING *"""  # noqa: S608 - constant fragments only
 _JSON_FIELDS = frozenset({"upstream_state", "result"})
 T = TypeVar("T")
+BUSY_TIMEOUT_MS = 5000
 
 
 class SqliteStore(AccountsMixin, SqliteOutbox, Store):
@@ -69,7 +70,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             self._inline_reader = sqlite3.connect(self.path, isolation_level=None,
                                                   check_same_thread=False)
             self._inline_reader.row_factory = sqlite3.Row
-            self._inline_reader.execute("PRAGMA busy_timeout = 5000")
+            self._inline_reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     async def _connect(self) -> aiosqlite.Connection:
         # check_same_thread=False: _in_writer uses the writer from the loop's thread
@@ -77,7 +78,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         conn = await aiosqlite.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
         conn.row_factory = aiosqlite.Row
-        for pragma in ("journal_mode = WAL", "synchronous = NORMAL", "busy_timeout = 5000",
+        for pragma in ("journal_mode = WAL", "synchronous = NORMAL",
+                       f"busy_timeout = {BUSY_TIMEOUT_MS}",
                        "foreign_keys = ON", "temp_store = MEMORY"):
             await conn.execute(f"PRAGMA {pragma}")
         return conn
@@ -135,22 +137,34 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
 
     async def _in_writer(self, fn: Callable[[sqlite3.Connection], T], *,
                          transaction: bool = True) -> T:
-        """Run ``fn(connection)`` on the writer, in one transaction (or, with
-        ``transaction=False``, as autocommitted statements), on the loop's thread."""
-        if self._writer is None:
+        """Run ``fn(connection)`` on the writer as one transaction, on the loop's thread.
+
+        The write lock is taken first, without waiting: when another process holds
+        it (``muxproxy keys``, an operator's sqlite3 shell), the transaction runs in
+        aiosqlite's thread instead and waits there (``busy_timeout``), so the loop is
+        never blocked on it. ``transaction`` is accepted for symmetry; every call is
+        a transaction (so a failure to lock can only happen before any change)."""
+        writer = self._writer
+        if writer is None:
             raise RuntimeError("store is not open")
-        conn = self._writer._conn
+        conn = writer._conn
         async with self._lock:
-            if not transaction:
-                return fn(conn)
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("PRAGMA busy_timeout = 0")
             try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+                conn.execute("BEGIN IMMEDIATE")
+                locked = True
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                    raise
+                locked = False
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if locked:
+                return _finish(conn, fn)
+            # aiosqlite's own way to run a function in its thread (untyped there).
+            waited = await writer._execute(  # type: ignore[no-untyped-call]
+                _locked_transaction, conn, fn)
+            return cast(T, waited)
 
     async def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on a reader, on the loop's thread."""
@@ -334,6 +348,22 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         sql = "SELECT model, provider, state, COUNT(*) FROM jobs GROUP BY model, provider, state"
         async with self._read().execute(sql) as cur:
             return {(r[0], r[1], r[2]): int(r[3]) for r in await cur.fetchall()}
+
+
+def _finish(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """The rest of a transaction begun on ``conn``: ``fn``, then COMMIT or ROLLBACK."""
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _locked_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for the write lock
+    return _finish(conn, fn)
 
 
 def _dumps(value: Any) -> str:
