@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from muxproxy.app_state import AppState
-from muxproxy.auth import hash_key, presented_key
+from muxproxy.auth import presented_key
 from muxproxy.clock import now_ms
 from muxproxy.errors import Conflict, InternalError, InvalidRequest, MuxError, Unprocessable
 from muxproxy.logs import get_logger
@@ -65,7 +65,7 @@ class Idempotency:
             return
         state: AppState = scope["app"].state.mux
         presented = presented_key(request)
-        key = await state.store.key_by_hash(hash_key(presented)) if presented else None
+        key = await state.auth.lookup(presented) if presented else None
         if key is None or key.revoked_at is not None:
             await self.app(scope, receive, send)  # the endpoint answers 401
             return

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
+
+import orjson
 
 from muxproxy.generation import GenerationRequest
 
@@ -90,6 +92,19 @@ class JobResult:
                    revised_prompt=data.get("revised_prompt"))
 
 
+@functools.lru_cache(maxsize=4096)
+def _request(params: str) -> GenerationRequest:
+    """A job's request from its stored JSON, which never changes once written: the
+    same job is read back on every claim, transition and poll."""
+    return GenerationRequest.from_json(orjson.loads(params))
+
+
+@functools.lru_cache(maxsize=4096)
+def _result(result: str) -> JobResult:
+    """Likewise a finished job's result, read back on every poll."""
+    return JobResult.from_json(orjson.loads(result))
+
+
 @dataclass(frozen=True)
 class NewJob:
     """What a surface hands the store to create a job."""
@@ -163,14 +178,14 @@ class Job:
             surface=row["surface"],
             model=row["model"],
             state=JobState(row["state"]),
-            request=GenerationRequest.from_json(json.loads(row["params"])),
-            client_params=json.loads(row["client_params"]),
+            request=_request(row["params"]),
+            client_params=orjson.loads(row["client_params"]),
             route_index=row["route_index"],
             provider=row["provider"],
             upstream_model=row["upstream_model"],
             upstream_id=row["upstream_id"],
-            upstream_state=json.loads(row["upstream_state"] or "{}"),
-            result=JobResult.from_json(json.loads(result)) if result else None,
+            upstream_state=orjson.loads(row["upstream_state"] or "{}"),
+            result=_result(result) if result else None,
             fail_code=row["fail_code"],
             fail_msg=row["fail_msg"],
             attempts=row["attempts"],

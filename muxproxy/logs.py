@@ -6,6 +6,7 @@ logged while serving a request or running a job carries it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -20,16 +21,21 @@ _BASE64ISH = re.compile(r"^[A-Za-z0-9+/=_-]{200,}$")
 _DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+")
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_name(name: str) -> bool:
+    return _SECRET_NAMES.search(name) is not None
+
+
 def scrub(value: Any) -> Any:
     """Replace base64 blobs and data URIs in a logged value with a short placeholder."""
     if isinstance(value, str):
-        if _BASE64ISH.match(value):
+        if len(value) >= 200 and _BASE64ISH.match(value):  # the pattern needs 200
             return f"<{len(value)} chars elided>"
         if "base64," in value:
             return _DATA_URI.sub("<data uri elided>", value)
         return value
     if isinstance(value, dict):
-        return {k: "<redacted>" if _SECRET_NAMES.search(str(k)) else scrub(v)
+        return {k: "<redacted>" if _secret_name(str(k)) else scrub(v)
                 for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [scrub(v) for v in value]
@@ -38,7 +44,7 @@ def scrub(value: Any) -> Any:
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event):
-        if key != "event" and _SECRET_NAMES.search(key):
+        if key != "event" and _secret_name(key):
             event[key] = "<redacted>"
         else:
             event[key] = scrub(event[key])

@@ -50,6 +50,7 @@ class Scheduler:
         self._in_flight = dict.fromkeys(providers, 0)
         self._idle = asyncio.Event()
         self._idle.set()
+        self._next_sweep = 0
 
     async def start(self) -> None:
         recovery = await self.store.recover(self.owner, now_ms(self.clock))
@@ -106,18 +107,32 @@ class Scheduler:
 
     async def _tick(self) -> None:
         now = now_ms(self.clock)
-        for job in await self.store.expire_overdue(now):
-            log.info("job deadline exceeded", job_id=job.id)
-            self.runner.record(job)
-            if job.upstream_id is not None:
-                await self.runner.cancel_upstream(job)
+        # Deadlines are swept once per SWEEP_SECONDS, not on every wake-up: a busy
+        # gateway wakes per submit and per finished step, and a running step already
+        # enforces its own deadline. Likewise only configured providers get new jobs,
+        # so the others are looked at on sweeps only (for jobs an earlier config left).
+        sweep = now >= self._next_sweep
+        if sweep:
+            self._next_sweep = now + int(SWEEP_SECONDS * 1000)
+            for job in await self.store.expire_overdue(now):
+                log.info("job deadline exceeded", job_id=job.id)
+                self.runner.record(job)
+                if job.upstream_id is not None:
+                    await self.runner.cancel_upstream(job)
+        if self._stopping:
+            return
+        wanted = {}
         for name, provider in self.providers.items():
+            if self._draining or not (sweep or provider.configured):
+                continue
             free = provider.settings.max_concurrency - self._in_flight[name]
-            if free <= 0 or self._stopping or self._draining:
+            if free <= 0:
                 continue
             lease_ms = int((provider.settings.timeout_seconds
                             + self.settings.lease_margin_seconds) * 1000)
-            for job in await self.store.claim_due(name, now, free, self.owner, now + lease_ms):
+            wanted[name] = (free, now + lease_ms)
+        for jobs in (await self.store.claim_due_many(wanted, now, self.owner)).values():
+            for job in jobs:
                 self._spawn(job)
 
     async def _next_wake(self) -> int:

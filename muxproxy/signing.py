@@ -6,7 +6,10 @@ a link can be neither pointed at another file nor extended.
 
 from __future__ import annotations
 
+import hmac
+
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode, int_to_bytes
 
 from muxproxy.clock import Clock
 
@@ -31,13 +34,24 @@ class UrlSigner:
     def __init__(self, secret: str, public_url: str, ttl_seconds: int, clock: Clock) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="muxproxy.files",
                                                   signer=_signer_on(clock))
+        # Signing is on every poll of a finished task. itsdangerous builds a signer and
+        # derives its key for every token; do both once, and sign exactly as its
+        # TimestampSigner does (HMAC-SHA1 over payload.timestamp), so verify() and
+        # tokens made either way agree.
+        self._key = self._serializer.make_signer().derive_key()
+        self._clock = clock
         self.base = public_url.rstrip("/")
         self.ttl = ttl_seconds
 
+    def token(self, key: str) -> str:
+        payload = self._serializer.dump_payload(key)
+        value = payload + b"." + base64_encode(int_to_bytes(int(self._clock.now())))
+        signature = base64_encode(hmac.digest(self._key, value, "sha1"))
+        return (value + b"." + signature).decode("ascii")
+
     def url(self, key: str) -> str:
-        token = self._serializer.dumps(key)
         name = key.rsplit("/", 1)[-1]
-        return f"{self.base}/files/{token}/{name}"
+        return f"{self.base}/files/{self.token(key)}/{name}"
 
     def verify(self, token: str) -> str:
         try:

@@ -24,6 +24,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 import aiohttp
+import orjson
 
 from muxproxy.clock import Clock
 from muxproxy.fetch import download
@@ -192,7 +193,11 @@ class Provider(abc.ABC):
                                 transient=False, code="response_too_large",
                                 status=response.status)
         try:
-            return json.loads(raw)
+            try:
+                # orjson: several times faster on the megabytes of a b64_json image.
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return json.loads(raw)  # what orjson refuses (NaN, huge integers)
         except (ValueError, UnicodeDecodeError):
             raise UpstreamError(f"{self.name}: invalid JSON from upstream (HTTP "
                                 f"{response.status})", transient=True,

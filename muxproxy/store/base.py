@@ -88,6 +88,16 @@ class Store(AccountStore):
                         lease_until: int) -> list[Job]:
         """Atomically lease up to ``limit`` unleased non-terminal jobs due by ``now``."""
 
+    async def claim_due_many(self, wanted: Mapping[str, tuple[int, int]], now: int,
+                             owner: str) -> dict[str, list[Job]]:
+        """:meth:`claim_due` for several providers at once: ``wanted`` maps a provider
+        to ``(limit, lease_until)``; providers with nothing claimed may be left out.
+        Backends override it to do it in one round trip."""
+        claimed = {}
+        for provider, (limit, lease_until) in wanted.items():
+            claimed[provider] = await self.claim_due(provider, now, limit, owner, lease_until)
+        return {name: jobs for name, jobs in claimed.items() if jobs}
+
     async def transition(self, job: Job | str, expected: JobState, target: JobState, *,
                          now: int, owner: str | None = None, release: bool = True,
                          **changes: Any) -> Job:

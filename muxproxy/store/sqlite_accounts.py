@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
@@ -28,6 +29,8 @@ from muxproxy.store.accounts import (
     UsageRow,
 )
 
+T = TypeVar("T")
+
 
 class Connected(Protocol):
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]: ...
@@ -37,39 +40,43 @@ class Connected(Protocol):
     def _write(self, transaction: bool = False
                ) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
 
+    async def _in_writer(self, fn: Callable[[sqlite3.Connection], T], *,
+                         transaction: bool = True) -> T: ...
 
-async def ledger_row(db: aiosqlite.Connection, key_id: str, kind: LedgerKind, amount: int,
-                     now: int, *, job_id: str | None = None, model: str | None = None,
-                     note: str | None = None) -> None:
+
+# The helpers below run inside a write transaction, in the writer's thread (see
+# SqliteStore._in_writer): plain sqlite3 calls, no thread hop per statement.
+
+def ledger_row(db: sqlite3.Connection, key_id: str, kind: LedgerKind, amount: int,
+               now: int, *, job_id: str | None = None, model: str | None = None,
+               note: str | None = None) -> None:
     """Append a ledger row and move the key's balance by the same amount."""
-    await db.execute("INSERT INTO ledger (key_id, kind, amount, job_id, model, note, created_at)"
-                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (key_id, kind.value, amount, job_id, model, note, now))
-    await db.execute("UPDATE api_keys SET balance = balance + ? WHERE id = ?", (amount, key_id))
+    db.execute("INSERT INTO ledger (key_id, kind, amount, job_id, model, note, created_at)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (key_id, kind.value, amount, job_id, model, note, now))
+    db.execute("UPDATE api_keys SET balance = balance + ? WHERE id = ?", (amount, key_id))
 
 
-async def hold(db: aiosqlite.Connection, key_id: str, job_id: str, model: str, price: int,
-               now: int) -> None:
+def hold(db: sqlite3.Connection, key_id: str, job_id: str, model: str, price: int,
+         now: int) -> None:
     """Reserve a new job's price: refused when the balance is short, unless unlimited."""
-    async with db.execute("SELECT balance, unlimited FROM api_keys WHERE id = ?",
-                          (key_id,)) as cur:
-        row = await cur.fetchone()
+    row = db.execute("SELECT balance, unlimited FROM api_keys WHERE id = ?",
+                     (key_id,)).fetchone()
     if row is None:
         raise KeyNotFound(key_id)
     if not row["unlimited"] and row["balance"] < price:
         raise InsufficientBalance(row["balance"], price)
-    await ledger_row(db, key_id, LedgerKind.HOLD, -price, now, job_id=job_id, model=model)
+    ledger_row(db, key_id, LedgerKind.HOLD, -price, now, job_id=job_id, model=model)
 
 
-async def check_concurrency(db: aiosqlite.Connection, key_id: str, limit: int) -> None:
-    async with db.execute("SELECT COUNT(*) FROM jobs WHERE key_id = ? AND state IN "
-                          "('pending', 'processing')", (key_id,)) as cur:
-        row = await cur.fetchone()
+def check_concurrency(db: sqlite3.Connection, key_id: str, limit: int) -> None:
+    row = db.execute("SELECT COUNT(*) FROM jobs WHERE key_id = ? AND state IN "
+                     "('pending', 'processing')", (key_id,)).fetchone()
     if row is not None and row[0] >= limit:
         raise ConcurrencyLimitReached(limit)
 
 
-async def settle(db: aiosqlite.Connection, rows: Iterable[RowLike], now: int) -> None:
+def settle(db: sqlite3.Connection, rows: Iterable[RowLike], now: int) -> None:
     """Billing for jobs that just changed state, inside the same transaction.
 
     Each move is a compare-and-swap on the job's billing state, so it happens at
@@ -86,13 +93,13 @@ async def settle(db: aiosqlite.Connection, rows: Iterable[RowLike], now: int) ->
             moves, target = [(LedgerKind.REFUND, row["credits"])], Billing.REFUNDED
         else:
             continue
-        cur = await db.execute("UPDATE jobs SET billing = ? WHERE id = ? AND billing = ?",
-                               (target.value, row["id"], billing))
+        cur = db.execute("UPDATE jobs SET billing = ? WHERE id = ? AND billing = ?",
+                         (target.value, row["id"], billing))
         if cur.rowcount != 1:
             continue
         for kind, amount in moves:
-            await ledger_row(db, row["key_id"], kind, amount, now, job_id=row["id"],
-                             model=row["model"])
+            ledger_row(db, row["key_id"], kind, amount, now, job_id=row["id"],
+                       model=row["model"])
 
 
 def _key(row: RowLike) -> ApiKey:
@@ -113,47 +120,48 @@ def _limit_values(limits: KeyLimits) -> tuple[Any, ...]:
 class AccountsMixin:
     async def upsert_key(self: Connected, name: str, key_hash: str, *, now: int,
                          limits: KeyLimits = NO_LIMITS, initial_credits: int = 0) -> ApiKey:
-        async with self._write(transaction=True) as db:
-            async with db.execute("SELECT id FROM api_keys WHERE name = ?", (name,)) as cur:
-                existing = await cur.fetchone()
+        def upsert(db: sqlite3.Connection) -> RowLike:
+            existing = db.execute("SELECT id FROM api_keys WHERE name = ?", (name,)).fetchone()
             if existing is None:
                 key_id = f"key_{secrets.token_hex(8)}"
-                await db.execute(
+                db.execute(
                     "INSERT INTO api_keys (id, name, key_hash, created_at, unlimited, rpm_limit,"
                     " max_concurrent, allowed_models) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (key_id, name, key_hash, now, *_limit_values(limits)))
                 if initial_credits:
-                    await ledger_row(db, key_id, LedgerKind.TOPUP, initial_credits, now,
-                                     note="initial credits from config")
+                    ledger_row(db, key_id, LedgerKind.TOPUP, initial_credits, now,
+                               note="initial credits from config")
             else:
                 key_id = existing["id"]
-                await db.execute(
+                db.execute(
                     "UPDATE api_keys SET key_hash = ?, unlimited = ?, rpm_limit = ?, "
                     "max_concurrent = ?, allowed_models = ? WHERE id = ?",
                     (key_hash, *_limit_values(limits), key_id))
-            async with db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)) as cur:
-                row = await cur.fetchone()
-        assert row is not None
-        return _key(row)
+            row: RowLike = db.execute("SELECT * FROM api_keys WHERE id = ?",
+                                      (key_id,)).fetchone()
+            return row
+
+        return _key(await self._in_writer(upsert))
 
     async def create_key(self: Connected, name: str, key_hash: str, *, now: int,
                          limits: KeyLimits = NO_LIMITS, credits: int = 0) -> ApiKey:
         key_id = f"key_{secrets.token_hex(8)}"
-        async with self._write(transaction=True) as db:
+
+        def create(db: sqlite3.Connection) -> RowLike:
             try:
-                await db.execute(
+                db.execute(
                     "INSERT INTO api_keys (id, name, key_hash, created_at, unlimited, rpm_limit,"
                     " max_concurrent, allowed_models) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (key_id, name, key_hash, now, *_limit_values(limits)))
-            except aiosqlite.IntegrityError:
+            except sqlite3.IntegrityError:
                 raise KeyExists(name) from None
             if credits:
-                await ledger_row(db, key_id, LedgerKind.TOPUP, credits, now,
-                                 note="initial credits")
-            async with db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)) as cur:
-                row = await cur.fetchone()
-        assert row is not None
-        return _key(row)
+                ledger_row(db, key_id, LedgerKind.TOPUP, credits, now, note="initial credits")
+            row: RowLike = db.execute("SELECT * FROM api_keys WHERE id = ?",
+                                      (key_id,)).fetchone()
+            return row
+
+        return _key(await self._in_writer(create))
 
     async def key_by_hash(self: Connected, key_hash: str) -> ApiKey | None:
         row = await self._fetch_one("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
@@ -189,17 +197,17 @@ class AccountsMixin:
 
     async def topup(self: Connected, key_id: str, amount: int, *, now: int,
                     note: str | None = None) -> ApiKey:
-        async with self._write(transaction=True) as db:
-            async with db.execute("SELECT id FROM api_keys WHERE id = ? OR name = ?",
-                                  (key_id, key_id)) as cur:
-                found = await cur.fetchone()
+        def add(db: sqlite3.Connection) -> RowLike:
+            found = db.execute("SELECT id FROM api_keys WHERE id = ? OR name = ?",
+                               (key_id, key_id)).fetchone()
             if found is None:
                 raise KeyNotFound(key_id)
-            await ledger_row(db, found["id"], LedgerKind.TOPUP, amount, now, note=note)
-            async with db.execute("SELECT * FROM api_keys WHERE id = ?", (found["id"],)) as cur:
-                row = await cur.fetchone()
-        assert row is not None
-        return _key(row)
+            ledger_row(db, found["id"], LedgerKind.TOPUP, amount, now, note=note)
+            row: RowLike = db.execute("SELECT * FROM api_keys WHERE id = ?",
+                                      (found["id"],)).fetchone()
+            return row
+
+        return _key(await self._in_writer(add))
 
     async def ledger(self: Connected, key_id: str, *, limit: int = 100,
                      before: int | None = None) -> list[LedgerEntry]:

@@ -4,9 +4,10 @@ transactions that make jobs terminal)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -22,6 +23,7 @@ from muxproxy.webhooks.outbox import (
     target_host,
 )
 
+T = TypeVar("T")
 _PENDING = f"status = '{DeliveryStatus.PENDING}'"
 _INSERT = """
     INSERT INTO webhook_deliveries (id, job_id, key_id, url, host, status, created_at,
@@ -40,14 +42,20 @@ class SqliteOutbox:
                ) -> AbstractAsyncContextManager[aiosqlite.Connection]:
         raise NotImplementedError
 
-    async def _enqueue_callbacks(self, db: aiosqlite.Connection, jobs: Iterable[Job],
-                                 now: int) -> None:
-        """Called inside the transaction that made ``jobs`` terminal."""
-        for job in jobs:
-            if job.callback_url is None or not job.is_terminal:
-                continue
-            await db.execute(_INSERT + " ON CONFLICT (job_id) DO NOTHING",
-                             _new_row(job, job.callback_url, now))
+    async def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        raise NotImplementedError
+
+    async def _in_writer(self, fn: Callable[[sqlite3.Connection], T], *,
+                         transaction: bool = True) -> T:
+        raise NotImplementedError
+
+    @staticmethod
+    def _enqueue_callbacks(db: sqlite3.Connection, jobs: Iterable[Job], now: int) -> None:
+        """Called inside the transaction that made ``jobs`` terminal (writer thread)."""
+        rows = [_new_row(job, job.callback_url, now) for job in jobs
+                if job.callback_url is not None and job.is_terminal]
+        if rows:
+            db.executemany(_INSERT + " ON CONFLICT (job_id) DO NOTHING", rows)
 
     async def get_delivery(self, job_id: str, key_id: str | None = None) -> Delivery | None:
         sql, args = "SELECT * FROM webhook_deliveries WHERE job_id = ?", [job_id]
@@ -76,44 +84,42 @@ class SqliteOutbox:
                 ORDER BY next_attempt_at LIMIT ?)
             RETURNING *"""  # noqa: S608 - constant fragments and placeholders only
         args = (owner, lease_until, now, now, *skip_hosts, limit)
-        async with self._write() as db, db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+        rows = await self._in_writer(lambda db: db.execute(sql, args).fetchall(),
+                                     transaction=False)
         return sorted((Delivery.from_row(r) for r in rows),
                       key=lambda d: d.next_attempt_at or 0)
 
     async def record_attempt(self, delivery_id: str, owner: str, attempt: Attempt,
                              verdict: Verdict, *, now: int) -> Delivery | None:
-        async with self._write(transaction=True) as db:
-            async with db.execute("SELECT attempts FROM webhook_deliveries "
-                                  "WHERE id = ? AND lease_owner = ?",
-                                  (delivery_id, owner)) as cur:
-                held = await cur.fetchone()
+        def record(db: sqlite3.Connection) -> Any:
+            held = db.execute("SELECT attempts FROM webhook_deliveries "
+                              "WHERE id = ? AND lease_owner = ?", (delivery_id, owner)).fetchone()
             if held is None:
                 return None
             number = int(held[0]) + 1
-            await db.execute(
+            db.execute(
                 "INSERT INTO webhook_attempts (delivery_id, number, started_at, latency_ms, "
                 "status_code, error, response) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (delivery_id, number, attempt.started_at, attempt.latency_ms,
                  attempt.status_code, attempt.error, attempt.response))
             delivered = now if verdict.status is DeliveryStatus.DELIVERED else None
-            async with db.execute(
-                    "UPDATE webhook_deliveries SET attempts = ?, "
-                    "round_attempts = round_attempts + 1, status = ?, next_attempt_at = ?, "
-                    "window_ends_at = ?, delivered_at = COALESCE(?, delivered_at), "
-                    "last_error = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL "
-                    "WHERE id = ? RETURNING *",
-                    (number, verdict.status.value, verdict.next_attempt_at,
-                     verdict.window_ends_at, delivered, verdict.reason, now,
-                     delivery_id)) as cur:
-                row = await cur.fetchone()
+            return db.execute(
+                "UPDATE webhook_deliveries SET attempts = ?, "
+                "round_attempts = round_attempts + 1, status = ?, next_attempt_at = ?, "
+                "window_ends_at = ?, delivered_at = COALESCE(?, delivered_at), "
+                "last_error = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? RETURNING *",
+                (number, verdict.status.value, verdict.next_attempt_at,
+                 verdict.window_ends_at, delivered, verdict.reason, now,
+                 delivery_id)).fetchone()
+
+        row = await self._in_writer(record)
         return Delivery.from_row(row) if row else None
 
     async def release_delivery(self, delivery_id: str, owner: str) -> None:
-        async with self._write() as db:
-            await db.execute("UPDATE webhook_deliveries SET lease_owner = NULL, "
-                             "lease_until = NULL WHERE id = ? AND lease_owner = ?",
-                             (delivery_id, owner))
+        await self._in_writer(lambda db: db.execute(
+            "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL "
+            "WHERE id = ? AND lease_owner = ?", (delivery_id, owner)), transaction=False)
 
     async def recover_deliveries(self, owner: str) -> int:
         # One process serves a SQLite file: a lease held by another owner is stale.
@@ -160,7 +166,8 @@ class SqliteOutbox:
         return SigningSecret(key_id=key_id, secret=secret, created_at=now)
 
     async def signing_secret(self, key_id: str) -> SigningSecret | None:
-        row = await self._fetch_one("SELECT * FROM webhook_secrets WHERE key_id = ?", (key_id,))
+        row = await self._in_reader(lambda db: db.execute(
+            "SELECT * FROM webhook_secrets WHERE key_id = ?", (key_id,)).fetchone())
         if row is None:
             return None
         return SigningSecret(key_id=row["key_id"], secret=row["secret"],

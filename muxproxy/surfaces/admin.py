@@ -105,6 +105,7 @@ async def update_key(request: Request) -> Response:
     if unknown:
         raise InvalidRequest(f"unknown field: {', '.join(sorted(unknown))}")
     updated = await state.store.update_key(key.id, _limits(key.limits, body))
+    state.auth.forget()
     return JSONResponse(key_view(updated))
 
 
@@ -123,6 +124,7 @@ async def topup(request: Request) -> Response:
         updated = await state.store.topup(key.id, amount, now=now_ms(state.clock), note=note)
     except KeyNotFound:
         raise NotFound("no such key") from None
+    state.auth.forget()
     return JSONResponse(key_view(updated))
 
 
@@ -130,7 +132,9 @@ async def topup(request: Request) -> Response:
 async def revoke(request: Request) -> Response:
     state = _authorize(request)
     key = await _key(state, request)
-    return JSONResponse(key_view(await state.store.revoke_key(key.id, now=now_ms(state.clock))))
+    revoked = await state.store.revoke_key(key.id, now=now_ms(state.clock))
+    state.auth.forget()  # its very next request gets 401
+    return JSONResponse(key_view(revoked))
 
 
 @surface(render_error)

@@ -1,0 +1,151 @@
+"""The printed table: every figure, its ratio, and each target met or not."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# A rate "does not fall" and memory "does not grow" within this much run-to-run noise.
+NOISE = 0.10
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.rjust(w) if i else c.ljust(w)
+                      for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    return "\n".join(out)
+
+
+def targets(out: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(figure, measured, target, met) for every target the issue sets."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    s1 = out.get("s1")
+    if s1:
+        direct, gateway, litellm = s1["direct"], s1["gateway"], s1.get("litellm")
+        added50 = gateway["c1"]["p50_ms"] - direct["c1"]["p50_ms"]
+        added99 = gateway["c32"]["p99_ms"] - direct["c32"]["p99_ms"]
+        rows.append(("1. added latency p50, c=1", f"{added50:.2f} ms", "<= 2 ms", added50 <= 2))
+        rows.append(("1. added latency p99, c=32", f"{added99:.2f} ms", "<= 10 ms",
+                     added99 <= 10))
+        if litellm:
+            ratio = gateway["c32"]["rps"] / litellm["c32"]["rps"]
+            rows.append(("1. req/s c=32 vs LiteLLM", f"{ratio:.1f}x "
+                         f"({gateway['c32']['rps']:.0f} vs {litellm['c32']['rps']:.0f})",
+                         ">= 3x", ratio >= 3))
+        else:
+            rows.append(("1. req/s c=32 vs LiteLLM", "LiteLLM not run", ">= 3x", None))
+    s2 = out.get("s2")
+    if s2:
+        rows.append(("2. submits/s, c=64", _f(s2["submit_rps"], 0), ">= 2,000",
+                     s2["submit_rps"] >= 2000))
+        rows.append(("2. polls/s, c=64", _f(s2["poll_rps"], 0), ">= 5,000",
+                     s2["poll_rps"] >= 5000))
+    s3 = out.get("s3")
+    if s3:
+        every = s3["callbacks"] == s3["jobs"]
+        rows.append((f"3. {s3['jobs']:,} callbacks delivered",
+                     f"{s3['callbacks']:,} in {_f(s3['last_callback_s'])} s", "all, <= 60 s",
+                     every and s3["last_callback_s"] <= 60))
+        rows.append(("3. gateway peak RSS", f"{s3['peak_rss_mb']:.0f} MB", "<= 250 MB",
+                     s3["peak_rss_mb"] <= 250))
+    s4 = out.get("s4")
+    if s4 and len(s4) >= 2:
+        sizes = sorted(s4, key=int)
+        small, big = s4[sizes[0]], s4[sizes[-1]]
+        label = f"{int(sizes[-1]):,} vs {int(sizes[0]):,} jobs"
+        for name, key in (("submit rate", "submit_rps"), ("poll rate", "poll_rps")):
+            ratio = big[key] / small[key]
+            rows.append((f"4. {name}, {label}", f"{ratio:.2f}x", "does not fall",
+                         ratio >= 1 - NOISE))
+        ratio = big["rss_mb"] / small["rss_mb"]
+        rows.append((f"4. RSS, {label}", f"{ratio:.2f}x ({big['rss_mb']:.0f} vs "
+                     f"{small['rss_mb']:.0f} MB)", "does not grow", ratio <= 1 + NOISE))
+    return rows
+
+
+def table(out: dict[str, Any]) -> str:
+    m = out["machine"]
+    parts = [f"muxproxy benchmark, {out['date']}, {m['cpu']} ({m['cores']} cores), "
+             f"Python {m['python']}" + (" [--quick]" if out.get("quick") else "")]
+    runtime = out.get("gateway_runtime")
+    if runtime:
+        parts.append("gateway process runs: " + ", ".join(
+            f"{k} {'yes' if v else 'NO'}" for k, v in runtime.items()))
+    lite = out["litellm"]
+    if lite["version"]:
+        parts.append(f"LiteLLM: {lite['version']}")
+    elif lite["error"]:
+        parts.append(f"LiteLLM: not measured: {lite['error']}")
+    s1 = out.get("s1")
+    if s1:
+        direct = s1["direct"]
+        lite_rps = s1["litellm"]["c32"]["rps"] if "litellm" in s1 else None
+        rows = []
+        for name, r in s1.items():
+            c1, c32 = r["c1"], r["c32"]
+            rows.append([name, _f(c1["p50_ms"], 2), _f(c1["p99_ms"], 2), _f(c1["rps"], 0),
+                         _f(c32["p50_ms"], 2), _f(c32["p99_ms"], 2), _f(c32["rps"], 0),
+                         _f(c1["p50_ms"] - direct["c1"]["p50_ms"], 2),
+                         _f(c32["p99_ms"] - direct["c32"]["p99_ms"], 2),
+                         f"{c32['rps'] / direct['c32']['rps']:.2f}x",
+                         f"{c32['rps'] / lite_rps:.1f}x" if lite_rps else "-",
+                         str(c1["errors"] + c32["errors"])])
+        parts += ["", "1. POST /v1/images/generations (b64_json; 'url': gateway stores and "
+                  "links the image) - medians of per-round figures, ms",
+                  _grid(["path", "c1 p50", "c1 p99", "c1 req/s", "c32 p50", "c32 p99",
+                         "c32 req/s", "added p50 c1", "added p99 c32", "rps/direct",
+                         "rps/LiteLLM", "errors"], rows)]
+    s2 = out.get("s2")
+    if s2:
+        parts += ["", "2. Native task API, concurrency 64 (jobs run on the fake OpenAI upstream "
+                  "meanwhile)",
+                  _grid(["figure", "value"], [
+                      ["submits/s", _f(s2["submit_rps"], 0)],
+                      ["submit p99 ms", _f(s2["submit_p99_ms"], 2)],
+                      ["polls/s", _f(s2["poll_rps"], 0)],
+                      ["poll p99 ms", _f(s2["poll_p99_ms"], 2)],
+                      ["errors", str(s2["submit_errors"] + s2["poll_errors"])]])]
+    s3 = out.get("s3")
+    if s3:
+        parts += ["", f"3. {s3['jobs']:,} jobs on the fake fal queue ({s3['fal_polls']} status "
+                  "polls each) with callbacks",
+                  _grid(["figure", "value"], [
+                      ["submitted in s", _f(s3["submit_s"])],
+                      ["callbacks received", _f(s3["callbacks"])],
+                      ["of which completed", _f(s3["completed"])],
+                      ["last callback after s", _f(s3["last_callback_s"])],
+                      ["gateway CPU s", _f(s3["cpu_s"])],
+                      ["gateway CPU ms per job", _f(s3["cpu_ms_per_job"], 2)],
+                      ["gateway RSS MB (end / peak)",
+                       f"{s3['rss_mb']:.0f} / {s3['peak_rss_mb']:.0f}"]])]
+    s4 = out.get("s4")
+    if s4:
+        sizes = sorted(s4, key=int)
+        base = s4[sizes[0]]
+        rows = [[f"{int(size):,}", _f(r["submit_rps"], 0), _f(r["poll_rps"], 0),
+                 f"{r['submit_rps'] / base['submit_rps']:.2f}x",
+                 f"{r['poll_rps'] / base['poll_rps']:.2f}x",
+                 f"{r['rss_mb']:.0f} / {r['peak_rss_mb']:.0f}"] for size, r in
+                ((s, s4[s]) for s in sizes)]
+        parts += ["", "4. Native rates by stored jobs (pre-filled straight into SQLite)",
+                  _grid(["stored jobs", "submits/s", "polls/s", "submit vs first",
+                         "poll vs first", "RSS MB end / peak"], rows)]
+    checks = targets(out)
+    if checks:
+        parts += ["", "Targets (reported, never enforced)",
+                  _grid(["target", "measured", "wanted", "met"],
+                        [[a, b, c, "-" if d is None else ("yes" if d else "NO")]
+                         for a, b, c, d in checks])]
+    parts.append(f"\nwall time {out.get('wall_s', '-')} s; 1-minute load average "
+                 f"{_f(out.get('load_before'), 2)} before, {_f(out.get('load_after'), 2)} after")
+    return "\n".join(parts)

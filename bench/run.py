@@ -1,0 +1,171 @@
+"""The benchmark suite: ``python bench/run.py`` (``--quick`` for a short pass,
+``--no-litellm`` to leave LiteLLM out, ``--only 1,3`` for some scenarios).
+
+Starts a fake upstream, the gateway (shipped config, SQLite) and LiteLLM's proxy
+as separate processes, drives them from this one, prints a table with each figure,
+its target and its ratio to the direct path or to LiteLLM, and writes the figures
+as JSON to bench/results/. It reports; it never fails on a missed target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import report, scenarios  # noqa: E402
+from bench.services import (  # noqa: E402
+    Service,
+    litellm_version,
+    start_fake,
+    start_gateway,
+    start_litellm,
+)
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}"}
+
+
+def load_average() -> float:
+    """The 1-minute load average: other work on the machine moves every figure."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    return float("nan")
+
+
+def loaded_modules(service: Service) -> dict[str, bool]:
+    """Whether the gateway process really runs uvloop and httptools (their native
+    modules are mapped into it)."""
+    maps = Path(f"/proc/{service.proc.pid}/maps").read_text()
+    return {"uvloop": "/uvloop/" in maps, "httptools": "/httptools/" in maps}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    scale = scenarios.QUICK if args.quick else scenarios.Scale()
+    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4}
+    out: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(), "quick": args.quick, "scale": scale.__dict__,
+        "litellm": {"version": None, "error": None}, "load_before": load_average(),
+    }
+    with tempfile.TemporaryDirectory(prefix="muxbench-") as tmp:
+        work = Path(tmp)
+        fake, fake_port = await start_fake(work, polls=args.polls)
+        services: list[Service] = [fake]
+        try:
+            if 1 in only:
+                print("1. OpenAI-compatible images, direct vs gateway vs LiteLLM", flush=True)
+                litellm_port = None
+                if args.no_litellm:
+                    out["litellm"]["error"] = "left out (--no-litellm)"
+                else:
+                    try:
+                        litellm, litellm_port = await start_litellm(work, fake_port)
+                        services.append(litellm)
+                        out["litellm"]["version"] = litellm_version()
+                    except Exception as exc:
+                        out["litellm"]["error"] = f"{type(exc).__name__}: {exc}"
+                        print(f"  LiteLLM unavailable: {out['litellm']['error']}", flush=True)
+                folder = work / "s1"
+                folder.mkdir()
+                gateway, port = await start_gateway(folder, fake_port)
+                services.append(gateway)
+                out["gateway_runtime"] = loaded_modules(gateway)
+                out["s1"] = await scenarios.openai_path(
+                    scenarios.gateway_targets(port, fake_port, litellm_port), scale)
+                for service in services[1:]:
+                    service.stop()
+                services = [fake]
+            if 2 in only:
+                print("2. Native task API, concurrency 64", flush=True)
+                folder = work / "s2"
+                folder.mkdir()
+                gateway, port = await start_gateway(folder, fake_port)
+                services.append(gateway)
+                out["s2"] = await scenarios.native_rates(port, gateway,
+                                                         folder / "data" / "muxproxy.db", scale)
+                gateway.stop()
+                services.remove(gateway)
+            if 3 in only:
+                print(f"3. {scale.jobs} async jobs with callbacks", flush=True)
+                folder = work / "s3"
+                folder.mkdir()
+                receiver = scenarios.Receiver()
+                await receiver.start()
+                try:
+                    gateway, port = await start_gateway(folder, fake_port)
+                    services.append(gateway)
+                    out["s3"] = await scenarios.callbacks(port, gateway, receiver, scale.jobs)
+                    gateway.stop()
+                    services.remove(gateway)
+                finally:
+                    await receiver.stop()
+                out["s3"]["fal_polls"] = args.polls
+            if 4 in only:
+                print("4. Table size", flush=True)
+                out["s4"] = await scenarios.table_sizes(work, fake_port, scale)
+        finally:
+            for service in services:
+                service.stop()
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short pass (rough figures)")
+    parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1-4)")
+    parser.add_argument("--polls", type=int, default=2,
+                        help="status polls before the fake fal queue completes (default 2)")
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    started = time.perf_counter()
+    out = runner(main(args))
+    out["wall_s"] = round(time.perf_counter() - started, 1)
+    out["load_after"] = load_average()
+    print()
+    print(report.table(out))
+    RESULTS.mkdir(exist_ok=True)
+    stamp = out["date"].replace(":", "").replace("-", "")[:15]
+    path = RESULTS / f"bench-{stamp}.json"
+    path.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (RESULTS / "latest.json").write_text(path.read_text())
+    print(f"\nwritten {path.relative_to(ROOT)} (and latest.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,270 @@
+"""The four scenarios. Each returns plain dicts of figures (medians over rounds);
+``run.py`` prints and saves them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from bench.loadgen import Run, drive, encode, median
+from bench.services import BENCH_KEY, LITELLM_KEY, Service, free_port, start_gateway
+
+HOST = "127.0.0.1"
+OPENAI_BODY = {"model": "bench-image", "prompt": "a red fox in the snow", "size": "1024x1024",
+               "response_format": "b64_json"}
+NATIVE_PATH = "/api/v1/images/generations"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much work each scenario does (``--quick`` shrinks it)."""
+
+    rounds: int = 3
+    latency_requests: int = 400      # per round at concurrency 1
+    rate_requests: int = 3000        # per round at concurrency 32
+    litellm_divisor: int = 5         # LiteLLM is slower: fewer requests, same rounds
+    submits: int = 4000              # per round, scenario 2 and 4
+    polls: int = 10000               # per round, scenario 2 and 4
+    jobs: int = 10000                # scenario 3
+    sizes: tuple[int, ...] = (1000, 100000)
+
+
+QUICK = Scale(rounds=2, latency_requests=100, rate_requests=600, submits=800, polls=2000,
+              jobs=1000, sizes=(1000, 20000))
+
+
+def _summary(runs: list[Run]) -> dict[str, Any]:
+    return {
+        "p50_ms": median([r.percentile(0.50) * 1000 for r in runs]),
+        "p99_ms": median([r.percentile(0.99) * 1000 for r in runs]),
+        "rps": median([r.rate for r in runs]),
+        "requests": sum(len(r.latencies) for r in runs),
+        "errors": sum(r.errors for r in runs),
+        "first_error": next((r.first_error for r in runs if r.first_error), None),
+    }
+
+
+async def _rounds(port: int, raw: bytes, total: int, concurrency: int, rounds: int,
+                  ok: Any = None) -> dict[str, Any]:
+    await drive(HOST, port, lambda _: raw, max(20, total // 10), concurrency, ok=ok)  # warm-up
+    runs = [await drive(HOST, port, lambda _: raw, total, concurrency, ok=ok)
+            for _ in range(rounds)]
+    return _summary(runs)
+
+
+# -- 1. OpenAI-compatible images: direct vs gateway vs LiteLLM ------------------------
+
+def _has_image(status: int, body: bytes) -> bool:
+    return status == 200 and (b'"b64_json"' in body or b'"url"' in body)
+
+
+async def openai_path(targets: dict[str, tuple[int, dict[str, str], dict[str, Any]]],
+                      scale: Scale) -> dict[str, Any]:
+    """For each target (name -> port, headers, body): c=1 latency and c=32 rate."""
+    results: dict[str, Any] = {}
+    for name, (port, headers, body) in targets.items():
+        raw = encode("POST", HOST, port, "/v1/images/generations", headers, body)
+        divisor = scale.litellm_divisor if name == "litellm" else 1
+        results[name] = {
+            "c1": await _rounds(port, raw, scale.latency_requests // divisor, 1, scale.rounds,
+                                _has_image),
+            "c32": await _rounds(port, raw, scale.rate_requests // divisor, 32, scale.rounds,
+                                 _has_image),
+        }
+        print(f"  {name:<14} c=1 p50 {results[name]['c1']['p50_ms']:.2f} ms, "
+              f"c=32 {results[name]['c32']['rps']:.0f} req/s", flush=True)
+    return results
+
+
+def gateway_targets(gateway: int, fake: int, litellm: int | None
+                    ) -> dict[str, tuple[int, dict[str, str], dict[str, Any]]]:
+    targets = {
+        "direct": (fake, {"Authorization": "Bearer sk-fake"}, OPENAI_BODY),
+        "gateway": (gateway, {"Authorization": f"Bearer {BENCH_KEY}"}, OPENAI_BODY),
+        "gateway (url)": (gateway, {"Authorization": f"Bearer {BENCH_KEY}"},
+                          {**OPENAI_BODY, "model": "bench-image-url", "response_format": "url"}),
+    }
+    if litellm is not None:
+        targets["litellm"] = (litellm, {"Authorization": f"Bearer {LITELLM_KEY}"}, OPENAI_BODY)
+    return targets
+
+
+# -- 2 and 4. Native task API: submit and poll rates ---------------------------------
+
+def _task_id(body: bytes) -> str:
+    data = orjson.loads(body)
+    task_id: str = data["data"]["taskId"]
+    return task_id
+
+
+async def native_rates(port: int, gateway: Service, db: Path, scale: Scale,
+                       model: str = "bench-image") -> dict[str, Any]:
+    """Submit rate, then (once the submitted jobs are done) poll rate, at c=64."""
+    auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+    submit = encode("POST", HOST, port, NATIVE_PATH, auth,
+                    {"model": model, "prompt": "a red fox in the snow"})
+    await drive(HOST, port, lambda _: submit, 200, 64)  # warm-up
+    submits = []
+    ids: list[str] = []
+    for _ in range(scale.rounds):
+        run = await drive(HOST, port, lambda _: submit, scale.submits, 64, keep_bodies=True)
+        ids += [_task_id(b) for b in run.bodies]
+        run.bodies.clear()
+        submits.append(run)
+    drained = await wait_drained(db, timeout=120)
+    polls_raw = [encode("GET", HOST, port, f"{NATIVE_PATH}?task_id={i}", auth)
+                 for i in random.Random(7).sample(ids, min(len(ids), 2000))]
+    await drive(HOST, port, lambda i: polls_raw[i % len(polls_raw)], 500, 64)  # warm-up
+    polls = [await drive(HOST, port, lambda i: polls_raw[i % len(polls_raw)], scale.polls, 64)
+             for _ in range(scale.rounds)]
+    rss, peak = gateway.memory_mb()
+    s, p = _summary(submits), _summary(polls)
+    return {"submit_rps": s["rps"], "submit_p99_ms": s["p99_ms"], "submit_errors": s["errors"],
+            "poll_rps": p["rps"], "poll_p99_ms": p["p99_ms"], "poll_errors": p["errors"],
+            "first_error": s["first_error"] or p["first_error"],
+            "drain_s": drained, "rss_mb": rss, "peak_rss_mb": peak}
+
+
+async def wait_drained(db: Path, timeout: float) -> float:
+    """Seconds until no job is pending or processing (read from the SQLite file)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if _active_jobs(db) == 0:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"jobs still running after {timeout:g} s")
+
+
+def _active_jobs(db: Path) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        row = conn.execute("SELECT COUNT(*) FROM jobs WHERE state IN "
+                           "('pending', 'processing')").fetchone()
+    return int(row[0])
+
+
+def prefill(db: Path, rows: int) -> None:
+    """Copy the one job in ``db`` ``rows`` times, as completed jobs of the same key
+    created over the last 30 days, straight into the table (same schema, same
+    indexes: the gateway made the file)."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.row_factory = sqlite3.Row
+        template = dict(conn.execute("SELECT * FROM jobs ORDER BY created_at LIMIT 1")
+                        .fetchone())
+        columns = list(template)
+        now = int(time.time() * 1000)
+        month = 30 * 86400 * 1000
+        rng = random.Random(11)
+
+        def row(i: int) -> tuple[Any, ...]:
+            created = now - month + rng.randrange(month)
+            values = {**template, "id": f"pre{i:07d}{rng.getrandbits(40):010x}",
+                      "created_at": created, "updated_at": created + 900,
+                      "started_at": created + 5, "completed_at": created + 900,
+                      "run_after": created, "deadline_at": created + 600000,
+                      "lease_owner": None, "lease_until": None}
+            return tuple(values[c] for c in columns)
+
+        sql = (f"INSERT INTO jobs ({', '.join(columns)}) "  # noqa: S608 - the table's own columns
+               f"VALUES ({', '.join('?' for _ in columns)})")
+        for start in range(0, rows, 10000):
+            conn.executemany(sql, (row(i) for i in range(start, min(rows, start + 10000))))
+            conn.commit()
+    finally:
+        conn.close()
+
+
+async def table_sizes(workdir: Path, fake_port: int, scale: Scale) -> dict[str, Any]:
+    """Scenario 4: the native rates on a table pre-filled with N completed jobs."""
+    results: dict[str, Any] = {}
+    for size in scale.sizes:
+        folder = workdir / f"table-{size}"
+        folder.mkdir()
+        gateway, port = await start_gateway(folder, fake_port)
+        db = folder / "data" / "muxproxy.db"
+        try:
+            raw = encode("POST", HOST, port, NATIVE_PATH,
+                         {"Authorization": f"Bearer {BENCH_KEY}"},
+                         {"model": "bench-image", "prompt": "template"})
+            await drive(HOST, port, [raw].__getitem__, 1, 1)
+            await wait_drained(db, 30)
+        finally:
+            gateway.stop()
+        started = time.perf_counter()
+        prefill(db, size)
+        print(f"  pre-filled {size} jobs in {time.perf_counter() - started:.1f} s", flush=True)
+        gateway, port = await start_gateway(folder, fake_port)
+        try:
+            results[str(size)] = await native_rates(port, gateway, db, scale)
+        finally:
+            gateway.stop()
+        r = results[str(size)]
+        print(f"  {size:>7} jobs: submit {r['submit_rps']:.0f}/s, poll {r['poll_rps']:.0f}/s, "
+              f"RSS {r['rss_mb']:.0f} MB", flush=True)
+    return results
+
+
+# -- 3. Many async jobs with callbacks --------------------------------------------------
+
+class Receiver:
+    """The callback receiver: counts distinct tasks and when the last one arrived."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+        self.last_at = 0.0
+        self.everything = asyncio.Event()
+        self.expected = 0
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/callback", self.callback)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, HOST, self.port, backlog=1024).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def callback(self, request: web.Request) -> web.Response:
+        data = orjson.loads(await request.read())["data"]
+        self.seen[data["taskId"]] = data["state"]
+        self.last_at = time.perf_counter()
+        if self.expected and len(self.seen) >= self.expected:
+            self.everything.set()
+        return web.Response(text="ok")
+
+
+async def callbacks(port: int, gateway: Service, receiver: Receiver, jobs: int,
+                    timeout: float = 300) -> dict[str, Any]:
+    receiver.expected = jobs
+    body = {"model": "bench-queue", "prompt": "a red fox in the snow",
+            "callback_url": f"http://{HOST}:{receiver.port}/callback"}
+    raw = encode("POST", HOST, port, NATIVE_PATH, {"Authorization": f"Bearer {BENCH_KEY}"},
+                 body)
+    cpu_before = gateway.cpu_seconds()
+    started = time.perf_counter()
+    submitted = await drive(HOST, port, lambda _: raw, jobs, 64)
+    submit_s = time.perf_counter() - started
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(receiver.everything.wait(), timeout)
+    cpu = gateway.cpu_seconds() - cpu_before
+    rss, peak = gateway.memory_mb()
+    states = list(receiver.seen.values())
+    return {"jobs": jobs, "submit_errors": submitted.errors,
+            "first_error": submitted.first_error, "submit_s": submit_s,
+            "callbacks": len(states), "completed": states.count("completed"),
+            "last_callback_s": (receiver.last_at - started) if states else float("nan"),
+            "cpu_s": cpu, "cpu_ms_per_job": cpu / jobs * 1000, "rss_mb": rss,
+            "peak_rss_mb": peak}

@@ -1,0 +1,56 @@
+"""The benchmark suite's own pieces (no load is generated here): its gateway config
+still follows the shipped config.toml, its HTTP parser, and its target verdicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.loadgen import _parse, encode
+from bench.services import BENCH_KEY, gateway_config
+from muxproxy.settings import load_settings
+
+
+def test_gateway_config_points_the_shipped_config_at_the_fake(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(gateway_config(4321))
+    settings = load_settings(str(path))
+    assert settings.providers["modelmax"].base_url == "http://127.0.0.1:4321/v1"
+    assert settings.providers["fal"].base_url == "http://127.0.0.1:4321"
+    assert {"bench-image", "bench-image-url", "bench-queue"} <= set(settings.models)
+    assert settings.models["bench-image"].routes[0].params == {"response_format": "b64_json"}
+    assert "127.0.0.0/8" in settings.webhooks.allow_networks
+    bench_key = next(k for k in settings.keys if k.name == "bench")
+    assert bench_key.key == BENCH_KEY
+    assert bench_key.unlimited
+
+
+def test_parser_reads_content_length_and_chunked_bodies() -> None:
+    plain = bytearray(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 ...")
+    assert _parse(plain) == (200, b"hello", plain.index(b"hello") + 5)
+    assert _parse(bytearray(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")) is None
+    chunked = bytearray(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    assert _parse(chunked) == (404, b"abcde", len(chunked))
+    request = encode("POST", "127.0.0.1", 80, "/x", {"A": "b"}, {"k": 1})
+    assert request.endswith(b'\r\n\r\n{"k":1}')
+    assert b"Content-Length: 7\r\n" in request
+
+
+def _s1(gateway_p50: float, gateway_rps: float) -> dict[str, Any]:
+    def path(p50: float, p99: float, rps: float) -> dict[str, Any]:
+        figures = {"p50_ms": p50, "p99_ms": p99, "rps": rps, "errors": 0}
+        return {"c1": figures, "c32": figures}
+
+    return {"direct": path(0.2, 5.0, 10000), "gateway": path(gateway_p50, 12.0, gateway_rps),
+            "litellm": path(15.0, 900.0, 100)}
+
+
+def test_targets_are_judged_against_the_same_run() -> None:
+    met = {row[0]: row[3] for row in report.targets({"s1": _s1(1.9, 301)})}
+    assert met == {"1. added latency p50, c=1": True, "1. added latency p99, c=32": True,
+                   "1. req/s c=32 vs LiteLLM": True}
+    missed = {row[0]: row[3] for row in report.targets({"s1": _s1(2.5, 299)})}
+    assert missed["1. added latency p50, c=1"] is False
+    assert missed["1. req/s c=32 vs LiteLLM"] is False
