@@ -57,7 +57,7 @@ class Idempotency:
             return
         digest = hashlib.sha256(b"%s\n%s\n%s" % (
             scope["path"].encode(), request.headers.get("content-type", "").encode(),
-            body)).hexdigest()
+            b"".join(body))).hexdigest()
         ttl_ms = state.settings.limits.idempotency_ttl_seconds * 1000
         record = await state.store.idempotency_begin(key.id, idem_key, digest,
                                                      now=now_ms(state.clock), ttl_ms=ttl_ms)
