@@ -19,6 +19,8 @@ from PIL import Image
 from tests.support.gateway import KEY_A, RunningGateway, base_config, merge, run_gateway
 
 ADMIN_TOKEN = "admin-token-0123456789"
+POOR_KEY = "test-key-poor-0003"
+SINGLE_KEY = "test-key-single-0004"
 LIMITS = {"max_body_bytes": 1_500_000, "max_prompt_chars": 32_000, "max_n": 4,
           "max_reference_images": 3, "max_image_bytes": 100_000}
 
@@ -112,7 +114,16 @@ class Client:
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[Client]:
-    cfg = merge(base_config(tmp_path), {"limits": LIMITS, "admin": {"token": ADMIN_TOKEN}})
+    cfg = merge(base_config(tmp_path), {
+        "limits": LIMITS, "admin": {"token": ADMIN_TOKEN},
+        "providers": {"slow": {"kind": "demo", "options": {"delay_seconds": 0.3}}}})
+    cfg["models"] = {**cfg["models"],
+                     "demo-priced": {"routes": [{"provider": "demo", "model": "p"}],
+                                     "credits": 5},
+                     "demo-slow": {"routes": [{"provider": "slow", "model": "s"}]}}
+    cfg["keys"] = [*cfg["keys"], {"name": "poor", "key": POOR_KEY},
+                   {"name": "single", "key": SINGLE_KEY, "unlimited": True,
+                    "max_concurrent": 1}]
     async with run_gateway(cfg) as gateway:
         yield Client(gateway, tmp_path)
 
@@ -358,3 +369,30 @@ async def test_admin_and_webhook_endpoints_refuse_bad_bodies(client: Client) -> 
                 f"{client.gateway.url}/admin/keys/{key}/{endpoint}?{query}",
                 headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
             assert_error("admin", resp.status, await resp.json(), 400)
+
+
+async def test_uploads_of_refused_requests_are_not_kept(client: Client) -> None:
+    """A request refused at the last step (credits, jobs in flight) leaves no
+    reference image behind in the store."""
+    for surface, body in [
+        (NATIVE, NATIVE.body(model="demo-priced", image_base64=[PNG_B64, PNG_B64],
+                             mask=PNG_B64)),
+        (OPENAI_EDIT, OPENAI_EDIT.body(model="demo-priced")),
+        (MODELMUX, None),
+    ]:
+        if body is None:
+            await client.refused(surface, 402, token=POOR_KEY, content_type=FORM,
+                                 data=multipart([("prompt", b"x", None),
+                                                 ("model", b"demo-priced", None),
+                                                 ("ref", PNG, "ref.png")]))
+        else:
+            await client.refused(surface, 402, token=POOR_KEY, json_body=body)
+    status, first = await client.send(NATIVE.path, token=SINGLE_KEY,
+                                      json_body=NATIVE.body(model="demo-slow"))
+    assert status == 200, first
+    status, body = await client.send(NATIVE.path, token=SINGLE_KEY,
+                                     json_body=NATIVE.body(image_base64=PNG_B64))
+    assert_error("native", status, body, 429)
+    inputs = client.tmp_path / "images" / "inputs"
+    assert not inputs.exists() or not any(inputs.rglob("*"))
+    await client.gateway.wait_terminal(first["data"]["taskId"], key=SINGLE_KEY)
