@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -46,8 +47,12 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    state: AppState = request.app.state.mux
-    return JSONResponse(build_document(state.settings))
+    # Built once per app: the settings it describes do not change while it runs.
+    body = getattr(request.app.state, "openapi", None)
+    if body is None:
+        state: AppState = request.app.state.mux
+        body = request.app.state.openapi = orjson.dumps(build_document(state.settings))
+    return Response(body, media_type="application/json")
 
 
 routes = [
