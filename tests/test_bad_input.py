@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from muxproxy.settings import SettingsError, parse_settings
 from tests.support.gateway import KEY_A, RunningGateway, base_config, merge, run_gateway
 
 ADMIN_TOKEN = "admin-token-0123456789"
@@ -396,3 +397,13 @@ async def test_uploads_of_refused_requests_are_not_kept(client: Client) -> None:
     inputs = client.tmp_path / "images" / "inputs"
     assert not inputs.exists() or not any(inputs.rglob("*"))
     await client.gateway.wait_terminal(first["data"]["taskId"], key=SINGLE_KEY)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("max_body_bytes", 0), ("max_prompt_chars", 0), ("max_n", 0), ("max_image_bytes", -1),
+    ("max_download_bytes", 0), ("idempotency_ttl_seconds", 0),
+    ("max_reference_images", -1)])
+def test_limits_must_make_sense(tmp_path: Path, name: str, value: int) -> None:
+    cfg = merge(base_config(tmp_path), {"limits": {name: value}})
+    with pytest.raises(SettingsError, match=f"limits.{name}"):
+        parse_settings(cfg, {})
