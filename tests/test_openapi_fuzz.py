@@ -33,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from muxproxy.openapi import build_document
+from muxproxy.settings import load_settings
 from tests.support.gateway import KEY_A, base_config, merge, run_gateway, settings_from
 
 ADMIN_TOKEN = "admin-token-0123456789"
@@ -98,6 +99,13 @@ def fuzz(document: Mapping[str, Any], base_url: str, method: str, path: str) -> 
                                                          "headers": auth})
 
             run()
+
+
+def test_document_is_valid_openapi(tmp_path: Path) -> None:
+    """Against the OpenAPI 3.1 meta-schema, with the shipped config's models too."""
+    for settings_ in (settings_from(fuzz_config(tmp_path), 1),
+                      load_settings(Path(__file__).parent.parent / "config.toml", {})):
+        schemathesis.openapi.from_dict(build_document(settings_)).validate()
 
 
 # schemathesis draws from ``random`` inside some of its strategies; Hypothesis warns.
