@@ -18,9 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from muxproxy.app_state import AppState
 from muxproxy.auth import hash_key, presented_key
 from muxproxy.clock import now_ms
-from muxproxy.errors import Conflict, InvalidRequest, MuxError, Unprocessable
+from muxproxy.errors import Conflict, InternalError, InvalidRequest, MuxError, Unprocessable
+from muxproxy.logs import get_logger
 from muxproxy.store.accounts import IdempotentResponse
 from muxproxy.surfaces.shapes import renderer_for
+
+log = get_logger("muxproxy.idempotency")
 
 CREATE_PATHS = frozenset({"/api/v1/images/generations", "/api/v1/generations",
                           "/v1/images/generations", "/v1/images/edits"})
@@ -35,6 +38,22 @@ class Idempotency:
                 or scope["path"] not in CREATE_PATHS:
             await self.app(scope, receive, send)
             return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, tracking)
+        except Exception:
+            # Like every endpoint: logged, and a 500 in the surface's own shape.
+            log.exception("idempotency failed", path=scope["path"])
+            if not started:
+                await self._refuse(scope, receive, send, InternalError("internal server error"))
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         idem_key = request.headers.get("idempotency-key")
         if idem_key is None:
@@ -50,14 +69,14 @@ class Idempotency:
         if key is None or key.revoked_at is not None:
             await self.app(scope, receive, send)  # the endpoint answers 401
             return
-        body, complete = await _buffer(receive, state.settings.limits.max_body_bytes)
-        replay = _replaying(body, complete, receive)
+        chunks, complete = await _buffer(receive, state.settings.limits.max_body_bytes)
+        replay = _replaying(chunks, complete, receive)
         if not complete:
             await self.app(scope, replay, send)  # the endpoint answers 413
             return
         digest = hashlib.sha256(b"%s\n%s\n%s" % (
             scope["path"].encode(), request.headers.get("content-type", "").encode(),
-            b"".join(body))).hexdigest()
+            b"".join(chunks))).hexdigest()
         ttl_ms = state.settings.limits.idempotency_ttl_seconds * 1000
         record = await state.store.idempotency_begin(key.id, idem_key, digest,
                                                      now=now_ms(state.clock), ttl_ms=ttl_ms)
