@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from muxproxy.app_state import AppState
 from muxproxy.auth import Authenticator, hash_key
@@ -50,7 +51,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         error = status_error(404, f"no route for {request.method} {request.url.path}")
     elif exc.status_code == 405:
         error = status_error(405, f"method {request.method} not allowed here")
-    return renderer_for(request.url.path)(error)
+    response = renderer_for(request.url.path)(error)
+    if exc.status_code == 405:
+        response.headers["Allow"] = ", ".join(_allowed_methods(request))
+    return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own 405 names only
+    the first route's, and a path may have one route per method)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route.methods or ())
+    return sorted(methods)
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None,

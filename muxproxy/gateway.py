@@ -135,10 +135,12 @@ class Gateway:
                 credits=credits, max_concurrent=key.limits.max_concurrent,
                 route_index=route_index))
         except InsufficientBalance as exc:
+            await self._discard_inputs(request)
             self._refuse("credits")
             raise InsufficientCredits(f"insufficient credits: this request costs {exc.price}, "
                                       f"the balance is {exc.balance}") from None
         except ConcurrencyLimitReached as exc:
+            await self._discard_inputs(request)
             self._refuse("concurrency")
             raise RateLimited(f"{exc.limit} jobs already in flight for this key; wait for one "
                               "to finish", retry_after=1.0) from None
@@ -152,6 +154,16 @@ class Gateway:
         key = f"inputs/{job_id}/{name}.{images.EXTENSIONS[upload.content_type]}"
         await self.storage.put(key, upload.data, upload.content_type)
         return ImageRef(blob=key, content_type=upload.content_type)
+
+    async def _discard_inputs(self, request: GenerationRequest) -> None:
+        """Remove the uploads of a request refused at the last step: no job owns them."""
+        for ref in (*request.images, request.mask):
+            if ref is not None and ref.blob is not None:
+                try:
+                    await self.storage.delete(ref.blob)
+                except Exception:
+                    log.warning("could not remove a refused upload", key=ref.blob,
+                                exc_info=True)
 
     async def job_for(self, key: ApiKey, job_id: str) -> Job:
         """The caller's own job; another key's job is indistinguishable from none."""

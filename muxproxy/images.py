@@ -9,8 +9,10 @@ FORMATS: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "im
 EXTENSIONS: dict[str, str] = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp",
                               "image/gif": "gif"}
 RESOLUTIONS: dict[str, int] = {"1k": 1024, "2k": 2048, "4k": 4096}
-ASPECT_RATIO = re.compile(r"^(\d{1,2}(?:\.\d)?):(\d{1,2}(?:\.\d)?)$")
-SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+# ASCII digits only, matched in full (``$`` alone would let a trailing newline in);
+# the OpenAPI document quotes these patterns.
+ASPECT_RATIO = re.compile(r"^([0-9]{1,2}(?:\.[0-9])?):([0-9]{1,2}(?:\.[0-9])?)$")
+SIZE = re.compile(r"^([0-9]{2,5})x([0-9]{2,5})$")
 MIN_SIDE, MAX_SIDE = 64, 4096
 
 
@@ -33,7 +35,7 @@ def normalize_format(value: str) -> str | None:
 
 
 def parse_size(value: str) -> tuple[int, int] | None:
-    match = SIZE.match(value)
+    match = SIZE.fullmatch(value)
     if not match:
         return None
     width, height = int(match.group(1)), int(match.group(2))
@@ -43,7 +45,7 @@ def parse_size(value: str) -> tuple[int, int] | None:
 
 
 def parse_ratio(value: str) -> float | None:
-    match = ASPECT_RATIO.match(value)
+    match = ASPECT_RATIO.fullmatch(value)
     if not match:
         return None
     w, h = float(match.group(1)), float(match.group(2))

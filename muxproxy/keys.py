@@ -11,6 +11,11 @@ from muxproxy.store import ApiKey, KeyLimits
 from muxproxy.store.accounts import LedgerEntry, UsageRow
 
 KEY_PREFIX = "mux_"
+# Bounds that keep every sum inside SQLite's 64-bit integers: a credit amount
+# (initial credits, one top-up), a balance, and a per-key limit.
+MAX_CREDITS = 10**15
+MAX_BALANCE = 10**18
+MAX_LIMIT = 10**9
 
 
 def new_secret() -> str:
@@ -66,6 +71,7 @@ def apply_limits(limits: KeyLimits, changes: Mapping[str, Any]) -> KeyLimits:
 
 def _positive_or_null(value: Any, name: str) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or value < 1):
-        raise LimitError(f"'{name}' must be a whole number >= 1, or null", name)
+                              or not 1 <= value <= MAX_LIMIT):
+        raise LimitError(f"'{name}' must be a whole number from 1 to {MAX_LIMIT}, or null",
+                         name)
     return value

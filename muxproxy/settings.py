@@ -423,9 +423,20 @@ def _check(settings: Settings) -> None:
     if default_model and default_model not in settings.models:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")
     _check_webhooks(settings.webhooks)
+    _check_limits(settings.limits)
     names = [k.name for k in settings.keys]
     if len(set(names)) != len(names):
         raise SettingsError("keys: names must be unique")
+
+
+def _check_limits(limits: LimitSettings) -> None:
+    # 0 reference images is a choice (no edits); a 0 anywhere else refuses everything.
+    for name in ("max_body_bytes", "max_prompt_chars", "max_n", "max_image_bytes",
+                 "max_download_bytes", "idempotency_ttl_seconds"):
+        if getattr(limits, name) < 1:
+            raise SettingsError(f"limits.{name}: must be at least 1")
+    if limits.max_reference_images < 0:
+        raise SettingsError("limits.max_reference_images: must not be negative")
 
 
 def _check_webhooks(hooks: WebhookSettings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,16 @@ from muxproxy.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaTyp
 from muxproxy.settings import LimitSettings
 
 QUALITIES = frozenset({"auto", "low", "medium", "high", "standard", "hd"})
+# Patterns matched in full, and quoted by the OpenAPI document (ECMA-262 reads them
+# the same way). A URL may hold no control character and no kind of white space,
+# so nothing can split a header line or hide in a log.
+MAX_URL_CHARS = 4096
+HTTP_URL_PATTERN = (r"^[hH][tT][tT][pP][sS]?://[^\x00-\x20\x7f-\x9f\u00a0\u1680"
+                    r"\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+$")
+_HTTP_URL = re.compile(HTTP_URL_PATTERN)
+# A whole number sent as a string (multipart fields always are).
+DIGITS_PATTERN = r"^[0-9]{1,18}$"
+_DIGITS = re.compile(DIGITS_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,7 @@ def prompt(body: Mapping[str, Any], limits: LimitSettings) -> str:
 
 def integer(body: Mapping[str, Any], name: str, *, default: int, low: int, high: int) -> int:
     value = body.get(name, default)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidRequest(f"'{name}' must be an integer", param=name)
@@ -114,11 +125,25 @@ def http_url(value: Any, name: str, *, allow_data: bool = False) -> str:
         raise InvalidRequest(f"'{name}' must be a URL string", param=name)
     if allow_data and value.startswith("data:"):
         return value
-    if len(value) > 4096 or any(c in value for c in "\r\n\t \x00"):
-        raise InvalidRequest(f"'{name}' is not a valid URL", param=name)
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if len(value) > MAX_URL_CHARS:
+        raise InvalidRequest(f"'{name}' is longer than {MAX_URL_CHARS} characters", param=name)
+    if not _HTTP_URL.fullmatch(value):
+        if value[:8].lower().startswith(("http://", "https://")):
+            raise InvalidRequest(f"'{name}' is not a valid URL: it contains white space or "
+                                 "a control character", param=name)
         raise InvalidRequest(f"'{name}' must be an http(s) URL", param=name)
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise InvalidRequest(f"'{name}' is not a valid URL", param=name) from None
+    if not host:
+        raise InvalidRequest(f"'{name}' must be an http(s) URL with a host", param=name)
+    try:
+        host.encode("idna")  # what a lookup does first: empty or overlong labels fail here
+    except UnicodeError:
+        raise InvalidRequest(f"'{name}' has an invalid host name", param=name) from None
     return value
 
 
@@ -126,7 +151,12 @@ def decode_image(value: Any, name: str, limits: LimitSettings) -> UploadedImage:
     """Base64 (optionally as a ``data:`` URI) to image bytes, checked by content."""
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"'{name}' must be a base64 string", param=name)
-    payload = value.split(",", 1)[1] if value.startswith("data:") else value
+    payload = value
+    if value.startswith("data:"):
+        _, comma, payload = value.partition(",")
+        if not comma:
+            raise InvalidRequest(f"'{name}' is not a valid data URI: no ',' before the "
+                                 "data", param=name)
     if len(payload) * 3 // 4 > limits.max_image_bytes:
         raise PayloadTooLarge(f"'{name}' is larger than {limits.max_image_bytes} bytes",
                               param=name)

@@ -36,6 +36,10 @@ class BlobStorage(abc.ABC):
     async def exists(self, key: str) -> bool: ...
 
     @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove the blob; nothing happens when it is absent."""
+
+    @abc.abstractmethod
     def local_path(self, key: str) -> str | None:
         """A file path the server may stream from directly, if the backend has one."""
 

@@ -15,6 +15,7 @@ its base64), and blobs are never rewritten under the same key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from collections import OrderedDict
@@ -84,6 +85,17 @@ class LocalStorage(BlobStorage):
             return self._path(key).is_file()
         except BlobNotFound:
             return False
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete, self._path(key))
+
+    def _delete(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        # Its own folder (inputs/<job>/) goes when empty; shared ones above stay, so
+        # a concurrent put() never loses the folder it just made.
+        if path.parent != self.root and len(path.relative_to(self.root).parts) > 2:
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
 
     def local_path(self, key: str) -> str | None:
         path = self._path(key)

@@ -18,7 +18,16 @@ from muxproxy.auth import hash_key
 from muxproxy.clock import now_ms
 from muxproxy.errors import Conflict, InvalidRequest, MuxError, NotFound, Unauthorized
 from muxproxy.http import JSONResponse, parse_json_object, read_body, surface, with_retry_after
-from muxproxy.keys import LimitError, apply_limits, key_view, ledger_view, new_secret, usage_view
+from muxproxy.keys import (
+    MAX_BALANCE,
+    MAX_CREDITS,
+    LimitError,
+    apply_limits,
+    key_view,
+    ledger_view,
+    new_secret,
+    usage_view,
+)
 from muxproxy.store import ApiKey, KeyExists, KeyLimits, KeyNotFound
 
 ADMIN_BODY_LIMIT = 64 * 1024
@@ -72,8 +81,10 @@ async def create_key(request: Request) -> Response:
     if not isinstance(name, str) or not name.strip() or len(name) > 100:
         raise InvalidRequest("'name' is required (1-100 characters)", param="name")
     credits = body.get("credits", 0)
-    if isinstance(credits, bool) or not isinstance(credits, int) or credits < 0:
-        raise InvalidRequest("'credits' must be a whole number >= 0", param="credits")
+    if isinstance(credits, bool) or not isinstance(credits, int) \
+            or not 0 <= credits <= MAX_CREDITS:
+        raise InvalidRequest(f"'credits' must be a whole number from 0 to {MAX_CREDITS}",
+                             param="credits")
     secret = new_secret()
     try:
         key = await state.store.create_key(name, hash_key(secret), now=now_ms(state.clock),
@@ -115,8 +126,13 @@ async def topup(request: Request) -> Response:
     key = await _key(state, request)
     body = await _body(request)
     amount, note = body.get("amount"), body.get("note")
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0:
-        raise InvalidRequest("'amount' must be a non-zero whole number", param="amount")
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount == 0 \
+            or abs(amount) > MAX_CREDITS:
+        raise InvalidRequest(f"'amount' must be a non-zero whole number from -{MAX_CREDITS} "
+                             f"to {MAX_CREDITS}", param="amount")
+    if abs(key.balance + amount) > MAX_BALANCE:
+        raise InvalidRequest(f"the balance would pass {MAX_BALANCE} credits either way",
+                             param="amount")
     if note is not None and (not isinstance(note, str) or len(note) > 500):
         raise InvalidRequest("'note' must be a string of at most 500 characters",
                              param="note")
@@ -163,7 +179,7 @@ def _query_int(request: Request, name: str, default: int, low: int, high: int) -
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or not low <= int(raw) <= high:
         raise InvalidRequest(f"'{name}' must be a whole number from {low} to {high}",
                              param=name)
     return int(raw)

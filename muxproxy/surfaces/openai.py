@@ -51,7 +51,7 @@ GENERATE_FIELDS = frozenset({
 EDIT_FIELDS = GENERATE_FIELDS | {"input_fidelity", "images", "mask"}
 _IMAGE_PARTS = ("image", "image[]")
 # Passed to providers in ``GenerationRequest.extra`` under these names when sent.
-_CHOICES: Mapping[str, tuple[str, ...]] = {
+CHOICES: Mapping[str, tuple[str, ...]] = {
     "style": ("vivid", "natural"), "background": ("transparent", "opaque", "auto"),
     "moderation": ("low", "auto"), "input_fidelity": ("high", "low"),
 }
@@ -166,10 +166,10 @@ def parse_submission(body: Mapping[str, Any], params: Mapping[str, Any], state: 
     model = state.gateway.model_or_default(v.string(body, "model", max_len=200))
     response_format = _choice(body, "response_format", ("url", "b64_json")) or "url"
     stream = body.get("stream")
-    if stream not in (None, False, "false"):
+    if not (stream is None or stream is False or stream == "false"):
         raise InvalidRequest("streaming is not supported; omit 'stream'", param="stream")
     extra: dict[str, Any] = {}
-    for name, allowed in _CHOICES.items():
+    for name, allowed in CHOICES.items():
         if (value := _choice(body, name, allowed)) is not None:
             extra[name] = value
     if body.get("output_compression") is not None:
@@ -238,10 +238,11 @@ def _json_images(body: Mapping[str, Any], state: AppState) -> tuple[
 
 def _image_url(item: Any, name: str, state: AppState
                ) -> tuple[ImageRef | None, UploadedImage | None]:
-    if not isinstance(item, dict) or "image_url" not in item:
-        if isinstance(item, dict) and "file_id" in item:
-            raise InvalidRequest("file_id references are not supported; send image_url",
-                                 param=name)
+    if isinstance(item, dict) and "file_id" in item:
+        raise InvalidRequest("file_id references are not supported; send image_url",
+                             param=name)
+    # Nothing but the URL: other keys would be kept, unchecked, with the job.
+    if not isinstance(item, dict) or set(item) != {"image_url"}:
         raise InvalidRequest(f"'{name}' entries must be {{\"image_url\": URL}}", param=name)
     url = v.http_url(item["image_url"], name, allow_data=True)
     if url.startswith("data:"):

@@ -1,7 +1,8 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness, Prometheus metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -10,6 +11,7 @@ from starlette.routing import Route
 from muxproxy.app_state import AppState
 from muxproxy.http import JSONResponse
 from muxproxy.logs import get_logger
+from muxproxy.openapi import build_document
 
 log = get_logger("muxproxy.ops")
 
@@ -44,8 +46,18 @@ async def metrics(request: Request) -> Response:
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+async def openapi(request: Request) -> Response:
+    # Built once per app: the settings it describes do not change while it runs.
+    body = getattr(request.app.state, "openapi", None)
+    if body is None:
+        state: AppState = request.app.state.mux
+        body = request.app.state.openapi = orjson.dumps(build_document(state.settings))
+    return Response(body, media_type="application/json")
+
+
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
 ]
