@@ -136,8 +136,12 @@ class Scheduler:
                 self._spawn(job)
 
     async def _next_wake(self) -> int:
-        """When the next job falls due (ms), but no later than the next sweep."""
-        sweep = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
+        """When the next job falls due (ms), but no later than the next sweep.
+
+        The sweep time is the one the last pass set, not "now + interval": a clock
+        that jumped during the pass (a test's ManualClock) must make the sweep due,
+        not push it back."""
+        sweep = self._next_sweep
         if self._draining:
             return sweep  # due jobs wait for the next start: no hurry
         free = [n for n, p in self.providers.items()
