@@ -73,7 +73,9 @@ class LocalStorage(BlobStorage):
 
     async def get(self, key: str) -> bytes:
         recent = self._recent.get(key)
-        if recent is not None:
+        # The copy in memory only saves a read: the file stays the truth, so a blob
+        # removed from the folder is gone here too. (The key was checked at put.)
+        if recent is not None and os.path.isfile(self.root / key):
             return recent
         try:
             return await asyncio.to_thread(lambda: self._path(key).read_bytes())
@@ -87,6 +89,9 @@ class LocalStorage(BlobStorage):
             return False
 
     async def delete(self, key: str) -> None:
+        dropped = self._recent.pop(key, None)
+        if dropped is not None:
+            self._recent_size -= len(dropped)
         await asyncio.to_thread(self._delete, self._path(key))
 
     def _delete(self, path: Path) -> None:
