@@ -40,12 +40,6 @@ async def fake() -> AsyncIterator[FakeBFL]:
         yield served
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def provider(fake: FakeBFL, http: aiohttp.ClientSession, key: str | None = None
              ) -> BflProvider:
     settings = ProviderSettings(name="bfl", kind="bfl", base_url=fake.url,

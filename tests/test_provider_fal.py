@@ -4,7 +4,6 @@ the native task API."""
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,6 @@ async def fal(aiohttp_server: AiohttpServer) -> FakeFal:
     fake = FakeFal()
     await serve(fake, aiohttp_server)
     return fake
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def adapter(fake: FakeFal, http: aiohttp.ClientSession) -> FalProvider:

@@ -40,12 +40,6 @@ async def fake() -> AsyncIterator[FakeGemini]:
         yield served
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def provider(fake: FakeGemini, http: aiohttp.ClientSession, key: str | None = None
              ) -> GeminiProvider:
     settings = ProviderSettings(name="gemini", kind="gemini", base_url=fake.url,

@@ -4,7 +4,6 @@ held) costs the gateway at most ``max_response_bytes``, or 64 KiB for an error b
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -19,12 +18,6 @@ from muxproxy.providers.fal import FalProvider
 from muxproxy.providers.openai_compatible import OpenAICompatibleProvider
 from muxproxy.settings import ProviderSettings
 from tests.fakes.chaos import CHAOS_KEY, HUGE_BYTES, ChaosUpstream, Fault
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def call(model: str) -> Call:

@@ -4,7 +4,6 @@ native task API."""
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,6 @@ async def replicate(aiohttp_server: AiohttpServer) -> FakeReplicate:
     fake = FakeReplicate()
     await serve(fake, aiohttp_server)
     return fake
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def adapter(fake: FakeReplicate, http: aiohttp.ClientSession,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,6 @@ async def upstream(aiohttp_server: AiohttpServer) -> FakeTask:
     fake = FakeTask()
     await serve(fake, aiohttp_server)
     return fake
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def adapter(fake: FakeTask, http: aiohttp.ClientSession, **options: Any) -> TaskProvider:
