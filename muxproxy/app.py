@@ -72,7 +72,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
     """``resolver`` replaces DNS for callback URLs (tests map names to addresses)."""
     clock = clock or SystemClock()
     metrics = Metrics()
-    configure_logging(settings.logging.level, settings.logging.format)
+    log_writer = configure_logging(settings.logging.level, settings.logging.format)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -85,6 +85,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
         finally:
             await _stop(state)
             log.info("muxproxy stopped")
+            log_writer.flush()
 
     return Starlette(
         routes=[*native.routes, *callbacks.routes, *openai.routes, *modelmux.routes,

@@ -44,14 +44,14 @@ def _serve(settings: object, host: str | None, port: int | None) -> int:
     from uvicorn.config import STARTUP_FAILURE
 
     from muxproxy.app import begin_shutdown, create_app
-    from muxproxy.server import Server
+    from muxproxy.server import HttpProtocol, Server
     from muxproxy.settings import Settings
 
     assert isinstance(settings, Settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=host or settings.server.host, port=port or settings.server.port,
-        log_level="warning", access_log=False, proxy_headers=False,
+        http=HttpProtocol, log_level="warning", access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=math.ceil(settings.server.graceful_shutdown_seconds))
     server = Server(config, on_signal=lambda: begin_shutdown(app))
     server.run()

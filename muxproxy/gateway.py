@@ -22,7 +22,7 @@ from muxproxy.ratelimit import RateLimiter
 from muxproxy.routing import next_route
 from muxproxy.settings import ModelSettings, Settings
 from muxproxy.signing import UrlSigner
-from muxproxy.storage import BlobStorage
+from muxproxy.storage import BlobStorage, blob_key
 from muxproxy.store import ApiKey, ConcurrencyLimitReached, InsufficientBalance, Store
 from muxproxy.validation import UploadedImage
 
@@ -118,14 +118,14 @@ class Gateway:
         except Unsupported as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
         job_id = new_job_id()
+        now = now_ms(self.clock)
         refs = [item if isinstance(item, ImageRef)
-                else await self._store_input(job_id, f"image{i}", item)
+                else await self._store_input(job_id, now, f"image{i}", item)
                 for i, item in enumerate(submission.ordered_images())]
         mask = request.mask
         if submission.mask_upload is not None:
-            mask = await self._store_input(job_id, "mask", submission.mask_upload)
+            mask = await self._store_input(job_id, now, "mask", submission.mask_upload)
         request = replace(request, images=tuple(refs), mask=mask)
-        now = now_ms(self.clock)
         try:
             job = await self.store.create_job(NewJob(
                 id=job_id, key_id=key.id, surface=surface, model=model.id, request=request,
@@ -150,8 +150,10 @@ class Gateway:
         self._wake()
         return job
 
-    async def _store_input(self, job_id: str, name: str, upload: UploadedImage) -> ImageRef:
-        key = f"inputs/{job_id}/{name}.{images.EXTENSIONS[upload.content_type]}"
+    async def _store_input(self, job_id: str, created_at: int, name: str,
+                           upload: UploadedImage) -> ImageRef:
+        key = blob_key("inputs", job_id, created_at, name,
+                       images.EXTENSIONS[upload.content_type])
         await self.storage.put(key, upload.data, upload.content_type)
         return ImageRef(blob=key, content_type=upload.content_type)
 

@@ -37,7 +37,7 @@ from muxproxy.providers.base import (
 from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.routing import next_route
 from muxproxy.settings import Settings
-from muxproxy.storage import BlobNotFound, BlobStorage
+from muxproxy.storage import BlobNotFound, BlobStorage, blob_key
 from muxproxy.store import Billing, StaleJob, Store
 
 log = get_logger("muxproxy.runner")
@@ -286,7 +286,8 @@ class JobRunner:
                 data, content_type = await download(
                     self.http, item.url, max_bytes=limits.max_download_bytes,
                     timeout=self.providers[job.provider].settings.timeout_seconds)
-            key = f"results/{job.id}/{index}.{images.EXTENSIONS[content_type]}"
+            key = blob_key("results", job.id, job.created_at, str(index),
+                           images.EXTENSIONS[content_type])
             await self.storage.put(key, data, content_type)
             width, height = _dimensions(data)
             stored.append(StoredImage(key=key, content_type=content_type, width=width,

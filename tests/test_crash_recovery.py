@@ -303,7 +303,8 @@ def test_every_stored_image_is_readable(crash: CrashRun) -> None:
     assert crash.images_checked == len(crash.tags)
     for row in crash.rows.values():
         result = json.loads(row["result"])
-        assert all(re.fullmatch(r"results/[\w-]+/\d+\.png", i["key"]) for i in result["images"])
+        keys = [image["key"] for image in result["images"]]
+        assert all(re.fullmatch(r"results/\d{8}/[\w-]+-\d+\.png", key) for key in keys)
 
 
 def test_credits_balance_and_every_job_is_charged_once(crash: CrashRun) -> None:

@@ -11,6 +11,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from muxproxy.clock import ManualClock
+from muxproxy.storage import blob_key
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, merge, run_gateway
 
 
@@ -242,7 +243,7 @@ async def test_reference_images_keep_the_clients_order(gateway: RunningGateway) 
     job = await gateway.state.store.get_job(task_id)
     assert job is not None
     first, second, third = job.request.images
-    assert first.blob == f"inputs/{task_id}/image0.png"
+    assert first.blob == blob_key("inputs", task_id, job.created_at, "image0", "png")
     assert (second.url, third.url) == ("https://example.com/outfit.jpg",
                                        "https://example.com/third.jpg")
     stored = await gateway.state.storage.get(first.blob)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from muxproxy.settings import SettingsError, file_path
-from muxproxy.storage.base import BlobNotFound, BlobStorage
+from muxproxy.storage.base import BlobNotFound, BlobStorage, blob_key
 from muxproxy.storage.local import LocalStorage
 
 
@@ -15,4 +15,4 @@ def open_storage(url: str) -> BlobStorage:
     raise SettingsError(f"storage.url: unsupported scheme {scheme!r}")
 
 
-__all__ = ["BlobNotFound", "BlobStorage", "open_storage"]
+__all__ = ["BlobNotFound", "BlobStorage", "blob_key", "open_storage"]

@@ -1,16 +1,25 @@
 """Where images live: result images and decoded reference images.
 
 Keys are relative, slash-separated names the gateway makes itself
-(``results/<job>/0.png``); backends must still refuse a key that would leave
-their root.
+(:func:`blob_key`: ``results/20261121/<job>-0.png``); backends must still refuse a
+key that would leave their root. Keys stored by earlier versions
+(``results/<job>/0.png``) stay valid: a job keeps the key it was given.
 """
 
 from __future__ import annotations
 
 import abc
 import re
+import time
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_.-]+)*$")
+
+
+def blob_key(kind: str, job_id: str, created_at_ms: int, name: str, extension: str) -> str:
+    """Where a job's blob goes: one folder a day (UTC) of the job's creation, so a
+    store needs no folder of its own for each job, and old days are easy to prune."""
+    day = time.strftime("%Y%m%d", time.gmtime(created_at_ms // 1000))
+    return f"{kind}/{day}/{job_id}-{name}.{extension}"
 
 
 class BlobNotFound(Exception):

@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractResolver
 from muxproxy.app import create_app
 from muxproxy.app_state import AppState
 from muxproxy.clock import Clock
+from muxproxy.server import HttpProtocol
 from muxproxy.settings import Settings, parse_settings
 
 KEY_A = "test-key-alpha-0001"
@@ -131,8 +132,8 @@ async def run_gateway(config: Mapping[str, Any], *, clock: Clock | None = None,
     port = sock.getsockname()[1]
     settings = settings_from(config, port)
     app = create_app(settings, clock=clock, resolver=resolver)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                           access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, http=HttpProtocol, log_level="warning",
+                                           lifespan="on", access_log=False))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10):

@@ -1,0 +1,62 @@
+"""LocalStorage: blobs in a folder, one file each, folders made once."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from muxproxy.storage import BlobNotFound, blob_key
+from muxproxy.storage.local import LocalStorage
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
+
+
+def test_keys_group_blobs_by_the_day_the_job_was_created() -> None:
+    created = int(datetime(2026, 11, 23, 0, 0, 1, tzinfo=UTC).timestamp() * 1000)
+    assert blob_key("results", "abc_-1", created, "0", "png") == "results/20261123/abc_-1-0.png"
+    assert blob_key("inputs", "j", created - 2000, "mask", "webp") == \
+        "inputs/20261122/j-mask.webp"
+
+
+async def test_a_blob_is_one_file_under_its_key(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.put("results/20261123/j-0.png", PNG, "image/png")
+    await storage.put("results/20261123/k-0.png", PNG[::-1], "image/png")
+    assert (tmp_path / "results" / "20261123" / "j-0.png").read_bytes() == PNG
+    assert sorted(os.listdir(tmp_path / "results" / "20261123")) == ["j-0.png", "k-0.png"]
+    assert await storage.get("results/20261123/k-0.png") == PNG[::-1]
+
+
+async def test_keys_of_the_older_layout_still_read_and_write(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.put("results/oldjob/0.png", PNG, "image/png")
+    assert await LocalStorage(tmp_path).get("results/oldjob/0.png") == PNG
+
+
+async def test_a_folder_removed_since_it_was_made_is_made_again(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.put("inputs/20261123/j-image0.png", PNG, "image/png")
+    await storage.delete("inputs/20261123/j-image0.png")
+    assert not (tmp_path / "inputs" / "20261123").exists()  # left empty, so pruned
+    await storage.put("inputs/20261123/k-image0.png", PNG, "image/png")
+    assert await storage.get("inputs/20261123/k-image0.png") == PNG
+
+
+async def test_a_write_does_not_follow_a_planted_symlink(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    outside.mkdir()
+    (root / "results" / "20261123").mkdir(parents=True)
+    victim = outside / "victim.png"
+    victim.write_bytes(b"untouched")
+    os.symlink(victim, root / "results" / "20261123" / "j-0.png")
+    os.symlink(outside, root / "results" / "linked")
+    storage = LocalStorage(root)
+    with pytest.raises(OSError, match="many levels of symbolic links"):
+        await storage.put("results/20261123/j-0.png", PNG, "image/png")
+    with pytest.raises(BlobNotFound):
+        await storage.put("results/linked/j-0.png", PNG, "image/png")
+    assert victim.read_bytes() == b"untouched"
+    assert os.listdir(outside) == ["victim.png"]
