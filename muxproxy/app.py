@@ -124,7 +124,7 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics,
     scheduler = Scheduler(store, providers, runner, clock, settings.jobs, metrics)
     guard = CallbackGuard(AddressPolicy(settings.webhooks.allow_networks), resolver)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
-                      scheduler.wake, check_callback=guard.check)
+                      scheduler, check_callback=guard.check)
     relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_urls)
     events.subscribe(relay.on_job)
     state = AppState(settings=settings, clock=clock, metrics=metrics, store=store,

@@ -6,13 +6,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from muxproxy import images
 from muxproxy.clock import Clock, now_ms
 from muxproxy.errors import Forbidden, InsufficientCredits, InvalidRequest, NotFound, RateLimited
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import Job, NewJob
+from muxproxy.jobs import Job, Lease, NewJob
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.pricing import check_capabilities, price
@@ -51,10 +51,26 @@ class Submission:
         return self.images or (*self.request.images, *self.uploads)
 
 
+class Dispatcher(Protocol):
+    """The scheduler, as the gateway sees it."""
+
+    def reserve(self, provider: str) -> Lease | None:
+        """A free slot of ``provider`` for a job about to be created, if there is one."""
+
+    def unreserve(self, provider: str) -> None:
+        """The job the slot was for was not created."""
+
+    def launch(self, job: Job) -> None:
+        """Run a job created with a reserved lease, now."""
+
+    def wake(self) -> None:
+        """A job was queued: look for work."""
+
+
 class Gateway:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
                  providers: Mapping[str, Provider], signer: UrlSigner, clock: Clock,
-                 metrics: Metrics, wake: Callable[[], None], *,
+                 metrics: Metrics, dispatcher: Dispatcher, *,
                  check_callback: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.store = store
@@ -63,7 +79,7 @@ class Gateway:
         self.signer = signer
         self.clock = clock
         self.metrics = metrics
-        self._wake = wake
+        self.dispatcher = dispatcher
         self.limiter = RateLimiter(clock)
         self._check_callback = check_callback
 
@@ -126,29 +142,42 @@ class Gateway:
         if submission.mask_upload is not None:
             mask = await self._store_input(job_id, now, "mask", submission.mask_upload)
         request = replace(request, images=tuple(refs), mask=mask)
+        lease = self.dispatcher.reserve(route.provider)
         try:
-            job = await self.store.create_job(NewJob(
+            job = await self._create(NewJob(
                 id=job_id, key_id=key.id, surface=surface, model=model.id, request=request,
                 client_params=submission.client_params, provider=route.provider,
                 upstream_model=route.model, callback_url=submission.callback_url,
                 created_at=now, deadline_at=now + int(self.settings.jobs.deadline_seconds * 1000),
                 credits=credits, max_concurrent=key.limits.max_concurrent,
-                route_index=route_index))
+                route_index=route_index, lease=lease))
+        except BaseException:
+            if lease is not None:
+                self.dispatcher.unreserve(route.provider)
+            raise
+        self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
+        log.info("job created", job_id=job.id, model=job.model, provider=job.provider,
+                 surface=surface, credits=credits)
+        if lease is not None:
+            self.dispatcher.launch(job)
+        else:
+            self.dispatcher.wake()
+        return job
+
+    async def _create(self, new: NewJob) -> Job:
+        """The store's insert, its refusals mapped; a refused job's uploads go."""
+        try:
+            return await self.store.create_job(new)
         except InsufficientBalance as exc:
-            await self._discard_inputs(request)
+            await self._discard_inputs(new.request)
             self._refuse("credits")
             raise InsufficientCredits(f"insufficient credits: this request costs {exc.price}, "
                                       f"the balance is {exc.balance}") from None
         except ConcurrencyLimitReached as exc:
-            await self._discard_inputs(request)
+            await self._discard_inputs(new.request)
             self._refuse("concurrency")
             raise RateLimited(f"{exc.limit} jobs already in flight for this key; wait for one "
                               "to finish", retry_after=1.0) from None
-        self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
-        log.info("job created", job_id=job.id, model=job.model, provider=job.provider,
-                 surface=surface, credits=credits)
-        self._wake()
-        return job
 
     async def _store_input(self, job_id: str, created_at: int, name: str,
                            upload: UploadedImage) -> ImageRef:

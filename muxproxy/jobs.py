@@ -125,6 +125,14 @@ class NewJob:
     max_concurrent: int | None = None
     # Which of the model's routes serves first (earlier ones may be unconfigured).
     route_index: int = 0
+    # Created already claimed by a scheduler with a free slot (it starts it at once).
+    lease: Lease | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    owner: str
+    until: int
 
 
 @dataclass(frozen=True)

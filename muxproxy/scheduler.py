@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import structlog
 
 from muxproxy.clock import Clock, now_ms
-from muxproxy.jobs import Job
+from muxproxy.jobs import Job, Lease
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.providers.base import Provider
@@ -48,6 +48,9 @@ class Scheduler:
         self._loop: asyncio.Task[None] | None = None
         self._running: dict[asyncio.Task[None], Job] = {}
         self._in_flight = dict.fromkeys(providers, 0)
+        # Whether due jobs of a provider may be waiting for a slot (then a new job
+        # queues behind them rather than take a slot that frees up).
+        self._queued = dict.fromkeys(providers, False)
         self._idle = asyncio.Event()
         self._idle.set()
         self._next_sweep = 0
@@ -63,6 +66,26 @@ class Scheduler:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def reserve(self, provider: str) -> Lease | None:
+        """A slot for a job about to be created, when ``provider`` has one free and
+        no job of it waits in the queue: the job is then created already claimed and
+        started at once (:meth:`launch`), with no pass of the loop below in between."""
+        found = self.providers[provider]
+        if (self._draining or self._stopping or self._queued[provider]
+                or self._in_flight[provider] >= found.settings.max_concurrency):
+            self._queued[provider] = True  # its job waits: later ones queue behind it
+            return None
+        self._in_flight[provider] += 1
+        return Lease(self.owner, now_ms(self.clock) + self._lease_ms(found))
+
+    def unreserve(self, provider: str) -> None:
+        self._in_flight[provider] -= 1
+
+    def launch(self, job: Job) -> None:
+        """Run a job created with a lease from :meth:`reserve`."""
+        self._in_flight[job.provider] -= 1  # _spawn counts it again
+        self._spawn(job)
 
     def drain(self) -> None:
         """Stop claiming jobs now (a shutdown began); steps already running go on
@@ -128,12 +151,18 @@ class Scheduler:
             free = provider.settings.max_concurrency - self._in_flight[name]
             if free <= 0:
                 continue
-            lease_ms = int((provider.settings.timeout_seconds
-                            + self.settings.lease_margin_seconds) * 1000)
-            wanted[name] = (free, now + lease_ms)
-        for jobs in (await self.store.claim_due_many(wanted, now, self.owner)).values():
+            wanted[name] = (free, now + self._lease_ms(provider))
+        claimed = await self.store.claim_due_many(wanted, now, self.owner)
+        for name, (free, _) in wanted.items():
+            jobs = claimed.get(name, [])
+            # Fewer due jobs than free slots: none is left waiting for one.
+            self._queued[name] = len(jobs) >= free
             for job in jobs:
                 self._spawn(job)
+
+    def _lease_ms(self, provider: Provider) -> int:
+        return int((provider.settings.timeout_seconds
+                    + self.settings.lease_margin_seconds) * 1000)
 
     async def _next_wake(self) -> int:
         """When the next job falls due (ms), but no later than the next sweep.
@@ -173,4 +202,5 @@ class Scheduler:
         self.metrics.jobs_in_flight.labels(job.provider).dec()
         if not self._running:
             self._idle.set()
+        # The step may have set the job's next poll, and a job may wait for the slot.
         self._wake.set()

@@ -222,6 +222,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             "billing": (Billing.HELD if new.credits > 0 else Billing.NONE).value,
             "created_at": new.created_at, "updated_at": new.created_at,
             "run_after": new.created_at, "deadline_at": new.deadline_at,
+            "lease_owner": new.lease.owner if new.lease else None,
+            "lease_until": new.lease.until if new.lease else None,
         }
         sql = (f"INSERT INTO jobs ({', '.join(row)}) "  # noqa: S608 - fixed column names
                f"VALUES ({', '.join('?' for _ in row)}) RETURNING *")
