@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -57,5 +58,53 @@ async def test_reopen_does_not_rerun_migrations(tmp_path: Path) -> None:
     await store.open()
     try:
         assert len(await store.list_jobs("key-a")) == 2
+    finally:
+        await store.aclose()
+
+
+async def test_the_writes_of_one_loop_pass_share_one_commit(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    statements: list[str] = []
+    store._writer._conn.set_trace_callback(statements.append)  # type: ignore[union-attr]
+    try:
+        jobs = await asyncio.gather(*(store.create_job(new_job(f"j{i}")) for i in range(20)))
+        assert [j.id for j in jobs] == [f"j{i}" for i in range(20)]
+        assert statements.count("COMMIT") == 1
+        await store.create_job(new_job("alone"))
+        assert statements.count("COMMIT") == 2
+    finally:
+        await store.aclose()
+
+
+async def test_a_write_that_fails_in_a_batch_undoes_only_its_own_changes(
+        tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        await store.create_job(new_job("taken"))
+        first, clash, last = await asyncio.gather(
+            store.create_job(new_job("a")), store.create_job(new_job("taken")),
+            store.create_job(new_job("b")), return_exceptions=True)
+        assert isinstance(clash, sqlite3.IntegrityError)
+        assert {getattr(first, "id", None), getattr(last, "id", None)} == {"a", "b"}
+        for job_id in ("a", "b", "taken"):
+            assert await store.get_job(job_id) is not None
+    finally:
+        await store.aclose()
+
+
+async def test_a_write_whose_caller_is_cancelled_before_its_batch_is_dropped(
+        tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        write = asyncio.create_task(store.create_job(new_job("dropped")))
+        await asyncio.sleep(0)  # the write joined the batch, which has not run yet
+        write.cancel()
+        kept = await store.create_job(new_job("kept"))
+        assert write.cancelled()
+        assert kept.id == "kept"
+        assert await store.get_job("dropped") is None
     finally:
         await store.aclose()

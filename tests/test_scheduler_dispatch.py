@@ -1,0 +1,48 @@
+"""A job whose provider has a free slot is created claimed by this scheduler and
+starts at once; when the slots are taken, jobs queue and start in turn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from muxproxy.clock import ManualClock
+from muxproxy.jobs import JobState
+from tests.support.gateway import merge, run_gateway
+from tests.support.wait import eventually
+
+
+async def test_a_free_slot_is_taken_at_creation_and_the_rest_queue_in_order(
+        config: dict[str, Any], tmp_path: Path) -> None:
+    clock = ManualClock()
+    slow = merge(config, {"providers": {"demo": {
+        "kind": "demo", "max_concurrency": 1, "options": {"delay_seconds": 5}}}})
+    async with run_gateway(slow, clock=clock) as gateway:
+        store, owner = gateway.state.store, gateway.state.scheduler.owner
+
+        async def state_of(task_id: str) -> tuple[JobState, str | None]:
+            job = await store.get_job(task_id)
+            assert job is not None
+            return job.state, job.lease_owner
+
+        first = await gateway.submit({"model": "demo-image", "prompt": "one"})
+        assert (await store.get_job(first)).lease_owner == owner  # type: ignore[union-attr]
+        second = await gateway.submit({"model": "demo-image", "prompt": "two"})
+        third = await gateway.submit({"model": "demo-image", "prompt": "three"})
+        assert await state_of(second) == await state_of(third) == (JobState.PENDING, None)
+
+        await eventually(lambda: _is(state_of(first), JobState.PROCESSING))
+        clock.advance(5)
+        assert (await gateway.wait_terminal(first))["state"] == "completed"
+        await eventually(lambda: _is(state_of(second), JobState.PROCESSING))
+        assert await state_of(third) == (JobState.PENDING, None)  # still behind second
+        clock.advance(5)
+        assert (await gateway.wait_terminal(second))["state"] == "completed"
+        await eventually(lambda: _is(state_of(third), JobState.PROCESSING))
+        assert (await state_of(third))[1] == owner
+        clock.advance(5)
+        assert (await gateway.wait_terminal(third))["state"] == "completed"
+
+
+async def _is(pending: Any, state: JobState) -> bool:
+    return bool((await pending)[0] is state)

@@ -1,0 +1,81 @@
+"""Writes made in one pass of the event loop leave together: a response's head
+and body (uvicorn writes them apart) and the log lines of many requests."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from typing import Any
+
+import pytest
+
+from muxproxy.logs import LineWriter
+from muxproxy.server import _CoalescingTransport
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return f"info:{name}"
+
+
+async def test_a_response_written_in_one_pass_leaves_in_one_write() -> None:
+    inner = RecordingTransport()
+    transport = _CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    transport.write(b"ok")
+    assert inner.writes == []
+    await asyncio.sleep(0)
+    assert inner.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+    assert transport.get_extra_info("peername") == "info:peername"
+
+
+async def test_close_sends_what_is_pending_first() -> None:
+    inner = RecordingTransport()
+    transport = _CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"last words")
+    transport.close()
+    assert inner.writes == [b"last words"] and inner.closed
+    await asyncio.sleep(0)  # the flush scheduled by write() finds nothing left
+    assert inner.writes == [b"last words"]
+
+
+async def test_log_lines_of_one_pass_are_written_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = CountingStream()
+    monkeypatch.setattr(sys, "stdout", out)
+    writer = LineWriter()
+    writer.msg('{"event":"one"}')
+    writer.msg('{"event":"two"}')
+    assert out.getvalue() == ""
+    await asyncio.sleep(0)
+    assert out.getvalue() == '{"event":"one"}\n{"event":"two"}\n'
+    assert out.writes == 1
+
+
+def test_log_lines_outside_the_loop_are_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = CountingStream()
+    monkeypatch.setattr(sys, "stdout", out)
+    LineWriter().msg('{"event":"cli"}')
+    assert out.getvalue() == '{"event":"cli"}\n'
+
+
+class CountingStream(io.StringIO):
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
