@@ -85,17 +85,18 @@ async def openai_path(targets: dict[str, tuple[int, dict[str, str], dict[str, An
     return results
 
 
-def gateway_targets(gateway: int, fake: int, litellm: int | None
+def gateway_targets(gateway: int, fake: int
                     ) -> dict[str, tuple[int, dict[str, str], dict[str, Any]]]:
-    targets = {
+    return {
         "direct": (fake, {"Authorization": "Bearer sk-fake"}, OPENAI_BODY),
         "gateway": (gateway, {"Authorization": f"Bearer {BENCH_KEY}"}, OPENAI_BODY),
         "gateway (url)": (gateway, {"Authorization": f"Bearer {BENCH_KEY}"},
                           {**OPENAI_BODY, "model": "bench-image-url", "response_format": "url"}),
     }
-    if litellm is not None:
-        targets["litellm"] = (litellm, {"Authorization": f"Bearer {LITELLM_KEY}"}, OPENAI_BODY)
-    return targets
+
+
+def litellm_target(litellm: int) -> dict[str, tuple[int, dict[str, str], dict[str, Any]]]:
+    return {"litellm": (litellm, {"Authorization": f"Bearer {LITELLM_KEY}"}, OPENAI_BODY)}
 
 
 # -- 2 and 4. Native task API: submit and poll rates ---------------------------------
