@@ -3,6 +3,7 @@ create the job, wake the scheduler; and render a job's result links."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -142,22 +143,28 @@ class Gateway:
         if submission.mask_upload is not None:
             mask = await self._store_input(job_id, now, "mask", submission.mask_upload)
         request = replace(request, images=tuple(refs), mask=mask)
-        lease = self.dispatcher.reserve(route.provider)
+        new = NewJob(
+            id=job_id, key_id=key.id, surface=surface, model=model.id, request=request,
+            client_params=submission.client_params, provider=route.provider,
+            upstream_model=route.model, callback_url=submission.callback_url,
+            created_at=now, deadline_at=now + int(self.settings.jobs.deadline_seconds * 1000),
+            credits=credits, max_concurrent=key.limits.max_concurrent,
+            route_index=route_index)
+        # Created and dispatched as one: a request cancelled in between must not
+        # leave a job claimed by this process that never starts.
+        return await asyncio.shield(self._create_and_dispatch(new))
+
+    async def _create_and_dispatch(self, new: NewJob) -> Job:
+        lease = self.dispatcher.reserve(new.provider)
         try:
-            job = await self._create(NewJob(
-                id=job_id, key_id=key.id, surface=surface, model=model.id, request=request,
-                client_params=submission.client_params, provider=route.provider,
-                upstream_model=route.model, callback_url=submission.callback_url,
-                created_at=now, deadline_at=now + int(self.settings.jobs.deadline_seconds * 1000),
-                credits=credits, max_concurrent=key.limits.max_concurrent,
-                route_index=route_index, lease=lease))
+            job = await self._create(replace(new, lease=lease))
         except BaseException:
             if lease is not None:
-                self.dispatcher.unreserve(route.provider)
+                self.dispatcher.unreserve(new.provider)
             raise
         self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
         log.info("job created", job_id=job.id, model=job.model, provider=job.provider,
-                 surface=surface, credits=credits)
+                 surface=new.surface, credits=new.credits)
         if lease is not None:
             self.dispatcher.launch(job)
         else:
