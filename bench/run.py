@@ -19,6 +19,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,17 @@ def loaded_modules(service: Service) -> dict[str, bool]:
     return {"uvloop": "/uvloop/" in maps, "httptools": "/httptools/" in maps}
 
 
+@contextlib.asynccontextmanager
+async def gateway_in(folder: Path, fake_port: int) -> AsyncIterator[tuple[Service, int]]:
+    """A fresh gateway (and database) in a new ``folder``, stopped on leaving."""
+    os.mkdir(folder)
+    gateway, port = await start_gateway(folder, fake_port)
+    try:
+        yield gateway, port
+    finally:
+        gateway.stop()
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     scale = scenarios.QUICK if args.quick else scenarios.Scale()
     only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4}
@@ -78,15 +90,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             if 1 in only:
                 print("1. OpenAI-compatible images, direct vs gateway vs LiteLLM", flush=True)
-                folder = work / "s1"
-                folder.mkdir()
-                gateway, port = await start_gateway(folder, fake_port)
-                services.append(gateway)
-                out["gateway_runtime"] = loaded_modules(gateway)
-                out["s1"] = await scenarios.openai_path(
-                    scenarios.gateway_targets(port, fake_port), scale)
-                gateway.stop()
-                services.remove(gateway)
+                async with gateway_in(work / "s1", fake_port) as (gateway, port):
+                    out["gateway_runtime"] = loaded_modules(gateway)
+                    out["s1"] = await scenarios.openai_path(
+                        scenarios.gateway_targets(port, fake_port), scale)
                 # LiteLLM starts only now: it works for a while after it comes up,
                 # which would take CPU from the paths measured before it.
                 if args.no_litellm:
@@ -106,26 +113,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         services.remove(litellm)
             if 2 in only:
                 print("2. Native task API, concurrency 64", flush=True)
-                folder = work / "s2"
-                folder.mkdir()
-                gateway, port = await start_gateway(folder, fake_port)
-                services.append(gateway)
-                out["s2"] = await scenarios.native_rates(port, gateway,
-                                                         folder / "data" / "muxproxy.db", scale)
-                gateway.stop()
-                services.remove(gateway)
+                async with gateway_in(work / "s2", fake_port) as (gateway, port):
+                    out["s2"] = await scenarios.native_rates(
+                        port, gateway, work / "s2" / "data" / "muxproxy.db", scale)
             if 3 in only:
                 print(f"3. {scale.jobs} async jobs with callbacks", flush=True)
-                folder = work / "s3"
-                folder.mkdir()
                 receiver = scenarios.Receiver()
                 await receiver.start()
                 try:
-                    gateway, port = await start_gateway(folder, fake_port)
-                    services.append(gateway)
-                    out["s3"] = await scenarios.callbacks(port, gateway, receiver, scale.jobs)
-                    gateway.stop()
-                    services.remove(gateway)
+                    async with gateway_in(work / "s3", fake_port) as (gateway, port):
+                        out["s3"] = await scenarios.callbacks(port, gateway, receiver,
+                                                              scale.jobs)
                 finally:
                     await receiver.stop()
                 out["s3"]["fal_polls"] = args.polls
