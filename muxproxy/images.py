@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
 import re
+import struct
+
+from PIL import Image
 
 FORMATS: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS: dict[str, str] = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp",
@@ -27,6 +31,25 @@ def sniff(data: bytes) -> str | None:
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return "image/gif"
     return None
+
+
+def dimensions(data: bytes) -> tuple[int | None, int | None]:
+    """An image's width and height, or (None, None) when they cannot be read.
+
+    PNG and GIF carry them at fixed offsets, read here directly (Pillow costs about
+    a hundred microseconds per image on the path of every job); other formats go
+    through Pillow."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        width, height = struct.unpack_from(">II", data, 16)
+        return (width, height) if width and height else (None, None)
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        width, height = struct.unpack_from("<HH", data, 6)
+        return (width, height) if width and height else (None, None)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # Pillow raises a zoo of types for odd files; size is optional
+        return None, None
 
 
 def normalize_format(value: str) -> str | None:

@@ -7,13 +7,11 @@ job either terminal or released with a ``run_after`` for its next step.
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-from PIL import Image
 
 from muxproxy import images
 from muxproxy.backoff import backoff, poll_delay
@@ -289,15 +287,8 @@ class JobRunner:
             key = blob_key("results", job.id, job.created_at, str(index),
                            images.EXTENSIONS[content_type])
             await self.storage.put(key, data, content_type)
-            width, height = _dimensions(data)
+            width, height = images.dimensions(data)
             stored.append(StoredImage(key=key, content_type=content_type, width=width,
                                       height=height))
         return JobResult(images=tuple(stored), revised_prompt=outcome.revised_prompt)
 
-
-def _dimensions(data: bytes) -> tuple[int | None, int | None]:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except Exception:  # Pillow raises a zoo of types for odd files; size is optional
-        return None, None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
+from PIL import Image
 
 from muxproxy import images
 from muxproxy.backoff import backoff, poll_delay
@@ -38,6 +40,23 @@ def test_sniff_judges_bytes_not_names() -> None:
     assert images.sniff(b"GIF89a") == "image/gif"
     assert images.sniff(b"%PDF-1.7") is None
     assert images.sniff(b"") is None
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "JPEG", "WEBP"])
+def test_dimensions_read_from_the_encoded_image(fmt: str) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (321, 123), "teal").save(out, fmt)
+    data = out.getvalue()
+    assert images.dimensions(data) == (321, 123)
+    # A file cut off inside its header has no size.
+    assert images.dimensions(data[:8]) == (None, None)
+
+
+def test_dimensions_of_what_is_not_an_image() -> None:
+    assert images.dimensions(b"%PDF-1.7 ...") == (None, None)
+    assert images.dimensions(b"") == (None, None)
+    # A PNG header claiming a zero width is no size at all.
+    assert images.dimensions(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(8)) == (None, None)
 
 
 def test_backoff_doubles_caps_and_jitters() -> None:
