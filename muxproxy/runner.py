@@ -56,7 +56,9 @@ class JobRunner:
         self.events = events
         self.breakers = breakers
 
-    async def run(self, job: Job, owner: str) -> None:
+    async def run(self, job: Job, owner: str) -> bool:
+        """One step of ``job``; True when it left the job terminal, so that no later
+        step is due (False also when another writer changed the job first)."""
         now = now_ms(self.clock)
         if job.state is JobState.PENDING:
             job = await self.store.transition(job, JobState.PENDING, JobState.PROCESSING,
@@ -67,7 +69,7 @@ class JobRunner:
         breaker = self.breakers[job.provider]
         if job.upstream_id is None and not breaker.allow():
             await self._avoid_open_circuit(job, owner, breaker)
-            return
+            return False
         remaining = (job.deadline_at - now) / 1000
         started = time.perf_counter()
         try:
@@ -83,39 +85,35 @@ class JobRunner:
         except TimeoutError:
             self._observe(provider, "timeout", started)
             breaker.failure()
-            await self._fail(job, owner, "deadline_exceeded",
-                             "job deadline exceeded before the upstream finished")
-            return
+            return await self._fail(job, owner, "deadline_exceeded",
+                                    "job deadline exceeded before the upstream finished")
         except UpstreamError as exc:
             self._observe(provider, "transient" if exc.transient else "permanent", started)
             if exc.transient:
                 breaker.failure()
             else:
                 breaker.success()
-            await self._on_error(job, owner, exc)
-            return
+            return await self._on_error(job, owner, exc)
         except Unsupported as exc:
             self._observe(provider, "permanent", started)
             breaker.success()
-            await self._fail(job, owner, "unsupported", exc.message)
-            return
+            return await self._fail(job, owner, "unsupported", exc.message)
         except Exception:
             # A bug in an adapter must not strand the job: log it, retry like a
             # transient fault, and fail it once the attempts run out.
             log.exception("provider raised unexpectedly", provider=provider.name)
             self._observe(provider, "error", started)
             breaker.failure()
-            await self._on_error(job, owner, UpstreamError(
+            return await self._on_error(job, owner, UpstreamError(
                 f"{provider.name}: internal error in the adapter", transient=True,
                 code="adapter_error"))
-            return
         self._observe(provider, "ok", started)
         breaker.success()
-        await self._advance(job, owner, outcome, result if isinstance(outcome, Finished)
-                            else None)
+        return await self._advance(job, owner, outcome,
+                                   result if isinstance(outcome, Finished) else None)
 
     async def _advance(self, job: Job, owner: str, outcome: Any,
-                       result: JobResult | None) -> None:
+                       result: JobResult | None) -> bool:
         now = now_ms(self.clock)
         jobs = self.settings.jobs
         if result is not None:
@@ -123,7 +121,7 @@ class JobRunner:
                                     completed_at=now, fail_code=None, fail_msg=None)
             if done is not None:
                 self.record(done)
-            return
+            return done is not None
         if isinstance(outcome, Submitted):
             delay = poll_delay(0, jobs.poll_initial_seconds, jobs.poll_cap_seconds)
             await self._move(job, owner, JobState.PROCESSING, upstream_id=outcome.upstream_id,
@@ -136,15 +134,15 @@ class JobRunner:
             if outcome.state is not None:
                 changes["upstream_state"] = dict(outcome.state)
             await self._move(job, owner, JobState.PROCESSING, **changes)
+        return False
 
-    async def _on_error(self, job: Job, owner: str, exc: UpstreamError) -> None:
+    async def _on_error(self, job: Job, owner: str, exc: UpstreamError) -> bool:
         jobs = self.settings.jobs
         now = now_ms(self.clock)
         log.info("upstream error", provider=job.provider, transient=exc.transient,
                  code=exc.code, message=exc.message, status=exc.status)
         if not exc.transient:
-            await self._fail(job, owner, exc.code, exc.message)
-            return
+            return await self._fail(job, owner, exc.code, exc.message)
         if job.upstream_id is not None:
             # The upstream has the job: keep polling (a 429 on a poll is not a
             # reason to give up or to submit elsewhere); the deadline bounds it.
@@ -153,7 +151,7 @@ class JobRunner:
                                    jobs.poll_cap_seconds))
             await self._move(job, owner, JobState.PROCESSING, polls=job.polls + 1,
                              run_after=now + int(delay * 1000))
-            return
+            return False
         attempts = job.attempts + 1
         if attempts < jobs.max_attempts:
             delay = max(exc.retry_after or 0.0,
@@ -163,9 +161,10 @@ class JobRunner:
             await self._move(job, owner, JobState.PROCESSING, attempts=attempts,
                              fail_code=exc.code, fail_msg=exc.message,
                              run_after=now + int(delay * 1000))
-            return
-        if not await self._fall_back(job, owner):
-            await self._fail(job, owner, exc.code, exc.message)
+            return False
+        if await self._fall_back(job, owner):
+            return False
+        return await self._fail(job, owner, exc.code, exc.message)
 
     async def _avoid_open_circuit(self, job: Job, owner: str, breaker: CircuitBreaker) -> None:
         """The provider is marked down: take the next route now, or wait for the trial."""
@@ -187,15 +186,16 @@ class JobRunner:
                          upstream_state=None, run_after=now_ms(self.clock))
         return True
 
-    async def _fail(self, job: Job, owner: str, code: str, message: str) -> None:
+    async def _fail(self, job: Job, owner: str, code: str, message: str) -> bool:
         now = now_ms(self.clock)
         failed = await self._move(job, owner, JobState.FAILED, fail_code=code, fail_msg=message,
                                   completed_at=now)
         if failed is None:
-            return
+            return False
         self.record(failed)
         if failed.upstream_id is not None:
             await self.cancel_upstream(failed)
+        return True
 
     async def cancel_upstream(self, job: Job) -> None:
         provider = self.providers.get(job.provider)

@@ -46,7 +46,7 @@ class Scheduler:
         self._stopping = False
         self._draining = False
         self._loop: asyncio.Task[None] | None = None
-        self._running: dict[asyncio.Task[None], Job] = {}
+        self._running: dict[asyncio.Task[bool], Job] = {}
         self._in_flight = dict.fromkeys(providers, 0)
         # Whether due jobs of a provider may be waiting for a slot (then a new job
         # queues behind them rather than take a slot that frees up).
@@ -186,21 +186,30 @@ class Scheduler:
         self._running[task] = job
         task.add_done_callback(lambda t: self._done(t, job))
 
-    async def _execute(self, job: Job) -> None:
+    async def _execute(self, job: Job) -> bool:
+        """One step of ``job``; True when it left the job terminal."""
         structlog.contextvars.bind_contextvars(job_id=job.id)
         try:
-            await self.runner.run(job, self.owner)
+            return await self.runner.run(job, self.owner)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("job step failed")
             await self.store.release(job.id, self.owner, now=now_ms(self.clock))
+            return False
 
-    def _done(self, task: asyncio.Task[None], job: Job) -> None:
+    def _done(self, task: asyncio.Task[bool], job: Job) -> None:
         self._running.pop(task, None)
-        self._in_flight[job.provider] -= 1
-        self.metrics.jobs_in_flight.labels(job.provider).dec()
+        provider = job.provider
+        was_full = self._in_flight[provider] >= self.providers[provider].settings.max_concurrency
+        self._in_flight[provider] -= 1
+        self.metrics.jobs_in_flight.labels(provider).dec()
         if not self._running:
             self._idle.set()
-        # The step may have set the job's next poll, and a job may wait for the slot.
-        self._wake.set()
+        # A pass is needed when the step set the job's next run (its time may come
+        # before the timer's), or when due jobs may wait for the slot it frees: the
+        # last pass left them out while the provider was full. A job that finished
+        # on a provider with room to spare changes neither.
+        finished = not task.cancelled() and task.exception() is None and task.result()
+        if not finished or was_full or self._queued[provider]:
+            self._wake.set()

@@ -46,3 +46,30 @@ async def test_a_free_slot_is_taken_at_creation_and_the_rest_queue_in_order(
 
 async def _is(pending: Any, state: JobState) -> bool:
     return bool((await pending)[0] is state)
+
+
+async def test_a_job_finishing_with_slots_to_spare_costs_no_scheduler_pass(
+        config: dict[str, Any]) -> None:
+    # Each pass claims due jobs; a job that finished on a provider with free slots
+    # leaves nothing for one to do. A job whose step set its next poll does.
+    async with run_gateway(config) as gateway:
+        store = gateway.state.store
+        passes = 0
+        claim = store.claim_due_many
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal passes
+            passes += 1
+            return await claim(*args, **kwargs)
+
+        store.claim_due_many = counted  # type: ignore[method-assign]
+        for n in range(20):
+            task_id = await gateway.submit({"model": "demo-image", "prompt": f"n{n}"})
+            assert (await gateway.wait_terminal(task_id))["state"] == "completed"
+        # Every job was dispatched at creation; had each finish woken the scheduler,
+        # each of those passes would have run before the next job finished.
+        assert passes <= 1
+
+        task_id = await gateway.submit({"model": "demo-image-async", "prompt": "queued"})
+        assert (await gateway.wait_terminal(task_id))["state"] == "completed"
+        assert passes >= 2  # its polls were claimed by passes
