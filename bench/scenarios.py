@@ -109,19 +109,24 @@ def _task_id(body: bytes) -> str:
 
 async def native_rates(port: int, gateway: Service, db: Path, scale: Scale,
                        model: str = "bench-image") -> dict[str, Any]:
-    """Submit rate, then (once the submitted jobs are done) poll rate, at c=64."""
+    """Submit rate, then (once the submitted jobs are done) poll rate, at c=64.
+
+    Each round of submits starts once the jobs of the one before are done, so that
+    every round measures the same thing: submits while their own jobs run."""
     auth = {"Authorization": f"Bearer {BENCH_KEY}"}
     submit = encode("POST", HOST, port, NATIVE_PATH, auth,
                     {"model": model, "prompt": "a red fox in the snow"})
     await drive(HOST, port, lambda _: submit, 200, 64)  # warm-up
+    await wait_drained(db, timeout=120)
     submits = []
     ids: list[str] = []
+    drained = 0.0
     for _ in range(scale.rounds):
         run = await drive(HOST, port, lambda _: submit, scale.submits, 64, keep_bodies=True)
         ids += [_task_id(b) for b in run.bodies]
         run.bodies.clear()
         submits.append(run)
-    drained = await wait_drained(db, timeout=120)
+        drained = max(drained, await wait_drained(db, timeout=120))
     polls_raw = [encode("GET", HOST, port, f"{NATIVE_PATH}?task_id={i}", auth)
                  for i in random.Random(7).sample(ids, min(len(ids), 2000))]
     await drive(HOST, port, lambda i: polls_raw[i % len(polls_raw)], 500, 64)  # warm-up

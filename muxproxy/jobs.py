@@ -177,6 +177,26 @@ class Job:
         """``<provider>/<model_name>``, as the callback's ``data.model`` names it."""
         return f"{self.provider}/{self.upstream_model}"
 
+    def moved(self, target: JobState, *, now: int, release: bool,
+              changes: Mapping[str, Any]) -> Job:
+        """This job as a transition to ``target`` leaves it, with ``changes`` given
+        in their stored form (``result`` and ``upstream_state`` as JSON mappings):
+        what a backend hands back when it need not read the row again."""
+        fields = dict(changes, state=target, updated_at=now)
+        if "result" in fields:
+            found = fields["result"]
+            fields["result"] = None if found is None else JobResult.from_json(found)
+        if "upstream_state" in fields:
+            fields["upstream_state"] = dict(fields["upstream_state"] or {})
+        if release:
+            fields["lease_owner"] = fields["lease_until"] = None
+        # What dataclasses.replace() does, without its per-call introspection (it
+        # cost more than the UPDATE on the path of every job step). No field has a
+        # __post_init__ or validation to bypass.
+        moved = object.__new__(Job)
+        moved.__dict__.update(self.__dict__, **fields)
+        return moved
+
     @classmethod
     def from_row(cls, row: RowLike) -> Job:
         result = row["result"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob
+from muxproxy.jobs import IllegalTransition, Job, JobState, Lease, NewJob
 from muxproxy.store import StaleJob, Store
 from muxproxy.store.sqlite import SqliteStore
 
@@ -136,6 +138,39 @@ async def test_happy_path_transitions(store: Store) -> None:
     assert job.result is not None
     assert job.result.images[0].key == "results/j1/0.png"
     assert await store.claim_due("demo", T0 + 10**6, 10, OWNER, T0) == []
+
+
+@pytest.mark.parametrize("credits", [0, 5])
+async def test_what_create_and_transition_return_is_what_is_stored(
+        store: Store, credits: int) -> None:
+    # Backends may build the job they return instead of reading the row back; it
+    # must be the row all the same, billing and lease included.
+    key = await store.create_key("payer", "digest-payer", now=T0, credits=100)
+    lease = Lease(OWNER, T0 + 60_000)
+    job = await store.create_job(replace(new_job("j1", key_id=key.id, credits=credits,
+                                                 callback="https://example.com/cb"),
+                                         lease=lease))
+    assert job == await store.get_job("j1")
+    steps: list[tuple[JobState, JobState, bool, dict[str, Any]]] = [
+        (JobState.PENDING, JobState.PROCESSING, False, {"started_at": T0 + 1}),
+        (JobState.PROCESSING, JobState.PROCESSING, False,
+         {"upstream_id": "up-1", "upstream_state": {"poll": "https://x/1"}, "polls": 1}),
+        (JobState.PROCESSING, JobState.PROCESSING, False, {"upstream_state": None}),
+        (JobState.PROCESSING, JobState.COMPLETED, True,
+         {"result": {"images": [{"key": "results/j1/0.png", "content_type": "image/png"}],
+                     "revised_prompt": "a fox"}, "completed_at": T0 + 9}),
+    ]
+    for n, (source, target, release, changes) in enumerate(steps):
+        job = await store.transition(job, source, target, now=T0 + n, owner=OWNER,
+                                     release=release, **changes)
+        assert job == await store.get_job("j1")
+    assert job.billing == ("charged" if credits else "none")
+    assert job.lease_owner is None and job.result is not None
+    assert await store.get_delivery("j1") is not None  # the callback, in the same step
+    # A copy that is out of date loses the compare-and-swap like any caller.
+    with pytest.raises(StaleJob):
+        await store.transition(replace(job, state=JobState.PROCESSING), JobState.PROCESSING,
+                               JobState.FAILED, now=T0, owner=OWNER)
 
 
 @pytest.mark.parametrize(("source", "target"), [

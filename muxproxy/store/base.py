@@ -115,12 +115,15 @@ class Store(AccountStore):
         if unknown:
             raise ValueError(f"not a mutable job field: {', '.join(sorted(unknown))}")
         return await self._transition(job_id, expected, target, now=now, owner=owner,
-                                      release=release, changes=changes)
+                                      release=release, changes=changes,
+                                      known=None if isinstance(job, str) else job)
 
     @abc.abstractmethod
     async def _transition(self, job_id: str, expected: JobState, target: JobState, *,
                           now: int, owner: str | None, release: bool,
-                          changes: Mapping[str, Any]) -> Job: ...
+                          changes: Mapping[str, Any], known: Job | None) -> Job:
+        """``known`` is the caller's copy of the job, if it gave one: a backend may
+        build the job it returns from it instead of reading the row back."""
 
     @abc.abstractmethod
     async def release(self, job_id: str, owner: str, *, now: int) -> None:

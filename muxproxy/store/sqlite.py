@@ -45,6 +45,13 @@ _CLAIM = f"""
         ORDER BY run_after LIMIT ?)
     RETURNING *"""  # noqa: S608 - constant fragments only
 _JSON_FIELDS = frozenset({"upstream_state", "result"})
+# Billing states that a transition may move (see settle()).
+_SETTLES = frozenset({Billing.HELD, Billing.CHARGED})
+# A new row's columns that the insert leaves to their defaults.
+_NEW_JOB_DEFAULTS: dict[str, Any] = {
+    "upstream_id": None, "upstream_state": None, "result": None, "fail_code": None,
+    "fail_msg": None, "attempts": 0, "recoveries": 0, "polls": 0, "started_at": None,
+    "completed_at": None}
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 
@@ -226,20 +233,22 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             "lease_until": new.lease.until if new.lease else None,
         }
         sql = (f"INSERT INTO jobs ({', '.join(row)}) "  # noqa: S608 - fixed column names
-               f"VALUES ({', '.join('?' for _ in row)}) RETURNING *")
+               f"VALUES ({', '.join('?' for _ in row)})")
         # Free, unlimited-concurrency jobs are one statement; the rest check the
         # key's limits and hold the price in the same transaction as the insert.
         guarded = new.credits > 0 or new.max_concurrent is not None
 
-        def insert(db: sqlite3.Connection) -> RowLike:
+        def insert(db: sqlite3.Connection) -> None:
             if new.max_concurrent is not None:
                 check_concurrency(db, new.key_id, new.max_concurrent)
-            created: RowLike = db.execute(sql, tuple(row.values())).fetchone()
+            db.execute(sql, tuple(row.values()))
             if new.credits > 0:
                 hold(db, new.key_id, new.id, new.model, new.credits, new.created_at)
-            return created
 
-        return Job.from_row(await self._in_writer(insert, transaction=guarded))
+        await self._in_writer(insert, transaction=guarded)
+        # The row as stored, without reading it back (RETURNING costs as much as the
+        # insert): what was written, and the columns' defaults.
+        return Job.from_row(_NEW_JOB_DEFAULTS | row)
 
     async def get_job(self, job_id: str, key_id: str | None = None) -> Job | None:
         sql, args = "SELECT * FROM jobs WHERE id = ?", [job_id]
@@ -283,7 +292,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
 
     async def _transition(self, job_id: str, expected: JobState, target: JobState, *,
                           now: int, owner: str | None, release: bool,
-                          changes: Mapping[str, Any]) -> Job:
+                          changes: Mapping[str, Any], known: Job | None) -> Job:
         values: dict[str, Any] = {k: (_dumps(v) if k in _JSON_FIELDS and v is not None else v)
                                   for k, v in changes.items()}
         values["state"] = target.value
@@ -298,19 +307,35 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             sql += " AND lease_owner = ?"
             args.append(owner)
 
-        def move(db: sqlite3.Connection) -> Job | None:
+        # The job as it will be, when the caller's copy says it all: the compare-and-
+        # swap on state and lease means no one else changed the row since, and only
+        # a held or charged job's billing moves with it (that row is read back).
+        after = None
+        if (known is not None and known.state is expected and known.billing not in _SETTLES
+                and (owner is None or known.lease_owner == owner)):
+            after = known.moved(target, now=now, release=release, changes=changes)
+
+        def execute(db: sqlite3.Connection, suffix: str = "") -> sqlite3.Cursor:
             try:
-                row = db.execute(sql + " RETURNING *", args).fetchone()
+                return db.execute(sql + suffix, args)
             except sqlite3.IntegrityError as exc:
                 if "illegal transition" in str(exc):
                     raise IllegalTransition(job_id, expected, target) from None
                 raise
-            if row is None:
-                return None
-            if row["billing"] in (Billing.HELD, Billing.CHARGED):
-                settle(db, [row], now)
-                row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            job = Job.from_row(row)
+
+        def move(db: sqlite3.Connection) -> Job | None:
+            if after is not None:
+                if execute(db).rowcount != 1:
+                    return None
+                job = after
+            else:
+                row = execute(db, " RETURNING *").fetchone()
+                if row is None:
+                    return None
+                if row["billing"] in _SETTLES:
+                    settle(db, [row], now)
+                    row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                job = Job.from_row(row)
             self._enqueue_callbacks(db, [job], now)
             return job
 
