@@ -95,6 +95,8 @@ class LineWriter:
 
 def configure_logging(level: str = "info", fmt: str = "json") -> LineWriter:
     """Configure structlog; the writer returned must be flushed before the loop ends."""
+    global _generation
+    _generation += 1
     writer = LineWriter()
     renderer: Any = (structlog.processors.JSONRenderer(serializer=_dumps) if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=False))
@@ -115,5 +117,29 @@ def configure_logging(level: str = "info", fmt: str = "json") -> LineWriter:
     return writer
 
 
+# Counts configure_logging() calls: a logger made under an older configuration
+# makes itself again.
+_generation = 0
+
+
+class _Logger:
+    """A module's logger. structlog's own lazy proxy assembles a new bound logger on
+    every call (its cache would outlive a later configure_logging(), as tests do);
+    this one keeps it until the configuration changes."""
+
+    __slots__ = ("_bound", "_generation", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._generation = -1
+        self._bound: Any = None
+
+    def __getattr__(self, method: str) -> Any:
+        if self._generation != _generation:
+            self._bound = structlog.get_logger(self._name).bind()
+            self._generation = _generation
+        return getattr(self._bound, method)
+
+
 def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+    return _Logger(name)

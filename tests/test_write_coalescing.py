@@ -8,9 +8,10 @@ import io
 import sys
 from typing import Any
 
+import orjson
 import pytest
 
-from muxproxy.logs import LineWriter
+from muxproxy.logs import LineWriter, configure_logging, get_logger
 from muxproxy.server import _CoalescingTransport
 
 
@@ -71,6 +72,28 @@ def test_log_lines_outside_the_loop_are_written_at_once(monkeypatch: pytest.Monk
     monkeypatch.setattr(sys, "stdout", out)
     LineWriter().msg('{"event":"cli"}')
     assert out.getvalue() == '{"event":"cli"}\n'
+
+
+def test_a_logger_follows_a_later_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loggers keep their assembled structlog logger between calls; configuring
+    # logging again (a new level, a new writer) must still reach them.
+    out = CountingStream()
+    monkeypatch.setattr(sys, "stdout", out)
+    log = get_logger("muxproxy.test")
+    try:
+        configure_logging("info")
+        log.info("first", n=1)
+        configure_logging("warning")
+        log.info("filtered out")
+        log.warning("second", n=2)
+        lines = out.getvalue().splitlines()
+        assert [orjson.loads(line)["event"] for line in lines] == ["first", "second"]
+        configure_logging("info", fmt="console")
+        log.info("third")
+        last = out.getvalue().splitlines()[-1]
+        assert "third" in last and not last.startswith("{")
+    finally:
+        configure_logging("warning")  # as the tests' gateways configure it
 
 
 class CountingStream(io.StringIO):
