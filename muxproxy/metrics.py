@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import Generic, Protocol, Self, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,31 +20,55 @@ JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 WEBHOOK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600)
 
 
+class _Labelled(Protocol):
+    def labels(self, *values: str) -> Self: ...
+
+
+M = TypeVar("M", bound=_Labelled)
+
+
+class Children(Generic[M]):
+    """A labelled metric on the path of every request or job, its children kept at
+    hand: prometheus_client converts, locks and hashes on every ``labels()``. The
+    label values here (routes, models, providers, states) come from the code and
+    the config, so they stay few."""
+
+    def __init__(self, metric: M) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def labels(self, *values: str) -> M:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.http_requests = Counter(
+        self.http_requests = Children(Counter(
             "muxproxy_http_requests", "HTTP requests served", ["route", "method", "status"],
-            registry=r)
-        self.http_latency = Histogram(
+            registry=r))
+        self.http_latency = Children(Histogram(
             "muxproxy_http_request_duration_seconds", "HTTP request latency",
-            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.job_transitions = Counter(
+            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r))
+        self.job_transitions = Children(Counter(
             "muxproxy_job_transitions", "Jobs entering a state", ["model", "provider", "state"],
-            registry=r)
+            registry=r))
         self.jobs = Gauge(
             "muxproxy_jobs", "Jobs in the store by model, provider and state",
             ["model", "provider", "state"], registry=r)
-        self.job_duration = Histogram(
+        self.job_duration = Children(Histogram(
             "muxproxy_job_duration_seconds", "Time from submit to a terminal state",
-            ["model", "provider", "state"], buckets=JOB_BUCKETS, registry=r)
-        self.jobs_in_flight = Gauge(
+            ["model", "provider", "state"], buckets=JOB_BUCKETS, registry=r))
+        self.jobs_in_flight = Children(Gauge(
             "muxproxy_jobs_in_flight", "Jobs a worker is running right now", ["provider"],
-            registry=r)
-        self.upstream_requests = Counter(
+            registry=r))
+        self.upstream_requests = Children(Counter(
             "muxproxy_upstream_requests", "Upstream provider calls by outcome",
-            ["provider", "outcome"], registry=r)
+            ["provider", "outcome"], registry=r))
         self.refused = Counter(
             "muxproxy_requests_refused", "Requests refused by reason", ["reason"], registry=r)
         self.credits_charged = Counter(
@@ -54,9 +79,9 @@ class Metrics:
         self.circuit_open = Gauge(
             "muxproxy_provider_circuit_open", "1 while a provider's circuit breaker is open",
             ["provider"], registry=r)
-        self.upstream_latency = Histogram(
+        self.upstream_latency = Children(Histogram(
             "muxproxy_upstream_request_duration_seconds", "Upstream call latency",
-            ["provider"], buckets=JOB_BUCKETS, registry=r)
+            ["provider"], buckets=JOB_BUCKETS, registry=r))
 
         self.webhook_deliveries = Counter(
             "muxproxy_webhook_deliveries", "Callback deliveries ended, by outcome "

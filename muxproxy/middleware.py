@@ -22,9 +22,6 @@ class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        # prometheus_client finds a labelled child by hashing its labels each time:
-        # keep them at hand (routes are templates, so these stay few).
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,13 +49,8 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             route = _route_name(scope)
             method = scope["method"]
-            children = self._children.get((route, method, status))
-            if children is None:
-                children = self._children[route, method, status] = (
-                    self.metrics.http_requests.labels(route, method, str(status)),
-                    self.metrics.http_latency.labels(route, method))
-            children[0].inc()
-            children[1].observe(elapsed)
+            self.metrics.http_requests.labels(route, method, str(status)).inc()
+            self.metrics.http_latency.labels(route, method).observe(elapsed)
             if route not in ("/metrics", "/healthz", "/readyz"):
                 log.info("request", method=method, route=route, status=status,
                          ms=round(elapsed * 1000, 2))
