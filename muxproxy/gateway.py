@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from muxproxy import images
 from muxproxy.clock import Clock, now_ms
 from muxproxy.errors import Forbidden, InsufficientCredits, InvalidRequest, NotFound, RateLimited
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import Job, Lease, NewJob
+from muxproxy.jobs import Job, Lease, NewJob, evolve
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.pricing import check_capabilities, price
@@ -142,7 +142,7 @@ class Gateway:
         mask = request.mask
         if submission.mask_upload is not None:
             mask = await self._store_input(job_id, now, "mask", submission.mask_upload)
-        request = replace(request, images=tuple(refs), mask=mask)
+        request = evolve(request, images=tuple(refs), mask=mask)
         new = NewJob(
             id=job_id, key_id=key.id, surface=surface, model=model.id, request=request,
             client_params=submission.client_params, provider=route.provider,
@@ -157,7 +157,7 @@ class Gateway:
     async def _create_and_dispatch(self, new: NewJob) -> Job:
         lease = self.dispatcher.reserve(new.provider)
         try:
-            job = await self._create(replace(new, lease=lease))
+            job = await self._create(evolve(new, lease=lease))
         except BaseException:
             if lease is not None:
                 self.dispatcher.unreserve(new.provider)
@@ -225,4 +225,4 @@ def _with_uploads(submission: Submission) -> GenerationRequest:
     mask = request.mask
     if submission.mask_upload is not None:
         mask = ImageRef(content_type=submission.mask_upload.content_type)
-    return replace(request, images=images, mask=mask)
+    return evolve(request, images=images, mask=mask)

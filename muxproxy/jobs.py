@@ -6,11 +6,23 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
 from muxproxy.generation import GenerationRequest
+
+R = TypeVar("R")
+
+
+def evolve(record: R, **changes: Any) -> R:
+    """``dataclasses.replace()`` for the frozen records on the path of every request
+    and job step, without its introspection of the fields on every call (it cost
+    more than the SQL UPDATE of a step). Only for dataclasses without
+    ``__post_init__`` or ``__slots__``; the names in ``changes`` are not checked."""
+    copy: R = object.__new__(type(record))
+    copy.__dict__.update(record.__dict__, **changes)
+    return copy
 
 
 class RowLike(Protocol):
@@ -190,12 +202,7 @@ class Job:
             fields["upstream_state"] = dict(fields["upstream_state"] or {})
         if release:
             fields["lease_owner"] = fields["lease_until"] = None
-        # What dataclasses.replace() does, without its per-call introspection (it
-        # cost more than the UPDATE on the path of every job step). No field has a
-        # __post_init__ or validation to bypass.
-        moved = object.__new__(Job)
-        moved.__dict__.update(self.__dict__, **fields)
-        return moved
+        return evolve(self, **fields)
 
     @classmethod
     def from_row(cls, row: RowLike) -> Job:

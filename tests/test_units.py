@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 from PIL import Image
@@ -12,7 +13,8 @@ from muxproxy import images
 from muxproxy.backoff import backoff, poll_delay
 from muxproxy.clock import ManualClock
 from muxproxy.errors import InvalidRequest
-from muxproxy.generation import GenerationRequest
+from muxproxy.generation import GenerationRequest, ImageRef
+from muxproxy.jobs import evolve
 from muxproxy.pricing import price, resolution_of
 from muxproxy.settings import ModelSettings
 
@@ -132,3 +134,13 @@ def test_pixel_sizes_count_against_a_models_resolutions() -> None:
     with pytest.raises(InvalidRequest, match="not '4k'") as info:
         check_capabilities(banana, GenerationRequest(prompt="x", resolution="4k"))
     assert info.value.param == "resolution"
+
+
+def test_evolve_is_dataclasses_replace_without_the_cost() -> None:
+    request = GenerationRequest(prompt="a fox", n=2, images=(ImageRef(url="https://x/a.png"),))
+    changed = evolve(request, images=(), mask=ImageRef(blob="inputs/m.png"))
+    assert changed == replace(request, images=(), mask=ImageRef(blob="inputs/m.png"))
+    assert type(changed) is GenerationRequest
+    assert request.images == (ImageRef(url="https://x/a.png"),) and request.mask is None
+    with pytest.raises(FrozenInstanceError):
+        changed.prompt = "a hen"  # type: ignore[misc]
