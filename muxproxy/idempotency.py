@@ -20,6 +20,7 @@ from muxproxy.auth import presented_key
 from muxproxy.clock import now_ms
 from muxproxy.errors import Conflict, InternalError, InvalidRequest, MuxError, Unprocessable
 from muxproxy.logs import get_logger
+from muxproxy.middleware import header
 from muxproxy.store.accounts import IdempotentResponse
 from muxproxy.surfaces.shapes import renderer_for
 
@@ -35,7 +36,8 @@ class Idempotency:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" \
-                or scope["path"] not in CREATE_PATHS:
+                or scope["path"] not in CREATE_PATHS \
+                or header(scope, b"idempotency-key") is None:
             await self.app(scope, receive, send)
             return
         started = False
@@ -55,10 +57,7 @@ class Idempotency:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
-        idem_key = request.headers.get("idempotency-key")
-        if idem_key is None:
-            await self.app(scope, receive, send)
-            return
+        idem_key = request.headers["idempotency-key"]
         if not 1 <= len(idem_key) <= 255:
             await self._refuse(scope, receive, send, InvalidRequest(
                 "Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key"))
