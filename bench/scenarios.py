@@ -55,7 +55,7 @@ def _summary(runs: list[Run]) -> dict[str, Any]:
 
 async def _rounds(port: int, raw: bytes, total: int, concurrency: int, rounds: int,
                   ok: Any = None) -> dict[str, Any]:
-    await drive(HOST, port, lambda _: raw, max(20, total // 10), concurrency, ok=ok)  # warm-up
+    await drive(HOST, port, lambda _: raw, max(200, total // 10), concurrency, ok=ok)  # warm-up
     runs = [await drive(HOST, port, lambda _: raw, total, concurrency, ok=ok)
             for _ in range(rounds)]
     return _summary(runs)
