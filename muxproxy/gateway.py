@@ -112,7 +112,11 @@ class Gateway:
         self.metrics.refused.labels(reason).inc()
         log.info("request refused", reason=reason)
 
-    async def submit(self, key: ApiKey, surface: str, submission: Submission) -> Job:
+    async def submit(self, key: ApiKey, surface: str, submission: Submission, *,
+                     before_start: Callable[[Job], None] | None = None) -> Job:
+        """Store the job and start it (or queue it). ``before_start`` is called with
+        the stored job before it can run: a caller that waits for its end subscribes
+        there, and cannot miss it."""
         self.admit(key)
         model = self.model(submission.model)
         if not key.may_use(model.id):
@@ -152,9 +156,10 @@ class Gateway:
             route_index=route_index)
         # Created and dispatched as one: a request cancelled in between must not
         # leave a job claimed by this process that never starts.
-        return await asyncio.shield(self._create_and_dispatch(new))
+        return await asyncio.shield(self._create_and_dispatch(new, before_start))
 
-    async def _create_and_dispatch(self, new: NewJob) -> Job:
+    async def _create_and_dispatch(self, new: NewJob,
+                                   before_start: Callable[[Job], None] | None) -> Job:
         lease = self.dispatcher.reserve(new.provider)
         try:
             job = await self._create(evolve(new, lease=lease))
@@ -165,6 +170,8 @@ class Gateway:
         self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
         log.info("job created", job_id=job.id, model=job.model, provider=job.provider,
                  surface=new.surface, credits=new.credits)
+        if before_start is not None:
+            before_start(job)
         if lease is not None:
             self.dispatcher.launch(job)
         else:

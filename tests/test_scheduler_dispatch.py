@@ -3,12 +3,16 @@ starts at once; when the slots are taken, jobs queue and start in turn."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+from muxproxy.auth import hash_key
 from muxproxy.clock import ManualClock
-from muxproxy.jobs import JobState
-from tests.support.gateway import merge, run_gateway
+from muxproxy.gateway import Submission
+from muxproxy.generation import GenerationRequest
+from muxproxy.jobs import Job, JobState
+from tests.support.gateway import KEY_A, merge, run_gateway
 from tests.support.wait import eventually
 
 
@@ -73,3 +77,26 @@ async def test_a_job_finishing_with_slots_to_spare_costs_no_scheduler_pass(
         task_id = await gateway.submit({"model": "demo-image-async", "prompt": "queued"})
         assert (await gateway.wait_terminal(task_id))["state"] == "completed"
         assert passes >= 2  # its polls were claimed by passes
+
+
+async def test_a_caller_waiting_for_the_end_subscribes_before_the_job_can_run(
+        config: dict[str, Any]) -> None:
+    # The OpenAI surface answers when its job ends; it subscribes in before_start,
+    # which runs once the job is stored and before it is started.
+    async with run_gateway(config) as gateway:
+        state = gateway.state
+        key = await state.store.key_by_hash(hash_key(KEY_A))
+        assert key is not None
+        seen: list[tuple[JobState, bool]] = []
+        ended: list[asyncio.Future[Job]] = []
+
+        def before_start(job: Job) -> None:
+            seen.append((job.state, state.scheduler.running(job.id)))
+            ended.append(state.events.waiter(job.id))
+
+        submission = Submission(model="demo-image", client_params={},
+                                request=GenerationRequest(prompt="a fox"))
+        job = await state.gateway.submit(key, "openai", submission, before_start=before_start)
+        assert seen == [(JobState.PENDING, False)]
+        finished = await asyncio.wait_for(ended[0], 20)
+        assert (finished.id, finished.state) == (job.id, JobState.COMPLETED)

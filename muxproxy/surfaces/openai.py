@@ -282,9 +282,12 @@ def _describe_files(files: Sequence[Part]) -> dict[str, Any]:
 async def run(request: Request, state: AppState, key: ApiKey, submission: Submission,
               response_format: str) -> Response:
     """Create the job, wait for it, and answer with its images or its failure."""
-    job = await state.gateway.submit(key, "openai", submission)
+    ended: list[asyncio.Future[Job]] = []
+    job = await state.gateway.submit(
+        key, "openai", submission,
+        before_start=lambda created: ended.append(state.events.waiter(created.id)))
     wait = state.settings.surfaces.openai_wait_seconds
-    outcome = await wait_for(request, state, job, wait)
+    outcome = await wait_for(request, state, job, ended[0], wait)
     if outcome is None:
         response = render_error(WaitTimeout(
             f"the image is not ready after {wait:g} seconds; job {job.id} continues: poll "
@@ -312,18 +315,16 @@ class _Stopping:
     pass
 
 
-async def wait_for(request: Request, state: AppState, job: Job,
+async def wait_for(request: Request, state: AppState, job: Job, waiter: asyncio.Future[Job],
                    timeout: float) -> Job | _Disconnected | _Stopping | None:
-    """The job once terminal; a marker if the client hangs up or the gateway stops
-    first; None on timeout."""
-    waiter = state.events.waiter(job.id)
+    """The job once terminal (``waiter``, subscribed before it could start); a marker
+    if the client hangs up or the gateway stops first; None on timeout."""
+    if waiter.done():
+        state.events.discard(job.id, waiter)
+        return waiter.result()
     gone = asyncio.ensure_future(_disconnect(request))
     stopping = asyncio.ensure_future(_stop_answer_due(state, job.id))
     try:
-        # Subscribed first, so a job finishing before this read is not missed.
-        current = await state.store.get_job(job.id)
-        if current is not None and current.is_terminal:
-            return current
         watched: set[asyncio.Future[Any]] = {waiter, gone, stopping}
         done, _ = await asyncio.wait(watched, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
