@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from muxproxy.store import InsufficientBalance
 from muxproxy.store.schema import MIGRATIONS
 from muxproxy.store.sqlite import SqliteStore
 from tests.test_store_contract import T0, new_job
@@ -90,6 +91,25 @@ async def test_a_write_that_fails_in_a_batch_undoes_only_its_own_changes(
         assert {getattr(first, "id", None), getattr(last, "id", None)} == {"a", "b"}
         for job_id in ("a", "b", "taken"):
             assert await store.get_job(job_id) is not None
+    finally:
+        await store.aclose()
+
+
+async def test_a_write_alone_that_fails_halfway_leaves_nothing(tmp_path: Path) -> None:
+    # A batch of one runs without a savepoint: its failure rolls back the whole
+    # transaction, the job row its insert had already written included.
+    store = SqliteStore(tmp_path / "s.db")
+    await store.open()
+    statements: list[str] = []
+    try:
+        key = await store.create_key("poor", "digest-poor", now=T0, credits=2)
+        store._writer._conn.set_trace_callback(statements.append)  # type: ignore[union-attr]
+        with pytest.raises(InsufficientBalance):
+            await store.create_job(new_job("dear", key_id=key.id, credits=5))
+        assert "ROLLBACK" in statements and not any("SAVEPOINT" in s for s in statements)
+        assert await store.get_job("dear") is None
+        assert await store.ledger_sum(key.id) == 2
+        assert (await store.create_job(new_job("next", key_id=key.id, credits=2))).id == "next"
     finally:
         await store.aclose()
 

@@ -421,17 +421,24 @@ class _Failed:
 def _run_batch(conn: sqlite3.Connection, fns: Sequence[Callable[[sqlite3.Connection], Any]]
                ) -> list[Any]:
     """The rest of a transaction begun on ``conn``: each ``fn`` in a savepoint,
-    then COMMIT. Returns each one's result, or a :class:`_Failed`."""
+    then COMMIT. Returns each one's result, or a :class:`_Failed`. A batch of one
+    (every write, when the gateway is not busy) needs no savepoint: the
+    transaction is its own, and a failure rolls it back."""
+    savepoints = len(fns) > 1
     outcomes: list[Any] = []
     try:
         for fn in fns:
-            conn.execute("SAVEPOINT step")
+            if savepoints:
+                conn.execute("SAVEPOINT step")
             try:
                 outcomes.append(fn(conn))
             except Exception as exc:
+                if not savepoints:
+                    raise
                 conn.execute("ROLLBACK TO step")
                 outcomes.append(_Failed(exc))
-            conn.execute("RELEASE step")
+            if savepoints:
+                conn.execute("RELEASE step")
         conn.execute("COMMIT")
     except BaseException as exc:
         if conn.in_transaction:
