@@ -371,8 +371,7 @@ async def images_response(state: AppState, job: Job, response_format: str) -> di
     assert job.result is not None
     result = job.result
     data = []
-    urls = state.gateway.result_urls(job)
-    for stored, url in zip(result.images, urls, strict=True):
+    for stored in result.images:
         if response_format == "b64_json":
             try:
                 blob = await state.storage.get(stored.key)
@@ -380,7 +379,7 @@ async def images_response(state: AppState, job: Job, response_format: str) -> di
                 raise InternalError("a result image is missing from storage") from None
             item: dict[str, Any] = {"b64_json": base64.b64encode(blob).decode("ascii")}
         else:
-            item = {"url": url}
+            item = {"url": state.gateway.signer.url(stored.key)}
         if result.revised_prompt is not None:
             item["revised_prompt"] = result.revised_prompt
         data.append(item)
