@@ -308,11 +308,12 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             args.append(owner)
 
         # The job as it will be, when the caller's copy says it all: the compare-and-
-        # swap on state and lease means no one else changed the row since, and only
-        # a held or charged job's billing moves with it (that row is read back).
+        # swap on state and on the caller's lease means no one else changed the row
+        # since, and only a held or charged job's billing moves with it (that row is
+        # read back, like any move made without a lease).
         after = None
-        if (known is not None and known.state is expected and known.billing not in _SETTLES
-                and (owner is None or known.lease_owner == owner)):
+        if (known is not None and owner is not None and known.lease_owner == owner
+                and known.state is expected and known.billing not in _SETTLES):
             after = known.moved(target, now=now, release=release, changes=changes)
 
         def execute(db: sqlite3.Connection, suffix: str = "") -> sqlite3.Cursor:
