@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import sqlite3
 import time
@@ -107,37 +108,69 @@ def _task_id(body: bytes) -> str:
     return task_id
 
 
-async def native_rates(port: int, gateway: Service, db: Path, scale: Scale,
-                       model: str = "bench-image") -> dict[str, Any]:
-    """Submit rate, then (once the submitted jobs are done) poll rate, at c=64.
+class NativeRates:
+    """Submit and poll rounds at c=64 against one gateway, kept apart so that rounds
+    against several gateways can take turns (scenario 4).
 
     Each round of submits starts once the jobs of the one before are done, so that
-    every round measures the same thing: submits while their own jobs run."""
-    auth = {"Authorization": f"Bearer {BENCH_KEY}"}
-    submit = encode("POST", HOST, port, NATIVE_PATH, auth,
-                    {"model": model, "prompt": "a red fox in the snow"})
-    await drive(HOST, port, lambda _: submit, 200, 64)  # warm-up
-    await wait_drained(db, timeout=120)
-    submits = []
-    ids: list[str] = []
-    drained = 0.0
-    for _ in range(scale.rounds):
-        run = await drive(HOST, port, lambda _: submit, scale.submits, 64, keep_bodies=True)
-        ids += [_task_id(b) for b in run.bodies]
+    every round measures the same thing: submits while their own jobs run. Polls
+    read jobs that those submits made."""
+
+    def __init__(self, port: int, gateway: Service, db: Path,
+                 model: str = "bench-image") -> None:
+        self.port, self.gateway, self.db = port, gateway, db
+        self.auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+        self.submit = encode("POST", HOST, port, NATIVE_PATH, self.auth,
+                             {"model": model, "prompt": "a red fox in the snow"})
+        self.submits: list[Run] = []
+        self.polls: list[Run] = []
+        self.ids: list[str] = []
+        self.drained = 0.0
+        self._polls_raw: list[bytes] = []
+
+    async def warm_up(self) -> None:
+        await drive(HOST, self.port, lambda _: self.submit, 200, 64)
+        await wait_drained(self.db, timeout=120)
+
+    async def submit_round(self, requests: int) -> None:
+        run = await drive(HOST, self.port, lambda _: self.submit, requests, 64,
+                          keep_bodies=True)
+        self.ids += [_task_id(b) for b in run.bodies]
         run.bodies.clear()
-        submits.append(run)
-        drained = max(drained, await wait_drained(db, timeout=120))
-    polls_raw = [encode("GET", HOST, port, f"{NATIVE_PATH}?task_id={i}", auth)
-                 for i in random.Random(7).sample(ids, min(len(ids), 2000))]
-    await drive(HOST, port, lambda i: polls_raw[i % len(polls_raw)], 500, 64)  # warm-up
-    polls = [await drive(HOST, port, lambda i: polls_raw[i % len(polls_raw)], scale.polls, 64)
-             for _ in range(scale.rounds)]
-    rss, peak = gateway.memory_mb()
-    s, p = _summary(submits), _summary(polls)
-    return {"submit_rps": s["rps"], "submit_p99_ms": s["p99_ms"], "submit_errors": s["errors"],
-            "poll_rps": p["rps"], "poll_p99_ms": p["p99_ms"], "poll_errors": p["errors"],
-            "first_error": s["first_error"] or p["first_error"],
-            "drain_s": drained, "rss_mb": rss, "peak_rss_mb": peak}
+        self.submits.append(run)
+        self.drained = max(self.drained, await wait_drained(self.db, timeout=120))
+
+    async def poll_round(self, requests: int) -> None:
+        if not self._polls_raw:
+            self._polls_raw = [
+                encode("GET", HOST, self.port, f"{NATIVE_PATH}?task_id={i}", self.auth)
+                for i in random.Random(7).sample(self.ids, min(len(self.ids), 2000))]
+            await self._poll(500)  # warm-up
+        self.polls.append(await self._poll(requests))
+
+    async def _poll(self, requests: int) -> Run:
+        raw = self._polls_raw
+        return await drive(HOST, self.port, lambda i: raw[i % len(raw)], requests, 64)
+
+    def figures(self) -> dict[str, Any]:
+        rss, peak = self.gateway.memory_mb()
+        s, p = _summary(self.submits), _summary(self.polls)
+        return {"submit_rps": s["rps"], "submit_p99_ms": s["p99_ms"],
+                "submit_errors": s["errors"],
+                "poll_rps": p["rps"], "poll_p99_ms": p["p99_ms"], "poll_errors": p["errors"],
+                "first_error": s["first_error"] or p["first_error"],
+                "drain_s": self.drained, "rss_mb": rss, "peak_rss_mb": peak}
+
+
+async def native_rates(port: int, gateway: Service, db: Path, scale: Scale) -> dict[str, Any]:
+    """Scenario 2: submit rate, then (once the submitted jobs are done) poll rate."""
+    rates = NativeRates(port, gateway, db)
+    await rates.warm_up()
+    for _ in range(scale.rounds):
+        await rates.submit_round(scale.submits)
+    for _ in range(scale.rounds):
+        await rates.poll_round(scale.polls)
+    return rates.figures()
 
 
 async def wait_drained(db: Path, timeout: float) -> float:
@@ -190,33 +223,59 @@ def prefill(db: Path, rows: int) -> None:
 
 
 async def table_sizes(workdir: Path, fake_port: int, scale: Scale) -> dict[str, Any]:
-    """Scenario 4: the native rates on a table pre-filled with N completed jobs."""
-    results: dict[str, Any] = {}
+    """Scenario 4: the native rates on tables pre-filled with N completed jobs.
+
+    One gateway per table size, all running at once; their rounds take turns, in
+    the opposite order each round, so that a drift in the machine's speed during the
+    scenario falls on every size alike instead of on the last one measured."""
+    services: list[Service] = []
+    try:
+        rates: dict[int, NativeRates] = {}
+        for size in scale.sizes:
+            gateway, port, db = await _prefilled_gateway(workdir / f"table-{size}",
+                                                         fake_port, size)
+            services.append(gateway)
+            rates[size] = NativeRates(port, gateway, db)
+            await rates[size].warm_up()
+        turns = [list(scale.sizes) if r % 2 == 0 else list(reversed(scale.sizes))
+                 for r in range(scale.rounds)]
+        for turn in turns:
+            for size in turn:
+                await rates[size].submit_round(scale.submits)
+        for turn in turns:
+            for size in turn:
+                await rates[size].poll_round(scale.polls)
+        results = {str(size): r.figures() for size, r in rates.items()}
+    finally:
+        for service in services:
+            service.stop()
     for size in scale.sizes:
-        folder = workdir / f"table-{size}"
-        folder.mkdir()
-        gateway, port = await start_gateway(folder, fake_port)
-        db = folder / "data" / "muxproxy.db"
-        try:
-            raw = encode("POST", HOST, port, NATIVE_PATH,
-                         {"Authorization": f"Bearer {BENCH_KEY}"},
-                         {"model": "bench-image", "prompt": "template"})
-            await drive(HOST, port, [raw].__getitem__, 1, 1)
-            await wait_drained(db, 30)
-        finally:
-            gateway.stop()
-        started = time.perf_counter()
-        prefill(db, size)
-        print(f"  pre-filled {size} jobs in {time.perf_counter() - started:.1f} s", flush=True)
-        gateway, port = await start_gateway(folder, fake_port)
-        try:
-            results[str(size)] = await native_rates(port, gateway, db, scale)
-        finally:
-            gateway.stop()
         r = results[str(size)]
         print(f"  {size:>7} jobs: submit {r['submit_rps']:.0f}/s, poll {r['poll_rps']:.0f}/s, "
               f"RSS {r['rss_mb']:.0f} MB", flush=True)
     return results
+
+
+async def _prefilled_gateway(folder: Path, fake_port: int, size: int
+                             ) -> tuple[Service, int, Path]:
+    """A gateway on a table of ``size`` completed jobs: the gateway makes the file and
+    one job, ``prefill`` copies that job, and the gateway starts again on the result."""
+    os.mkdir(folder)
+    gateway, port = await start_gateway(folder, fake_port)
+    db = folder / "data" / "muxproxy.db"
+    try:
+        raw = encode("POST", HOST, port, NATIVE_PATH,
+                     {"Authorization": f"Bearer {BENCH_KEY}"},
+                     {"model": "bench-image", "prompt": "template"})
+        await drive(HOST, port, [raw].__getitem__, 1, 1)
+        await wait_drained(db, 30)
+    finally:
+        gateway.stop()
+    started = time.perf_counter()
+    prefill(db, size)
+    print(f"  pre-filled {size} jobs in {time.perf_counter() - started:.1f} s", flush=True)
+    gateway, port = await start_gateway(folder, fake_port)
+    return gateway, port, db
 
 
 # -- 3. Many async jobs with callbacks --------------------------------------------------
