@@ -124,7 +124,9 @@ class ProviderSettings:
     name: str
     kind: str
     base_url: str = ""
-    api_key: str = ""
+    # None when the config names no key (a local server may need none); "" when it
+    # names one that is empty, such as an unset ${VAR:-}.
+    api_key: str | None = None
     timeout_seconds: float = 120.0
     max_concurrency: int = 8
     # The circuit opens after this many transient failures in a row, for the cooldown.
@@ -325,6 +327,10 @@ def _providers(raw: Any) -> dict[str, ProviderSettings]:
                 if not isinstance(value, Mapping):
                     raise SettingsError(f"{where}.options: expected a table")
                 values[key] = dict(value)
+            elif key == "api_key":
+                if not isinstance(value, str):
+                    raise SettingsError(f"{where}.api_key: expected str, got {value!r}")
+                values[key] = value
             else:
                 values[key] = _coerce(value, getattr(defaults, key), f"{where}.{key}")
         result[name] = ProviderSettings(**values)

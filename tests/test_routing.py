@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from muxproxy.breaker import Circuit, CircuitBreaker
 from muxproxy.clock import ManualClock
+from muxproxy.providers import build_providers
 from muxproxy.providers.demo import DemoProvider
-from tests.support.gateway import RunningGateway, merge, run_gateway
+from muxproxy.providers.openai_compatible import OpenAICompatibleProvider
+from muxproxy.settings import parse_settings
+from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
 from tests.support.wait import eventually
 
+ROOT = Path(__file__).resolve().parent.parent
 FLAKY = {
     "providers": {
         "flaky": {"kind": "demo", "circuit_threshold": 2, "circuit_cooldown_seconds": 60,
@@ -138,3 +146,46 @@ def test_breaker_states() -> None:
     breaker.success()
     assert state(breaker) is Circuit.CLOSED
     assert breaker.allow()
+
+
+async def test_on_the_shipped_config_a_provider_left_without_its_key_is_skipped(
+        tmp_path: Path) -> None:
+    # config.toml names every hosted provider's key as ${VAR:-}: unset, the key is
+    # empty, and models routed only there answer 400 at once instead of making
+    # jobs that fail upstream for want of a key.
+    shipped = tomllib.loads((ROOT / "config.toml").read_text())
+    here = base_config(tmp_path)
+    config = merge(shipped, {name: here[name] for name in ("database", "storage", "keys")})
+    async with run_gateway(config) as gateway:
+        usable = {name for name, p in gateway.state.providers.items() if p.configured}
+        assert usable == {"demo", "demo-queue"}
+        for model in ("gpt-image-2", "gpt-image-2-lite", "grok-image/grok-4.2-image",
+                      "nano-banana"):
+            async with gateway.http.post(
+                    f"{gateway.url}/api/v1/images/generations", headers=gateway.headers(),
+                    json={"model": model, "prompt": "a fox"}) as resp:
+                body = await resp.json()
+            assert (resp.status, body["code"]) == (400, 400), body
+            assert "have no API key configured" in body["msg"], body
+        assert (await gateway.wait_terminal(
+            await gateway.submit({"model": "demo-image", "prompt": "a fox"})))["state"] \
+            == "completed"
+
+
+async def test_an_openai_compatible_server_named_without_a_key_needs_none(
+        http: aiohttp.ClientSession) -> None:
+    settings = parse_settings({"server": {"secret": "0123456789abcdef"}, "providers": {
+        "local": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"},
+        "unset": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1",
+                  "api_key": "${LOCAL_KEY:-}"},
+        "hosted": {"kind": "openai"},
+        "keyed": {"kind": "openai", "api_key": "${OPENAI_API_KEY}"},
+    }}, {"OPENAI_API_KEY": "sk-test"})
+    providers = build_providers(settings.providers, http, ManualClock())
+    assert {n: p.configured for n, p in providers.items()} == {
+        "local": True, "unset": False, "hosted": False, "keyed": True}
+    local, keyed = providers["local"], providers["keyed"]
+    assert isinstance(local, OpenAICompatibleProvider)
+    assert isinstance(keyed, OpenAICompatibleProvider)
+    assert local.auth_headers() == {}  # no empty "Bearer " either
+    assert keyed.auth_headers() == {"Authorization": "Bearer sk-test"}

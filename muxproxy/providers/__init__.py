@@ -7,6 +7,7 @@ uses it.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -38,7 +39,7 @@ def provider_class(kind: str) -> type[Provider]:
     return cls
 
 
-def build_providers(settings: dict[str, ProviderSettings] | None,
+def build_providers(settings: Mapping[str, ProviderSettings] | None,
                     http: aiohttp.ClientSession, clock: Clock) -> dict[str, Provider]:
     return {name: provider_class(ps.kind)(ps, http, clock)
             for name, ps in (settings or {}).items()}

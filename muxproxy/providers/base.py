@@ -118,8 +118,14 @@ class Provider(abc.ABC):
 
     @property
     def configured(self) -> bool:
-        """Can this provider serve at all? Routes to one that cannot are skipped."""
-        return bool(self.settings.api_key) or not self.needs_key
+        """Can this provider serve at all? Not when its key is empty and it needs one
+        or its config names one. Routes to one that cannot are skipped."""
+        key = self.settings.api_key
+        return bool(key) or (key is None and not self.needs_key)
+
+    @property
+    def api_key(self) -> str:
+        return self.settings.api_key or ""
 
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:

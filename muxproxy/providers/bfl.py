@@ -147,7 +147,7 @@ class BflProvider(Provider):
 
     @property
     def _headers(self) -> dict[str, str]:
-        return {"x-key": self.settings.api_key}
+        return {"x-key": self.api_key}
 
     async def submit(self, call: Call) -> SubmitOutcome:
         self.check(call.request, call.upstream_model, call.params)

@@ -121,7 +121,7 @@ class FalProvider(Provider):
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Key {self.settings.api_key}"}
+        return {"Authorization": f"Key {self.api_key}"}
 
     def check(self, request: GenerationRequest, upstream_model: str,
               params: Mapping[str, Any]) -> None:

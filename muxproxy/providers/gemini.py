@@ -179,7 +179,7 @@ class GeminiProvider(Provider):
         return body
 
     async def _generate(self, url: str, body: dict[str, Any]) -> tuple[ImageData, str | None]:
-        headers = {"x-goog-api-key": self.settings.api_key}
+        headers = {"x-goog-api-key": self.api_key}
         async with self.call("POST", url, json=body, headers=headers) as response:
             if response.status >= 300:
                 raise await self._error(response)

@@ -99,6 +99,7 @@ def family_of(model: str) -> Family | None:
 
 class OpenAIProvider(OpenAICompatibleProvider):
     kind = "openai"
+    needs_key = True
     default_base_url = "https://api.openai.com/v1"
 
     def fields(self, request: GenerationRequest, model: str,

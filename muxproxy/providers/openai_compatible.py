@@ -98,7 +98,7 @@ class OpenAICompatibleProvider(Provider):
         return self.finished(result)
 
     def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api_key}"}
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     async def edit_payload(self, call: Call, body: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the edits request: OpenAI's multipart form.

@@ -95,7 +95,7 @@ class ReplicateProvider(Provider):
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api_key}"}
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     def check(self, request: GenerationRequest, upstream_model: str,
               params: Mapping[str, Any]) -> None:

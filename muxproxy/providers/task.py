@@ -62,7 +62,7 @@ class TaskProvider(Provider):
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.settings.api_key}"}
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     async def submit(self, call: Call) -> SubmitOutcome:
         body = await self._body(call)

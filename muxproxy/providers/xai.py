@@ -43,6 +43,7 @@ OPTIONS: Mapping[str, frozenset[str] | None] = {
 
 class XAIProvider(OpenAICompatibleProvider):
     kind = "xai"
+    needs_key = True
     default_base_url = "https://api.x.ai/v1"
 
     def fields(self, request: GenerationRequest, model: str,
