@@ -60,3 +60,33 @@ class JobEvents:
             waiters.discard(future)
             if not waiters:
                 del self._waiters[job_id]
+
+
+class EndWatch:
+    """A wait for the end of a job not created yet. Passed as the gateway's
+    ``before_start``, it subscribes once the job is stored, before it can start, so
+    no read of the job is needed to know it has not already ended. A caller that
+    gives up before then calls :meth:`close` and leaves nothing subscribed, even if
+    the job is created afterwards (its creation is shielded from the caller)."""
+
+    def __init__(self, events: JobEvents) -> None:
+        self._events = events
+        self._closed = False
+        self._job_id = ""
+        self._future: asyncio.Future[Job] | None = None
+
+    def __call__(self, job: Job) -> None:
+        if not self._closed:
+            self._job_id, self._future = job.id, self._events.waiter(job.id)
+
+    @property
+    def ended(self) -> asyncio.Future[Job]:
+        """Resolves with the job once terminal; there once the job was created."""
+        if self._future is None:
+            raise RuntimeError("the job was not created")
+        return self._future
+
+    def close(self) -> None:
+        self._closed = True
+        if self._future is not None:
+            self._events.discard(self._job_id, self._future)

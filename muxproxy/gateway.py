@@ -170,12 +170,15 @@ class Gateway:
         self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
         log.info("job created", job_id=job.id, model=job.model, provider=job.provider,
                  surface=new.surface, credits=new.credits)
-        if before_start is not None:
-            before_start(job)
-        if lease is not None:
-            self.dispatcher.launch(job)
-        else:
-            self.dispatcher.wake()
+        try:
+            if before_start is not None:
+                before_start(job)
+        finally:
+            # Stored is promised: a failing hook must not leave it claimed but idle.
+            if lease is not None:
+                self.dispatcher.launch(job)
+            else:
+                self.dispatcher.wake()
         return job
 
     async def _create(self, new: NewJob) -> Job:

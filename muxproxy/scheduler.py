@@ -80,7 +80,12 @@ class Scheduler:
         return Lease(self.owner, now_ms(self.clock) + self._lease_ms(found))
 
     def unreserve(self, provider: str) -> None:
+        """Give back a slot from :meth:`reserve` whose job was not created."""
+        settings = self.providers[provider].settings
+        was_full = self._in_flight[provider] >= settings.max_concurrency
         self._in_flight[provider] -= 1
+        if was_full or self._queued[provider]:
+            self._wake.set()  # a pass meanwhile saw no free slot for due jobs
 
     def launch(self, job: Job) -> None:
         """Run a job created with a lease from :meth:`reserve`."""
@@ -173,8 +178,10 @@ class Scheduler:
         sweep = self._next_sweep
         if self._draining:
             return sweep  # due jobs wait for the next start: no hurry
+        # Providers that cannot serve are looked at on sweeps only (see _tick): a job
+        # of theirs that is due must not make every pass until then come at once.
         free = [n for n, p in self.providers.items()
-                if self._in_flight[n] < p.settings.max_concurrency]
+                if p.configured and self._in_flight[n] < p.settings.max_concurrency]
         due = await self.store.next_due(free)
         return sweep if due is None else min(sweep, due)
 

@@ -29,6 +29,7 @@ from muxproxy.errors import (
     UpstreamFailed,
     WaitTimeout,
 )
+from muxproxy.events import EndWatch
 from muxproxy.forms import FormLimits, Part, parse_form
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest, ImageRef
@@ -282,12 +283,14 @@ def _describe_files(files: Sequence[Part]) -> dict[str, Any]:
 async def run(request: Request, state: AppState, key: ApiKey, submission: Submission,
               response_format: str) -> Response:
     """Create the job, wait for it, and answer with its images or its failure."""
-    ended: list[asyncio.Future[Job]] = []
-    job = await state.gateway.submit(
-        key, "openai", submission,
-        before_start=lambda created: ended.append(state.events.waiter(created.id)))
+    watch = EndWatch(state.events)
+    try:
+        job = await state.gateway.submit(key, "openai", submission, before_start=watch)
+    except BaseException:
+        watch.close()
+        raise
     wait = state.settings.surfaces.openai_wait_seconds
-    outcome = await wait_for(request, state, job, ended[0], wait)
+    outcome = await wait_for(request, state, job, watch.ended, wait)
     if outcome is None:
         response = render_error(WaitTimeout(
             f"the image is not ready after {wait:g} seconds; job {job.id} continues: poll "
