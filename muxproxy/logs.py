@@ -96,7 +96,6 @@ class LineWriter:
 def configure_logging(level: str = "info", fmt: str = "json") -> LineWriter:
     """Configure structlog; the writer returned must be flushed before the loop ends."""
     global _generation
-    _generation += 1
     writer = LineWriter()
     renderer: Any = (structlog.processors.JSONRenderer(serializer=_dumps) if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=False))
@@ -114,6 +113,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> LineWriter:
         logger_factory=lambda *_: writer,
         cache_logger_on_first_use=False,
     )
+    # Only now: a logger used in between must not keep the old configuration.
+    _generation += 1
     return writer
 
 

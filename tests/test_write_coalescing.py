@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 
 from muxproxy.logs import LineWriter, configure_logging, get_logger
 from muxproxy.server import _CoalescingTransport
@@ -94,6 +95,31 @@ def test_a_logger_follows_a_later_configuration(monkeypatch: pytest.MonkeyPatch)
         assert "third" in last and not last.startswith("{")
     finally:
         configure_logging("warning")  # as the tests' gateways configure it
+
+
+def test_a_logger_used_while_logging_is_reconfigured_takes_the_new_configuration(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another thread may log while configure_logging() runs; the logger it builds
+    # then must not be kept as if it were made under the new configuration.
+    out = CountingStream()
+    monkeypatch.setattr(sys, "stdout", out)
+    log = get_logger("muxproxy.test")
+    configure = structlog.configure
+
+    def configure_while_logging(**settings: Any) -> None:
+        log.info("meanwhile")  # still under the old configuration (warning)
+        configure(**settings)
+
+    monkeypatch.setattr(structlog, "configure", configure_while_logging)
+    try:
+        configure_logging("warning")
+        configure_logging("info")
+        log.info("after")
+        assert [orjson.loads(line)["event"] for line in out.getvalue().splitlines()] == [
+            "after"]
+    finally:
+        monkeypatch.undo()
+        configure_logging("warning")
 
 
 class CountingStream(io.StringIO):
