@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
 from dataclasses import FrozenInstanceError, replace
 
 import pytest
@@ -52,6 +53,14 @@ def test_dimensions_read_from_the_encoded_image(fmt: str) -> None:
     assert images.dimensions(data) == (321, 123)
     # A file cut off inside its header has no size.
     assert images.dimensions(data[:8]) == (None, None)
+
+
+def test_a_gif_frame_larger_than_its_screen_gives_the_frame_size() -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (50, 40), "teal").save(out, "GIF")
+    data = bytearray(out.getvalue())
+    data[6:10] = struct.pack("<HH", 10, 10)  # the logical screen, smaller than the frame
+    assert images.dimensions(bytes(data)) == (50, 40)
 
 
 def test_dimensions_of_what_is_not_an_image() -> None:
