@@ -13,7 +13,7 @@ from muxproxy import images
 from muxproxy.clock import Clock, now_ms
 from muxproxy.errors import Forbidden, InsufficientCredits, InvalidRequest, NotFound, RateLimited
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import Job, Lease, NewJob, evolve
+from muxproxy.jobs import Job, Lease, NewJob, StoredImage, evolve
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.pricing import check_capabilities, price
@@ -223,7 +223,11 @@ class Gateway:
     def result_urls(self, job: Job) -> list[str]:
         if job.result is None:
             return []
-        return [self.signer.url(image.key) for image in job.result.images]
+        return [self.result_url(image) for image in job.result.images]
+
+    def result_url(self, image: StoredImage) -> str:
+        """The signed link to a stored result image."""
+        return self.signer.url(image.key)
 
 
 def _with_uploads(submission: Submission) -> GenerationRequest:

@@ -35,9 +35,11 @@ class Idempotency:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" \
-                or scope["path"] not in CREATE_PATHS \
-                or header(scope, b"idempotency-key") is None:
+        idem_key = None
+        if scope["type"] == "http" and scope["method"] == "POST" \
+                and scope["path"] in CREATE_PATHS:
+            idem_key = header(scope, b"idempotency-key")
+        if idem_key is None:
             await self.app(scope, receive, send)
             return
         started = False
@@ -48,16 +50,16 @@ class Idempotency:
             await send(message)
 
         try:
-            await self._handle(scope, receive, tracking)
+            await self._handle(scope, receive, tracking, idem_key)
         except Exception:
             # Like every endpoint: logged, and a 500 in the surface's own shape.
             log.exception("idempotency failed", path=scope["path"])
             if not started:
                 await self._refuse(scope, receive, send, InternalError("internal server error"))
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _handle(self, scope: Scope, receive: Receive, send: Send,
+                      idem_key: str) -> None:
         request = Request(scope)
-        idem_key = request.headers["idempotency-key"]
         if not 1 <= len(idem_key) <= 255:
             await self._refuse(scope, receive, send, InvalidRequest(
                 "Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key"))

@@ -71,18 +71,15 @@ class Scheduler:
         """A slot for a job about to be created, when ``provider`` has one free and
         no job of it waits in the queue: the job is then created already claimed and
         started at once (:meth:`launch`), with no pass of the loop below in between."""
-        found = self.providers[provider]
-        if (self._draining or self._stopping or self._queued[provider]
-                or self._in_flight[provider] >= found.settings.max_concurrency):
+        if self._draining or self._stopping or self._queued[provider] or self._full(provider):
             self._queued[provider] = True  # its job waits: later ones queue behind it
             return None
         self._in_flight[provider] += 1
-        return Lease(self.owner, now_ms(self.clock) + self._lease_ms(found))
+        return Lease(self.owner, now_ms(self.clock) + self._lease_ms(self.providers[provider]))
 
     def unreserve(self, provider: str) -> None:
         """Give back a slot from :meth:`reserve` whose job was not created."""
-        settings = self.providers[provider].settings
-        was_full = self._in_flight[provider] >= settings.max_concurrency
+        was_full = self._full(provider)
         self._in_flight[provider] -= 1
         if was_full or self._queued[provider]:
             self._wake.set()  # a pass meanwhile saw no free slot for due jobs
@@ -165,6 +162,10 @@ class Scheduler:
             for job in jobs:
                 self._spawn(job)
 
+    def _full(self, provider: str) -> bool:
+        """Are all of the provider's slots taken?"""
+        return self._in_flight[provider] >= self.providers[provider].settings.max_concurrency
+
     def _lease_ms(self, provider: Provider) -> int:
         return int((provider.settings.timeout_seconds
                     + self.settings.lease_margin_seconds) * 1000)
@@ -180,8 +181,7 @@ class Scheduler:
             return sweep  # due jobs wait for the next start: no hurry
         # Providers that cannot serve are looked at on sweeps only (see _tick): a job
         # of theirs that is due must not make every pass until then come at once.
-        free = [n for n, p in self.providers.items()
-                if p.configured and self._in_flight[n] < p.settings.max_concurrency]
+        free = [n for n, p in self.providers.items() if p.configured and not self._full(n)]
         due = await self.store.next_due(free)
         return sweep if due is None else min(sweep, due)
 
@@ -208,7 +208,7 @@ class Scheduler:
     def _done(self, task: asyncio.Task[bool], job: Job) -> None:
         self._running.pop(task, None)
         provider = job.provider
-        was_full = self._in_flight[provider] >= self.providers[provider].settings.max_concurrency
+        was_full = self._full(provider)
         self._in_flight[provider] -= 1
         self.metrics.jobs_in_flight.labels(provider).dec()
         if not self._running:

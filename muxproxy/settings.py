@@ -327,12 +327,10 @@ def _providers(raw: Any) -> dict[str, ProviderSettings]:
                 if not isinstance(value, Mapping):
                     raise SettingsError(f"{where}.options: expected a table")
                 values[key] = dict(value)
-            elif key == "api_key":
-                if not isinstance(value, str):
-                    raise SettingsError(f"{where}.api_key: expected str, got {value!r}")
-                values[key] = value
             else:
-                values[key] = _coerce(value, getattr(defaults, key), f"{where}.{key}")
+                # api_key defaults to None (no key named) but is a string when given.
+                default = "" if key == "api_key" else getattr(defaults, key)
+                values[key] = _coerce(value, default, f"{where}.{key}")
         result[name] = ProviderSettings(**values)
     return result
 

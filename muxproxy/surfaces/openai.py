@@ -382,7 +382,7 @@ async def images_response(state: AppState, job: Job, response_format: str) -> di
                 raise InternalError("a result image is missing from storage") from None
             item: dict[str, Any] = {"b64_json": base64.b64encode(blob).decode("ascii")}
         else:
-            item = {"url": state.gateway.signer.url(stored.key)}
+            item = {"url": state.gateway.result_url(stored)}
         if result.revised_prompt is not None:
             item["revised_prompt"] = result.revised_prompt
         data.append(item)
