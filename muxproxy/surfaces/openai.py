@@ -2,9 +2,11 @@
 official SDKs pointed at ``base_url=<gateway>/v1``.
 
 ``POST /v1/images/*`` creates a job like any surface, then waits for it (bounded by
-``surfaces.openai_wait_seconds``) and answers as OpenAI does. The job id leaves in
-the ``x-muxproxy-job-id`` header; a client that hangs up or times out can poll it on
-the native task API. Errors: ``{"error": {"message", "type", "param", "code"}}``.
+``surfaces.openai_wait_seconds``; by default the job's whole life) and answers as
+OpenAI does. The job id leaves in the ``x-muxproxy-job-id`` header; a client that
+hangs up or times out can poll it on the native task API, or retry with the first
+call's Idempotency-Key to wait for the same job.
+Errors: ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
@@ -33,11 +35,19 @@ from muxproxy.events import EndWatch
 from muxproxy.forms import FormLimits, Part, parse_form
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.http import JSONResponse, media_type, parse_json_object, read_body, surface
+from muxproxy.http import (
+    JSONResponse,
+    idempotency_claim,
+    media_type,
+    parse_json_object,
+    read_body,
+    surface,
+)
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
 from muxproxy.logs import get_logger
-from muxproxy.settings import ModelSettings
+from muxproxy.scheduler import SWEEP_SECONDS as DEADLINE_SWEEP_SECONDS
+from muxproxy.settings import ModelSettings, Settings
 from muxproxy.storage import BlobNotFound
 from muxproxy.store import ApiKey
 from muxproxy.validation import UploadedImage
@@ -285,16 +295,42 @@ async def run(request: Request, state: AppState, key: ApiKey, submission: Submis
     """Create the job, wait for it, and answer with its images or its failure."""
     watch = EndWatch(state.events)
     try:
-        job = await state.gateway.submit(key, "openai", submission, before_start=watch)
+        job = await state.gateway.submit(key, "openai", submission, before_start=watch,
+                                         idempotency=idempotency_claim(request))
     except BaseException:
         watch.close()
         raise
-    wait = state.settings.surfaces.openai_wait_seconds
-    outcome = await wait_for(request, state, job, watch.ended, wait)
+    outcome = await wait_for(request, state, job, watch.ended, wait_seconds(state.settings))
+    return await answer(state, job, outcome, response_format)
+
+
+async def replay(request: Request, state: AppState, job: Job) -> Response:
+    """A create call's retry (same Idempotency-Key): waits for the job the first
+    call created, like the first call did, and answers with its result."""
+    response_format = await _response_format(request, state)
+    waiter = state.events.waiter(job.id)  # before the read: an end in between is seen
+    current = await state.store.get_job(job.id) or job
+    if current.is_terminal:
+        state.events.discard(job.id, waiter)
+        outcome: Job | _Disconnected | _Stopping | None = current
+    else:
+        outcome = await wait_for(request, state, current, waiter, wait_seconds(state.settings))
+    return await answer(state, current, outcome, response_format)
+
+
+def wait_seconds(settings: Settings) -> float:
+    """``surfaces.openai_wait_seconds``, or by default the job's whole life: its
+    deadline, plus the time the scheduler may take to notice a deadline passed."""
+    return settings.surfaces.openai_wait_seconds or \
+        settings.jobs.deadline_seconds + DEADLINE_SWEEP_SECONDS + 1
+
+
+async def answer(state: AppState, job: Job, outcome: Job | _Disconnected | _Stopping | None,
+                 response_format: str) -> Response:
     if outcome is None:
         response = render_error(WaitTimeout(
-            f"the image is not ready after {wait:g} seconds; job {job.id} continues: poll "
-            f"GET /api/v1/images/generations?task_id={job.id}"))
+            f"the image is not ready after {wait_seconds(state.settings):g} seconds; job "
+            f"{job.id} continues: poll GET /api/v1/images/generations?task_id={job.id}"))
     elif isinstance(outcome, _Stopping):
         response = render_error(WaitTimeout(
             f"the gateway is restarting before the image is ready; job {job.id} continues "
@@ -308,6 +344,22 @@ async def run(request: Request, state: AppState, key: ApiKey, submission: Submis
         response = JSONResponse(await images_response(state, outcome, response_format))
     response.headers[JOB_HEADER] = job.id
     return response
+
+
+async def _response_format(request: Request, state: AppState) -> str:
+    """The retried request's ``response_format`` (its body is the first call's)."""
+    raw = await request.body()
+    try:
+        if media_type(request) == "multipart/form-data":
+            limit = state.settings.limits.max_body_bytes
+            form = await parse_form(raw, request.headers["content-type"], FormLimits(
+                max_parts=1000, max_file_bytes=limit, max_field_bytes=limit))
+            fields: Mapping[str, Any] = form.fields
+        else:
+            fields = parse_json_object(raw)
+    except MuxError:
+        fields = {}
+    return "b64_json" if fields.get("response_format") == "b64_json" else "url"
 
 
 class _Disconnected:
