@@ -89,7 +89,8 @@ class Idempotency:
         if not complete:
             await self.app(scope, replay, send)  # the endpoint answers 413
             return
-        digest = await _digest(scope, b"".join(chunks), state)
+        digest = await request_digest(scope["path"], header(scope, b"content-type") or "",
+                                      b"".join(chunks), state.settings.limits.max_body_bytes)
         outcome = await state.store.idempotency_begin(
             key.id, idem_key, digest, now=now_ms(state.clock),
             ttl_ms=state.settings.limits.idempotency_ttl_seconds * 1000,
@@ -130,31 +131,29 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, exc: MuxError) -> 
     await renderer_for(scope["path"])(exc)(scope, receive, send)
 
 
-async def _digest(scope: Scope, body: bytes, state: AppState) -> str:
+async def request_digest(path: str, content_type: str, body: bytes, limit: int) -> str:
     """What makes two requests "the same": the path and the body. A form is taken
     by its parts, not its bytes: a client's retry draws a new multipart boundary."""
-    content_type = header(scope, b"content-type") or ""
-    canonical = b"%s\n%s\n%s" % (scope["path"].encode(), content_type.encode(), body)
     if content_type.lower().startswith("multipart/form-data"):
-        limit = state.settings.limits.max_body_bytes
         try:
             form = await parse_form(body, content_type, FormLimits(
                 max_parts=1000, max_file_bytes=limit, max_field_bytes=limit))
         except MuxError:
             pass  # the endpoint refuses it; no job, so nothing to bind
         else:
-            parts = hashlib.sha256(scope["path"].encode() + b"\nform\n")
+            digest = hashlib.sha256(path.encode() + b"\nform\n")
             for name, value in sorted(form.fields.items()):
-                parts.update(b"field %d %s %d %s" % (len(name), name.encode(), len(value),
-                                                     value.encode()))
+                digest.update(b"field %d %s %d %s" % (len(name), name.encode(), len(value),
+                                                      value.encode()))
             for part in form.files:
                 filename = (part.filename or "").encode()
-                parts.update(b"file %d %s %d %s %d " % (
+                digest.update(b"file %d %s %d %s %d " % (
                     len(part.name), part.name.encode(), len(filename), filename,
                     len(part.data)))
-                parts.update(part.data)
-            return parts.hexdigest()
-    return hashlib.sha256(canonical).hexdigest()
+                digest.update(part.data)
+            return digest.hexdigest()
+    return hashlib.sha256(b"%s\n%s\n%s" % (path.encode(), content_type.encode(),
+                                            body)).hexdigest()
 
 
 async def _buffer(receive: Receive, limit: int) -> tuple[list[bytes], bool]:
