@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 import pytest
@@ -20,8 +21,12 @@ from muxproxy.generation import GenerationRequest
 from muxproxy.idempotency import CREATE_STEP_MS, request_digest
 from muxproxy.jobs import IdempotencyClaim, Job, NewJob
 from muxproxy.store import Store
+from muxproxy.store import sqlite as sqlite_store
 from muxproxy.store.accounts import IdempotencySuperseded, LedgerKind
+from muxproxy.store.schema import MIGRATIONS
+from muxproxy.store.sqlite import SqliteStore
 from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
+from tests.support.images import png_bytes
 from tests.support.process import free_port, gateway_process
 from tests.support.wait import eventually
 
@@ -340,3 +345,68 @@ async def test_a_reservation_left_by_a_dead_process_is_taken_over(tmp_path: Path
 async def _digest_of(gw: RunningGateway, body: dict[str, Any]) -> str:
     return await request_digest(NATIVE, "application/json", orjson.dumps(body),
                                 gw.settings.limits.max_body_bytes)
+
+
+# -- what counts as the same request, and what keeps no binding ---------------------
+
+async def test_a_form_resent_with_a_new_boundary_is_the_same_request(tmp_path: Path) -> None:
+    """An SDK rebuilds a multipart body on each retry, with a new boundary."""
+    async with run_gateway(priced(tmp_path)) as gw:
+        answers = []
+        for prompt in ("edit me", "edit me", "edit me differently"):
+            form = aiohttp.FormData()
+            form.add_field("model", "paid")
+            form.add_field("prompt", prompt)
+            form.add_field("image", png_bytes(), filename="in.png", content_type="image/png")
+            async with gw.http.post(f"{gw.url}/v1/images/edits", data=form, headers={
+                    "Authorization": f"Bearer {PAYER}", "Idempotency-Key": "edit"}) as resp:
+                answers.append((resp.status, resp.headers))
+        assert [status for status, _ in answers] == [200, 200, 422]
+        assert answers[1][1]["Idempotent-Replayed"] == "true"
+        assert answers[1][1]["x-muxproxy-job-id"] == answers[0][1]["x-muxproxy-job-id"]
+        assert len(await payer_jobs(gw.state.store)) == 1
+
+
+async def test_a_refusal_before_any_job_keeps_no_binding(tmp_path: Path) -> None:
+    config = priced(tmp_path)
+    config["keys"][-1]["credits"] = PRICE - 1
+    async with run_gateway(config) as gw:
+        body = {"model": "paid", "prompt": "too dear"}
+        status, error, _ = await post(gw, NATIVE, body, "short")
+        assert status == 402, error
+        assert idempotency_rows(tmp_path / "muxproxy.db") == []
+        payer = await gw.state.store.key_by_hash(hash_key(PAYER))
+        assert payer is not None
+        await gw.state.store.topup(payer.id, 1, now=now_ms(gw.state.clock))
+        status, answer, headers = await post(gw, NATIVE, body, "short")
+        assert status == 200 and "Idempotent-Replayed" not in headers
+        [job] = await payer_jobs(gw.state.store)
+        assert job.id == answer["data"]["taskId"]
+
+
+async def test_upgrading_keeps_bound_jobs_and_drops_stored_bodies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records written before keys were bound to jobs held whole response bodies."""
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(sqlite_store, "MIGRATIONS", MIGRATIONS[:3])
+    old = SqliteStore(path)
+    await old.open()
+    await old.create_job(NewJob(
+        id="job-1", key_id="k", surface="native", model="m",
+        request=GenerationRequest(prompt="p"), client_params={}, provider="demo",
+        upstream_model="m", callback_url=None, created_at=1, deadline_at=2))
+    await old.aclose()
+    bodies = [("native", b'{"code":200,"msg":"success","data":{"taskId":"job-1"}}'),
+              ("openai", b'{"data":[{"b64_json":"iVBORw0KGgo="}]}'),
+              ("gone", b'{"historyId":"no-such-job"}')]
+    with sqlite3.connect(path) as conn:
+        for idem_key, body in bodies:
+            conn.execute("INSERT INTO idempotency VALUES ('k', ?, 'h', 200, "
+                         "'application/json', ?, 1, 9999999999999)", (idem_key, body))
+    monkeypatch.undo()
+    store = SqliteStore(path)
+    await store.open()
+    await store.aclose()
+    assert idempotency_rows(path) == [{
+        "key_id": "k", "idem_key": "native", "request_hash": "h", "job_id": "job-1",
+        "claim": None, "owner": None, "created_at": 1, "expires_at": 9999999999999}]
