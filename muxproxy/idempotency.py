@@ -96,8 +96,11 @@ class Idempotency:
             ttl_ms=state.settings.limits.idempotency_ttl_seconds * 1000,
             owner=state.scheduler.owner, create_step_ms=CREATE_STEP_MS)
         if isinstance(outcome, IdempotencyClaim):
+            # In place, not a copy: the router's notes on the scope (the route, for
+            # metrics) must reach the middleware outside this one.
+            scope[IDEMPOTENCY_SCOPE_KEY] = outcome
             try:
-                await self.app({**scope, IDEMPOTENCY_SCOPE_KEY: outcome}, replay, send)
+                await self.app(scope, replay, send)
             finally:
                 # A no-op once the job is bound; otherwise no job exists: a retry runs.
                 await state.store.idempotency_release(outcome)
