@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from muxproxy.settings import SettingsError, parse_settings
-from muxproxy.surfaces import openai
+from muxproxy.surfaces.waits import wait_seconds
 from tests.support.gateway import base_config, merge
 
 
@@ -16,12 +16,12 @@ def test_defaults_and_values(tmp_path: Path) -> None:
         "deadline_seconds": 900}}), {})
     # Unset, the OpenAI surface waits for a job's whole life, deadline sweep included.
     assert settings.surfaces.openai_wait_seconds == 0.0
-    assert openai.wait_seconds(settings) > 900
+    assert wait_seconds(settings) > 900
     assert settings.surfaces.default_model == ""
     settings = parse_settings(merge(base_config(tmp_path), {"surfaces": {
         "openai_wait_seconds": "12", "default_model": "demo-image-async"}}), {})
     assert settings.surfaces.openai_wait_seconds == 12.0
-    assert openai.wait_seconds(settings) == 12.0
+    assert wait_seconds(settings) == 12.0
     assert settings.surfaces.default_model == "demo-image-async"
 
 

@@ -11,7 +11,6 @@ Errors: ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,10 +45,10 @@ from muxproxy.http import (
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
 from muxproxy.logs import get_logger
-from muxproxy.scheduler import SWEEP_SECONDS as DEADLINE_SWEEP_SECONDS
-from muxproxy.settings import ModelSettings, Settings
+from muxproxy.settings import ModelSettings
 from muxproxy.storage import BlobNotFound
 from muxproxy.store import ApiKey
+from muxproxy.surfaces.waits import Disconnected, Stopping, wait_for, wait_seconds
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.openai")
@@ -312,30 +311,23 @@ async def replay(request: Request, state: AppState, job: Job) -> Response:
     current = await state.store.get_job(job.id) or job
     if current.is_terminal:
         state.events.discard(job.id, waiter)
-        outcome: Job | _Disconnected | _Stopping | None = current
+        outcome: Job | Disconnected | Stopping | None = current
     else:
         outcome = await wait_for(request, state, current, waiter, wait_seconds(state.settings))
     return await answer(state, current, outcome, response_format)
 
 
-def wait_seconds(settings: Settings) -> float:
-    """``surfaces.openai_wait_seconds``, or by default the job's whole life: its
-    deadline, plus the time the scheduler may take to notice a deadline passed."""
-    return settings.surfaces.openai_wait_seconds or \
-        settings.jobs.deadline_seconds + DEADLINE_SWEEP_SECONDS + 1
-
-
-async def answer(state: AppState, job: Job, outcome: Job | _Disconnected | _Stopping | None,
+async def answer(state: AppState, job: Job, outcome: Job | Disconnected | Stopping | None,
                  response_format: str) -> Response:
     if outcome is None:
         response = render_error(WaitTimeout(
             f"the image is not ready after {wait_seconds(state.settings):g} seconds; job "
             f"{job.id} continues: poll GET /api/v1/images/generations?task_id={job.id}"))
-    elif isinstance(outcome, _Stopping):
+    elif isinstance(outcome, Stopping):
         response = render_error(WaitTimeout(
             f"the gateway is restarting before the image is ready; job {job.id} continues "
             f"after the restart: poll GET /api/v1/images/generations?task_id={job.id}"))
-    elif isinstance(outcome, _Disconnected):
+    elif isinstance(outcome, Disconnected):
         log.info("client disconnected while waiting; the job continues", job_id=job.id)
         return Response(status_code=499)
     elif outcome.state is JobState.FAILED:
@@ -360,57 +352,6 @@ async def _response_format(request: Request, state: AppState) -> str:
     except MuxError:
         fields = {}
     return "b64_json" if fields.get("response_format") == "b64_json" else "url"
-
-
-class _Disconnected:
-    pass
-
-
-class _Stopping:
-    pass
-
-
-async def wait_for(request: Request, state: AppState, job: Job, waiter: asyncio.Future[Job],
-                   timeout: float) -> Job | _Disconnected | _Stopping | None:
-    """The job once terminal (``waiter``, subscribed before it could start); a marker
-    if the client hangs up or the gateway stops first; None on timeout."""
-    if waiter.done():
-        state.events.discard(job.id, waiter)
-        return waiter.result()
-    gone = asyncio.ensure_future(_disconnect(request))
-    stopping = asyncio.ensure_future(_stop_answer_due(state, job.id))
-    try:
-        watched: set[asyncio.Future[Any]] = {waiter, gone, stopping}
-        done, _ = await asyncio.wait(watched, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if waiter in done:
-            return waiter.result()
-        if gone in done:
-            return _Disconnected()
-        return _Stopping() if stopping in done else None
-    finally:
-        gone.cancel()
-        stopping.cancel()
-        state.events.discard(job.id, waiter)
-
-
-async def _stop_answer_due(state: AppState, job_id: str) -> None:
-    """Returns when a waiting request must answer because the gateway stops: at once
-    if no step of its job is running (no new one starts until the restart), else
-    just before the grace period ends, in case the running step finishes the job."""
-    await state.shutdown.started.wait()
-    if state.scheduler.running(job_id):
-        await state.shutdown.answer_due()
-
-
-async def _disconnect(request: Request) -> None:
-    # The body is read: the next ASGI message is the disconnect, if it ever comes.
-    try:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-    except Exception:
-        log.warning("could not watch for a client disconnect", exc_info=True)
-        await asyncio.Event().wait()
 
 
 def failure(job: Job) -> MuxError:
