@@ -66,8 +66,9 @@ class JobSettings:
 
 @dataclass(frozen=True)
 class SurfaceSettings:
-    # How long POST /v1/images/* waits for its job before answering 504 (the job runs on).
-    openai_wait_seconds: float = 300.0
+    # How long POST /v1/images/* waits for its job before answering 504 (the job runs
+    # on). 0: the job's whole life (jobs.deadline_seconds), so no 504 while it runs.
+    openai_wait_seconds: float = 0.0
     # The model used when an OpenAI or ModelMux request names none; "" = the first model.
     default_model: str = ""
 
@@ -421,8 +422,9 @@ def _check(settings: Settings) -> None:
             raise SettingsError(f"providers.{name}.max_response_bytes: must be at least 65536")
     if settings.jobs.max_attempts < 1:
         raise SettingsError("jobs.max_attempts: must be at least 1")
-    if settings.surfaces.openai_wait_seconds <= 0:
-        raise SettingsError("surfaces.openai_wait_seconds: must be positive")
+    if settings.surfaces.openai_wait_seconds < 0:
+        raise SettingsError("surfaces.openai_wait_seconds: must be positive, or 0 for "
+                            "jobs.deadline_seconds")
     default_model = settings.surfaces.default_model
     if default_model and default_model not in settings.models:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")

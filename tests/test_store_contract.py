@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import IllegalTransition, Job, JobState, Lease, NewJob
+from muxproxy.jobs import IdempotencyClaim, IllegalTransition, Job, JobState, Lease, NewJob
 from muxproxy.store import StaleJob, Store
+from muxproxy.store.accounts import IdempotencyRecord, IdempotencySuperseded
 from muxproxy.store.sqlite import SqliteStore
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
@@ -380,3 +381,65 @@ async def test_credits_move_at_most_once_whatever_the_steps(store: Store) -> Non
     assert {j.id: j.billing for j in await store.list_jobs(key.id)} == {
         "charged": "refunded", "released": "released"}
     assert charged.billing == "held"
+
+
+# -- idempotency: a key bound to its job ------------------------------------------
+
+async def test_an_idempotency_key_is_bound_by_the_job_insert(store: Store) -> None:
+    key = await store.create_key("payer", "digest-payer", now=T0, credits=100)
+    claim = await store.idempotency_begin(key.id, "k", "hash-1", now=T0, ttl_ms=60_000,
+                                          owner=OWNER, create_step_ms=30_000)
+    assert isinstance(claim, IdempotencyClaim)
+    # While the first request creates its job, a retry sees the key reserved.
+    waiting = await store.idempotency_begin(key.id, "k", "hash-1", now=T0 + 1,
+                                            ttl_ms=60_000, owner=OWNER, create_step_ms=30_000)
+    assert waiting == IdempotencyRecord(request_hash="hash-1", job_id=None)
+    job = await store.create_job(replace(new_job("j1", key_id=key.id, credits=5),
+                                         idempotency=claim))
+    await store.idempotency_release(claim)  # bound: nothing to drop
+    for owner in (OWNER, "another-process"):
+        found = await store.idempotency_begin(key.id, "k", "hash-1", now=T0 + 2,
+                                              ttl_ms=60_000, owner=owner,
+                                              create_step_ms=30_000)
+        assert found == IdempotencyRecord(request_hash="hash-1", job_id=job.id)
+    # Another key's same Idempotency-Key is its own.
+    other = await store.create_key("other", "digest-other", now=T0)
+    assert isinstance(await store.idempotency_begin(
+        other.id, "k", "hash-1", now=T0, ttl_ms=60_000, owner=OWNER,
+        create_step_ms=30_000), IdempotencyClaim)
+
+
+async def test_a_reservation_whose_create_step_is_over_is_taken_over(store: Store) -> None:
+    key = await store.create_key("payer", "digest-payer", now=T0, credits=100)
+    args: dict[str, Any] = {"ttl_ms": 600_000, "create_step_ms": 30_000}
+    first = await store.idempotency_begin(key.id, "k", "h", now=T0, owner=OWNER, **args)
+    # Made by a process that is gone: taken over at once.
+    second = await store.idempotency_begin(key.id, "k", "h", now=T0 + 1, owner="new", **args)
+    # Made by this process, but its create step is long over: taken over too.
+    third = await store.idempotency_begin(key.id, "k", "h", now=T0 + 30_001, owner="new",
+                                          **args)
+    assert isinstance(first, IdempotencyClaim) and isinstance(second, IdempotencyClaim)
+    assert isinstance(third, IdempotencyClaim)
+    assert len({first.token, second.token, third.token}) == 3
+    # Overtaken claims bind nothing: no job, no hold.
+    for n, stale in enumerate((first, second)):
+        with pytest.raises(IdempotencySuperseded):
+            await store.create_job(replace(new_job(f"stale{n}", key_id=key.id, credits=5),
+                                           idempotency=stale))
+        assert await store.get_job(f"stale{n}") is None
+        await store.idempotency_release(stale)  # not theirs to drop any more
+    assert await store.ledger_sum(key.id) == 100
+    await store.create_job(replace(new_job("j1", key_id=key.id), idempotency=third))
+    found = await store.idempotency_begin(key.id, "k", "h", now=T0 + 30_002, owner="new",
+                                          **args)
+    assert found == IdempotencyRecord(request_hash="h", job_id="j1")
+
+
+async def test_a_released_reservation_lets_the_retry_run(store: Store) -> None:
+    key = await store.create_key("payer", "digest-payer", now=T0)
+    args: dict[str, Any] = {"ttl_ms": 600_000, "create_step_ms": 30_000, "owner": OWNER}
+    claim = await store.idempotency_begin(key.id, "k", "h", now=T0, **args)
+    assert isinstance(claim, IdempotencyClaim)
+    await store.idempotency_release(claim)
+    assert isinstance(await store.idempotency_begin(key.id, "k", "h2", now=T0 + 1, **args),
+                      IdempotencyClaim)

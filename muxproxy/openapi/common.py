@@ -170,8 +170,9 @@ def path_param(name: str, description: str) -> dict[str, Any]:
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "Makes a create call safe to retry: the same key and body within "
-                   "limits.idempotency_ttl_seconds replays the first success "
-                   "(Idempotent-Replayed: true) and creates nothing; the same key with "
-                   "another body is a 422, a retry while the first runs a 409.",
+                   "limits.idempotency_ttl_seconds answer with the job the first call "
+                   "created, as it stands now (Idempotent-Replayed: true), whatever the "
+                   "first answer was, and create nothing; the same key with another body "
+                   "is a 422, a retry while the first is still creating its job a 409.",
     "schema": string(minLength=1, maxLength=255),
 }

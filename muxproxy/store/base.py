@@ -72,7 +72,9 @@ class Store(AccountStore):
         """Store a new pending job. When it is priced, hold its price from the key's
         balance in the same transaction (:class:`InsufficientBalance` if short, unless
         the key is unlimited); when ``new.max_concurrent`` is set, refuse with
-        :class:`ConcurrencyLimitReached` if the key has that many unfinished jobs."""
+        :class:`ConcurrencyLimitReached` if the key has that many unfinished jobs.
+        With ``new.idempotency``, bind that reserved key to the job in the same
+        transaction (:class:`IdempotencySuperseded` if a retry took it over)."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str, key_id: str | None = None) -> Job | None:

@@ -33,7 +33,13 @@ from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob, RowLike
 from muxproxy.store.accounts import Billing
 from muxproxy.store.base import Recovery, StaleJob, Store
 from muxproxy.store.schema import MIGRATIONS
-from muxproxy.store.sqlite_accounts import AccountsMixin, check_concurrency, hold, settle
+from muxproxy.store.sqlite_accounts import (
+    AccountsMixin,
+    bind_idempotency,
+    check_concurrency,
+    hold,
+    settle,
+)
 from muxproxy.store.sqlite_outbox import SqliteOutbox
 
 _ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
@@ -235,8 +241,10 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         sql = (f"INSERT INTO jobs ({', '.join(row)}) "  # noqa: S608 - fixed column names
                f"VALUES ({', '.join('?' for _ in row)})")
         # Free, unlimited-concurrency jobs are one statement; the rest check the
-        # key's limits and hold the price in the same transaction as the insert.
-        guarded = new.credits > 0 or new.max_concurrent is not None
+        # key's limits, hold the price and bind the Idempotency-Key in the same
+        # transaction as the insert.
+        guarded = new.credits > 0 or new.max_concurrent is not None \
+            or new.idempotency is not None
 
         def insert(db: sqlite3.Connection) -> None:
             if new.max_concurrent is not None:
@@ -244,6 +252,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             db.execute(sql, tuple(row.values()))
             if new.credits > 0:
                 hold(db, new.key_id, new.id, new.model, new.credits, new.created_at)
+            if new.idempotency is not None:
+                bind_idempotency(db, new.idempotency, new.id)
 
         await self._in_writer(insert, transaction=guarded)
         # The row as stored, without reading it back (RETURNING costs as much as the

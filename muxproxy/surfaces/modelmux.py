@@ -18,7 +18,14 @@ from muxproxy.errors import InvalidRequest, MuxError, NotFound
 from muxproxy.forms import FormLimits, parse_form
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest
-from muxproxy.http import JSONResponse, media_type, parse_json_object, read_body, surface
+from muxproxy.http import (
+    JSONResponse,
+    idempotency_claim,
+    media_type,
+    parse_json_object,
+    read_body,
+    surface,
+)
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
 from muxproxy.pricing import resolution_of
@@ -60,12 +67,29 @@ async def create(request: Request) -> Response:
     v.unknown_fields(body, FIELDS)
     if len(uploads) > limits.max_reference_images:
         raise InvalidRequest(f"at most {limits.max_reference_images} reference images")
-    job = await state.gateway.submit(key, "modelmux", submission(body, uploads, state))
-    return JSONResponse({
+    job = await state.gateway.submit(key, "modelmux", submission(body, uploads, state),
+                                     idempotency=idempotency_claim(request))
+    return JSONResponse(created_view(job))
+
+
+async def replay(request: Request, state: AppState, job: Job) -> Response:
+    """A create call's retry (same Idempotency-Key): the job the first call created,
+    as it stands now, with a fresh link to its image."""
+    data = created_view(job)
+    if job.state is JobState.COMPLETED:
+        urls = state.gateway.result_urls(job)
+        data["outputUrl"] = urls[0] if urls else None
+    elif job.state is JobState.FAILED:
+        data["errorMessage"] = job.fail_msg
+    return JSONResponse(data)
+
+
+def created_view(job: Job) -> dict[str, Any]:
+    return {
         "historyId": job.id, "status": job.state.value, "model": job.model,
         "aspectRatio": job.request.aspect_ratio, "resolution": resolution_of(job.request),
         "creditsCharged": job.credits, "provider": job.provider, "createdAt": job.created_at,
-    })
+    }
 
 
 def submission(body: dict[str, Any], uploads: list[UploadedImage],
