@@ -98,7 +98,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
 async def _start(settings: Settings, clock: Clock, metrics: Metrics,
                  resolver: AbstractResolver | None) -> AppState:
-    store = open_store(settings.database.url)
+    store = open_store(settings.database.url,
+                       busy_timeout_seconds=settings.database.busy_timeout_seconds)
     await store.open()
     try:
         for key in settings.keys:

@@ -112,6 +112,24 @@ class ServiceUnavailable(MuxError):
     type = "server_error"
 
 
+class StoreUnavailable(ServiceUnavailable):
+    """The gateway's own database refused the work (locked past its busy timeout,
+    disk full, read-only): nothing was changed, and the same request may succeed
+    in a moment. The backend maps its driver's errors to this at one boundary."""
+
+    code = "store_unavailable"
+
+    def __init__(self, message: str = "the gateway's database is busy or failing; "
+                 "retry shortly", *, retry_after: float = 2.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class RangeNotSatisfiable(MuxError):
+    status = 416
+    code = "range_not_satisfiable"
+    type = "invalid_request_error"
+
+
 def status_error(status: int, message: str) -> MuxError:
     """The domain error for a bare HTTP status (routing 404/405 and the like)."""
     for cls in (InvalidRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed,

@@ -11,7 +11,14 @@ from typing import Any, Protocol
 
 from muxproxy import images
 from muxproxy.clock import Clock, now_ms
-from muxproxy.errors import Forbidden, InsufficientCredits, InvalidRequest, NotFound, RateLimited
+from muxproxy.errors import (
+    Forbidden,
+    InsufficientCredits,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    StoreUnavailable,
+)
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.jobs import Job, Lease, NewJob, StoredImage, evolve
 from muxproxy.logs import get_logger
@@ -190,6 +197,9 @@ class Gateway:
             self._refuse("credits")
             raise InsufficientCredits(f"insufficient credits: this request costs {exc.price}, "
                                       f"the balance is {exc.balance}") from None
+        except StoreUnavailable:
+            await self._discard_inputs(new.request)
+            raise
         except ConcurrencyLimitReached as exc:
             await self._discard_inputs(new.request)
             self._refuse("concurrency")

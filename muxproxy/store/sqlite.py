@@ -34,6 +34,7 @@ from muxproxy.store.accounts import Billing
 from muxproxy.store.base import Recovery, StaleJob, Store
 from muxproxy.store.schema import MIGRATIONS
 from muxproxy.store.sqlite_accounts import AccountsMixin, check_concurrency, hold, settle
+from muxproxy.store.sqlite_faults import faults_mapped
 from muxproxy.store.sqlite_outbox import SqliteOutbox
 
 _ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
@@ -57,8 +58,9 @@ BUSY_TIMEOUT_MS = 5000
 
 
 class SqliteStore(AccountsMixin, SqliteOutbox, Store):
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = str(path)
+        self.busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._inline_reader: sqlite3.Connection | None = None
@@ -79,7 +81,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             self._inline_reader = sqlite3.connect(self.path, isolation_level=None,
                                                   check_same_thread=False)
             self._inline_reader.row_factory = sqlite3.Row
-            self._inline_reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._inline_reader.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
 
     async def _connect(self) -> aiosqlite.Connection:
         # check_same_thread=False: _in_writer uses the writer from the loop's thread
@@ -88,7 +90,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
                                        check_same_thread=False)
         conn.row_factory = aiosqlite.Row
         for pragma in ("journal_mode = WAL", "synchronous = NORMAL",
-                       f"busy_timeout = {BUSY_TIMEOUT_MS}",
+                       f"busy_timeout = {self.busy_timeout_ms}",
                        "foreign_keys = ON", "temp_store = MEMORY"):
             await conn.execute(f"PRAGMA {pragma}")
         return conn
@@ -134,7 +136,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         connection. A read statement must never stay open across an ``await``:
         while one is, the connection keeps its read transaction, and every other
         read on it sees that old snapshot (a job just created looks missing)."""
-        return list(await self._read().execute_fetchall(sql, args))
+        with faults_mapped():
+            return list(await self._read().execute_fetchall(sql, args))
 
     async def _fetch_one(self, sql: str, args: Sequence[Any] = ()) -> aiosqlite.Row | None:
         rows = await self._fetch(sql, args)
@@ -145,16 +148,18 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         if self._writer is None:
             raise RuntimeError("store is not open")
         async with self._lock:
-            if not transaction:
-                yield self._writer
-                return
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            await self._writer.execute("COMMIT")
+            with faults_mapped():
+                if not transaction:
+                    yield self._writer
+                    return
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                except BaseException:
+                    if self._writer.in_transaction:
+                        await self._writer.execute("ROLLBACK")
+                    raise
+                await self._writer.execute("COMMIT")
 
     async def _in_writer(self, fn: Callable[[sqlite3.Connection], T], *,
                          transaction: bool = True) -> T:
@@ -177,7 +182,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             commit = loop.create_task(self._commit_batch())
             self._commits.add(commit)
             commit.add_done_callback(self._commits.discard)
-        return cast(T, await done)
+        with faults_mapped():
+            return cast(T, await done)
 
     async def _commit_batch(self) -> None:
         writer = self._writer
@@ -189,33 +195,43 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             batch = [(fn, done) for fn, done in batch if not done.cancelled()]
             if not batch:
                 return
-            conn, fns = writer._conn, [fn for fn, _ in batch]
-            # The write lock is taken without waiting: when another process holds it
-            # (``muxproxy keys``, an operator's sqlite3 shell), the batch runs in
-            # aiosqlite's thread instead and waits there (``busy_timeout``), so the
-            # loop is never blocked on it.
-            conn.execute("PRAGMA busy_timeout = 0")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                locked = True
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
-                    raise
-                locked = False
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if locked:
-                outcomes = _run_batch(conn, fns)
-            else:
-                outcomes = await writer._execute(  # type: ignore[no-untyped-call]
-                    _waiting_batch, conn, fns)
-            _settle(batch, outcomes)
+                await self._commit(writer, batch)
+            except Exception as exc:
+                # A fault before the batch ran (BEGIN on a read-only file): every
+                # caller hears of it, none waits forever.
+                _settle(batch, [_Failed(exc)] * len(batch))
+
+    async def _commit(self, writer: aiosqlite.Connection,
+                      batch: Sequence[tuple[Any, asyncio.Future[Any]]]) -> None:
+        conn, fns = writer._conn, [fn for fn, _ in batch]
+        # The write lock is taken without waiting: when another process holds it
+        # (``muxproxy keys``, an operator's sqlite3 shell), the batch runs in
+        # aiosqlite's thread instead and waits there (``busy_timeout``), so the
+        # loop is never blocked on it.
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            locked = True
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                raise
+            locked = False
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        if locked:
+            outcomes = _run_batch(conn, fns)
+        else:
+            outcomes = await writer._execute(  # type: ignore[no-untyped-call]
+                _waiting_batch, conn, fns)
+        _settle(batch, outcomes)
 
     async def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on a reader, on the loop's thread."""
         if self._inline_reader is None:
             raise RuntimeError("store is not open")
-        return fn(self._inline_reader)
+        with faults_mapped():
+            return fn(self._inline_reader)
 
     # -- jobs ---------------------------------------------------------------
 
@@ -460,7 +476,7 @@ def _waiting_batch(conn: sqlite3.Connection,
 
 def _settle(batch: Sequence[tuple[Any, asyncio.Future[Any]]], outcomes: Sequence[Any]) -> None:
     for (_, done), outcome in zip(batch, outcomes, strict=True):
-        if done.cancelled():
+        if done.done():
             continue
         if isinstance(outcome, _Failed):
             done.set_exception(outcome.error)
