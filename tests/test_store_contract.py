@@ -246,6 +246,43 @@ async def test_next_due(store: Store) -> None:
     assert await store.next_due([]) is None
 
 
+async def test_a_lapsed_lease_is_claimed_again_earliest_first(store: Store) -> None:
+    await store.create_job(new_job("a", created=T0))
+    await store.create_job(new_job("b", created=T0 + 5))
+    held = await store.claim_due("demo", T0 + 5, 10, "worker-gone", T0 + 1_000)
+    assert [j.id for j in held] == ["a", "b"]
+    await store.create_job(new_job("c", created=T0 + 20))
+    assert [j.id for j in await store.claim_due("demo", T0 + 999, 10, OWNER, T0 + 60_000)
+            ] == ["c"]
+    taken = await store.claim_due("demo", T0 + 1_000, 10, OWNER, T0 + 60_000)
+    assert [j.id for j in taken] == ["a", "b"]
+    assert {j.lease_owner for j in taken} == {OWNER}
+    assert {j.lease_until for j in taken} == {T0 + 60_000}
+    assert await store.claim_due("demo", T0 + 1_000, 10, "worker-3", T0 + 60_000) == []
+
+
+async def test_next_due_counts_leases_that_will_lapse(store: Store) -> None:
+    await store.create_job(new_job("a", created=T0))
+    await store.claim_due("demo", T0, 10, "worker-gone", T0 + 1_000)
+    assert await store.next_due(["demo"]) == T0 + 1_000
+    await store.create_job(new_job("b", created=T0 + 2_000))
+    assert await store.next_due(["demo"]) == T0 + 1_000
+    assert await store.next_due(["other"]) is None
+
+
+async def test_renewed_leases_do_not_lapse(store: Store) -> None:
+    await store.create_job(new_job("a", created=T0))
+    await store.create_job(new_job("b", created=T0 + 2_000))
+    await store.claim_due("demo", T0, 10, OWNER, T0 + 1_000)
+    await store.renew_leases(["a"], "someone-else", T0 + 900)  # not theirs: no change
+    await store.renew_leases(["a"], OWNER, T0 + 5_000)
+    assert await store.next_due(["demo"]) == T0 + 2_000
+    assert await store.claim_due("demo", T0 + 1_500, 10, "worker-2", T0 + 60_000) == []
+    job = await store.get_job("a")
+    assert job is not None
+    assert (job.lease_owner, job.lease_until) == (OWNER, T0 + 5_000)
+
+
 async def test_recover_after_a_crash(store: Store) -> None:
     for name in ("polling", "submitting", "twice", "queued"):
         await store.create_job(new_job(name))

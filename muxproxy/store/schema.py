@@ -173,4 +173,22 @@ CREATE TABLE webhook_secrets (
     created_at INTEGER NOT NULL
 )
 """,
+    # Faults of the gateway's own disk and database: a lapsed lease makes a job due
+    # again (so jobs_due no longer leaves leased jobs out), the retention sweep marks
+    # what it deleted (1: inputs, 2: inputs and results), and /readyz writes a probe.
+    """
+DROP INDEX jobs_due
+;
+CREATE INDEX jobs_due ON jobs (provider, run_after) WHERE state IN ('pending', 'processing')
+;
+ALTER TABLE jobs ADD COLUMN swept INTEGER NOT NULL DEFAULT 0
+;
+CREATE INDEX jobs_unswept ON jobs (swept, completed_at)
+    WHERE state IN ('completed', 'failed') AND swept < 2
+;
+CREATE TABLE store_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+)
+""",
 )

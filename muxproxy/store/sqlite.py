@@ -42,7 +42,8 @@ _CLAIM = f"""
     UPDATE jobs SET lease_owner = ?, lease_until = ?
     WHERE id IN (
         SELECT id FROM jobs
-        WHERE provider = ? AND {_ACTIVE} AND run_after <= ? AND lease_owner IS NULL
+        WHERE provider = ? AND {_ACTIVE} AND run_after <= ?
+            AND (lease_owner IS NULL OR lease_until <= ?)
         ORDER BY run_after LIMIT ?)
     RETURNING *"""  # noqa: S608 - constant fragments only
 _JSON_FIELDS = frozenset({"upstream_state", "result"})
@@ -299,7 +300,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             return {}
 
         def claim(db: sqlite3.Connection) -> dict[str, list[RowLike]]:
-            return {name: db.execute(_CLAIM, (owner, lease_until, name, now, limit)).fetchall()
+            return {name: db.execute(_CLAIM, (owner, lease_until, name, now, now, limit)
+                                     ).fetchall()
                     for name, (limit, lease_until) in wanted.items()}
 
         rows = await self._in_writer(claim, transaction=False)
@@ -390,10 +392,25 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         if not providers:
             return None
         marks = ", ".join("?" for _ in providers)
+        # A leased job falls due again when its lease lapses (its step died without
+        # handing it back); leased jobs are the few in flight, read by jobs_leased.
         sql = (f"SELECT MIN(run_after) FROM jobs WHERE {_ACTIVE} AND lease_owner IS NULL "  # noqa: S608
-               f"AND provider IN ({marks})")
-        row = await self._in_reader(lambda db: db.execute(sql, tuple(providers)).fetchone())
-        return int(row[0]) if row and row[0] is not None else None
+               f"AND provider IN ({marks}) UNION ALL "
+               f"SELECT MIN(MAX(run_after, lease_until)) FROM jobs WHERE {_ACTIVE} "
+               f"AND lease_owner IS NOT NULL AND provider IN ({marks})")
+        args = (*providers, *providers)
+        rows = await self._in_reader(lambda db: db.execute(sql, args).fetchall())
+        found = [int(row[0]) for row in rows if row[0] is not None]
+        return min(found) if found else None
+
+    async def renew_leases(self, job_ids: Sequence[str], owner: str, until: int) -> None:
+        if not job_ids:
+            return
+        marks = ", ".join("?" for _ in job_ids)
+        sql = (f"UPDATE jobs SET lease_until = ? WHERE lease_owner = ? "  # noqa: S608
+               f"AND id IN ({marks})")
+        await self._in_writer(lambda db: db.execute(sql, (until, owner, *job_ids)),
+                              transaction=False)
 
     async def recover(self, owner: str, now: int) -> Recovery:
         # Only one process serves a SQLite file, so every lease held by another
