@@ -52,6 +52,16 @@ class NotFound(MuxError):
     type = "not_found_error"
 
 
+class Expired(NotFound):
+    """A job's results outlived ``storage.retention_days`` and were deleted."""
+
+    code = "expired"
+
+    def __init__(self, message: str = "this result has expired and was deleted "
+                 "(storage.retention_days)") -> None:
+        super().__init__(message)
+
+
 class MethodNotAllowed(MuxError):
     status = 405
     code = "method_not_allowed"

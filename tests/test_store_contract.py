@@ -283,6 +283,23 @@ async def test_renewed_leases_do_not_lapse(store: Store) -> None:
     assert (job.lease_owner, job.lease_until) == (OWNER, T0 + 5_000)
 
 
+async def test_the_retention_sweep_sees_each_ended_job_until_marked(store: Store) -> None:
+    for name, ended in (("old", T0 + 10), ("new", T0 + 5_000)):
+        await store.create_job(new_job(name))
+        job = await claim_one(store, name)
+        await store.transition(job, JobState.PENDING, JobState.FAILED, now=ended,
+                               owner=OWNER, fail_code="x", fail_msg="x", completed_at=ended)
+    await store.create_job(new_job("running"))
+    assert [j.id for j in await store.ended_unswept(10)] == ["old", "new"]
+    assert [j.id for j in await store.expired_unswept(T0 + 100, 10)] == ["old"]
+    await store.mark_swept(["old", "new"], 1)
+    assert await store.ended_unswept(10) == []
+    assert [j.id for j in await store.expired_unswept(T0 + 100, 10)] == ["old"]
+    await store.mark_swept(["old"], 2)
+    await store.mark_swept(["old"], 1)  # never lowered
+    assert [j.id for j in await store.expired_unswept(T0 + 10**6, 10)] == ["new"]
+
+
 async def test_recover_after_a_crash(store: Store) -> None:
     for name in ("polling", "submitting", "twice", "queued"):
         await store.create_job(new_job(name))

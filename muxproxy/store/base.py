@@ -154,6 +154,25 @@ class Store(AccountStore):
         then failed, so nothing stays stuck.
         """
 
+    # -- retention and health ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def ended_unswept(self, limit: int) -> list[Job]:
+        """Ended jobs whose blobs the retention sweep has not looked at yet, the
+        longest ended first."""
+
+    @abc.abstractmethod
+    async def expired_unswept(self, ended_before: int, limit: int) -> list[Job]:
+        """Jobs ended by ``ended_before`` whose results are not swept yet."""
+
+    @abc.abstractmethod
+    async def mark_swept(self, job_ids: Sequence[str], level: int) -> None:
+        """Record what the sweep deleted: 1 the job's inputs, 2 its results too."""
+
+    @abc.abstractmethod
+    async def probe_write(self, now: int) -> None:
+        """One small real write, committed: fails while the database cannot write."""
+
     @abc.abstractmethod
     async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:
         """Jobs by (model, provider, state), for metrics."""

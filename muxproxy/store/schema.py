@@ -174,12 +174,12 @@ CREATE TABLE webhook_secrets (
 )
 """,
     # Faults of the gateway's own disk and database: a lapsed lease makes a job due
-    # again (so jobs_due no longer leaves leased jobs out), the retention sweep marks
-    # what it deleted (1: inputs, 2: inputs and results), and /readyz writes a probe.
+    # again (jobs_lapsing finds those, beside jobs_due for unleased ones), the
+    # retention sweep marks what it deleted (1: inputs, 2: inputs and results), and
+    # /readyz writes a probe.
     """
-DROP INDEX jobs_due
-;
-CREATE INDEX jobs_due ON jobs (provider, run_after) WHERE state IN ('pending', 'processing')
+CREATE INDEX jobs_lapsing ON jobs (provider, lease_until)
+    WHERE state IN ('pending', 'processing') AND lease_owner IS NOT NULL
 ;
 ALTER TABLE jobs ADD COLUMN swept INTEGER NOT NULL DEFAULT 0
 ;

@@ -36,14 +36,23 @@ from muxproxy.store.schema import MIGRATIONS
 from muxproxy.store.sqlite_accounts import AccountsMixin, check_concurrency, hold, settle
 from muxproxy.store.sqlite_faults import faults_mapped
 from muxproxy.store.sqlite_outbox import SqliteOutbox
+from muxproxy.store.sqlite_retention import SqliteRetention
 
 _ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
+# Unleased due jobs (index jobs_due) and those whose lease lapsed (jobs_lapsing: the
+# few in flight), earliest first, in one statement.
 _CLAIM = f"""
     UPDATE jobs SET lease_owner = ?, lease_until = ?
     WHERE id IN (
-        SELECT id FROM jobs
-        WHERE provider = ? AND {_ACTIVE} AND run_after <= ?
-            AND (lease_owner IS NULL OR lease_until <= ?)
+        SELECT id FROM (
+            SELECT * FROM (
+                SELECT id, run_after FROM jobs
+                WHERE provider = ? AND {_ACTIVE} AND run_after <= ? AND lease_owner IS NULL
+                ORDER BY run_after LIMIT ?)
+            UNION ALL
+            SELECT id, run_after FROM jobs
+            WHERE provider = ? AND {_ACTIVE} AND lease_owner IS NOT NULL
+                AND lease_until <= ? AND run_after <= ?)
         ORDER BY run_after LIMIT ?)
     RETURNING *"""  # noqa: S608 - constant fragments only
 _JSON_FIELDS = frozenset({"upstream_state", "result"})
@@ -58,7 +67,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 
 
-class SqliteStore(AccountsMixin, SqliteOutbox, Store):
+class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
     def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = str(path)
         self.busy_timeout_ms = busy_timeout_ms
@@ -300,8 +309,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             return {}
 
         def claim(db: sqlite3.Connection) -> dict[str, list[RowLike]]:
-            return {name: db.execute(_CLAIM, (owner, lease_until, name, now, now, limit)
-                                     ).fetchall()
+            return {name: db.execute(_CLAIM, (owner, lease_until, name, now, limit,
+                                              name, now, now, limit)).fetchall()
                     for name, (limit, lease_until) in wanted.items()}
 
         rows = await self._in_writer(claim, transaction=False)
@@ -393,7 +402,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             return None
         marks = ", ".join("?" for _ in providers)
         # A leased job falls due again when its lease lapses (its step died without
-        # handing it back); leased jobs are the few in flight, read by jobs_leased.
+        # handing it back); leased jobs are the few in flight, read by jobs_lapsing.
         sql = (f"SELECT MIN(run_after) FROM jobs WHERE {_ACTIVE} AND lease_owner IS NULL "  # noqa: S608
                f"AND provider IN ({marks}) UNION ALL "
                f"SELECT MIN(MAX(run_after, lease_until)) FROM jobs WHERE {_ACTIVE} "
