@@ -30,6 +30,7 @@ from muxproxy.logs import configure_logging, get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.middleware import RequestContext
 from muxproxy.providers import build_providers
+from muxproxy.readiness import Readiness
 from muxproxy.retention import RetentionSweep
 from muxproxy.runner import JobRunner
 from muxproxy.scheduler import Scheduler
@@ -134,7 +135,8 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics,
                      auth=Authenticator(store), gateway=gateway, runner=runner,
                      scheduler=scheduler, events=events, breakers=breakers,
                      relay=relay, shutdown=Shutdown(settings.server.graceful_shutdown_seconds),
-                     retention=RetentionSweep(settings.storage, store, storage, clock))
+                     retention=RetentionSweep(settings.storage, store, storage, clock),
+                     readiness=Readiness(store, storage, clock))
     await relay.start()
     await scheduler.start()
     state.retention.start()

@@ -14,6 +14,7 @@ from muxproxy.events import JobEvents
 from muxproxy.gateway import Gateway
 from muxproxy.metrics import Metrics
 from muxproxy.providers.base import Provider
+from muxproxy.readiness import Readiness
 from muxproxy.retention import RetentionSweep
 from muxproxy.runner import JobRunner
 from muxproxy.scheduler import Scheduler
@@ -44,3 +45,4 @@ class AppState:
     relay: WebhookRelay
     shutdown: Shutdown
     retention: RetentionSweep
+    readiness: Readiness
