@@ -124,7 +124,7 @@ class Scheduler:
         leftovers = list(self._running.items())
         await asyncio.gather(*(t for t, _ in leftovers), return_exceptions=True)
         for _, job in leftovers:
-            await self.store.release(job.id, self.owner, now=now_ms(self.clock))
+            await self._release(job)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -228,8 +228,17 @@ class Scheduler:
             raise
         except Exception:
             log.exception("job step failed")
-            await self.store.release(job.id, self.owner, now=now_ms(self.clock))
+            await self._release(job)
             return False
+
+    async def _release(self, job: Job) -> None:
+        """Hand a lease back; when the database refuses, the lease lapses instead and
+        the job is claimed again then (see claim_due), so nothing more is needed."""
+        try:
+            await self.store.release(job.id, self.owner, now=now_ms(self.clock))
+        except Exception as exc:
+            log.warning("could not hand a job's lease back; it is taken up again when "
+                        "the lease lapses", job_id=job.id, error=type(exc).__name__)
 
     def _done(self, task: asyncio.Task[bool], job: Job) -> None:
         self._running.pop(task, None)

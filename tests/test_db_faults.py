@@ -100,3 +100,35 @@ async def test_inputs_of_a_job_the_database_refused_are_not_left_behind(
 
 def stored_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+async def test_a_full_or_read_only_database_answers_503(gw: RunningGateway, fault: str) -> None:
+    # Real SQLite faults on the gateway's own write connection: a page limit at the
+    # current size is a full disk to SQLite (SQLITE_FULL); query_only refuses every
+    # write as a read-only file does (SQLITE_READONLY).
+    writer = gw.state.store._writer._conn  # type: ignore[attr-defined]
+    if fault == "full":
+        pages = writer.execute("PRAGMA page_count").fetchone()[0]
+        writer.execute(f"PRAGMA max_page_count = {pages}")
+    else:
+        writer.execute("PRAGMA query_only = 1")
+    body = {"model": "demo-image", "prompt": "a lighthouse " * 2000}
+    try:
+        async with gw.http.post(gw.url + "/api/v1/images/generations", json=body,
+                                headers=gw.headers()) as resp:
+            status, answer = resp.status, await resp.json()
+            retry_after = resp.headers.get("Retry-After")
+        async with gw.http.post(gw.url + "/v1/images/generations", json=body,
+                                headers=gw.headers()) as resp:
+            oa_status, oa_answer = resp.status, await resp.json()
+    finally:
+        writer.execute("PRAGMA query_only = 0")
+        writer.execute("PRAGMA max_page_count = 1073741823")
+    assert (status, shape_of(answer), retry_after) == (503, "native", "2"), answer
+    assert (oa_status, shape_of(oa_answer)) == (503, "openai"), oa_answer
+    assert oa_answer["error"]["code"] == "store_unavailable"
+    assert await gw.state.store.list_jobs("alpha") == []
+    async with gw.http.post(gw.url + "/api/v1/images/generations", json=body,
+                            headers=gw.headers()) as resp:
+        assert resp.status == 200, await resp.text()
