@@ -48,6 +48,7 @@ CALLS: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
     ("modelmux", "/api/v1/generations", {"model": "demo-image", "prompt": PROMPT}, {}),
     ("admin", "/admin/keys/alpha/topup", {"amount": 5}, {}),
     ("admin", "/admin/keys", {"name": "charlie"}, {}),
+    ("admin", "/admin/keys/bravo/revoke", {}, {}),
 ]
 
 

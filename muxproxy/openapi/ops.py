@@ -35,8 +35,11 @@ def _download(summary: str, operation_id: str) -> dict[str, Any]:
         description="The links in resultUrls, outputUrl and url: they need no key, and "
                     "expire after storage.url_ttl_seconds (poll again for fresh ones).",
         responses={"200": found,
-                   **errors("NativeError", {403: "the link is expired or its signature wrong.",
-                                            404: "the file is gone.",
+                   **errors("NativeError", {400: "the Range header is malformed.",
+                                            403: "the link is expired or its signature wrong.",
+                                            404: "the file is gone (or its retention "
+                                                 "passed).",
+                                            416: "the Range is past the end of the file.",
                                             500: "unexpected server error."})})
 
 
