@@ -6,7 +6,9 @@ surface's shape."""
 from __future__ import annotations
 
 import base64
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +166,28 @@ async def test_inputs_left_by_ended_jobs_are_swept(
         await next_sweep(gw, clock, 600)
         assert blobs(gw, "inputs") == []
         assert len(blobs(gw, "results")) == 1
+
+
+async def test_a_failing_sweep_is_logged_and_the_next_one_finishes_the_work(
+        config: dict[str, Any], clock: ManualClock) -> None:
+    faulty = merge(config, {"database": {"busy_timeout_seconds": 0.2}})
+    async for gw in gateway_with(faulty, clock, 2):
+        task_id, _ = await native_job(gw)
+        db = gw.settings.database.url.removeprefix("sqlite:///")
+        other = sqlite3.connect(db, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the sweep cannot record what it did
+            await next_sweep(gw, clock, 3 * DAY)
+            other.execute("ROLLBACK")
+            assert swept(other, task_id) == 0
+        finally:
+            other.close()
+        await next_sweep(gw, clock, 600)  # the loop lives on, and finishes the job
+        assert blobs(gw, "results") == []
+        with closing(sqlite3.connect(db)) as check:
+            assert swept(check, task_id) == 2
+
+
+def swept(db: sqlite3.Connection, job_id: str) -> int:
+    level: int = db.execute("SELECT swept FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+    return level
