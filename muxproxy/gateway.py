@@ -18,6 +18,7 @@ from muxproxy.errors import (
     InvalidRequest,
     NotFound,
     RateLimited,
+    StoreUnavailable,
 )
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evolve
@@ -204,6 +205,9 @@ class Gateway:
             await self._discard_inputs(new.request)
             raise Conflict("a newer request with this Idempotency-Key took it over",
                            param="Idempotency-Key") from None
+        except StoreUnavailable:
+            await self._discard_inputs(new.request)
+            raise
         except ConcurrencyLimitReached as exc:
             await self._discard_inputs(new.request)
             self._refuse("concurrency")

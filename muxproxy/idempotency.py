@@ -66,6 +66,9 @@ class Idempotency:
 
         try:
             await self._handle(scope, receive, tracking, idem_key)
+        except MuxError as exc:  # the database refused its record: 503, Retry-After
+            if not started:
+                await _refuse(scope, receive, send, exc)
         except Exception:
             # Like every endpoint: logged, and a 500 in the surface's own shape.
             log.exception("idempotency failed", path=scope["path"])

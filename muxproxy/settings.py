@@ -34,12 +34,20 @@ class ServerSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = "sqlite:///data/muxproxy.db"
+    # How long a write waits for a lock held by another process before it is
+    # answered 503 with Retry-After.
+    busy_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
 class StorageSettings:
     url: str = "file://data/images"
     url_ttl_seconds: int = 3600
+    # Result images (and any input left over) are deleted this long after their job
+    # ended; 0 keeps them forever.
+    retention_days: float = 30.0
+    # How often the retention sweep looks for expired blobs.
+    sweep_interval_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -430,9 +438,19 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")
     _check_webhooks(settings.webhooks)
     _check_limits(settings.limits)
+    _check_faults(settings)
     names = [k.name for k in settings.keys]
     if len(set(names)) != len(names):
         raise SettingsError("keys: names must be unique")
+
+
+def _check_faults(settings: Settings) -> None:
+    if settings.database.busy_timeout_seconds < 0:
+        raise SettingsError("database.busy_timeout_seconds: must not be negative")
+    if settings.storage.retention_days < 0:
+        raise SettingsError("storage.retention_days: must not be negative (0 keeps forever)")
+    if settings.storage.sweep_interval_seconds <= 0:
+        raise SettingsError("storage.sweep_interval_seconds: must be positive")
 
 
 def _check_limits(limits: LimitSettings) -> None:

@@ -247,6 +247,60 @@ async def test_next_due(store: Store) -> None:
     assert await store.next_due([]) is None
 
 
+async def test_a_lapsed_lease_is_claimed_again_earliest_first(store: Store) -> None:
+    await store.create_job(new_job("a", created=T0))
+    await store.create_job(new_job("b", created=T0 + 5))
+    held = await store.claim_due("demo", T0 + 5, 10, "worker-gone", T0 + 1_000)
+    assert [j.id for j in held] == ["a", "b"]
+    await store.create_job(new_job("c", created=T0 + 20))
+    assert [j.id for j in await store.claim_due("demo", T0 + 999, 10, OWNER, T0 + 60_000)
+            ] == ["c"]
+    taken = await store.claim_due("demo", T0 + 1_000, 10, OWNER, T0 + 60_000)
+    assert [j.id for j in taken] == ["a", "b"]
+    assert {j.lease_owner for j in taken} == {OWNER}
+    assert {j.lease_until for j in taken} == {T0 + 60_000}
+    assert await store.claim_due("demo", T0 + 1_000, 10, "worker-3", T0 + 60_000) == []
+
+
+async def test_next_due_counts_leases_that_will_lapse(store: Store) -> None:
+    await store.create_job(new_job("a", created=T0))
+    await store.claim_due("demo", T0, 10, "worker-gone", T0 + 1_000)
+    assert await store.next_due(["demo"]) == T0 + 1_000
+    await store.create_job(new_job("b", created=T0 + 2_000))
+    assert await store.next_due(["demo"]) == T0 + 1_000
+    assert await store.next_due(["other"]) is None
+
+
+async def test_renewed_leases_do_not_lapse(store: Store) -> None:
+    await store.create_job(new_job("a", created=T0))
+    await store.create_job(new_job("b", created=T0 + 2_000))
+    await store.claim_due("demo", T0, 10, OWNER, T0 + 1_000)
+    await store.renew_leases(["a"], "someone-else", T0 + 900)  # not theirs: no change
+    await store.renew_leases(["a"], OWNER, T0 + 5_000)
+    assert await store.next_due(["demo"]) == T0 + 2_000
+    assert await store.claim_due("demo", T0 + 1_500, 10, "worker-2", T0 + 60_000) == []
+    job = await store.get_job("a")
+    assert job is not None
+    assert (job.lease_owner, job.lease_until) == (OWNER, T0 + 5_000)
+
+
+async def test_the_retention_sweep_sees_each_ended_job_until_marked(store: Store) -> None:
+    for name, ended in (("old", T0 + 10), ("new", T0 + 5_000)):
+        await store.create_job(new_job(name))
+        job = await claim_one(store, name)
+        await store.transition(job, JobState.PENDING, JobState.FAILED, now=ended,
+                               owner=OWNER, fail_code="x", fail_msg="x", completed_at=ended)
+    await store.create_job(new_job("running"))
+    assert [j.id for j in await store.ended_unswept(10)] == ["old", "new"]
+    assert [j.id for j in await store.expired_unswept(T0 + 100, 10)] == ["old"]
+    await store.mark_swept(["old", "new"], 1)
+    assert await store.ended_unswept(10) == []
+    assert [j.id for j in await store.expired_unswept(T0 + 100, 10)] == ["old"]
+    await store.mark_swept(["old"], 2)
+    await store.mark_swept(["old"], 1)  # never lowered
+    assert [j.id for j in await store.expired_unswept(T0 + 10**6, 10)] == ["new"]
+
+
 async def test_recover_after_a_crash(store: Store) -> None:
     for name in ("polling", "submitting", "twice", "queued"):
         await store.create_job(new_job(name))

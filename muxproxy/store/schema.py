@@ -205,4 +205,22 @@ ALTER TABLE idempotency_jobs RENAME TO idempotency
 ;
 CREATE INDEX idempotency_expiry ON idempotency (expires_at)
 """,
+    # 5: faults of the gateway's own disk and database: a lapsed lease makes a job due
+    # again (jobs_lapsing finds those, beside jobs_due for unleased ones), the
+    # retention sweep marks what it deleted (1: inputs, 2: inputs and results), and
+    # /readyz writes a probe.
+    """
+CREATE INDEX jobs_lapsing ON jobs (provider, lease_until)
+    WHERE state IN ('pending', 'processing') AND lease_owner IS NOT NULL
+;
+ALTER TABLE jobs ADD COLUMN swept INTEGER NOT NULL DEFAULT 0
+;
+CREATE INDEX jobs_unswept ON jobs (swept, completed_at)
+    WHERE state IN ('completed', 'failed') AND swept < 2
+;
+CREATE TABLE store_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+)
+""",
 )

@@ -14,7 +14,8 @@ from starlette.routing import Route
 from muxproxy import images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
-from muxproxy.errors import InvalidRequest, MuxError, NotFound
+from muxproxy.clock import now_ms
+from muxproxy.errors import Expired, InvalidRequest, MuxError, NotFound
 from muxproxy.forms import FormLimits, parse_form
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest
@@ -29,6 +30,7 @@ from muxproxy.http import (
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
 from muxproxy.pricing import resolution_of
+from muxproxy.retention import results_expired
 from muxproxy.storage import BlobNotFound
 from muxproxy.store import ApiKey
 from muxproxy.validation import UploadedImage
@@ -146,6 +148,8 @@ async def image(request: Request) -> Response:
         error = NotFound(f"image not ready yet: the generation is {job.state.value}")
         error.code = "not_ready"
         raise error
+    if results_expired(job, state.settings.storage, now_ms(state.clock)):
+        raise Expired()
     stored = job.result.images[0]
     headers = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff",
                "Content-Disposition": f'inline; filename="{job.id}.'

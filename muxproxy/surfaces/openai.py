@@ -22,7 +22,9 @@ from starlette.routing import Route
 from muxproxy import images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
+from muxproxy.clock import now_ms
 from muxproxy.errors import (
+    Expired,
     InternalError,
     InvalidRequest,
     MuxError,
@@ -45,6 +47,7 @@ from muxproxy.http import (
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
 from muxproxy.logs import get_logger
+from muxproxy.retention import results_expired
 from muxproxy.settings import ModelSettings
 from muxproxy.storage import BlobNotFound
 from muxproxy.store import ApiKey
@@ -369,6 +372,8 @@ async def images_response(state: AppState, job: Job, response_format: str) -> di
     data = []
     for stored in result.images:
         if response_format == "b64_json":
+            if results_expired(job, state.settings.storage, now_ms(state.clock)):
+                raise Expired()
             try:
                 blob = await state.storage.get(stored.key)
             except BlobNotFound:
