@@ -80,7 +80,9 @@ class Gateway:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
                  providers: Mapping[str, Provider], signer: UrlSigner, clock: Clock,
                  metrics: Metrics, dispatcher: Dispatcher, *,
-                 check_callback: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 check_callback: Callable[[str], Awaitable[None]] | None = None,
+                 check_reference: Callable[[str, str, str], Awaitable[None]] | None = None
+                 ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -91,6 +93,7 @@ class Gateway:
         self.dispatcher = dispatcher
         self.limiter = RateLimiter(clock)
         self._check_callback = check_callback
+        self._check_reference = check_reference
 
     def model(self, model_id: str) -> ModelSettings:
         try:
@@ -142,6 +145,7 @@ class Gateway:
         check_capabilities(model, request)
         if submission.callback_url is not None and self._check_callback is not None:
             await self._check_callback(submission.callback_url)
+        await self._check_references(submission)
         credits = price(model, request)
         try:
             self.providers[route.provider].check(_with_uploads(submission), route.model,
@@ -167,6 +171,18 @@ class Gateway:
         # Created and dispatched as one: a request cancelled in between must not
         # leave a job claimed by this process that never starts.
         return await asyncio.shield(self._create_and_dispatch(new, before_start))
+
+    async def _check_references(self, submission: Submission) -> None:
+        """Refuse (400) now a reference URL whose host is known to be refused; the
+        fetch before the upstream call checks again, on the address it dials."""
+        if self._check_reference is None:
+            return
+        for i, item in enumerate(submission.ordered_images()):
+            if isinstance(item, ImageRef) and item.url is not None:
+                await self._check_reference(item.url, f"reference image {i + 1}", "images")
+        mask = submission.request.mask
+        if mask is not None and mask.url is not None:
+            await self._check_reference(mask.url, "the mask", "mask")
 
     async def _create_and_dispatch(self, new: NewJob,
                                    before_start: Callable[[Job], None] | None) -> Job:
