@@ -60,13 +60,15 @@ def host_address(host: str) -> IPAddress | None:
     parts = bare.split(".")
     if not all(_NUMERIC.match(part) for part in parts):
         return None
-    if len(parts) > 4:
-        raise ValueError(host)
-    values = [int(p[2:] or "0", 16) if p[:2].lower() == "0x"
-              else int(p, 8) if len(p) > 1 and p[0] == "0" else int(p) for p in parts]
-    *head, last = values
-    if any(v > 255 for v in head) or last >= 256 ** (4 - len(head)):
-        raise ValueError(host)
+    try:
+        values = [int(p[2:] or "0", 16) if p[:2].lower() == "0x"
+                  else int(p, 8) if len(p) > 1 and p[0] == "0" else int(p) for p in parts]
+    except ValueError:  # 08, 09: not octal
+        values = []
+    *head, last = values or [-1]
+    if not values or len(values) > 4 or any(v > 255 for v in head) \
+            or last >= 256 ** (4 - len(head)):
+        raise ValueError(f"not an address: {host}")
     return ipaddress.IPv4Address(
         sum(v << (8 * (3 - i)) for i, v in enumerate(head)) + last)
 

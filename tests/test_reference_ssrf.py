@@ -136,7 +136,7 @@ def test_numeric_host_forms_are_read_as_addresses() -> None:
     assert host_address("example.com") is None
     assert host_address("1e100.net") is None
     for bad in ("1.2.3.4.5", "256.1.1.1", "08.1.1.1", "4294967296"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="not an address"):
             host_address(bad)
 
 

@@ -1,8 +1,8 @@
 """A server of reference images on a loopback address, for the gateway to fetch.
 
-``/image.png`` is a real PNG; ``/redirect?to=URL`` answers 302 to ``to``;
-``/loop`` redirects to itself; ``/big?mb=N`` streams N MiB without a Content-Length and counts what it managed to
-send; ``/held.png`` answers only once :meth:`release` is called.
+``/image.png`` is a real PNG; ``/redirect?to=URL`` answers 302 to ``to``; ``/loop``
+redirects to itself; ``/big?mb=N`` streams N MiB without a Content-Length and
+counts what it managed to send; ``/held.png`` answers once :meth:`release` is called.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from muxproxy.providers.base import Call, Provider, SubmitOutcome
 from tests.support.images import png_bytes
 
 # The gateway setting that lets tests fetch from this server (public only otherwise).
@@ -94,3 +95,17 @@ class ImageServer:
 
 def allow(*networks: str) -> dict[str, Any]:
     return {"limits": {"reference_allow_networks": list(networks)}}
+
+
+def record_calls(provider: Provider) -> list[Call]:
+    """Every Call the runner hands ``provider``: the references as they reached it
+    (the uploads themselves are deleted once the job ends)."""
+    calls: list[Call] = []
+    submit = provider.submit
+
+    async def recording(call: Call) -> SubmitOutcome:
+        calls.append(call)
+        return await submit(call)
+
+    provider.submit = recording  # type: ignore[method-assign]
+    return calls
