@@ -18,6 +18,7 @@ from muxproxy.errors import (
     InvalidRequest,
     NotFound,
     RateLimited,
+    ServiceUnavailable,
 )
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evolve
@@ -36,6 +37,8 @@ from muxproxy.store.accounts import IdempotencySuperseded
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.gateway")
+# A failed write to our own storage: when a client may try again.
+STORAGE_RETRY_SECONDS = 30.0
 
 
 def new_job_id() -> str:
@@ -154,13 +157,7 @@ class Gateway:
             raise InvalidRequest(exc.message, param=exc.param) from None
         job_id = new_job_id()
         now = now_ms(self.clock)
-        refs = [item if isinstance(item, ImageRef)
-                else await self._store_input(job_id, now, f"image{i}", item)
-                for i, item in enumerate(submission.ordered_images())]
-        mask = request.mask
-        if submission.mask_upload is not None:
-            mask = await self._store_input(job_id, now, "mask", submission.mask_upload)
-        request = evolve(request, images=tuple(refs), mask=mask)
+        request = await self._store_inputs(job_id, now, submission)
         new = NewJob(
             id=job_id, key_id=key.id, surface=surface, model=model.id, request=request,
             client_params=submission.client_params, provider=route.provider,
@@ -177,12 +174,14 @@ class Gateway:
         fetch before the upstream call checks again, on the address it dials."""
         if self._check_reference is None:
             return
-        for i, item in enumerate(submission.ordered_images()):
-            if isinstance(item, ImageRef) and item.url is not None:
-                await self._check_reference(item.url, f"reference image {i + 1}", "images")
+        # Side by side: each may wait on DNS.
+        checks = [self._check_reference(item.url, f"reference image {i + 1}", "images")
+                  for i, item in enumerate(submission.ordered_images())
+                  if isinstance(item, ImageRef) and item.url is not None]
         mask = submission.request.mask
         if mask is not None and mask.url is not None:
-            await self._check_reference(mask.url, "the mask", "mask")
+            checks.append(self._check_reference(mask.url, "the mask", "mask"))
+        await asyncio.gather(*checks)
 
     async def _create_and_dispatch(self, new: NewJob,
                                    before_start: Callable[[Job], None] | None) -> Job:
@@ -226,12 +225,34 @@ class Gateway:
             raise RateLimited(f"{exc.limit} jobs already in flight for this key; wait for one "
                               "to finish", retry_after=1.0) from None
 
-    async def _store_input(self, job_id: str, created_at: int, name: str,
-                           upload: UploadedImage) -> ImageRef:
-        key = blob_key("inputs", job_id, created_at, name,
-                       images.EXTENSIONS[upload.content_type])
-        await self.storage.put(key, upload.data, upload.content_type)
-        return ImageRef(blob=key, content_type=upload.content_type)
+    async def _store_inputs(self, job_id: str, now: int,
+                            submission: Submission) -> GenerationRequest:
+        """The request with its uploads written to blob storage. A failed write is
+        ours, not the client's: 503, and what was written already goes again."""
+        written: list[ImageRef] = []
+
+        async def store(name: str, upload: UploadedImage) -> ImageRef:
+            key = blob_key("inputs", job_id, now, name, images.EXTENSIONS[upload.content_type])
+            await self.storage.put(key, upload.data, upload.content_type)
+            written.append(ImageRef(blob=key, content_type=upload.content_type))
+            return written[-1]
+
+        request = submission.request
+        try:
+            refs = [item if isinstance(item, ImageRef) else await store(f"image{i}", item)
+                    for i, item in enumerate(submission.ordered_images())]
+            mask = request.mask
+            if submission.mask_upload is not None:
+                mask = await store("mask", submission.mask_upload)
+        except OSError:
+            self.metrics.storage_errors.labels("write").inc()
+            log.error("blob storage failed", operation="write", exc_info=True)
+            await self._discard_inputs(evolve(request, images=tuple(written), mask=None))
+            error = ServiceUnavailable("the gateway could not store the reference images; "
+                                       "try again later", retry_after=STORAGE_RETRY_SECONDS)
+            error.code = "storage_error"
+            raise error from None
+        return evolve(request, images=tuple(refs), mask=mask)
 
     async def _discard_inputs(self, request: GenerationRequest) -> None:
         """Remove the uploads of a request refused at the last step: no job owns them."""

@@ -7,15 +7,18 @@ where a read-only mode would not stop a write)."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_aiohttp import AiohttpServer
 
+from muxproxy.auth import hash_key
 from tests.fakes.scripted import serve
 from tests.fakes.task import FakeTask
-from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
+from tests.support.gateway import KEY_A, RunningGateway, base_config, merge, run_gateway
+from tests.support.images import png_bytes
 
 SYNC, ASYNC = "gpt-image-2-lite", "gemini-3-pro-image"
 
@@ -83,3 +86,25 @@ async def test_a_failed_write_after_polling_stops_polling(
     assert upstream_task["state"] == "completed"
     assert (upstream.counts["submit"], upstream.counts["file"]) == (1, 1)
     assert upstream.counts["poll"] == polls == upstream_task["polls"]
+
+
+async def test_a_failed_upload_write_at_submit_is_a_503_and_no_job(
+        tmp_path: Path, upstream: FakeTask) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "inputs").write_bytes(b"not a folder")
+    upload = base64.b64encode(png_bytes(16, 16)).decode()
+    async with run_gateway(config_for(tmp_path, upstream)) as gateway:
+        async with gateway.http.post(
+                f"{gateway.url}/api/v1/images/generations", headers=gateway.headers(),
+                json={"model": ASYNC, "prompt": "p", "image_base64": upload}) as resp:
+            body = await resp.json()
+            assert resp.status == 503, body
+            assert resp.headers["Retry-After"] == "30"
+        assert body == {"code": 503, "data": None, "msg": "the gateway could not store the "
+                        "reference images; try again later"}
+        assert storage_errors(gateway) == 1
+        key = await gateway.state.store.key_by_hash(hash_key(KEY_A))
+        assert key is not None
+        assert await gateway.state.store.list_jobs(key.id) == []
+    assert upstream.counts == {}
