@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from muxproxy.breaker import provider_fault
+from muxproxy.breaker import Circuit, CircuitBreaker, provider_fault
+from muxproxy.clock import ManualClock
 from muxproxy.providers.errors import UpstreamError
 from tests.fakes.scripted import serve
 from tests.fakes.task import FakeTask
@@ -106,3 +107,18 @@ async def test_a_5xx_opens_the_circuit(tmp_path: Path, upstream: FakeTask) -> No
 ])
 def test_provider_fault(error_: UpstreamError, fault: bool) -> None:
     assert provider_fault(error_) is fault
+
+
+def test_a_trial_that_told_nothing_is_handed_back() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker(threshold=2, cooldown=30, clock=clock)
+    breaker.failure()
+    breaker.failure()
+    clock.advance(30)
+    assert breaker.state is Circuit.HALF_OPEN
+    assert breaker.allow() and not breaker.allow()  # one trial at a time
+    breaker.release()  # the trial job had a bad reference: no verdict on the provider
+    assert (breaker.state, breaker.failures) == (Circuit.HALF_OPEN, 2)
+    assert breaker.allow()  # the next job is the trial
+    breaker.success()
+    assert (breaker.state, breaker.failures) == (Circuit.CLOSED, 0)
