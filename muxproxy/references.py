@@ -133,6 +133,8 @@ class ReferenceFetcher:
                 raise BadReference(f"{label} must reach a public address") from None
             raise BadReference(f"{label} could not be fetched: the connection failed"
                                ) from None
+        except ValueError:  # a Location or host that yarl cannot read (IDNA included)
+            raise BadReference(f"{label} leads to an invalid URL") from None
         content_type = images.sniff(data)
         if content_type is None:
             raise BadReference(f"{label} is not a PNG, JPEG, WebP or GIF image")

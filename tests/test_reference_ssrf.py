@@ -179,6 +179,8 @@ async def test_a_name_rebound_after_submit_is_refused_at_connect(
     (f"/redirect?to={quote('file:///etc/passwd', safe='')}",
      "reference image 1 leads to a URL that is not http(s)"),
     ("/missing.png", "reference image 1 could not be fetched: HTTP 404"),
+    (f"/redirect?to={quote('http://[::1/x', safe='')}",
+     "reference image 1 leads to an invalid URL"),
 ])
 async def test_redirect_limits_and_failed_downloads(
         tmp_path: Path, upstream: FakeTask, path: str, message: str) -> None:
@@ -233,3 +235,19 @@ async def test_an_allowed_reference_is_fetched_before_the_upstream_call(
     assert task["state"] == "completed", task
     assert allowed.paths == ["/image.png"]
     assert upstream.bodies[0]["image_url"] == allowed.url()
+
+
+async def test_the_openai_surface_answers_a_failed_reference_with_400(
+        tmp_path: Path, upstream: FakeTask) -> None:
+    async with ImageServer("127.0.0.2") as allowed:
+        config = config_for(tmp_path, upstream, **allow("127.0.0.2/32"))
+        async with run_gateway(config) as gateway, gateway.http.post(
+                f"{gateway.url}/v1/images/edits", headers=gateway.headers(),
+                json={"model": MODEL, "prompt": "p",
+                      "images": [{"image_url": allowed.url("/missing.png")}]}) as resp:
+            body = await resp.json()
+            assert resp.status == 400, body
+    assert body["error"]["code"] == "invalid_reference"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"] == "reference image 1 could not be fetched: HTTP 404"
+    assert upstream.counts == {}

@@ -68,7 +68,8 @@ class ImageServer:
 
     async def _redirect(self, request: web.Request) -> web.Response:
         self.paths.append(request.path_qs)
-        raise web.HTTPFound(request.query["to"])
+        # Raw, as a hostile server would send it (HTTPFound would parse it first).
+        return web.Response(status=302, headers={"Location": request.query["to"]})
 
     async def _loop(self, request: web.Request) -> web.Response:
         self.paths.append(request.path_qs)
