@@ -235,15 +235,18 @@ class JobRunner:
         """A job reached its end, on whichever path: record it, then delete the
         reference images uploaded with it (only its results are kept)."""
         self.record(job)
-        for ref in (*job.request.images, job.request.mask):
-            if ref is None or ref.blob is None:
-                continue
+        await self._delete_blobs(job, [ref.blob for ref in (*job.request.images,
+                                                            job.request.mask)
+                                       if ref is not None and ref.blob is not None])
+
+    async def _delete_blobs(self, job: Job, keys: list[str]) -> None:
+        for key in keys:
             try:
-                await self.storage.delete(ref.blob)
+                await self.storage.delete(key)
             except Exception:
                 # Left for the retention sweep; the job's outcome stands.
                 self.metrics.storage_errors.labels("delete").inc()
-                log.warning("could not delete a reference upload", job_id=job.id,
+                log.warning("could not delete a blob", job_id=job.id, key=key,
                             exc_info=True)
 
     def record(self, job: Job) -> None:
@@ -310,7 +313,7 @@ class JobRunner:
             raise UpstreamError(f"{job.provider}: upstream finished without an image",
                                 transient=False, code="no_image")
         limits = self.settings.limits
-        stored = []
+        stored: list[StoredImage] = []
         for index, item in enumerate(outcome.images):
             if isinstance(item, ImageData):
                 data = item.data
@@ -328,6 +331,8 @@ class JobRunner:
                 await self.storage.put(key, data, content_type)
             except OSError:
                 self._storage_failed("write", job_id=job.id)
+                # A failed job keeps no result: the images written before go too.
+                await self._delete_blobs(job, [image.key for image in stored])
                 raise StorageFault("the gateway could not store the result image") from None
             width, height = images.dimensions(data)
             stored.append(StoredImage(key=key, content_type=content_type, width=width,
