@@ -71,6 +71,7 @@ def submissions(url: str) -> list[tuple[str, dict[str, Any]]]:
     return [
         ("/api/v1/images/generations", {"model": MODEL, "prompt": "p", "image_url": url}),
         ("/api/v1/images/generations", {"model": MODEL, "prompt": "p", "image_urls": [url]}),
+        ("/api/v1/images/generations", {"model": MODEL, "prompt": "p", "image": url}),
         ("/api/v1/images/generations", {"model": MODEL, "prompt": "p",
                                         "image_base64": PNG_URI, "mask": url}),
         ("/v1/images/edits", {"model": MODEL, "prompt": "p", "images": [{"image_url": url}]}),
