@@ -4,6 +4,7 @@ Every test asserts that nothing reached the upstream. No traffic leaves loopback
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -204,7 +205,8 @@ async def test_an_image_over_the_limit_is_cut_off_while_read(
         async with run_gateway(config) as gateway:
             task = await failed_job(gateway, {"model": MODEL, "prompt": "p",
                                               "image_url": allowed.url("/big?mb=256")})
-            await allowed.big_done.wait()
+            async with asyncio.timeout(10):
+                await allowed.big_done.wait()
     assert task["failMsg"] == "reference image 1 is larger than 1048576 bytes"
     # The gateway hung up after ~1 MiB: what the server got out is that plus what
     # the sockets' buffers took, far from the 256 MiB it meant to send.
