@@ -16,6 +16,7 @@ from tests.fakes.scripted import serve
 from tests.fakes.task import FakeTask
 from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
 from tests.support.images import png_bytes
+from tests.support.references import ImageServer, allow
 from tests.support.wait import eventually
 
 MODEL = "gemini-3-pro-image"
@@ -36,6 +37,7 @@ def config_for(tmp_path: Path, upstream: FakeTask, **jobs: Any) -> dict[str, Any
         "providers": {"apimodels": {"kind": "task", "base_url": upstream.url,
                                     "api_key": upstream.key, "timeout_seconds": 5}},
         "models": {MODEL: {"routes": [{"provider": "apimodels", "model": MODEL}]}},
+        **allow("127.0.0.2/32"),
     })
 
 
@@ -79,11 +81,12 @@ async def test_uploads_are_deleted_when_the_job_fails(
     jobs: dict[str, Any] = {}
     if case == "upstream-failed":
         upstream.fail_with = ("Generation failed", None)
-    elif case == "invalid-reference":
-        body["image_urls"] = ["http://unknown-name.invalid/a.png"]
     else:
         upstream.hold, jobs["deadline_seconds"] = True, 0.5
-    async with run_gateway(config_for(tmp_path, upstream, **jobs)) as gateway:
+    async with ImageServer("127.0.0.2") as images, run_gateway(
+            config_for(tmp_path, upstream, **jobs)) as gateway:
+        if case == "invalid-reference":
+            body["image_urls"] = [images.url("/missing.png")]
         task, _, _ = await run_to_end(gateway, body)
     expected = {"upstream-failed": "generation_failed", "invalid-reference": "invalid_reference",
                 "deadline": "deadline_exceeded"}[case]
