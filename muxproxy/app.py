@@ -31,6 +31,7 @@ from muxproxy.metrics import Metrics
 from muxproxy.middleware import RequestContext
 from muxproxy.providers import build_providers
 from muxproxy.readiness import Readiness
+from muxproxy.references import ReferenceFetcher
 from muxproxy.retention import RetentionSweep
 from muxproxy.runner import JobRunner
 from muxproxy.scheduler import Scheduler
@@ -71,7 +72,8 @@ def _allowed_methods(request: Request) -> list[str]:
 
 def create_app(settings: Settings, *, clock: Clock | None = None,
                resolver: AbstractResolver | None = None) -> Starlette:
-    """``resolver`` replaces DNS for callback URLs (tests map names to addresses)."""
+    """``resolver`` replaces DNS for callback and reference URLs (tests map names to
+    addresses)."""
     clock = clock or SystemClock()
     metrics = Metrics()
     log_writer = configure_logging(settings.logging.level, settings.logging.format)
@@ -122,12 +124,15 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics,
     events = JobEvents()
     breakers = {name: CircuitBreaker(ps.circuit_threshold, ps.circuit_cooldown_seconds, clock)
                 for name, ps in settings.providers.items()}
+    # Client-named images are fetched on a session of their own, behind the address
+    # guard; provider calls and their result links stay on ``http``.
+    fetcher = ReferenceFetcher(settings.limits, resolver)
     runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events,
-                       breakers)
+                       breakers, fetcher)
     scheduler = Scheduler(store, providers, runner, clock, settings.jobs, metrics)
     guard = CallbackGuard(AddressPolicy(settings.webhooks.allow_networks), resolver)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
-                      scheduler, check_callback=guard.check)
+                      scheduler, check_callback=guard.check, check_reference=fetcher.check)
     relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_urls)
     events.subscribe(relay.on_job)
     state = AppState(settings=settings, clock=clock, metrics=metrics, store=store,
@@ -166,5 +171,6 @@ async def _stop(state: AppState) -> None:
         except Exception:
             log.warning("provider close failed", provider=provider.name, exc_info=True)
     await state.http.close()
+    await state.runner.fetcher.aclose()
     await state.storage.aclose()
     await state.store.aclose()

@@ -70,7 +70,7 @@ class Scheduler:
             log.info("recovered jobs after restart", resumed=recovery.resumed,
                      retried=recovery.retried, failed=len(recovery.failed))
         for job in recovery.failed:
-            self.runner.record(job)
+            await self.runner.ended(job)
         self._loop = asyncio.create_task(self._run(), name="muxproxy-scheduler")
 
     def wake(self) -> None:
@@ -151,7 +151,7 @@ class Scheduler:
             await self._renew_leases(now)
             for job in await self.store.expire_overdue(now):
                 log.info("job deadline exceeded", job_id=job.id)
-                self.runner.record(job)
+                await self.runner.ended(job)
                 if job.upstream_id is not None:
                     await self.runner.cancel_upstream(job)
         if self._stopping:

@@ -59,6 +59,12 @@ class LimitSettings:
     max_image_bytes: int = 10 * 1024 * 1024
     max_download_bytes: int = 50 * 1024 * 1024
     idempotency_ttl_seconds: int = 86400
+    # Reference images named by URL: all of a job's downloads together (each one
+    # is bounded by max_image_bytes), and the time one download may take.
+    max_reference_total_bytes: int = 50 * 1024 * 1024
+    reference_timeout_seconds: float = 30.0
+    # Networks a reference URL may reach although they are not public (CIDR).
+    reference_allow_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -461,6 +467,10 @@ def _check_limits(limits: LimitSettings) -> None:
             raise SettingsError(f"limits.{name}: must be at least 1")
     if limits.max_reference_images < 0:
         raise SettingsError("limits.max_reference_images: must not be negative")
+    if limits.max_reference_total_bytes < 1 or limits.reference_timeout_seconds <= 0:
+        raise SettingsError("limits: max_reference_total_bytes and "
+                            "reference_timeout_seconds must be positive")
+    _check_networks("limits.reference_allow_networks", limits.reference_allow_networks)
 
 
 def _check_webhooks(hooks: WebhookSettings) -> None:
@@ -476,12 +486,15 @@ def _check_webhooks(hooks: WebhookSettings) -> None:
                             "must not be negative")
     if not 0 <= hooks.jitter < 1:
         raise SettingsError("webhooks.jitter: must be at least 0 and below 1")
-    for i, network in enumerate(hooks.allow_networks):
+    _check_networks("webhooks.allow_networks", hooks.allow_networks)
+
+
+def _check_networks(where: str, networks: tuple[str, ...]) -> None:
+    for i, network in enumerate(networks):
         try:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
-            raise SettingsError(f"webhooks.allow_networks[{i}]: not a network: "
-                                f"{network!r}") from None
+            raise SettingsError(f"{where}[{i}]: not a network: {network!r}") from None
 
 
 def sqlite_path(url: str) -> Path:

@@ -119,4 +119,5 @@ CREATE_ERRORS = {
     422: "this Idempotency-Key was used with another body.",
     429: "the key's rate or concurrency limit is reached.",
     500: "unexpected server error.",
+    503: "the gateway could not store the uploaded images; try again after Retry-After.",
 }

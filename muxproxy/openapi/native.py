@@ -186,8 +186,8 @@ READ_ERRORS = {401: "missing or invalid API key.",
                404: "no such task for this key (or it has no callback_url).",
                500: "unexpected server error."}
 CREATE_ERRORS = {
-    400: "an invalid or missing field (msg names it), an unknown model, or a request the "
-         "model's provider cannot serve.",
+    400: "an invalid or missing field (msg names it), an unknown model, a reference URL "
+         "whose host is not public, or a request the model's provider cannot serve.",
     401: "missing or invalid API key.",
     402: "the key's credits do not cover the price.",
     403: "the key may not use this model.",
@@ -197,4 +197,5 @@ CREATE_ERRORS = {
     422: "this Idempotency-Key was used with another body.",
     429: "the key's rate or concurrency limit is reached.",
     500: "unexpected server error.",
+    503: "the gateway could not store the uploaded images; try again after Retry-After.",
 }

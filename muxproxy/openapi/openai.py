@@ -188,7 +188,8 @@ def part(settings: Settings) -> Part:
 
 CREATE_ERRORS = {
     400: "an invalid or missing field (param names it), an unknown model, a file that is not "
-         "an image, a wrong Content-Type, or a job the provider refused (code says why).",
+         "an image, a wrong Content-Type, a reference URL that is not public or could not be "
+         "fetched, or a job the provider refused (code says why).",
     401: "missing or invalid API key.",
     402: "the key's credits do not cover the price.",
     403: "the key may not use this model.",
@@ -197,4 +198,5 @@ CREATE_ERRORS = {
     422: "this Idempotency-Key was used with another body.",
     429: "the key's rate or concurrency limit is reached.",
     500: "unexpected server error.",
+    503: "the gateway could not store the uploaded images; try again after Retry-After.",
 }

@@ -72,7 +72,7 @@ CHOICES: Mapping[str, tuple[str, ...]] = {
 # job is an upstream error (502). Adapters use ``moderation_blocked`` for safety blocks.
 REFUSAL_CODES = frozenset({
     "unsupported", "invalid_request", "moderation_blocked", "content_policy_violation",
-    "bad_image_url",
+    "bad_image_url", "invalid_reference",
 })
 
 
