@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from muxproxy.generation import QUALITY_TIERS
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -158,6 +160,9 @@ class ModelSettings:
     # Allowed values; empty means the providers decide.
     resolutions: tuple[str, ...] = ()
     aspect_ratios: tuple[str, ...] = ()
+    # The quality a request that omits it (or sends "auto") is priced at and sent
+    # upstream with; "" means the dearest tier of the price entry.
+    default_quality: str = ""
 
 
 @dataclass(frozen=True)
@@ -343,8 +348,8 @@ def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Mo
         where = f'models."{model_id}"'
         if not isinstance(table, Mapping):
             raise SettingsError(f"{where}: expected a table")
-        _no_unknown(table, {"routes", "description", "credits", "resolutions", "aspect_ratios"},
-                    where)
+        _no_unknown(table, {"routes", "description", "credits", "resolutions", "aspect_ratios",
+                            "default_quality"}, where)
         routes_raw = table.get("routes")
         if not isinstance(routes_raw, list) or not routes_raw:
             raise SettingsError(f"{where}.routes: at least one route is required")
@@ -366,12 +371,29 @@ def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Mo
         description = table.get("description", "")
         if not isinstance(description, str):
             raise SettingsError(f"{where}.description: expected a string")
+        credits = _credits(table.get("credits", 0), f"{where}.credits")
         result[model_id] = ModelSettings(
-            id=model_id, routes=tuple(routes), description=description,
-            credits=_credits(table.get("credits", 0), f"{where}.credits"),
+            id=model_id, routes=tuple(routes), description=description, credits=credits,
             resolutions=tuple(r.lower() for r in _strings(table, "resolutions", where)),
-            aspect_ratios=_strings(table, "aspect_ratios", where))
+            aspect_ratios=_strings(table, "aspect_ratios", where),
+            default_quality=_default_quality(table.get("default_quality", ""), credits, where))
     return result
+
+
+def _default_quality(value: Any, credits: Credits, where: str) -> str:
+    """A quality clients may name, and a tier of every entry of the price table that
+    has tiers: a request is never priced at a tier its upstream may exceed."""
+    if value == "":
+        return ""
+    if value not in QUALITY_TIERS:
+        raise SettingsError(f"{where}.default_quality: expected one of "
+                            f"{', '.join(QUALITY_TIERS)}, got {value!r}")
+    tier = QUALITY_TIERS[value]
+    for resolution, entry in (credits.items() if isinstance(credits, Mapping) else ()):
+        if isinstance(entry, Mapping) and tier not in entry:
+            raise SettingsError(f"{where}.default_quality: {value!r} is not a tier of "
+                                f"{where}.credits.{resolution} ({', '.join(entry)})")
+    return str(value)
 
 
 def _strings(table: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
