@@ -10,11 +10,13 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from muxproxy import keys as key_rules
+from muxproxy.errors import InvalidRequest
 from muxproxy.generation import QUALITY_TIERS
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -283,9 +285,7 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
             raise SettingsError(f"{where}: expected a table")
         _no_unknown(item, {"name", "key", "credits", "unlimited", "rpm", "max_concurrent",
                            "models"}, where)
-        name, key = item.get("name"), item.get("key")
-        if not isinstance(name, str) or not name:
-            raise SettingsError(f"{where}.name: required")
+        name, key = _key_rule(key_rules.check_name, item.get("name"), where), item.get("key")
         if not isinstance(key, str) or len(key) < 8:
             raise SettingsError(f"{where}.key: required, at least 8 characters")
         models = item.get("models")
@@ -293,7 +293,8 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
             models = _strings(item, "models", where)
         keys.append(ApiKeySettings(
             name=name, key=key,
-            credits=_coerce(item.get("credits", 0), 0, f"{where}.credits"),
+            credits=_key_rule(key_rules.check_credits,
+                              _coerce(item.get("credits", 0), 0, f"{where}.credits"), where),
             unlimited=_coerce(item.get("unlimited", False), False, f"{where}.unlimited"),
             rpm=_optional_positive(item, "rpm", where),
             max_concurrent=_optional_positive(item, "max_concurrent", where),
@@ -305,10 +306,17 @@ def _optional_positive(table: Mapping[str, Any], name: str, where: str) -> int |
     value = table.get(name)
     if value is None:
         return None
-    number = _coerce(value, 0, f"{where}.{name}")
-    if number < 1:
-        raise SettingsError(f"{where}.{name}: must be at least 1")
-    return int(number)
+    number: int = _key_rule(lambda v: key_rules.whole(v, name, 1, key_rules.MAX_LIMIT),
+                            _coerce(value, 0, f"{where}.{name}"), where)
+    return number
+
+
+def _key_rule(check: Callable[[Any], Any], value: Any, where: str) -> Any:
+    """A ``[[keys]]`` value through the rule the admin API and the CLI apply."""
+    try:
+        return check(value)
+    except InvalidRequest as exc:
+        raise SettingsError(f"{where}.{exc.param}: {exc.message}") from None
 
 
 def _providers(raw: Any) -> dict[str, ProviderSettings]:

@@ -59,6 +59,13 @@ def test_env_references_and_defaults() -> None:
       "providers": {"demo": {"kind": "demo"}}},
      'models."m".default_quality: expected one of'),
     ({**MINIMAL, "keys": [{"name": "k", "key": "short"}]}, "keys[0].key"),
+    # [[keys]] follow the admin API's rules: no id-shaped name, bounded numbers.
+    ({**MINIMAL, "keys": [{"name": "key_0123456789abcdef", "key": "x" * 10}]},
+     "keys[0].name: 'name' may not begin with 'key_'"),
+    ({**MINIMAL, "keys": [{"name": "k", "key": "x" * 10, "credits": 10**30}]},
+     "keys[0].credits: 'credits' must be a whole number from 0 to"),
+    ({**MINIMAL, "keys": [{"name": "k", "key": "x" * 10, "rpm": 10**12}]},
+     "keys[0].rpm: 'rpm' must be a whole number from 1 to"),
     ({**MINIMAL, "keys": [{"name": "k", "key": "x" * 10}, {"name": "k", "key": "y" * 10}]},
      "keys: names must be unique"),
 ])

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 import aiosqlite
 
 from muxproxy.jobs import JobState, RowLike
+from muxproxy.keys import KEY_ID_PREFIX
 from muxproxy.store.accounts import (
     NO_LIMITS,
     ApiKey,
@@ -123,7 +124,7 @@ class AccountsMixin:
         def upsert(db: sqlite3.Connection) -> RowLike:
             existing = db.execute("SELECT id FROM api_keys WHERE name = ?", (name,)).fetchone()
             if existing is None:
-                key_id = f"key_{secrets.token_hex(8)}"
+                key_id = f"{KEY_ID_PREFIX}{secrets.token_hex(8)}"
                 db.execute(
                     "INSERT INTO api_keys (id, name, key_hash, created_at, unlimited, rpm_limit,"
                     " max_concurrent, allowed_models) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -145,7 +146,7 @@ class AccountsMixin:
 
     async def create_key(self: Connected, name: str, key_hash: str, *, now: int,
                          limits: KeyLimits = NO_LIMITS, credits: int = 0) -> ApiKey:
-        key_id = f"key_{secrets.token_hex(8)}"
+        key_id = f"{KEY_ID_PREFIX}{secrets.token_hex(8)}"
 
         def create(db: sqlite3.Connection) -> RowLike:
             try:
