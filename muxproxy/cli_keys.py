@@ -121,7 +121,7 @@ async def _create(admin: KeyAdmin, args: argparse.Namespace) -> Any:
 
 
 async def _list(admin: KeyAdmin, args: argparse.Namespace) -> Any:
-    return {"keys": [key_view(k) for k in await admin.list(args.name)]}
+    return {"keys": [key_view(k) for k in await admin.list_keys(args.name)]}
 
 
 async def _show(admin: KeyAdmin, args: argparse.Namespace) -> Any:

@@ -95,7 +95,7 @@ class KeyAdmin:
             raise Conflict(f"a key named {name!r} exists") from None
         return key, secret
 
-    async def list(self, name: str | None = None) -> list[ApiKey]:
+    async def list_keys(self, name: str | None = None) -> list[ApiKey]:
         """Every key, revoked ones too; with ``name``, the one so named (if any)."""
         if name is not None:
             if len(name) > keys.MAX_NAME_CHARS:

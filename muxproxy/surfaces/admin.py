@@ -86,7 +86,7 @@ async def list_keys(request: Request) -> Response:
     unknown = set(request.query_params) - {"name"}
     if unknown:
         raise InvalidRequest(f"unknown query parameter: {', '.join(sorted(unknown))}")
-    found = await admin.list(request.query_params.get("name"))
+    found = await admin.list_keys(request.query_params.get("name"))
     return JSONResponse({"keys": [key_view(k) for k in found]})
 
 
