@@ -65,9 +65,7 @@ def _no_unknown(fields: Mapping[str, Any], known: frozenset[str]) -> None:
         raise InvalidRequest(f"unknown field: {', '.join(sorted(unknown))}")
 
 
-def _not_found(ref: str) -> NotFound:
-    hint = "" if keys.is_key_id(ref) else \
-        " (keys are addressed by id; look one up by name with GET /admin/keys?name=...)"
+def _not_found(ref: str, hint: str = "") -> NotFound:
     return NotFound(f"no such key: there is no key {ref!r}{hint}")
 
 
@@ -112,7 +110,9 @@ class KeyAdmin:
     async def by_id(self, key_id: str) -> ApiKey:
         key = await self.store.get_key(key_id)
         if key is None or key.id != key_id:
-            raise _not_found(key_id)
+            hint = "" if keys.is_key_id(key_id) else \
+                " (keys are addressed by id; look one up by name with GET /admin/keys?name=...)"
+            raise _not_found(key_id, hint)
         return key
 
     async def find(self, ref: str) -> ApiKey:
