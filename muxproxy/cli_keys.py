@@ -1,4 +1,4 @@
-"""``muxproxy keys create|list|show|topup|limits|revoke|usage|ledger``: key
+"""``muxproxy keys create|list|show|topup|deduct|limits|revoke|usage|ledger``: key
 administration on the configured database directly (the gateway may be running or
 not), through the same :class:`~muxproxy.keyadmin.KeyAdmin` as the admin API.
 
@@ -78,10 +78,11 @@ def add_parser(commands: Any) -> None:
     listing.add_argument("--name", help="only the key with this name")
     show = actions.add_parser("show", help="one key")
     show.add_argument("key", help="key id or name")
-    topup = actions.add_parser("topup", help="add (or with a negative amount, remove) credits")
-    topup.add_argument("key", help="key id or name")
-    topup.add_argument("amount", type=number)
-    topup.add_argument("--note")
+    for name, verb in (("topup", "add"), ("deduct", "take back")):
+        credit = actions.add_parser(name, help=f"{verb} credits (a positive amount)")
+        credit.add_argument("key", help="key id or name")
+        credit.add_argument("amount", type=number)
+        credit.add_argument("--note")
     limits = actions.add_parser("limits", help="change a key's limits")
     limits.add_argument("key", help="key id or name")
     _limit_options(limits)
@@ -128,10 +129,18 @@ async def _show(admin: KeyAdmin, args: argparse.Namespace) -> Any:
     return key_view(await admin.find(args.key))
 
 
+def _credit_fields(args: argparse.Namespace) -> dict[str, Any]:
+    if args.note is None:
+        return {"amount": args.amount}
+    return {"amount": args.amount, "note": args.note}
+
+
 async def _topup(admin: KeyAdmin, args: argparse.Namespace) -> Any:
-    fields = {"amount": args.amount} if args.note is None \
-        else {"amount": args.amount, "note": args.note}
-    return key_view(await admin.topup(await admin.find(args.key), fields))
+    return key_view(await admin.topup(await admin.find(args.key), _credit_fields(args)))
+
+
+async def _deduct(admin: KeyAdmin, args: argparse.Namespace) -> Any:
+    return key_view(await admin.deduct(await admin.find(args.key), _credit_fields(args)))
 
 
 async def _limits(admin: KeyAdmin, args: argparse.Namespace) -> Any:
@@ -153,6 +162,7 @@ async def _ledger(admin: KeyAdmin, args: argparse.Namespace) -> Any:
 
 
 ACTIONS: dict[str, Action] = {
-    "create": _create, "list": _list, "show": _show, "topup": _topup, "limits": _limits,
+    "create": _create, "list": _list, "show": _show, "topup": _topup, "deduct": _deduct,
+    "limits": _limits,
     "revoke": _revoke, "usage": _usage, "ledger": _ledger,
 }

@@ -1,5 +1,5 @@
-"""Key administration: create, list, show, top up, set limits, revoke, ledger and
-usage. The admin API and the ``muxproxy keys`` CLI both go through
+"""Key administration: create, list, show, top up, deduct, set limits, revoke,
+ledger and usage. The admin API and the ``muxproxy keys`` CLI both go through
 :class:`KeyAdmin`, so the same input meets the same rules (:mod:`muxproxy.keys`)
 and the same error everywhere.
 
@@ -25,7 +25,7 @@ from muxproxy.store.accounts import LedgerEntry, UsageRow
 KEY_PREFIX = "mux_"
 DAY_MS = 86_400_000
 CREATE_FIELDS = frozenset({"name", "credits"}) | keys.LIMIT_NAMES
-TOPUP_FIELDS = frozenset({"amount", "note"})
+CREDIT_FIELDS = frozenset({"amount", "note"})
 
 
 def new_secret() -> str:
@@ -125,13 +125,21 @@ class KeyAdmin:
         return key
 
     async def topup(self, key: ApiKey, fields: Mapping[str, Any]) -> ApiKey:
-        """Add (a negative amount: remove) credits, as a ledger row."""
-        _no_unknown(fields, TOPUP_FIELDS)
-        amount = keys.check_amount(fields.get("amount"))
+        """Add ``amount`` credits, as a ``topup`` ledger row."""
+        return await self._credit(key, fields, 1)
+
+    async def deduct(self, key: ApiKey, fields: Mapping[str, Any]) -> ApiKey:
+        """Take ``amount`` credits back, as a ``deduct`` ledger row; the balance may
+        go below zero (the key is then refused until topped up)."""
+        return await self._credit(key, fields, -1)
+
+    async def _credit(self, key: ApiKey, fields: Mapping[str, Any], sign: int) -> ApiKey:
+        _no_unknown(fields, CREDIT_FIELDS)
+        change = sign * keys.check_amount(fields.get("amount"))
         note = keys.check_note(fields.get("note"))
-        keys.check_balance(key.balance, amount)
+        keys.check_balance(key.balance, change)
         try:
-            updated = await self.store.topup(key.id, amount, now=now_ms(self.clock), note=note)
+            updated = await self.store.topup(key.id, change, now=now_ms(self.clock), note=note)
         except KeyNotFound:
             raise _not_found(key.id) from None
         self.changed()

@@ -53,15 +53,13 @@ def check_credits(value: Any) -> int:
 
 
 def check_amount(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value == 0 \
-            or abs(value) > MAX_CREDITS:
-        raise InvalidRequest(f"'amount' must be a non-zero whole number from -{MAX_CREDITS} "
-                             f"to {MAX_CREDITS}", param="amount")
-    return value
+    """Credits to add or to deduct: always a positive amount, so a slip of the sign
+    can never turn a top-up into a deduction (that is its own explicit operation)."""
+    return whole(value, "amount", 1, MAX_CREDITS)
 
 
-def check_balance(balance: int, amount: int) -> None:
-    if abs(balance + amount) > MAX_BALANCE:
+def check_balance(balance: int, change: int) -> None:
+    if abs(balance + change) > MAX_BALANCE:
         raise InvalidRequest(f"the balance would pass {MAX_BALANCE} credits either way",
                              param="amount")
 

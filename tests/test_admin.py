@@ -17,6 +17,7 @@ ADMIN = "admin-token-for-tests-0001"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 ROUTES = [("POST", "/admin/keys"), ("GET", "/admin/keys"), ("GET", "/admin/keys/alpha"),
           ("PATCH", "/admin/keys/alpha"), ("POST", "/admin/keys/alpha/topup"),
+          ("POST", "/admin/keys/alpha/deduct"),
           ("POST", "/admin/keys/alpha/revoke"), ("GET", "/admin/keys/alpha/ledger"),
           ("GET", "/admin/keys/alpha/usage")]
 
@@ -157,11 +158,13 @@ def test_keys_cli(tmp_path: Path) -> None:
     assert cli(config, "create", "ops")[0] == 1
     code, listed, _ = cli(config, "list")
     assert [k["name"] for k in listed["keys"]] == ["ops"]
-    code, topped, _ = cli(config, "topup", "ops", "-15", "--note", "correction")
+    # Credits are taken back by their own command: a top-up is always positive.
+    code, topped, _ = cli(config, "deduct", "ops", "15", "--note", "correction")
     assert topped["balance"] == 25
     code, ledger, _ = cli(config, "ledger", "ops")
     assert ledger["balance_from_ledger"] == 25
     assert [e["amount"] for e in ledger["entries"]] == [-15, 40]
+    assert [e["kind"] for e in ledger["entries"]] == ["deduct", "topup"]
     code, usage, _ = cli(config, "usage", "ops", "--days", "3")
     assert (code, usage["usage"]) == (0, [])
     code, revoked, _ = cli(config, "revoke", created["key"]["id"])
@@ -195,6 +198,10 @@ BAD_INPUT: list[tuple[str, str, Any, list[str]]] = [
     ("POST", "/topup", '{"amount": 1e309}', ["topup", "{key}", "1e309"]),
     ("POST", "/topup", f'{{"amount": {HUGE}}}', ["topup", "{key}", HUGE]),
     ("POST", "/topup", {"amount": -(10**16)}, ["topup", "{key}", str(-(10**16))]),
+    ("POST", "/topup", {"amount": -5}, ["topup", "{key}", "-5"]),
+    ("POST", "/deduct", {"amount": 0}, ["deduct", "{key}", "0"]),
+    ("POST", "/deduct", {"amount": -5}, ["deduct", "{key}", "-5"]),
+    ("POST", "/deduct", f'{{"amount": {HUGE}}}', ["deduct", "{key}", HUGE]),
     ("POST", "/topup", {"amount": 5, "note": "x" * 501},
      ["topup", "{key}", "5", "--note", "x" * 501]),
     ("PATCH", "", {"rpm": 0}, ["limits", "{key}", "--rpm", "0"]),
@@ -282,3 +289,22 @@ def test_cli_sets_and_clears_limits(tmp_path: Path) -> None:
     code, cleared, _ = cli(config, "limits", "ops", "--rpm", "none", "--models", "null")
     assert (code, cleared["rpm"], cleared["models"], cleared["max_concurrent"]) == (
         0, None, None, 2)
+
+
+async def test_credits_are_taken_back_only_by_deduct(admin_gw: RunningGateway) -> None:
+    alpha = await admin_gw.state.store.get_key("alpha")
+    assert alpha is not None
+    status, answer = await call(admin_gw, "POST", f"/admin/keys/{alpha.id}/topup",
+                                {"amount": -5})
+    assert (status, answer["error"]) == (400, "'amount' must be a whole number from 1 to "
+                                              "1000000000000000")
+    status, topped = await call(admin_gw, "POST", f"/admin/keys/{alpha.id}/topup",
+                                {"amount": 3})
+    assert (status, topped["balance"]) == (200, 3)
+    status, deducted = await call(admin_gw, "POST", f"/admin/keys/{alpha.id}/deduct",
+                                  {"amount": 5, "note": "over-credited"})
+    assert (status, deducted["balance"]) == (200, -2)
+    _, ledger = await call(admin_gw, "GET", f"/admin/keys/{alpha.id}/ledger")
+    assert [(e["kind"], e["amount"], e["note"]) for e in ledger["entries"]] == [
+        ("deduct", -5, "over-credited"), ("topup", 3, None)]
+    assert ledger["ledger_sum"] == ledger["key"]["balance"] == -2

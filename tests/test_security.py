@@ -51,6 +51,7 @@ ADMIN_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/admin/keys/alpha", {}),
     ("PATCH", "/admin/keys/alpha", {"json": {"unlimited": True}}),
     ("POST", "/admin/keys/alpha/topup", {"json": {"amount": 10**9}}),
+    ("POST", "/admin/keys/alpha/deduct", {"json": {"amount": 10**9}}),
     ("POST", "/admin/keys/alpha/revoke", {}),
     ("GET", "/admin/keys/alpha/ledger", {}),
     ("GET", "/admin/keys/alpha/usage", {}),

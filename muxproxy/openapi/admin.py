@@ -81,10 +81,9 @@ def schemas() -> dict[str, Schema]:
                                ["key", "secret"]),
         "AdminKeyList": obj({"keys": {"type": "array", "items": ref("AdminKey")}}, ["keys"]),
         "AdminLimits": obj(limit_fields()),
-        "AdminTopup": obj({
-            "amount": {**integer("Credits to add (negative: remove).",
-                                 minimum=-keys.MAX_CREDITS, maximum=keys.MAX_CREDITS),
-                       "not": {"const": 0}},
+        "AdminCredits": obj({
+            "amount": integer("Credits to add (topup) or take back (deduct); always positive.",
+                              minimum=1, maximum=keys.MAX_CREDITS),
             "note": nullable(string(maxLength=keys.MAX_NOTE_CHARS))}, ["amount"]),
         "AdminLedger": obj({"key": ref("AdminKey"),
                             "entries": {"type": "array", "items": entry},
@@ -125,8 +124,11 @@ def part(settings: Settings) -> Part:
                         parameters=[key_param], body=json_body(ref("AdminLimits"))),
         },
         "/admin/keys/{key}/topup": {"post": op(
-            "Add or remove credits", "adminTopup", one_key, {**BODY, **FOUND},
-            parameters=[key_param], body=json_body(ref("AdminTopup")))},
+            "Add credits", "adminTopup", one_key, {**BODY, **FOUND},
+            parameters=[key_param], body=json_body(ref("AdminCredits")))},
+        "/admin/keys/{key}/deduct": {"post": op(
+            "Take credits back (the balance may go below zero)", "adminDeduct", one_key,
+            {**BODY, **FOUND}, parameters=[key_param], body=json_body(ref("AdminCredits")))},
         "/admin/keys/{key}/revoke": {"post": op(
             "Revoke a key", "adminRevokeKey", one_key, FOUND, parameters=[key_param])},
         "/admin/keys/{key}/ledger": {"get": op(

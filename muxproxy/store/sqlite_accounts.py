@@ -203,7 +203,8 @@ class AccountsMixin:
                                (key_id, key_id)).fetchone()
             if found is None:
                 raise KeyNotFound(key_id)
-            ledger_row(db, found["id"], LedgerKind.TOPUP, amount, now, note=note)
+            kind = LedgerKind.TOPUP if amount > 0 else LedgerKind.DEDUCT
+            ledger_row(db, found["id"], kind, amount, now, note=note)
             row: RowLike = db.execute("SELECT * FROM api_keys WHERE id = ?",
                                       (found["id"],)).fetchone()
             return row

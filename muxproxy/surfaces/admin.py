@@ -111,6 +111,13 @@ async def topup(request: Request) -> Response:
 
 
 @surface(render_error)
+async def deduct(request: Request) -> Response:
+    admin = _authorize(request)
+    key = await _key(admin, request)
+    return JSONResponse(key_view(await admin.deduct(key, await _body(request))))
+
+
+@surface(render_error)
 async def revoke(request: Request) -> Response:
     admin = _authorize(request)
     return JSONResponse(key_view(await admin.revoke(await _key(admin, request))))
@@ -137,6 +144,7 @@ routes = [
     Route("/admin/keys/{key}", get_key, methods=["GET"]),
     Route("/admin/keys/{key}", update_key, methods=["PATCH"]),
     Route("/admin/keys/{key}/topup", topup, methods=["POST"]),
+    Route("/admin/keys/{key}/deduct", deduct, methods=["POST"]),
     Route("/admin/keys/{key}/revoke", revoke, methods=["POST"]),
     Route("/admin/keys/{key}/ledger", ledger, methods=["GET"]),
     Route("/admin/keys/{key}/usage", usage, methods=["GET"]),
