@@ -30,6 +30,8 @@ from muxproxy.logs import configure_logging, get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.middleware import RequestContext
 from muxproxy.providers import build_providers
+from muxproxy.readiness import Readiness
+from muxproxy.retention import RetentionSweep
 from muxproxy.runner import JobRunner
 from muxproxy.scheduler import Scheduler
 from muxproxy.settings import Settings
@@ -98,7 +100,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
 async def _start(settings: Settings, clock: Clock, metrics: Metrics,
                  resolver: AbstractResolver | None) -> AppState:
-    store = open_store(settings.database.url)
+    store = open_store(settings.database.url,
+                       busy_timeout_seconds=settings.database.busy_timeout_seconds)
     await store.open()
     try:
         for key in settings.keys:
@@ -131,9 +134,12 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics,
                      storage=storage, http=http, providers=providers, signer=signer,
                      auth=Authenticator(store), gateway=gateway, runner=runner,
                      scheduler=scheduler, events=events, breakers=breakers,
-                     relay=relay, shutdown=Shutdown(settings.server.graceful_shutdown_seconds))
+                     relay=relay, shutdown=Shutdown(settings.server.graceful_shutdown_seconds),
+                     retention=RetentionSweep(settings.storage, store, storage, clock),
+                     readiness=Readiness(store, storage, clock))
     await relay.start()
     await scheduler.start()
+    state.retention.start()
     return state
 
 
@@ -150,6 +156,7 @@ def begin_shutdown(app: Starlette) -> None:
 
 
 async def _stop(state: AppState) -> None:
+    await state.retention.stop()
     # What is left of the grace period since the signal (all of it without one).
     await state.scheduler.stop(state.shutdown.remaining())
     await state.relay.stop(state.shutdown.remaining())

@@ -11,9 +11,17 @@ from typing import Any, Protocol
 
 from muxproxy import images
 from muxproxy.clock import Clock, now_ms
-from muxproxy.errors import Forbidden, InsufficientCredits, InvalidRequest, NotFound, RateLimited
+from muxproxy.errors import (
+    Conflict,
+    Forbidden,
+    InsufficientCredits,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    StoreUnavailable,
+)
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import Job, Lease, NewJob, StoredImage, evolve
+from muxproxy.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evolve
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.pricing import billed, check_capabilities, price
@@ -25,6 +33,7 @@ from muxproxy.settings import ModelSettings, Settings
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage, blob_key
 from muxproxy.store import ApiKey, ConcurrencyLimitReached, InsufficientBalance, Store
+from muxproxy.store.accounts import IdempotencySuperseded
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.gateway")
@@ -113,10 +122,12 @@ class Gateway:
         log.info("request refused", reason=reason)
 
     async def submit(self, key: ApiKey, surface: str, submission: Submission, *,
-                     before_start: Callable[[Job], None] | None = None) -> Job:
+                     before_start: Callable[[Job], None] | None = None,
+                     idempotency: IdempotencyClaim | None = None) -> Job:
         """Store the job and start it (or queue it). ``before_start`` is called with
         the stored job before it can run: a caller that waits for its end subscribes
-        there, and cannot miss it."""
+        there, and cannot miss it. ``idempotency`` is bound to the job as it is
+        stored."""
         self.admit(key)
         model = self.model(submission.model)
         if not key.may_use(model.id):
@@ -155,7 +166,7 @@ class Gateway:
             upstream_model=route.model, callback_url=submission.callback_url,
             created_at=now, deadline_at=now + int(self.settings.jobs.deadline_seconds * 1000),
             credits=credits, max_concurrent=key.limits.max_concurrent,
-            route_index=route_index)
+            route_index=route_index, idempotency=idempotency)
         # Created and dispatched as one: a request cancelled in between must not
         # leave a job claimed by this process that never starts.
         return await asyncio.shield(self._create_and_dispatch(new, before_start))
@@ -192,6 +203,13 @@ class Gateway:
             self._refuse("credits")
             raise InsufficientCredits(f"insufficient credits: this request costs {exc.price}, "
                                       f"the balance is {exc.balance}") from None
+        except IdempotencySuperseded:
+            await self._discard_inputs(new.request)
+            raise Conflict("a newer request with this Idempotency-Key took it over",
+                           param="Idempotency-Key") from None
+        except StoreUnavailable:
+            await self._discard_inputs(new.request)
+            raise
         except ConcurrencyLimitReached as exc:
             await self._discard_inputs(new.request)
             self._refuse("concurrency")

@@ -38,12 +38,20 @@ class ServerSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = "sqlite:///data/muxproxy.db"
+    # How long a write waits for a lock held by another process before it is
+    # answered 503 with Retry-After.
+    busy_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
 class StorageSettings:
     url: str = "file://data/images"
     url_ttl_seconds: int = 3600
+    # Result images (and any input left over) are deleted this long after their job
+    # ended; 0 keeps them forever.
+    retention_days: float = 30.0
+    # How often the retention sweep looks for expired blobs.
+    sweep_interval_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,9 @@ class JobSettings:
 
 @dataclass(frozen=True)
 class SurfaceSettings:
-    # How long POST /v1/images/* waits for its job before answering 504 (the job runs on).
-    openai_wait_seconds: float = 300.0
+    # How long POST /v1/images/* waits for its job before answering 504 (the job runs
+    # on). 0: the job's whole life (jobs.deadline_seconds), so no 504 while it runs.
+    openai_wait_seconds: float = 0.0
     # The model used when an OpenAI or ModelMux request names none; "" = the first model.
     default_model: str = ""
 
@@ -451,16 +460,27 @@ def _check(settings: Settings) -> None:
             raise SettingsError(f"providers.{name}.max_response_bytes: must be at least 65536")
     if settings.jobs.max_attempts < 1:
         raise SettingsError("jobs.max_attempts: must be at least 1")
-    if settings.surfaces.openai_wait_seconds <= 0:
-        raise SettingsError("surfaces.openai_wait_seconds: must be positive")
+    if settings.surfaces.openai_wait_seconds < 0:
+        raise SettingsError("surfaces.openai_wait_seconds: must be positive, or 0 for "
+                            "jobs.deadline_seconds")
     default_model = settings.surfaces.default_model
     if default_model and default_model not in settings.models:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")
     _check_webhooks(settings.webhooks)
     _check_limits(settings.limits)
+    _check_faults(settings)
     names = [k.name for k in settings.keys]
     if len(set(names)) != len(names):
         raise SettingsError("keys: names must be unique")
+
+
+def _check_faults(settings: Settings) -> None:
+    if settings.database.busy_timeout_seconds < 0:
+        raise SettingsError("database.busy_timeout_seconds: must not be negative")
+    if settings.storage.retention_days < 0:
+        raise SettingsError("storage.retention_days: must not be negative (0 keeps forever)")
+    if settings.storage.sweep_interval_seconds <= 0:
+        raise SettingsError("storage.sweep_interval_seconds: must be positive")
 
 
 def _check_limits(limits: LimitSettings) -> None:
