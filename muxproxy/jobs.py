@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
-
-import orjson
 
 from muxproxy.generation import GenerationRequest
 
@@ -102,19 +99,6 @@ class JobResult:
     def from_json(cls, data: Mapping[str, Any]) -> JobResult:
         return cls(images=tuple(StoredImage.from_json(i) for i in data["images"]),
                    revised_prompt=data.get("revised_prompt"))
-
-
-@functools.lru_cache(maxsize=4096)
-def _request(params: str) -> GenerationRequest:
-    """A job's request from its stored JSON, which never changes once written: the
-    same job is read back on every claim, transition and poll."""
-    return GenerationRequest.from_json(orjson.loads(params))
-
-
-@functools.lru_cache(maxsize=4096)
-def _result(result: str) -> JobResult:
-    """Likewise a finished job's result, read back on every poll."""
-    return JobResult.from_json(orjson.loads(result))
 
 
 @dataclass(frozen=True)
@@ -215,38 +199,3 @@ class Job:
         if release:
             fields["lease_owner"] = fields["lease_until"] = None
         return evolve(self, **fields)
-
-    @classmethod
-    def from_row(cls, row: RowLike) -> Job:
-        result = row["result"]
-        return cls(
-            id=row["id"],
-            key_id=row["key_id"],
-            surface=row["surface"],
-            model=row["model"],
-            state=JobState(row["state"]),
-            request=_request(row["params"]),
-            client_params=orjson.loads(row["client_params"]),
-            route_index=row["route_index"],
-            provider=row["provider"],
-            upstream_model=row["upstream_model"],
-            upstream_id=row["upstream_id"],
-            upstream_state=orjson.loads(row["upstream_state"] or "{}"),
-            result=_result(result) if result else None,
-            fail_code=row["fail_code"],
-            fail_msg=row["fail_msg"],
-            attempts=row["attempts"],
-            recoveries=row["recoveries"],
-            polls=row["polls"],
-            callback_url=row["callback_url"],
-            credits=row["credits"],
-            billing=row["billing"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            completed_at=row["completed_at"],
-            updated_at=row["updated_at"],
-            run_after=row["run_after"],
-            deadline_at=row["deadline_at"],
-            lease_owner=row["lease_owner"],
-            lease_until=row["lease_until"],
-        )

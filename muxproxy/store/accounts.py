@@ -12,10 +12,12 @@ job, which the database itself enforces.
 from __future__ import annotations
 
 import abc
+import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
-from muxproxy.jobs import IdempotencyClaim
+from muxproxy.keys import KEY_ID_PREFIX
+from muxproxy.store.tx import Transactional, Tx
 
 
 class Billing(StrEnum):
@@ -116,17 +118,41 @@ class KeyNotFound(Exception):
     pass
 
 
-class AccountStore(abc.ABC):
-    @abc.abstractmethod
+class AccountStore(Transactional):
+    """API keys and their ledger. Creating keys and moving credits are rules over
+    :class:`~muxproxy.store.tx.Tx`; the rest are a backend's reads."""
+
     async def upsert_key(self, name: str, key_hash: str, *, now: int,
                          limits: KeyLimits = NO_LIMITS, initial_credits: int = 0) -> ApiKey:
         """A key from the config file: created once (with its initial credits as a
         top-up), later only its hash and limits follow the file."""
 
-    @abc.abstractmethod
+        async def upsert(tx: Tx) -> ApiKey | None:
+            existing = await tx.key(name)
+            if existing is not None and existing.name == name:
+                return await tx.set_key(existing.id, limits, key_hash)
+            key_id = new_key_id()
+            await tx.insert_key(key_id, name, key_hash, now, limits)
+            if initial_credits:
+                await tx.add_ledger(key_id, LedgerKind.TOPUP, initial_credits, now,
+                                    note="initial credits from config")
+            return await tx.key(key_id)
+
+        return _found(await self._transaction(upsert), name)
+
     async def create_key(self, name: str, key_hash: str, *, now: int,
                          limits: KeyLimits = NO_LIMITS, credits: int = 0) -> ApiKey:
         """A new key; :class:`KeyExists` if the name is taken."""
+        key_id = new_key_id()
+
+        async def create(tx: Tx) -> ApiKey | None:
+            await tx.insert_key(key_id, name, key_hash, now, limits)
+            if credits:
+                await tx.add_ledger(key_id, LedgerKind.TOPUP, credits, now,
+                                    note="initial credits")
+            return await tx.key(key_id)
+
+        return _found(await self._transaction(create), name)
 
     @abc.abstractmethod
     async def key_by_hash(self, key_hash: str) -> ApiKey | None: ...
@@ -138,16 +164,23 @@ class AccountStore(abc.ABC):
     @abc.abstractmethod
     async def list_keys(self) -> list[ApiKey]: ...
 
-    @abc.abstractmethod
-    async def update_key(self, key_id: str, limits: KeyLimits) -> ApiKey: ...
+    async def update_key(self, key_id: str, limits: KeyLimits) -> ApiKey:
+        return _found(await self._transaction(lambda tx: tx.set_key(key_id, limits)), key_id)
 
     @abc.abstractmethod
     async def revoke_key(self, key_id: str, *, now: int) -> ApiKey: ...
 
-    @abc.abstractmethod
     async def topup(self, key_id: str, amount: int, *, now: int,
                     note: str | None = None) -> ApiKey:
         """Add (or, negative, remove) credits, as a ``topup`` (or ``deduct``) ledger row."""
+
+        async def add(tx: Tx) -> ApiKey | None:
+            key = _found(await tx.key(key_id), key_id)
+            kind = LedgerKind.TOPUP if amount > 0 else LedgerKind.DEDUCT
+            await tx.add_ledger(key.id, kind, amount, now, note=note)
+            return await tx.key(key.id)
+
+        return _found(await self._transaction(add), key_id)
 
     @abc.abstractmethod
     async def ledger(self, key_id: str, *, limit: int = 100,
@@ -161,19 +194,12 @@ class AccountStore(abc.ABC):
     async def usage(self, key_id: str, *, since: int) -> list[UsageRow]:
         """Jobs and credits per model per UTC day since ``since`` (ms)."""
 
-    @abc.abstractmethod
-    async def idempotency_begin(self, key_id: str, idem_key: str, request_hash: str, *,
-                                now: int, ttl_ms: int, owner: str,
-                                create_step_ms: int) -> IdempotencyClaim | IdempotencyRecord:
-        """Reserve ``idem_key`` for a request about to create a job (a claim, bound to
-        the job by :meth:`Store.create_job`), or the record already there.
 
-        A reservation without a job is taken over (a new claim) when its create step
-        is over: made by another ``owner`` (a process that is gone: one process
-        serves a database), or ``create_step_ms`` ago or more. A record whose job no
-        longer exists is taken over too."""
+def new_key_id() -> str:
+    return f"{KEY_ID_PREFIX}{secrets.token_hex(8)}"
 
-    @abc.abstractmethod
-    async def idempotency_release(self, claim: IdempotencyClaim) -> None:
-        """Drop a reservation that no job was bound to (the request failed before
-        creating one); nothing happens once a job is bound or the key taken over."""
+
+def _found(key: ApiKey | None, ref: str) -> ApiKey:
+    if key is None:
+        raise KeyNotFound(ref)
+    return key

@@ -21,30 +21,24 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiosqlite
-import orjson
 
-from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob, RowLike
-from muxproxy.store.accounts import Billing
-from muxproxy.store.base import Recovery, StaleJob, Store
+from muxproxy.jobs import Job, RowLike
+from muxproxy.store.base import Store
+from muxproxy.store.rows import job_from_row
 from muxproxy.store.schema import MIGRATIONS
-from muxproxy.store.sqlite_accounts import (
-    AccountsMixin,
-    bind_idempotency,
-    check_concurrency,
-    hold,
-    settle,
-)
+from muxproxy.store.sqlite_accounts import AccountsMixin
 from muxproxy.store.sqlite_faults import faults_mapped
 from muxproxy.store.sqlite_outbox import SqliteOutbox
 from muxproxy.store.sqlite_retention import SqliteRetention
+from muxproxy.store.sqlite_tx import ACTIVE, SqliteTx
+from muxproxy.store.tx import Tx, run_inline
 
-_ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
 # Unleased due jobs (index jobs_due) and those whose lease lapsed (jobs_lapsing: the
 # few in flight), earliest first, in one statement.
 _CLAIM = f"""
@@ -53,22 +47,14 @@ _CLAIM = f"""
         SELECT id FROM (
             SELECT * FROM (
                 SELECT id, run_after FROM jobs
-                WHERE provider = ? AND {_ACTIVE} AND run_after <= ? AND lease_owner IS NULL
+                WHERE provider = ? AND {ACTIVE} AND run_after <= ? AND lease_owner IS NULL
                 ORDER BY run_after LIMIT ?)
             UNION ALL
             SELECT id, run_after FROM jobs
-            WHERE provider = ? AND {_ACTIVE} AND lease_owner IS NOT NULL
+            WHERE provider = ? AND {ACTIVE} AND lease_owner IS NOT NULL
                 AND lease_until <= ? AND run_after <= ?)
         ORDER BY run_after LIMIT ?)
     RETURNING *"""  # noqa: S608 - constant fragments only
-_JSON_FIELDS = frozenset({"upstream_state", "result"})
-# Billing states that a transition may move (see settle()).
-_SETTLES = frozenset({Billing.HELD, Billing.CHARGED})
-# A new row's columns that the insert leaves to their defaults.
-_NEW_JOB_DEFAULTS: dict[str, Any] = {
-    "upstream_id": None, "upstream_state": None, "result": None, "fail_code": None,
-    "fail_msg": None, "attempts": 0, "recoveries": 0, "polls": 0, "started_at": None,
-    "completed_at": None}
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 
@@ -249,42 +235,13 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
         with faults_mapped():
             return fn(self._inline_reader)
 
+    async def _transaction(self, rule: Callable[[Tx], Awaitable[T]]) -> T:
+        # The rule runs to its end inside the next group commit: SqliteTx's methods
+        # are plain sqlite3 calls and never suspend.
+        return await self._in_writer(
+            lambda db: run_inline(cast(Coroutine[Any, Any, T], rule(SqliteTx(db)))))
+
     # -- jobs ---------------------------------------------------------------
-
-    async def create_job(self, new: NewJob) -> Job:
-        row = {
-            "id": new.id, "key_id": new.key_id, "surface": new.surface, "model": new.model,
-            "state": JobState.PENDING.value, "params": _dumps(new.request.to_json()),
-            "client_params": _dumps(new.client_params), "route_index": new.route_index,
-            "provider": new.provider, "upstream_model": new.upstream_model,
-            "callback_url": new.callback_url, "credits": new.credits,
-            "billing": (Billing.HELD if new.credits > 0 else Billing.NONE).value,
-            "created_at": new.created_at, "updated_at": new.created_at,
-            "run_after": new.created_at, "deadline_at": new.deadline_at,
-            "lease_owner": new.lease.owner if new.lease else None,
-            "lease_until": new.lease.until if new.lease else None,
-        }
-        sql = (f"INSERT INTO jobs ({', '.join(row)}) "  # noqa: S608 - fixed column names
-               f"VALUES ({', '.join('?' for _ in row)})")
-        # Free, unlimited-concurrency jobs are one statement; the rest check the
-        # key's limits, hold the price and bind the Idempotency-Key in the same
-        # transaction as the insert.
-        guarded = new.credits > 0 or new.max_concurrent is not None \
-            or new.idempotency is not None
-
-        def insert(db: sqlite3.Connection) -> None:
-            if new.max_concurrent is not None:
-                check_concurrency(db, new.key_id, new.max_concurrent)
-            db.execute(sql, tuple(row.values()))
-            if new.credits > 0:
-                hold(db, new.key_id, new.id, new.model, new.credits, new.created_at)
-            if new.idempotency is not None:
-                bind_idempotency(db, new.idempotency, new.id)
-
-        await self._in_writer(insert, transaction=guarded)
-        # The row as stored, without reading it back (RETURNING costs as much as the
-        # insert): what was written, and the columns' defaults.
-        return Job.from_row(_NEW_JOB_DEFAULTS | row)
 
     async def get_job(self, job_id: str, key_id: str | None = None) -> Job | None:
         sql, args = "SELECT * FROM jobs WHERE id = ?", [job_id]
@@ -292,7 +249,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
             sql += " AND key_id = ?"
             args.append(key_id)
         row = await self._in_reader(lambda db: db.execute(sql, args).fetchone())
-        return Job.from_row(row) if row else None
+        return job_from_row(row) if row else None
 
     async def list_jobs(self, key_id: str, *, limit: int = 50,
                         before: int | None = None) -> list[Job]:
@@ -303,17 +260,15 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
             args.append(before)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         args.append(limit)
-        return [Job.from_row(r) for r in await self._fetch(sql, args)]
+        return [job_from_row(r) for r in await self._fetch(sql, args)]
 
-    async def claim_due(self, provider: str, now: int, limit: int, owner: str,
-                        lease_until: int) -> list[Job]:
-        claimed = await self.claim_due_many({provider: (limit, lease_until)}, now, owner)
-        return claimed.get(provider, [])
+    async def scan_jobs(self, *, after: str | None = None, limit: int = 500) -> list[Job]:
+        rows = await self._fetch("SELECT * FROM jobs WHERE id > ? ORDER BY id LIMIT ?",
+                                 (after or "", limit))
+        return [job_from_row(r) for r in rows]
 
     async def claim_due_many(self, wanted: Mapping[str, tuple[int, int]], now: int,
                              owner: str) -> dict[str, list[Job]]:
-        """:meth:`claim_due` for several providers (name -> (limit, lease_until)), in
-        one trip to the writer."""
         wanted = {name: spec for name, spec in wanted.items() if spec[0] > 0}
         if not wanted:
             return {}
@@ -324,88 +279,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
                     for name, (limit, lease_until) in wanted.items()}
 
         rows = await self._in_writer(claim, transaction=False)
-        return {name: sorted((Job.from_row(r) for r in found), key=lambda j: j.run_after)
+        return {name: sorted((job_from_row(r) for r in found), key=lambda j: j.run_after)
                 for name, found in rows.items() if found}
-
-    async def _transition(self, job_id: str, expected: JobState, target: JobState, *,
-                          now: int, owner: str | None, release: bool,
-                          changes: Mapping[str, Any], known: Job | None) -> Job:
-        values: dict[str, Any] = {k: (_dumps(v) if k in _JSON_FIELDS and v is not None else v)
-                                  for k, v in changes.items()}
-        values["state"] = target.value
-        values["updated_at"] = now
-        if release:
-            values["lease_owner"] = None
-            values["lease_until"] = None
-        assignments = ", ".join(f"{k} = ?" for k in values)
-        sql = f"UPDATE jobs SET {assignments} WHERE id = ? AND state = ?"  # noqa: S608
-        args = [*values.values(), job_id, expected.value]
-        if owner is not None:
-            sql += " AND lease_owner = ?"
-            args.append(owner)
-
-        # The job as it will be, when the caller's copy says it all: the compare-and-
-        # swap on state and on the caller's lease means no one else changed the row
-        # since, and only a held or charged job's billing moves with it (that row is
-        # read back, like any move made without a lease).
-        after = None
-        if (known is not None and owner is not None and known.lease_owner == owner
-                and known.state is expected and known.billing not in _SETTLES):
-            after = known.moved(target, now=now, release=release, changes=changes)
-
-        def execute(db: sqlite3.Connection, suffix: str = "") -> sqlite3.Cursor:
-            try:
-                return db.execute(sql + suffix, args)
-            except sqlite3.IntegrityError as exc:
-                if "illegal transition" in str(exc):
-                    raise IllegalTransition(job_id, expected, target) from None
-                raise
-
-        def move(db: sqlite3.Connection) -> Job | None:
-            if after is not None:
-                if execute(db).rowcount != 1:
-                    return None
-                job = after
-            else:
-                row = execute(db, " RETURNING *").fetchone()
-                if row is None:
-                    return None
-                if row["billing"] in _SETTLES:
-                    settle(db, [row], now)
-                    row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                job = Job.from_row(row)
-            self._enqueue_callbacks(db, [job], now)
-            return job
-
-        job = await self._in_writer(move)
-        if job is None:
-            current = await self.get_job(job_id)
-            raise StaleJob(job_id, expected, current.state if current else None)
-        return job
-
-    async def release(self, job_id: str, owner: str, *, now: int) -> None:
-        await self._in_writer(lambda db: db.execute(
-            "UPDATE jobs SET lease_owner = NULL, lease_until = NULL "
-            "WHERE id = ? AND lease_owner = ?", (job_id, owner)), transaction=False)
-
-    async def expire_overdue(self, now: int, limit: int = 100) -> list[Job]:
-        sql = f"""
-            UPDATE jobs SET state = '{JobState.FAILED}', fail_code = 'deadline_exceeded',
-                fail_msg = 'job deadline exceeded before the upstream finished',
-                completed_at = ?, updated_at = ?
-            WHERE id IN (
-                SELECT id FROM jobs WHERE {_ACTIVE} AND deadline_at <= ?
-                AND (lease_owner IS NULL OR lease_until < ?) LIMIT ?)
-            RETURNING *"""  # noqa: S608 - constant fragments only
-
-        def expire(db: sqlite3.Connection) -> list[Job]:
-            rows = db.execute(sql, (now, now, now, now, limit)).fetchall()
-            settle(db, rows, now)
-            expired = [Job.from_row(r) for r in rows]
-            self._enqueue_callbacks(db, expired, now)
-            return expired
-
-        return await self._in_writer(expire)
 
     async def next_due(self, providers: Sequence[str]) -> int | None:
         if not providers:
@@ -413,9 +288,9 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
         marks = ", ".join("?" for _ in providers)
         # A leased job falls due again when its lease lapses (its step died without
         # handing it back); leased jobs are the few in flight, read by jobs_lapsing.
-        sql = (f"SELECT MIN(run_after) FROM jobs WHERE {_ACTIVE} AND lease_owner IS NULL "  # noqa: S608
+        sql = (f"SELECT MIN(run_after) FROM jobs WHERE {ACTIVE} AND lease_owner IS NULL "  # noqa: S608
                f"AND provider IN ({marks}) UNION ALL "
-               f"SELECT MIN(MAX(run_after, lease_until)) FROM jobs WHERE {_ACTIVE} "
+               f"SELECT MIN(MAX(run_after, lease_until)) FROM jobs WHERE {ACTIVE} "
                f"AND lease_owner IS NOT NULL AND provider IN ({marks})")
         args = (*providers, *providers)
         rows = await self._in_reader(lambda db: db.execute(sql, args).fetchall())
@@ -430,36 +305,6 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
                f"AND id IN ({marks})")
         await self._in_writer(lambda db: db.execute(sql, (until, owner, *job_ids)),
                               transaction=False)
-
-    async def recover(self, owner: str, now: int) -> Recovery:
-        # Only one process serves a SQLite file, so every lease held by another
-        # owner belongs to a process that is gone.
-        foreign = "lease_owner IS NOT NULL AND lease_owner != ?"
-
-        def take_back(db: sqlite3.Connection) -> Recovery:
-            db.execute(f"UPDATE jobs SET lease_owner = NULL, lease_until = NULL "  # noqa: S608
-                       f"WHERE {foreign} AND state = '{JobState.PENDING}'", (owner,))
-            resumed = db.execute(
-                f"UPDATE jobs SET lease_owner = NULL, lease_until = NULL, run_after = ?, "  # noqa: S608
-                f"updated_at = ? WHERE {foreign} AND state = '{JobState.PROCESSING}' "
-                f"AND upstream_id IS NOT NULL", (now, now, owner)).rowcount
-            retried = db.execute(
-                f"UPDATE jobs SET lease_owner = NULL, lease_until = NULL, run_after = ?, "  # noqa: S608
-                f"updated_at = ?, recoveries = recoveries + 1 WHERE {foreign} "
-                f"AND state = '{JobState.PROCESSING}' AND upstream_id IS NULL AND recoveries < 1",
-                (now, now, owner)).rowcount
-            failed_rows = db.execute(
-                f"UPDATE jobs SET state = '{JobState.FAILED}', lease_owner = NULL, "  # noqa: S608
-                f"lease_until = NULL, fail_code = 'interrupted', fail_msg = 'the gateway "
-                f"restarted twice while this job was being submitted', completed_at = ?, "
-                f"updated_at = ? WHERE {foreign} AND state = '{JobState.PROCESSING}' "
-                f"AND upstream_id IS NULL RETURNING *", (now, now, owner)).fetchall()
-            settle(db, failed_rows, now)
-            failed = tuple(Job.from_row(r) for r in failed_rows)
-            self._enqueue_callbacks(db, failed, now)
-            return Recovery(resumed=resumed, retried=retried, failed=failed)
-
-        return await self._in_writer(take_back)
 
     async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:
         sql = "SELECT model, provider, state, COUNT(*) FROM jobs GROUP BY model, provider, state"
@@ -520,10 +365,6 @@ def _settle(batch: Sequence[tuple[Any, asyncio.Future[Any]]], outcomes: Sequence
             done.set_exception(outcome)
         else:
             done.set_result(outcome)
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 def _statements(script: str) -> list[str]:

@@ -1,11 +1,11 @@
 """The webhook outbox on SQLite, mixed into :class:`~muxproxy.store.sqlite.SqliteStore`
-(which owns the connections and calls :meth:`_enqueue_callbacks` inside the
-transactions that make jobs terminal)."""
+(which owns the connections). A job's delivery is inserted by the rule that ends it,
+through :meth:`SqliteTx.insert_deliveries <muxproxy.store.sqlite_tx.SqliteTx.insert_deliveries>`."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from muxproxy.webhooks.outbox import (
 
 T = TypeVar("T")
 _PENDING = f"status = '{DeliveryStatus.PENDING}'"
-_INSERT = """
+INSERT_DELIVERY = """
     INSERT INTO webhook_deliveries (id, job_id, key_id, url, host, status, created_at,
                                     updated_at, next_attempt_at)
     VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)"""
@@ -48,14 +48,6 @@ class SqliteOutbox:
     async def _in_writer(self, fn: Callable[[sqlite3.Connection], T], *,
                          transaction: bool = True) -> T:
         raise NotImplementedError
-
-    @staticmethod
-    def _enqueue_callbacks(db: sqlite3.Connection, jobs: Iterable[Job], now: int) -> None:
-        """Called inside the transaction that made ``jobs`` terminal (writer thread)."""
-        rows = [_new_row(job, job.callback_url, now) for job in jobs
-                if job.callback_url is not None and job.is_terminal]
-        if rows:
-            db.executemany(_INSERT + " ON CONFLICT (job_id) DO NOTHING", rows)
 
     async def get_delivery(self, job_id: str, key_id: str | None = None) -> Delivery | None:
         sql, args = "SELECT * FROM webhook_deliveries WHERE job_id = ?", [job_id]
@@ -132,13 +124,13 @@ class SqliteOutbox:
     async def redeliver(self, job: Job, *, now: int) -> Delivery:
         if job.callback_url is None or not job.is_terminal:
             raise ValueError(f"job {job.id} has no callback to deliver")
-        sql = _INSERT + """
+        sql = INSERT_DELIVERY + """
             ON CONFLICT (job_id) DO UPDATE SET status = 'pending', round_attempts = 0,
                 next_attempt_at = excluded.next_attempt_at, window_ends_at = NULL,
                 last_error = NULL, updated_at = excluded.updated_at
             RETURNING *"""
         async with self._write() as db, db.execute(
-                sql, _new_row(job, job.callback_url, now)) as cur:
+                sql, delivery_values(job, now)) as cur:
             row = await cur.fetchone()
         assert row is not None
         return Delivery.from_row(row)
@@ -179,7 +171,10 @@ class SqliteOutbox:
             return cur.rowcount > 0
 
 
-def _new_row(job: Job, url: str, now: int) -> tuple[Any, ...]:
+def delivery_values(job: Job, now: int) -> tuple[Any, ...]:
+    """A new pending delivery of ``job``'s callback, due at ``now``: INSERT_DELIVERY's values."""
+    url = job.callback_url
+    assert url is not None
     return (new_delivery_id(), job.id, job.key_id, url, target_host(url), now, now, now)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from muxproxy.jobs import Job, JobState
+from muxproxy.store.rows import job_from_row
 
 T = TypeVar("T")
 _UNSWEPT = (f"state IN ('{JobState.COMPLETED}', '{JobState.FAILED}') AND swept < 2")
@@ -31,12 +32,12 @@ class SqliteRetention:
 
     async def ended_unswept(self, limit: int) -> list[Job]:
         rows = await self._in_reader(lambda db: db.execute(_ENDED, (limit,)).fetchall())
-        return [Job.from_row(r) for r in rows]
+        return [job_from_row(r) for r in rows]
 
     async def expired_unswept(self, ended_before: int, limit: int) -> list[Job]:
         rows = await self._in_reader(
             lambda db: db.execute(_EXPIRED, (ended_before, limit)).fetchall())
-        return [Job.from_row(r) for r in rows]
+        return [job_from_row(r) for r in rows]
 
     async def mark_swept(self, job_ids: Sequence[str], level: int) -> None:
         if not job_ids:
