@@ -15,10 +15,14 @@ from muxproxy.jobs import IdempotencyClaim, IllegalTransition, Job, JobState, Le
 from muxproxy.store import StaleJob, Store
 from muxproxy.store.accounts import IdempotencyRecord, IdempotencySuperseded
 from muxproxy.store.sqlite import SqliteStore
+from muxproxy.testing import MemoryStore
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
     "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
+    "memory": lambda tmp: MemoryStore(),
 }
+# Backends that keep their data when closed and opened again.
+DURABLE = ("sqlite",)
 T0 = 1_700_000_000_000
 OWNER = "worker-1"
 
@@ -360,7 +364,8 @@ async def test_keys_upsert_and_lookup(store: Store) -> None:
 
 
 async def test_store_survives_reopen(tmp_path: Path) -> None:
-    for name, factory in BACKENDS.items():
+    for name in DURABLE:
+        factory = BACKENDS[name]
         (tmp_path / name).mkdir()
         first = factory(tmp_path / name)
         await first.open()
