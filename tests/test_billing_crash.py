@@ -3,14 +3,14 @@ ledger still balances and each job's billing matches its final state."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import aiohttp
 
+from tests.support.audit import job, key_ledger, opened
 from tests.support.process import free_port, gateway_process
 from tests.support.wait import eventually
-from tests.test_restart import HEADERS, row, submit, wait_terminal
+from tests.test_restart import HEADERS, submit, wait_terminal
 
 KEY = HEADERS["Authorization"].removeprefix("Bearer ")
 
@@ -47,16 +47,20 @@ routes = [{{ provider = "breaks", model = "b" }}]
     return path
 
 
-def ledger(db: Path) -> tuple[int, int, dict[str, list[tuple[str, int]]]]:
-    with sqlite3.connect(db) as conn:
-        balance, total = conn.execute(
-            "SELECT balance, (SELECT SUM(amount) FROM ledger WHERE key_id = api_keys.id) "
-            "FROM api_keys WHERE name = 'alpha'").fetchone()
+async def ledger(db: Path) -> tuple[int, int, dict[str, list[tuple[str, int]]]]:
+    async with opened(db) as store:
+        key = await store.get_key("alpha")
+        assert key is not None
+        balance, total = key.balance, await store.ledger_sum(key.id)
         by_job: dict[str, list[tuple[str, int]]] = {}
-        for job_id, kind, amount in conn.execute(
-                "SELECT job_id, kind, amount FROM ledger WHERE job_id IS NOT NULL ORDER BY id"):
-            by_job.setdefault(job_id, []).append((kind, amount))
+        for entry in await key_ledger(store, key.id):
+            if entry.job_id is not None:
+                by_job.setdefault(entry.job_id, []).append((entry.kind.value, entry.amount))
     return balance, total, by_job
+
+
+async def billing(db: Path, task_id: str) -> str:
+    return str((await job(db, task_id))["billing"])
 
 
 async def test_crash_between_charge_and_completion(tmp_path: Path) -> None:
@@ -68,20 +72,22 @@ async def test_crash_between_charge_and_completion(tmp_path: Path) -> None:
         async with gateway_process(slow, port) as gw:
             completes = await submit(http, gw.url, "sync")
             fails = await submit(http, gw.url, "queued")
-            await eventually(lambda: all(row(db, j)["billing"] == "charged"
-                                         for j in (completes, fails)))
+            async def both_charged() -> bool:
+                return [await billing(db, j) for j in (completes, fails)] == ["charged"] * 2
+
+            await eventually(both_charged)
             await gw.kill()
-        balance, total, _ = ledger(db)
+        balance, total, _ = await ledger(db)
         assert balance == total == 100 - 10 - 25  # charged, not yet finished
 
         async with gateway_process(after, port) as gw:
             assert (await wait_terminal(http, gw.url, completes))["state"] == "completed"
             assert (await wait_terminal(http, gw.url, fails))["state"] == "failed"
-    balance, total, by_job = ledger(db)
+    balance, total, by_job = await ledger(db)
     assert balance == total == 100 - 10
-    assert row(db, completes)["billing"] == "charged"
-    assert row(db, fails)["billing"] == "refunded"
+    assert await billing(db, completes) == "charged"
+    assert await billing(db, fails) == "refunded"
     # Charged once and refunded once, although both jobs ran twice.
     assert by_job[completes] == [("hold", -10), ("release", 10), ("charge", -10)]
     assert by_job[fails] == [("hold", -25), ("release", 25), ("charge", -25), ("refund", 25)]
-    assert row(db, completes)["recoveries"] == row(db, fails)["recoveries"] == 1
+    assert (await job(db, completes))["recoveries"] == (await job(db, fails))["recoveries"] == 1

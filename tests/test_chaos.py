@@ -24,7 +24,8 @@ import aiohttp
 import pytest
 
 from tests.fakes.chaos import CHAOS_KEY, ChaosUpstream, Fault
-from tests.support.audit import billing_problems, query, unfinished
+from tests.support.audit import billing_problems, deliveries, unfinished
+from tests.support.audit import jobs as job_rows
 from tests.support.gateway import KEY_A, KEY_B
 from tests.support.load import Hooks, Load, Outcome
 from tests.support.process import GatewayProcess, free_port
@@ -143,7 +144,10 @@ class ChaosRun:
 async def settle(gw: GatewayProcess, db: Path, timeout: float) -> None:
     """Every job terminal, every callback delivered, and no idle upstream connection
     left (the fake closes them after 1 s of keep-alive)."""
-    await eventually(lambda: unfinished(db) == 0, timeout=timeout, interval=0.2)
+    async def done() -> bool:
+        return await unfinished(db) == 0
+
+    await eventually(done, timeout=timeout, interval=0.2)
     await quiet_fds(gw.pid)
 
 
@@ -183,9 +187,9 @@ async def chaos_run(tmp: Path, jobs: int) -> ChaosRun:
             await settle(gw, db, timeout=120)
             run.seconds = time.monotonic() - started
             run.after = await usage(gw.pid, gw.url)
-            run.rows = query(db, "SELECT * FROM jobs")
-            run.deliveries = {d["job_id"]: d for d in query(db, "SELECT * FROM webhook_deliveries")}
-            run.billing = billing_problems(db)
+            run.rows = await job_rows(db)
+            run.deliveries = await deliveries(db)
+            run.billing = await billing_problems(db)
             await gw.terminate()
         finally:
             if gw.proc is not None and gw.proc.returncode is None:

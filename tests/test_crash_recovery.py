@@ -14,6 +14,7 @@ import io
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ import pytest
 from PIL import Image
 
 from tests.fakes.chaos import CHAOS_KEY, ChaosUpstream
-from tests.support.audit import billing_problems, count, query, unfinished
+from tests.support.audit import (
+    billing_problems,
+    deliveries,
+    jobs,
+    opened,
+    phases,
+    unfinished,
+)
 from tests.support.gateway import KEY_A, KEY_B
 from tests.support.process import GatewayProcess, free_port
 from tests.support.wait import eventually
@@ -142,19 +150,12 @@ async def submit_group(run: CrashRun, http: aiohttp.ClientSession, url: str, gro
         await asyncio.gather(*(one(i) for i in range(start, min(count_, start + 50))))
 
 
-def phases(db: Path) -> dict[str, int]:
-    """How many jobs are in each phase right now."""
-    return {
-        "pending": count(db, "SELECT COUNT(*) FROM jobs WHERE state = 'pending'"),
-        "in_flight_no_upstream_id": count(
-            db, "SELECT COUNT(*) FROM jobs WHERE state = 'processing' AND upstream_id IS NULL"),
-        "submitted_being_polled": count(
-            db, "SELECT COUNT(*) FROM jobs WHERE state = 'processing' "
-                "AND upstream_id IS NOT NULL"),
-        "completed_callback_pending": count(
-            db, "SELECT COUNT(*) FROM jobs j JOIN webhook_deliveries d ON d.job_id = j.id "
-                "WHERE j.state = 'completed' AND d.status = 'pending'"),
-    }
+async def phase_holds(db: Path, name: str, test: Callable[[int], bool]) -> bool:
+    return test((await phases(db))[name])
+
+
+async def none_unfinished(db: Path) -> bool:
+    return await unfinished(db) == 0
 
 
 async def read_images(run: CrashRun, http: aiohttp.ClientSession, url: str, db: Path) -> None:
@@ -176,9 +177,10 @@ async def read_images(run: CrashRun, http: aiohttp.ClientSession, url: str, db: 
                 except Exception:
                     run.unreadable.append(f"{task_id}: {resp.status} {body[:60]!r}")
 
-    rows = query(db, "SELECT j.id, k.name FROM jobs j JOIN api_keys k ON k.id = j.key_id "
-                              "WHERE j.state = 'completed'")
-    await asyncio.gather(*(one(r["id"], KEY_B if r["name"] == "bravo" else KEY_A)
+    async with opened(db) as store:
+        names = {key.id: key.name for key in await store.list_keys()}
+    rows = [r for r in await jobs(db) if r["state"] == "completed"]
+    await asyncio.gather(*(one(r["id"], KEY_B if names[r["key_id"]] == "bravo" else KEY_A)
                            for r in rows))
 
 
@@ -200,11 +202,11 @@ async def crash_run(tmp: Path) -> CrashRun:
                 await gw.start()
                 await submit_group(run, http, gw.url, "down", "quick", DONE_DOWN, down.url())
                 await submit_group(run, http, gw.url, "up", "quick", DONE_UP, up.url())
-                await eventually(lambda: phases(db)["completed_callback_pending"] >= DONE_DOWN,
-                                 timeout=30)
+                await eventually(lambda: phase_holds(db, "completed_callback_pending",
+                                                     lambda n: n >= DONE_DOWN), timeout=30)
                 await submit_group(run, http, gw.url, "polled", "queued", POLLED, up.url())
-                await eventually(lambda: phases(db)["submitted_being_polled"] == POLLED,
-                                 timeout=30)
+                await eventually(lambda: phase_holds(db, "submitted_being_polled",
+                                                     lambda n: n == POLLED), timeout=30)
                 fake.answering_polls.clear()
                 await eventually(lambda: fake.polls_waiting == QUEUE_SLOTS, timeout=30)
                 fake.accepting.clear()
@@ -214,8 +216,8 @@ async def crash_run(tmp: Path) -> CrashRun:
                 await eventually(lambda: fake.submits_waiting == QUEUE_SLOTS
                                  and fake.waiting == HELD_SLOTS, timeout=30)
                 await gw.kill()
-                run.at_kill = phases(db)
-                run.before = {r["id"]: r for r in query(db, "SELECT * FROM jobs")}
+                run.at_kill = await phases(db)
+                run.before = {r["id"]: r for r in await jobs(db)}
             finally:
                 if gw.proc is not None and gw.proc.returncode is None:
                     await gw.kill()
@@ -229,7 +231,7 @@ async def crash_run(tmp: Path) -> CrashRun:
             gw = GatewayProcess(config, port, tmp / "gateway.log")
             try:
                 await gw.start()
-                await eventually(lambda: unfinished(db) == 0, timeout=90, interval=0.2)
+                await eventually(lambda: none_unfinished(db), timeout=90, interval=0.2)
                 await read_images(run, http, gw.url, db)
                 await gw.terminate()
             finally:
@@ -239,12 +241,12 @@ async def crash_run(tmp: Path) -> CrashRun:
         await up.close()
         await down.close()
         await fake.close()
-    run.rows = {r["id"]: r for r in query(db, "SELECT * FROM jobs")}
-    run.deliveries = {d["job_id"]: d for d in query(db, "SELECT * FROM webhook_deliveries")}
+    run.rows = {r["id"]: r for r in await jobs(db)}
+    run.deliveries = await deliveries(db)
     run.hits = Counter(json.loads(hit.body)["data"]["taskId"] for hit in up.hits + down.hits)
     run.accepted = fake.accepted
     run.sync_started = fake.sync_started
-    run.billing = billing_problems(db)
+    run.billing = await billing_problems(db)
     return run
 
 

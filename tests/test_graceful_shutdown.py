@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import aiohttp
 from muxproxy.clock import SystemClock
 from muxproxy.signing import UrlSigner
 from tests.fakes.chaos import CHAOS_KEY, ChaosUpstream
-from tests.support.audit import billing_problems, count, query
+from tests.support.audit import billing_problems, jobs
 from tests.support.gateway import KEY_A
 from tests.support.process import GatewayProcess, free_port
 from tests.support.wait import eventually
@@ -76,6 +77,10 @@ async def slow_download(http: aiohttp.ClientSession, url: str) -> int:
     return received
 
 
+async def jobs_in(db: Path, keep: Callable[[dict[str, Any]], bool], wanted: int) -> bool:
+    return sum(keep(r) for r in await jobs(db)) == wanted
+
+
 async def test_sigterm_drains_in_flight_requests_and_starts_nothing_new(tmp_path: Path) -> None:
     db = tmp_path / "state" / "jobs.db"
     big = tmp_path / "state" / "images" / "results" / "big" / "0.png"
@@ -97,7 +102,7 @@ async def test_sigterm_drains_in_flight_requests_and_starts_nothing_new(tmp_path
                                      json={"model": "slow", "prompt": f"#native{i} a pier"}
                                      ) as resp:
                     assert resp.status == 200
-            await eventually(lambda: count(db, "SELECT COUNT(*) FROM jobs") == 5)
+            await eventually(lambda: jobs_in(db, lambda r: True, 5))
             signer = UrlSigner(SECRET, gw.url, 3600, SystemClock())
             download = asyncio.create_task(slow_download(http, signer.url("results/big/0.png")))
             await asyncio.sleep(0.2)
@@ -127,15 +132,14 @@ async def test_sigterm_drains_in_flight_requests_and_starts_nothing_new(tmp_path
         assert "graceful shutdown exceeded" not in log  # no connection was cut off
         # The slot freed by the first job during the drain was not given to another.
         assert set(fake.sync_started) == {"first"}
-        left = query(db, "SELECT id, state, lease_owner FROM jobs WHERE state != 'completed'")
+        left = [r for r in await jobs(db) if r["state"] != "completed"]
         assert len(left) == 4
         assert all(r["state"] == "pending" and r["lease_owner"] is None for r in left)
 
         gw = GatewayProcess(config, port, tmp_path / "gateway.log")
         try:
             await gw.start()
-            await eventually(lambda: count(db, "SELECT COUNT(*) FROM jobs WHERE state = "
-                                               "'completed'") == 5)
+            await eventually(lambda: jobs_in(db, lambda r: r["state"] == "completed", 5))
             async with http.get(f"{gw.url}/api/v1/images/generations", headers=HEADERS,
                                 params={"task_id": job2}) as resp:
                 assert (await resp.json())["data"]["state"] == "completed"
@@ -145,4 +149,4 @@ async def test_sigterm_drains_in_flight_requests_and_starts_nothing_new(tmp_path
                 await gw.kill()
     # Each job reached the upstream exactly once, across the stop and the restart.
     assert sorted(fake.sync_started.values()) == [1] * 5
-    assert billing_problems(db) == []
+    assert await billing_problems(db) == []

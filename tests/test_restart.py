@@ -4,12 +4,12 @@ the same SQLite file, finishes every job."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from tests.support.audit import job
 from tests.support.gateway import KEY_A
 from tests.support.process import free_port, gateway_process
 from tests.support.wait import eventually
@@ -51,12 +51,12 @@ routes = [{{ provider = "slowq", model = "demo-queued" }}]
     return path
 
 
-def row(db: Path, task_id: str) -> dict[str, Any]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        found = conn.execute("SELECT * FROM jobs WHERE id = ?", (task_id,)).fetchone()
-    assert found is not None
-    return dict(found)
+async def row(db: Path, task_id: str) -> dict[str, Any]:
+    return await job(db, task_id)
+
+
+async def processing(db: Path, task_id: str) -> bool:
+    return bool((await row(db, task_id))["state"] == "processing")
 
 
 async def submit(http: aiohttp.ClientSession, url: str, model: str) -> str:
@@ -90,11 +90,14 @@ async def test_jobs_left_processing_by_a_crash_complete_after_restart(tmp_path: 
             sync_job = await submit(http, gw.url, "sync")
             queued_job = await submit(http, gw.url, "queued")
             waiting_job = await submit(http, gw.url, "sync")  # the one slot is taken
-            await eventually(lambda: row(db, sync_job)["state"] == "processing"
-                        and row(db, queued_job)["upstream_id"] is not None)
+            async def started() -> bool:
+                return (await row(db, sync_job))["state"] == "processing" \
+                    and (await row(db, queued_job))["upstream_id"] is not None
+
+            await eventually(started)
             await gw.kill()
-        assert row(db, sync_job)["lease_owner"] is not None
-        assert row(db, waiting_job)["state"] == "pending"
+        assert (await row(db, sync_job))["lease_owner"] is not None
+        assert (await row(db, waiting_job))["state"] == "pending"
 
         async with gateway_process(fast, port) as gw:
             results = {t: await wait_terminal(http, gw.url, t)
@@ -106,11 +109,11 @@ async def test_jobs_left_processing_by_a_crash_complete_after_restart(tmp_path: 
                     assert (await resp.read()).startswith(b"\x89PNG")
     # The async job resumed polling its upstream id instead of starting over;
     # the sync one, cut off mid-call, was retried once.
-    queued = row(db, queued_job)
+    queued = await row(db, queued_job)
     assert queued["upstream_id"] == f"demo-{queued_job}"
     assert queued["recoveries"] == 0
-    assert row(db, sync_job)["recoveries"] == 1
-    assert row(db, waiting_job)["recoveries"] == 0
+    assert (await row(db, sync_job))["recoveries"] == 1
+    assert (await row(db, waiting_job))["recoveries"] == 0
 
 
 async def test_a_job_interrupted_twice_fails_instead_of_looping(tmp_path: Path) -> None:
@@ -121,12 +124,15 @@ async def test_a_job_interrupted_twice_fails_instead_of_looping(tmp_path: Path) 
     async with aiohttp.ClientSession() as http:
         async with gateway_process(slow, port) as gw:
             task_id = await submit(http, gw.url, "sync")
-            await eventually(lambda: row(db, task_id)["state"] == "processing")
+            await eventually(lambda: processing(db, task_id))
             await gw.kill()
         async with gateway_process(slow, port) as gw:
             # Recovered once, and being worked on again when the second crash hits.
-            await eventually(lambda: row(db, task_id)["recoveries"] == 1
-                        and row(db, task_id)["lease_owner"] is not None)
+            async def taken_again() -> bool:
+                found = await row(db, task_id)
+                return found["recoveries"] == 1 and found["lease_owner"] is not None
+
+            await eventually(taken_again)
             await gw.kill()
         async with gateway_process(fast, port) as gw:
             task = await wait_terminal(http, gw.url, task_id)
@@ -143,13 +149,13 @@ async def test_sigterm_hands_running_jobs_back(tmp_path: Path) -> None:
     async with aiohttp.ClientSession() as http:
         async with gateway_process(slow, port) as gw:
             task_id = await submit(http, gw.url, "sync")
-            await eventually(lambda: row(db, task_id)["state"] == "processing")
+            await eventually(lambda: processing(db, task_id))
             # uvicorn shuts down gracefully, then re-raises SIGTERM as its exit.
             assert await gw.terminate() in (0, -15)
-        stopped = row(db, task_id)
+        stopped = await row(db, task_id)
         assert stopped["state"] == "processing"
         assert stopped["lease_owner"] is None
         async with gateway_process(fast, port) as gw:
             task = await wait_terminal(http, gw.url, task_id)
     assert task["state"] == "completed"
-    assert row(db, task_id)["recoveries"] == 0
+    assert (await row(db, task_id))["recoveries"] == 0

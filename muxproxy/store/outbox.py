@@ -17,6 +17,12 @@ class OutboxStore(abc.ABC):
         """A job's callback delivery; with ``key_id``, None when another key owns it."""
 
     @abc.abstractmethod
+    async def scan_deliveries(self, *, after: str | None = None,
+                              limit: int = 500) -> list[Delivery]:
+        """Every delivery, by job id, a page at a time (``after`` the last job id
+        seen): for audits."""
+
+    @abc.abstractmethod
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
         """A delivery's attempts, oldest first."""
 

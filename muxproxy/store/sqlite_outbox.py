@@ -57,6 +57,12 @@ class SqliteOutbox:
         row = await self._fetch_one(sql, args)
         return Delivery.from_row(row) if row else None
 
+    async def scan_deliveries(self, *, after: str | None = None,
+                              limit: int = 500) -> list[Delivery]:
+        rows = await self._fetch("SELECT * FROM webhook_deliveries WHERE job_id > ? "
+                                 "ORDER BY job_id LIMIT ?", (after or "", limit))
+        return [Delivery.from_row(r) for r in rows]
+
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
         rows = await self._fetch("SELECT * FROM webhook_attempts WHERE delivery_id = ? "
                                  "ORDER BY number", (delivery_id,))

@@ -173,6 +173,12 @@ class MemoryStore(Store):
         found = self.t.deliveries.get(job_id)
         return None if found is None or key_id not in (None, found.key_id) else found
 
+    async def scan_deliveries(self, *, after: str | None = None,
+                              limit: int = 500) -> list[Delivery]:
+        found = sorted((d for d in self.t.deliveries.values() if d.job_id > (after or "")),
+                       key=lambda d: d.job_id)
+        return found[:limit]
+
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
         return list(self.t.attempts.get(delivery_id, []))
 

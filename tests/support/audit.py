@@ -1,12 +1,21 @@
-"""Reading a gateway's SQLite file from the test process (the gateway may be another
-process) and checking what must always hold in it."""
+"""Reading a gateway's database from the test process (the gateway may be another
+process) through the store interface, and checking what must always hold in it.
+Any backend :func:`muxproxy.store.open_store` opens is audited the same way."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import orjson
+
+from muxproxy.jobs import Job, JobState
+from muxproxy.store import Store, open_store
+from muxproxy.store.accounts import LedgerEntry
+from muxproxy.webhooks.outbox import Delivery, DeliveryStatus
 
 # The ledger rows a job leaves, by its final billing state (price p).
 EXPECTED_LEDGER: dict[str, dict[str, int]] = {
@@ -16,54 +25,125 @@ EXPECTED_LEDGER: dict[str, dict[str, int]] = {
     "none": {},
 }
 ACTIVE = ("pending", "processing")
+PAGE = 500
+T = TypeVar("T")
 
 
-def query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+@asynccontextmanager
+async def opened(db: Path) -> AsyncIterator[Store]:
+    store = open_store(f"sqlite:///{db}")
+    await store.open()
     try:
-        conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute(sql, args).fetchall()]
+        yield store
     finally:
-        conn.close()
+        await store.aclose()
 
 
-def count(db: Path, sql: str, args: tuple[Any, ...] = ()) -> int:
-    rows = query(db, sql, args)
-    return int(next(iter(rows[0].values()))) if rows else 0
+async def _every(page: Callable[[str | None], Awaitable[list[T]]],
+                 last: Callable[[T], str]) -> list[T]:
+    found: list[T] = []
+    while batch := await page(last(found[-1]) if found else None):
+        found += batch
+    return found
 
 
-def unfinished(db: Path) -> int:
+async def all_jobs(store: Store) -> list[Job]:
+    return await _every(lambda after: store.scan_jobs(after=after, limit=PAGE),
+                        lambda job: job.id)
+
+
+async def all_deliveries(store: Store) -> list[Delivery]:
+    return await _every(lambda after: store.scan_deliveries(after=after, limit=PAGE),
+                        lambda delivery: delivery.job_id)
+
+
+async def key_ledger(store: Store, key_id: str) -> list[LedgerEntry]:
+    """A key's ledger rows, oldest first."""
+    found: list[LedgerEntry] = []
+    while batch := await store.ledger(key_id, limit=PAGE,
+                                      before=found[-1].id if found else None):
+        found += batch
+    return found[::-1]
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    """A job as its columns read: states as their names, JSON columns as JSON text."""
+    row = dict(vars(job))
+    row["params"] = orjson.dumps(job.request.to_json()).decode()
+    row["result"] = orjson.dumps(job.result.to_json()).decode() if job.result else None
+    return row
+
+
+async def jobs(db: Path) -> list[dict[str, Any]]:
+    async with opened(db) as store:
+        return [job_row(job) for job in await all_jobs(store)]
+
+
+async def job(db: Path, job_id: str) -> dict[str, Any]:
+    async with opened(db) as store:
+        found = await store.get_job(job_id)
+    assert found is not None
+    return job_row(found)
+
+
+async def deliveries(db: Path) -> dict[str, dict[str, Any]]:
+    """Callback deliveries by job id."""
+    async with opened(db) as store:
+        return {d.job_id: dict(vars(d)) for d in await all_deliveries(store)}
+
+
+async def unfinished(db: Path) -> int:
     """Jobs not terminal yet, plus callbacks still to be delivered."""
-    return (count(db, "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'processing')")
-            + count(db, "SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'"))
+    async with opened(db) as store:
+        active = sum(n for (_, _, state), n in (await store.count_jobs()).items()
+                     if state in ACTIVE)
+        return active + (await store.delivery_backlog()).pending
 
 
-def billing_problems(db: Path) -> list[str]:
+async def phases(db: Path) -> dict[str, int]:
+    """How many jobs are in each phase right now."""
+    async with opened(db) as store:
+        found = await all_jobs(store)
+        waiting = {d.job_id for d in await all_deliveries(store)
+                   if d.status is DeliveryStatus.PENDING}
+    processing = [j for j in found if j.state is JobState.PROCESSING]
+    return {
+        "pending": sum(j.state is JobState.PENDING for j in found),
+        "in_flight_no_upstream_id": sum(j.upstream_id is None for j in processing),
+        "submitted_being_polled": sum(j.upstream_id is not None for j in processing),
+        "completed_callback_pending": sum(j.state is JobState.COMPLETED and j.id in waiting
+                                          for j in found),
+    }
+
+
+async def billing_problems(db: Path) -> list[str]:
     """Everything wrong with the credits: each key's balance must equal the sum of its
     ledger rows; each priced job must be charged if it completed and refunded or
     released if it failed, with exactly the ledger rows that state implies."""
     problems = []
-    sums = {r["key_id"]: r["total"] for r in query(
-        db, "SELECT key_id, SUM(amount) AS total FROM ledger GROUP BY key_id")}
-    for key in query(db, "SELECT id, name, balance FROM api_keys"):
-        if sums.get(key["id"], 0) != key["balance"]:
-            problems.append(f"key {key['name']}: balance {key['balance']} != ledger sum "
-                            f"{sums.get(key['id'], 0)}")
     rows: defaultdict[str, dict[str, int]] = defaultdict(dict)
-    for entry in query(db, "SELECT job_id, kind, amount FROM ledger WHERE job_id IS NOT NULL"):
-        rows[entry["job_id"]][entry["kind"]] = entry["amount"]
-    for job in query(db, "SELECT id, state, billing, credits FROM jobs"):
-        if job["state"] in ACTIVE:
-            problems.append(f"job {job['id']} is still {job['state']}")
+    async with opened(db) as store:
+        for key in await store.list_keys():
+            entries = await key_ledger(store, key.id)
+            total = sum(entry.amount for entry in entries)
+            if total != key.balance:
+                problems.append(f"key {key.name}: balance {key.balance} != ledger sum {total}")
+            for entry in entries:
+                if entry.job_id is not None:
+                    rows[entry.job_id][entry.kind.value] = entry.amount
+        found = await all_jobs(store)
+    for job in found:
+        if job.state.value in ACTIVE:
+            problems.append(f"job {job.id} is still {job.state}")
             continue
         allowed = {"completed": {"charged"}, "failed": {"refunded", "released"}}
-        billing = job["billing"] if job["credits"] else "none"
-        if job["credits"] and billing not in allowed[job["state"]]:
-            problems.append(f"job {job['id']} {job['state']} but billing {job['billing']}")
+        billing = job.billing if job.credits else "none"
+        if job.credits and billing not in allowed[job.state.value]:
+            problems.append(f"job {job.id} {job.state} but billing {job.billing}")
             continue
-        expected = {kind: sign * job["credits"]
+        expected = {kind: sign * job.credits
                     for kind, sign in EXPECTED_LEDGER.get(billing, {}).items()}
-        if rows.get(job["id"], {}) != expected:
-            problems.append(f"job {job['id']} ({billing}): ledger {rows.get(job['id'])} "
+        if rows.get(job.id, {}) != expected:
+            problems.append(f"job {job.id} ({billing}): ledger {rows.get(job.id)} "
                             f"!= {expected}")
     return problems
