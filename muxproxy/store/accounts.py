@@ -1,12 +1,9 @@
-"""The accounts half of the store: API keys, their credit ledger, usage and
-idempotency records.
+"""The accounts part of the store: API keys, their credit ledger and usage, and
+the records and errors the other parts share with it.
 
-Billing follows the job: a priced job *holds* its price at submit, is *charged*
-when a worker starts it (the hold released and a charge written, in the same
-transaction as the state change), and is *refunded* (after a charge) or
-*released* (before one) when it fails. The ledger is append-only; a key's balance
-always equals the sum of its rows, and each kind of row exists at most once per
-job, which the database itself enforces.
+The ledger is append-only; a key's balance always equals the sum of its rows, and
+each kind of row exists at most once per job (the money rules are in
+:mod:`muxproxy.store.billing`).
 """
 
 from __future__ import annotations
