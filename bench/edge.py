@@ -64,8 +64,8 @@ async def main() -> None:
         gateway = GatewayProcess(config, free_port(), open_files=DEFAULT_OPEN_FILES)
         await gateway.start()
         try:
-            await healthz_figures(gateway)
             await header_figures(gateway, args.header_mb, args.timeout)
+            await healthz_figures(gateway)
         finally:
             await gateway.kill()
 
