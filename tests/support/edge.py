@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 import resource
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -21,11 +21,13 @@ HALF_SENT = (b"POST /api/v1/images/generations HTTP/1.1\r\nHost: gateway\r\n"
 @dataclass(frozen=True)
 class Answer:
     """What came back on one connection: the status (None: closed unanswered),
-    the parsed JSON body when there was one, and when it was complete."""
+    the headers (names in lower case), the parsed JSON body when there was one,
+    and how long it took."""
 
     status: int | None
     body: object = None
     seconds: float = 0.0
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 async def read_answer(reader: asyncio.StreamReader) -> Answer:
@@ -38,17 +40,17 @@ async def read_answer(reader: asyncio.StreamReader) -> Answer:
         return Answer(None, seconds=time.monotonic() - started)
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
-    length = 0
+    headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
+        if name:
+            headers[name.strip().lower()] = value.strip()
     try:
-        raw = await reader.readexactly(length)
+        raw = await reader.readexactly(int(headers.get("content-length", "0")))
     except (asyncio.IncompleteReadError, ConnectionError):
-        return Answer(status, seconds=time.monotonic() - started)
+        return Answer(status, seconds=time.monotonic() - started, headers=headers)
     body = orjson.loads(raw) if raw[:1] in (b"{", b"[") else raw
-    return Answer(status, body, time.monotonic() - started)
+    return Answer(status, body, time.monotonic() - started, headers)
 
 
 async def closed(reader: asyncio.StreamReader) -> None:
@@ -85,7 +87,8 @@ async def huge_header(port: int, total: int, path: str = "/v1/models",
     finally:
         answer.cancel()
         writer.transport.abort()
-    return Answer(result.status, result.body, time.monotonic() - started), sent
+    return Answer(result.status, result.body, time.monotonic() - started,
+                  result.headers), sent
 
 
 @contextlib.asynccontextmanager
@@ -125,7 +128,7 @@ async def get(port: int, path: str, host: str = "127.0.0.1", timeout: float = 30
                 writer.transport.abort()
     except (TimeoutError, ConnectionError):
         return Answer(None, seconds=time.monotonic() - started)
-    return Answer(answer.status, answer.body, time.monotonic() - started)
+    return Answer(answer.status, answer.body, time.monotonic() - started, answer.headers)
 
 
 def raise_own_open_files(needed: int) -> None:

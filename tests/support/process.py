@@ -108,9 +108,9 @@ class GatewayProcess:
 
 
 @asynccontextmanager
-async def gateway_process(config: Path, port: int | None = None, *, log: Path | None = None
-                          ) -> AsyncIterator[GatewayProcess]:
-    process = GatewayProcess(config, port or free_port(), log)
+async def gateway_process(config: Path, port: int | None = None, *, log: Path | None = None,
+                          open_files: int | None = None) -> AsyncIterator[GatewayProcess]:
+    process = GatewayProcess(config, port or free_port(), log, open_files)
     try:
         await process.start()
         yield process
