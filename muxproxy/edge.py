@@ -61,8 +61,7 @@ class EdgeLimits:
     def sweep_interval(self) -> float:
         """A deadline is enforced at most this late: a quarter of the shortest one,
         between 50 ms and 1 s."""
-        shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout,
-                       HEALTH_ONLY_HEAD_SECONDS)
+        shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout)
         return min(1.0, max(0.05, shortest / 4))
 
 

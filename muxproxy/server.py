@@ -169,9 +169,8 @@ class HttpProtocol(HttpToolsProtocol):
         if self._phase is Phase.CLOSING or self.transport.is_closing():
             return
         if self._heads == heads:
-            limit = self._head_limit
-            self._answer_and_close(HeaderTooLarge(
-                f"request head exceeds the {limit} byte limit"), path_of(self.url))
+            self._refuse_head(HeaderTooLarge(
+                f"request head exceeds the {self._head_limit} byte limit"))
         else:
             self.data_received(data[room:])
 
@@ -189,10 +188,10 @@ class HttpProtocol(HttpToolsProtocol):
         self._heads += 1
         self._phase = Phase.BODY
         self.deadline = self.loop.time() + self.edge.body_timeout
-        if self._health_only and self.url.partition(b"?")[0] not in HEALTH_URLS:
-            self._answer_and_close(ServiceUnavailable(
-                "the gateway has too many open connections; retry shortly",
-                retry_after=1), path_of(self.url))
+        if self._health_only and (self._heads > 1
+                                  or self.url.partition(b"?")[0] not in HEALTH_URLS):
+            self._refuse_head(ServiceUnavailable(
+                "the gateway has too many open connections; retry shortly", retry_after=1))
             return
         super().on_headers_complete()
         if self._health_only:
@@ -230,8 +229,10 @@ class HttpProtocol(HttpToolsProtocol):
         self.deadline = self.loop.time() + self.edge.keepalive_timeout
 
     def shutdown(self) -> None:
-        if self._phase is Phase.CLOSING:
-            self.transport.close()
+        cycle = self.cycle
+        if self._phase is Phase.CLOSING and (
+                cycle is None or cycle.response_complete or cycle.disconnected):
+            self.transport.close()  # only the linger was left
         else:
             super().shutdown()
 
@@ -239,11 +240,8 @@ class HttpProtocol(HttpToolsProtocol):
         """Called by the server's sweep once :attr:`deadline` is past."""
         phase, cycle = self._phase, self.cycle
         if phase is Phase.HEAD:
-            if cycle is None or cycle.response_complete:
-                self._answer_and_close(RequestTimeout(
-                    f"request head not received within {self.edge.header_timeout:g} s"),
-                    path_of(self.url))
-            # else a pipelined head waits behind a response still being written.
+            self._refuse_head(RequestTimeout(
+                f"request head not received within {self.edge.header_timeout:g} s"))
         elif phase is Phase.BODY and cycle is not None and not self.pipeline \
                 and not cycle.response_started:
             cycle.disconnected = True  # the app's reads end and its answer is dropped
@@ -255,6 +253,19 @@ class HttpProtocol(HttpToolsProtocol):
             # Nothing was asked (FRESH, IDLE), it was answered (CLOSING), or an
             # answer is already under way and can no longer change.
             self.transport.close()
+
+    def _refuse_head(self, exc: MuxError) -> None:
+        """Refuse the request whose head is arriving. Behind a response still being
+        written (pipelining) no answer can be slipped in: the connection closes
+        once that response is out."""
+        previous = self.cycle
+        if previous is None or previous.response_complete:
+            self._answer_and_close(exc, path_of(self.url))
+            return
+        previous.keep_alive = False
+        self._phase = Phase.CLOSING
+        self.deadline = math.inf
+        self.transport.pause_reading()
 
     def _answer_and_close(self, exc: MuxError, path: str) -> None:
         self._phase = Phase.CLOSING

@@ -196,9 +196,10 @@ async def _served(gw: GatewayProcess) -> bool:
 
 
 async def test_keep_alive_pipelining_and_a_large_body_still_work(tmp_path: Path) -> None:
-    async with gateway(tmp_path, max_header_bytes=64 * 1024) as gw:
+    async with gateway(tmp_path) as gw:
         reader, writer = await connect(gw)
-        # Three pipelined requests in one write, one with a 40 KiB header.
+        # Three pipelined requests in one write, one with a 40 KiB header (the
+        # default limit is 64 KiB).
         big = "X-Padding: " + "p" * 40 * 1024 + "\r\n"
         writer.write((f"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
                       f"GET /v1/models HTTP/1.1\r\nHost: gateway\r\n{AUTH}{big}\r\n"
