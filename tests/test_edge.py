@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 from PIL import Image
 
+from tests.support.audit import count
 from tests.support.edge import (
     closed,
     get,
@@ -156,6 +157,9 @@ async def test_a_body_trickled_a_byte_a_second_is_dropped_at_the_deadline(tmp_pa
     assert answer.body == {"code": 408, "msg": "request body not received within 2 s",
                            "data": None}
     assert 1.9 < elapsed < 4.0
+    # The handler saw a disconnect: no job, no error logged.
+    assert count(tmp_path / "state" / "jobs.db", "SELECT COUNT(*) FROM jobs") == 0
+    assert "Traceback" not in (tmp_path / "gateway.log").read_text()
 
 
 async def test_an_idle_kept_alive_connection_is_closed(tmp_path: Path) -> None:
