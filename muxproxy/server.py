@@ -161,25 +161,33 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _feed_past_room(self, data: bytes, room: int) -> None:
         """Feed only what fits; a head still incomplete then is too large, and the
-        rest is never buffered."""
-        heads = self._heads
-        self._head_bytes += room
-        if room > 0:
-            super().data_received(data[:room])
-        if self._phase is Phase.CLOSING or self.transport.is_closing():
-            return
-        if self._heads == heads:
-            self._refuse_head(HeaderTooLarge(
-                f"request head exceeds the {self._head_limit} byte limit"))
-        else:
-            self.data_received(data[room:])
+        rest is never buffered. When a head completes in time and the next one
+        (pipelined) begins in the same piece, that one's bytes in the piece go
+        uncounted: it may pass the limit by at most one read before it is refused."""
+        while True:
+            heads = self._heads
+            self._head_bytes += room
+            if room > 0:
+                super().data_received(data[:room])
+            if self._phase is Phase.CLOSING or self.transport.is_closing():
+                return
+            if self._heads == heads:
+                self._refuse_head(HeaderTooLarge(
+                    f"request head exceeds the {self._head_limit} byte limit"))
+                return
+            data = data[room:]
+            room = self._head_limit - self._head_bytes
+            if self._phase is Phase.BODY or len(data) <= room:
+                self.data_received(data)
+                return
 
     def on_message_begin(self) -> None:
-        if self._phase is Phase.CLOSING:
-            return
-        if self._phase is not Phase.FRESH:
-            self.deadline = self.loop.time() + self.edge.header_timeout
-        self._phase = Phase.HEAD
+        if self._phase is not Phase.CLOSING:
+            if self._phase is not Phase.FRESH:
+                self.deadline = self.loop.time() + self.edge.header_timeout
+            self._phase = Phase.HEAD
+        # Even when refusing: the headers that follow go to a fresh list, never
+        # to the scope of a request still being answered.
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
@@ -239,6 +247,8 @@ class HttpProtocol(HttpToolsProtocol):
     def deadline_passed(self) -> None:
         """Called by the server's sweep once :attr:`deadline` is past."""
         phase, cycle = self._phase, self.cycle
+        if self.transport.is_closing():
+            return
         if phase is Phase.HEAD:
             self._refuse_head(RequestTimeout(
                 f"request head not received within {self.edge.header_timeout:g} s"))
