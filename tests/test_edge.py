@@ -130,8 +130,8 @@ async def test_a_head_not_sent_in_time_is_408_then_closed(tmp_path: Path) -> Non
     assert answer.status == 408
     assert answer.body == {"error": "request head not received within 1 s",
                            "code": "request_timeout"}
-    assert 0.9 < elapsed < 2.5
-    assert silent_elapsed < 2.5
+    assert 0.9 < elapsed < 3.0, elapsed
+    assert silent_elapsed < 3.0, silent_elapsed
 
 
 async def test_a_body_trickled_a_byte_a_second_is_dropped_at_the_deadline(tmp_path: Path
@@ -153,10 +153,11 @@ async def test_a_body_trickled_a_byte_a_second_is_dropped_at_the_deadline(tmp_pa
         await closed(reader)
         trickling.cancel()
         writer.close()
-    assert answer.status == 408
+    assert answer.status == 408, answer
     assert answer.body == {"code": 408, "msg": "request body not received within 2 s",
                            "data": None}
-    assert 1.9 < elapsed < 4.0
+    # The deadline, then at most one sweep (0.5 s here) and a margin for a busy machine.
+    assert 1.9 < elapsed < 4.5, elapsed
     # The handler saw a disconnect: no job, no error logged.
     assert count(tmp_path / "state" / "jobs.db", "SELECT COUNT(*) FROM jobs") == 0
     assert "Traceback" not in (tmp_path / "gateway.log").read_text()
@@ -172,7 +173,7 @@ async def test_an_idle_kept_alive_connection_is_closed(tmp_path: Path) -> None:
         await closed(reader)
         idle = time.monotonic() - idle_from
         writer.close()
-    assert 0.9 < idle < 2.5
+    assert 0.9 < idle < 3.0, idle
 
 
 async def test_past_max_connections_only_health_probes_are_served(tmp_path: Path) -> None:
