@@ -32,11 +32,12 @@ async def check_concurrency(tx: Tx, key_id: str, limit: int) -> None:
 
 async def hold(tx: Tx, key_id: str, job_id: str, model: str, price: int, now: int) -> None:
     """Reserve a new job's price: refused when the balance is short, unless unlimited."""
-    key = await tx.key(key_id)
-    if key is None or key.id != key_id:
+    funds = await tx.funds(key_id)
+    if funds is None:
         raise KeyNotFound(key_id)
-    if not key.limits.unlimited and key.balance < price:
-        raise InsufficientBalance(key.balance, price)
+    balance, unlimited = funds
+    if not unlimited and balance < price:
+        raise InsufficientBalance(balance, price)
     await tx.add_ledger(key_id, LedgerKind.HOLD, -price, now, job_id=job_id, model=model)
 
 

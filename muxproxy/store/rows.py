@@ -24,9 +24,9 @@ NEW_JOB_DEFAULTS: dict[str, Any] = {
 
 def decoded(value: str | bytes | Mapping[str, Any] | None) -> Any:
     """A JSON column as Python values, whether the driver decoded it or not."""
-    if value is None or isinstance(value, Mapping | list):
-        return value
-    return orjson.loads(value)
+    if isinstance(value, str | bytes):
+        return orjson.loads(value)
+    return value
 
 
 @functools.lru_cache(maxsize=4096)

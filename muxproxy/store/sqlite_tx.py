@@ -4,6 +4,7 @@ none of its methods ever suspends."""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +27,16 @@ _EXPIRE = f"""
     RETURNING *"""  # noqa: S608 - constant fragments only
 
 
+# The JSON columns a new row sets (the others start NULL).
+_NEW_JSON = ("params", "client_params")
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_sql(columns: tuple[str, ...]) -> str:
+    return (f"INSERT INTO jobs ({', '.join(columns)}) "  # noqa: S608 - column names
+            f"VALUES ({', '.join('?' for _ in columns)})")
+
+
 def encoded(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (orjson.dumps(v).decode() if k in JSON_COLUMNS and v is not None else v)
             for k, v in values.items()}
@@ -36,9 +47,10 @@ class SqliteTx(Tx):
         self.db = db
 
     async def insert_job(self, row: Mapping[str, Any]) -> Job:
-        stored = encoded(row)
-        self.db.execute(f"INSERT INTO jobs ({', '.join(stored)}) "  # noqa: S608 - columns
-                        f"VALUES ({', '.join('?' for _ in stored)})", tuple(stored.values()))
+        stored = dict(row)
+        for column in _NEW_JSON:
+            stored[column] = orjson.dumps(stored[column]).decode()
+        self.db.execute(_insert_sql(tuple(stored)), tuple(stored.values()))
         # The row as stored, without reading it back (RETURNING costs as much as the
         # insert): what was written, and the columns' defaults.
         return job_from_row(NEW_JOB_DEFAULTS | stored)
@@ -86,9 +98,14 @@ class SqliteTx(Tx):
         return self.db.execute("UPDATE jobs SET billing = ? WHERE id = ? AND billing = ?",
                                (target, job_id, expected)).rowcount == 1
 
+    async def funds(self, key_id: str) -> tuple[int, bool] | None:
+        row = self.db.execute("SELECT balance, unlimited FROM api_keys WHERE id = ?",
+                              (key_id,)).fetchone()
+        return (row[0], bool(row[1])) if row else None
+
     async def key(self, ref: str) -> ApiKey | None:
-        row = self.db.execute("SELECT * FROM api_keys WHERE id = ? OR name = ? "
-                              "ORDER BY id = ? DESC LIMIT 1", (ref, ref, ref)).fetchone()
+        row = self.db.execute("SELECT * FROM api_keys WHERE id = ?", (ref,)).fetchone() \
+            or self.db.execute("SELECT * FROM api_keys WHERE name = ?", (ref,)).fetchone()
         return key_from_row(row) if row else None
 
     async def insert_key(self, key_id: str, name: str, key_hash: str, now: int,

@@ -77,6 +77,10 @@ class Tx(abc.ABC):
     # -- accounts -----------------------------------------------------------
 
     @abc.abstractmethod
+    async def funds(self, key_id: str) -> tuple[int, bool] | None:
+        """The key's balance and whether it is unlimited; None when there is no such key."""
+
+    @abc.abstractmethod
     async def key(self, ref: str) -> ApiKey | None:
         """A key by id or by name."""
 

@@ -109,6 +109,10 @@ class MemoryTx(Tx):
         self.t.jobs[job_id] = row | {"billing": target}
         return True
 
+    async def funds(self, key_id: str) -> tuple[int, bool] | None:
+        key = self.t.keys.get(key_id)
+        return None if key is None else (key.balance, key.limits.unlimited)
+
     async def key(self, ref: str) -> ApiKey | None:
         return self.t.keys.get(ref) or next(
             (k for k in self.t.keys.values() if k.name == ref), None)
