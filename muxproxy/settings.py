@@ -90,7 +90,14 @@ class WebhookSettings:
     retry_after_max_seconds: float = 300.0
     max_concurrency: int = 16
     max_per_host: int = 4
-    # Networks a callback may reach although they are not public (CIDR strings).
+    # Slots one key's deliveries may hold at once, so one tenant's slow receivers
+    # cannot take every slot.
+    max_per_key: int = 4
+    # Attempts kept per delivery (the oldest are pruned as new ones are recorded).
+    max_attempts_kept: int = 50
+    # Networks any key's callbacks may reach although they are not public (CIDR
+    # strings). Every tenant gets them: on a shared install grant a network to one
+    # key instead ([[keys]] webhook_allow_networks).
     allow_networks: tuple[str, ...] = ()
 
 
@@ -444,7 +451,8 @@ def _check_limits(limits: LimitSettings) -> None:
 
 
 def _check_webhooks(hooks: WebhookSettings) -> None:
-    for name in ("quick_attempts", "max_concurrency", "max_per_host"):
+    for name in ("quick_attempts", "max_concurrency", "max_per_host", "max_per_key",
+                 "max_attempts_kept"):
         if getattr(hooks, name) < 1:
             raise SettingsError(f"webhooks.{name}: must be at least 1")
     for name in ("quick_backoff_seconds", "background_interval_seconds",

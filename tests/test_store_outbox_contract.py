@@ -219,3 +219,15 @@ async def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
         await store.aclose()
     with sqlite3.connect(tmp_path / "old.db") as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_claim_leaves_out_keys_at_their_limit(store: Store) -> None:
+    for job_id, key_id in (("a1", "key_a"), ("b1", "key_b")):
+        job = await new_job(store, job_id, key_id=key_id)
+        job = await store.transition(job, JobState.PENDING, JobState.PROCESSING, now=T0)
+        await store.transition(job, JobState.PROCESSING, JobState.COMPLETED, now=T0 + 1,
+                               completed_at=T0 + 1)
+    assert await store.next_delivery_due(skip_keys=["key_a", "key_b"]) is None
+    claimed = await store.claim_deliveries(T0 + 10, 10, "me", T0 + 40_000,
+                                           skip_keys=["key_a"])
+    assert [d.job_id for d in claimed] == ["b1"]

@@ -161,9 +161,11 @@ class Store(AccountStore):
 
     @abc.abstractmethod
     async def claim_deliveries(self, now: int, limit: int, owner: str, lease_until: int,
-                               skip_hosts: Sequence[str] = ()) -> list[Delivery]:
+                               skip_hosts: Sequence[str] = (),
+                               skip_keys: Sequence[str] = ()) -> list[Delivery]:
         """Atomically lease up to ``limit`` pending deliveries due by ``now`` (unleased,
-        or with a lapsed lease), earliest first, leaving out ``skip_hosts``."""
+        or with a lapsed lease), earliest first, leaving out ``skip_hosts`` and the
+        deliveries of ``skip_keys``."""
 
     @abc.abstractmethod
     async def record_attempt(self, delivery_id: str, owner: str, attempt: Attempt,
@@ -185,7 +187,8 @@ class Store(AccountStore):
         (created if the job has none), keeping its id and attempt history."""
 
     @abc.abstractmethod
-    async def next_delivery_due(self, skip_hosts: Sequence[str] = ()) -> int | None:
+    async def next_delivery_due(self, skip_hosts: Sequence[str] = (),
+                                skip_keys: Sequence[str] = ()) -> int | None:
         """The earliest ``next_attempt_at`` among unleased pending deliveries."""
 
     @abc.abstractmethod

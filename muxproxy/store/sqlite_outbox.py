@@ -71,10 +71,11 @@ class SqliteOutbox:
         return [Attempt.from_row(r) for r in rows]
 
     async def claim_deliveries(self, now: int, limit: int, owner: str, lease_until: int,
-                               skip_hosts: Sequence[str] = ()) -> list[Delivery]:
+                               skip_hosts: Sequence[str] = (),
+                               skip_keys: Sequence[str] = ()) -> list[Delivery]:
         if limit <= 0:
             return []
-        skip = _not_in("host", skip_hosts)
+        skip = _not_in("host", skip_hosts) + _not_in("key_id", skip_keys)
         sql = f"""
             UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ?
             WHERE id IN (
@@ -83,7 +84,7 @@ class SqliteOutbox:
                 AND (lease_owner IS NULL OR lease_until < ?) {skip}
                 ORDER BY next_attempt_at LIMIT ?)
             RETURNING *"""  # noqa: S608 - constant fragments and placeholders only
-        args = (owner, lease_until, now, now, *skip_hosts, limit)
+        args = (owner, lease_until, now, now, *skip_hosts, *skip_keys, limit)
         rows = await self._in_writer(lambda db: db.execute(sql, args).fetchall(),
                                      transaction=False)
         return sorted((Delivery.from_row(r) for r in rows),
@@ -143,10 +144,12 @@ class SqliteOutbox:
         assert row is not None
         return Delivery.from_row(row)
 
-    async def next_delivery_due(self, skip_hosts: Sequence[str] = ()) -> int | None:
+    async def next_delivery_due(self, skip_hosts: Sequence[str] = (),
+                                skip_keys: Sequence[str] = ()) -> int | None:
         sql = (f"SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE {_PENDING} "  # noqa: S608
-               f"AND lease_owner IS NULL {_not_in('host', skip_hosts)}")
-        row = await self._fetch_one(sql, tuple(skip_hosts))
+               f"AND lease_owner IS NULL {_not_in('host', skip_hosts)} "
+               f"{_not_in('key_id', skip_keys)}")
+        row = await self._fetch_one(sql, (*skip_hosts, *skip_keys))
         return int(row[0]) if row and row[0] is not None else None
 
     async def delivery_backlog(self) -> Backlog:
@@ -186,4 +189,4 @@ def _new_row(job: Job, url: str, now: int) -> tuple[Any, ...]:
 def _not_in(column: str, values: Sequence[str]) -> str:
     if not values:
         return ""
-    return f"AND {column} NOT IN ({', '.join('?' for _ in values)})"
+    return f" AND {column} NOT IN ({', '.join('?' for _ in values)})"
