@@ -100,8 +100,9 @@ class Gateway:
         return self.model(model_id)
 
     def admit(self, key: ApiKey) -> None:
-        """The key's rate of create requests, checked before any work (429 with
-        Retry-After). Polls and downloads are not counted: they cost nothing upstream."""
+        """The key's rate of create (and webhook redeliver) requests, checked before
+        any work (429 with Retry-After). Polls and downloads are not counted: they cost
+        nothing upstream."""
         rpm = key.limits.rpm_limit
         if rpm is not None and (wait := self.limiter.acquire(key.id, rpm)) is not None:
             self._refuse("rate_limit")

@@ -9,8 +9,19 @@ from typing import Any
 
 import pytest
 
-from tests.support.gateway import KEY_A, KEY_B, merge, run_gateway
-from tests.support.webhooks import LOOPBACK, Receiver, SilentReceiver, until
+from muxproxy.clock import ManualClock
+from muxproxy.webhooks.outbox import DeliveryStatus
+from tests.support.gateway import KEY_A, KEY_B, RunningGateway, merge, run_gateway
+from tests.support.webhooks import (
+    LOOPBACK,
+    Answer,
+    Receiver,
+    SilentReceiver,
+    delivery,
+    next_attempt,
+    until,
+    wait_attempts,
+)
 
 
 @pytest.fixture
@@ -45,3 +56,70 @@ async def test_silent_receivers_of_one_key_leave_slots_for_the_others(
 async def _hang_up(silent: list[SilentReceiver]) -> None:
     for receiver in silent:
         receiver.hang_up()
+
+
+async def redeliver(gateway: RunningGateway, task_id: str, key: str = KEY_A
+                    ) -> tuple[int, dict[str, Any]]:
+    async with gateway.http.post(f"{gateway.url}/api/v1/webhooks/redeliver",
+                                 json={"task_id": task_id},
+                                 headers=gateway.headers(key)) as resp:
+        body: dict[str, Any] = await resp.json()
+        return resp.status, body
+
+
+async def given_up(gateway: RunningGateway, receiver: Receiver) -> str:
+    """A task whose callback the receiver refused with 410 (failed, not retried)."""
+    receiver.script.append(Answer(410))
+    task_id = await gateway.submit({"model": "demo-image", "prompt": "x",
+                                    "callback_url": receiver.url()})
+    done = await wait_attempts(gateway, task_id, 1)
+    assert done.status is DeliveryStatus.FAILED
+    return task_id
+
+
+async def test_one_redelivery_at_a_time(hooks: dict[str, Any]) -> None:
+    async with Receiver() as receiver, run_gateway(hooks) as gateway:
+        task_id = await given_up(gateway, receiver)
+        receiver.script.append(Answer(hang=True))
+        status, body = await redeliver(gateway, task_id)
+        assert status == 200 and body["data"]["status"] == "pending"
+        await receiver.wait_hits(2)  # the redelivery is in flight
+        status, body = await redeliver(gateway, task_id)
+        assert status == 409, body
+        assert body["code"] == 409 and body["data"] is None
+        assert "still pending" in body["msg"]
+        assert len(receiver.hits) == 2
+
+
+async def test_redeliver_spends_the_keys_rate(hooks: dict[str, Any]) -> None:
+    clock = ManualClock()  # no refill while the test runs
+    keys = [{"name": "alpha", "key": KEY_A, "unlimited": True, "rpm": 3},
+            {"name": "bravo", "key": KEY_B, "unlimited": True}]
+    async with Receiver(clock) as receiver, \
+            run_gateway(merge(hooks, {"keys": keys}), clock=clock) as gateway:
+        tasks = [await given_up(gateway, receiver) for _ in range(2)]
+        status, _ = await redeliver(gateway, tasks[0])
+        assert status == 200
+        async with gateway.http.post(f"{gateway.url}/api/v1/webhooks/redeliver",
+                                     json={"task_id": tasks[1]},
+                                     headers=gateway.headers()) as resp:
+            body = await resp.json()
+            assert resp.status == 429, body
+            assert body["code"] == 429 and "rate limit" in body["msg"]
+            assert float(resp.headers["Retry-After"]) > 0
+        assert (await delivery(gateway, tasks[1])).status is DeliveryStatus.FAILED
+
+
+async def test_only_the_newest_attempts_are_kept(hooks: dict[str, Any]) -> None:
+    clock = ManualClock()
+    config = merge(hooks, {"webhooks": {"max_attempts_kept": 3}})
+    async with Receiver(clock) as receiver, run_gateway(config, clock=clock) as gateway:
+        receiver.default = Answer(500)
+        task_id = await gateway.submit({"model": "demo-image", "prompt": "x",
+                                        "callback_url": receiver.url()})
+        current = await wait_attempts(gateway, task_id, 1)
+        while current.attempts < 6:
+            current = await next_attempt(gateway, clock, task_id)
+        kept = await gateway.state.store.list_attempts(current.id)
+        assert [a.number for a in kept] == [4, 5, 6]
+        assert all(a.status_code == 500 for a in kept)

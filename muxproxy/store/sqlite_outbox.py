@@ -16,6 +16,7 @@ from muxproxy.webhooks.outbox import (
     Attempt,
     Backlog,
     Delivery,
+    DeliveryPending,
     DeliveryStatus,
     SigningSecret,
     Verdict,
@@ -91,7 +92,8 @@ class SqliteOutbox:
                       key=lambda d: d.next_attempt_at or 0)
 
     async def record_attempt(self, delivery_id: str, owner: str, attempt: Attempt,
-                             verdict: Verdict, *, now: int) -> Delivery | None:
+                             verdict: Verdict, *, now: int,
+                             keep: int | None = None) -> Delivery | None:
         def record(db: sqlite3.Connection) -> Any:
             held = db.execute("SELECT attempts FROM webhook_deliveries "
                               "WHERE id = ? AND lease_owner = ?", (delivery_id, owner)).fetchone()
@@ -103,6 +105,9 @@ class SqliteOutbox:
                 "status_code, error, response) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (delivery_id, number, attempt.started_at, attempt.latency_ms,
                  attempt.status_code, attempt.error, attempt.response))
+            if keep is not None:
+                db.execute("DELETE FROM webhook_attempts WHERE delivery_id = ? AND number <= ?",
+                           (delivery_id, number - keep))
             delivered = now if verdict.status is DeliveryStatus.DELIVERED else None
             return db.execute(
                 "UPDATE webhook_deliveries SET attempts = ?, "
@@ -133,15 +138,20 @@ class SqliteOutbox:
     async def redeliver(self, job: Job, *, now: int) -> Delivery:
         if job.callback_url is None or not job.is_terminal:
             raise ValueError(f"job {job.id} has no callback to deliver")
+        # A pending delivery (waiting, or in flight) is left alone: one redelivery at
+        # a time, and no resetting of its retry window.
         sql = _INSERT + """
             ON CONFLICT (job_id) DO UPDATE SET status = 'pending', round_attempts = 0,
                 next_attempt_at = excluded.next_attempt_at, window_ends_at = NULL,
                 last_error = NULL, updated_at = excluded.updated_at
+            WHERE webhook_deliveries.status != 'pending'
             RETURNING *"""
-        async with self._write() as db, db.execute(
-                sql, _new_row(job, job.callback_url, now)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
+        args = _new_row(job, job.callback_url, now)
+        row = await self._in_writer(lambda db: db.execute(sql, args).fetchone())
+        if row is None:
+            current = await self.get_delivery(job.id)
+            assert current is not None
+            raise DeliveryPending(current)
         return Delivery.from_row(row)
 
     async def next_delivery_due(self, skip_hosts: Sequence[str] = (),

@@ -207,8 +207,9 @@ class WebhookRelay:
                           status_code=reply.status, error=reply.error, response=reply.preview)
         verdict = self._verdict(delivery, reply, started)
         try:
-            updated = await self.store.record_attempt(delivery.id, self.owner, attempt,
-                                                      verdict, now=now_ms(self.clock))
+            updated = await self.store.record_attempt(
+                delivery.id, self.owner, attempt, verdict, now=now_ms(self.clock),
+                keep=self.settings.max_attempts_kept)
         except Exception:
             log.exception("could not record a webhook attempt")
             await self.store.release_delivery(delivery.id, self.owner)
