@@ -72,7 +72,8 @@ class Gateway:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
                  providers: Mapping[str, Provider], signer: UrlSigner, clock: Clock,
                  metrics: Metrics, dispatcher: Dispatcher, *,
-                 check_callback: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 check_callback: Callable[[str, Sequence[str]], Awaitable[None]] | None = None
+                 ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -132,7 +133,8 @@ class Gateway:
         request = submission.request
         check_capabilities(model, request)
         if submission.callback_url is not None and self._check_callback is not None:
-            await self._check_callback(submission.callback_url)
+            await self._check_callback(submission.callback_url,
+                                       key.limits.webhook_allow_networks)
         credits = price(model, request)
         try:
             self.providers[route.provider].check(_with_uploads(submission), route.model,

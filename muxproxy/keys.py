@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections.abc import Mapping
 from dataclasses import replace
@@ -16,6 +17,8 @@ KEY_PREFIX = "mux_"
 MAX_CREDITS = 10**15
 MAX_BALANCE = 10**18
 MAX_LIMIT = 10**9
+# Networks one key may be granted for its callbacks.
+MAX_NETWORKS = 32
 
 
 def new_secret() -> str:
@@ -28,7 +31,8 @@ def key_view(key: ApiKey) -> dict[str, Any]:
             "unlimited": key.limits.unlimited, "rpm": key.limits.rpm_limit,
             "max_concurrent": key.limits.max_concurrent,
             "models": list(key.limits.allowed_models)
-            if key.limits.allowed_models is not None else None}
+            if key.limits.allowed_models is not None else None,
+            "webhook_allow_networks": list(key.limits.webhook_allow_networks)}
 
 
 def ledger_view(entry: LedgerEntry) -> dict[str, Any]:
@@ -49,7 +53,8 @@ class LimitError(ValueError):
 
 
 def apply_limits(limits: KeyLimits, changes: Mapping[str, Any]) -> KeyLimits:
-    """``changes`` may hold unlimited, rpm, max_concurrent, models; null clears a limit."""
+    """``changes`` may hold unlimited, rpm, max_concurrent, models,
+    webhook_allow_networks; null clears a limit."""
     result = limits
     if "unlimited" in changes:
         if not isinstance(changes["unlimited"], bool):
@@ -66,7 +71,30 @@ def apply_limits(limits: KeyLimits, changes: Mapping[str, Any]) -> KeyLimits:
                                    or not all(isinstance(m, str) and m for m in models)):
             raise LimitError("'models' must be a list of model ids, or null", "models")
         result = replace(result, allowed_models=tuple(models) if models is not None else None)
+    if "webhook_allow_networks" in changes:
+        result = replace(result, webhook_allow_networks=_networks(
+            changes["webhook_allow_networks"]))
     return result
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    """CIDR strings, each normalised (``10.1.2.3/8`` is ``10.0.0.0/8``); null clears."""
+    field = "webhook_allow_networks"
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_NETWORKS:
+        raise LimitError(f"'{field}' must be a list of at most {MAX_NETWORKS} networks "
+                         "(CIDR), or null", field)
+    networks = []
+    for item in value:
+        try:
+            if not isinstance(item, str):
+                raise TypeError(item)
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except (TypeError, ValueError):
+            raise LimitError(f"'{field}': {str(item)[:60]!r} is not a network (CIDR such as "
+                             "'10.20.0.0/16')", field) from None
+    return tuple(dict.fromkeys(networks))
 
 
 def _positive_or_null(value: Any, name: str) -> int | None:

@@ -118,6 +118,9 @@ class ApiKeySettings:
     rpm: int | None = None
     max_concurrent: int | None = None
     models: tuple[str, ...] | None = None
+    # Networks (CIDR) this key's callbacks may reach although they are not public,
+    # on top of webhooks.allow_networks; other keys' callbacks still may not.
+    webhook_allow_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -284,7 +287,7 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
         if not isinstance(item, Mapping):
             raise SettingsError(f"{where}: expected a table")
         _no_unknown(item, {"name", "key", "credits", "unlimited", "rpm", "max_concurrent",
-                           "models"}, where)
+                           "models", "webhook_allow_networks"}, where)
         name, key = item.get("name"), item.get("key")
         if not isinstance(name, str) or not name:
             raise SettingsError(f"{where}.name: required")
@@ -299,8 +302,19 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
             unlimited=_coerce(item.get("unlimited", False), False, f"{where}.unlimited"),
             rpm=_optional_positive(item, "rpm", where),
             max_concurrent=_optional_positive(item, "max_concurrent", where),
-            models=models))
+            models=models,
+            webhook_allow_networks=_networks(item, "webhook_allow_networks", where)))
     return tuple(keys)
+
+
+def _networks(table: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
+    networks = _strings(table, name, where)
+    for i, network in enumerate(networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise SettingsError(f"{where}.{name}[{i}]: not a network: {network!r}") from None
+    return networks
 
 
 def _optional_positive(table: Mapping[str, Any], name: str, where: str) -> int | None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from muxproxy.clock import ManualClock
+from muxproxy.settings import SettingsError, parse_settings
 from muxproxy.webhooks.outbox import DeliveryStatus
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, merge, run_gateway
 from tests.support.webhooks import (
@@ -17,6 +18,7 @@ from tests.support.webhooks import (
     Answer,
     Receiver,
     SilentReceiver,
+    StaticResolver,
     delivery,
     next_attempt,
     until,
@@ -123,3 +125,80 @@ async def test_only_the_newest_attempts_are_kept(hooks: dict[str, Any]) -> None:
         kept = await gateway.state.store.list_attempts(current.id)
         assert [a.number for a in kept] == [4, 5, 6]
         assert all(a.status_code == 500 for a in kept)
+
+
+async def test_private_networks_granted_to_one_key_only(config: dict[str, Any]) -> None:
+    # No global allow_networks: key A alone may call back to loopback.
+    keys = [{"name": "alpha", "key": KEY_A, "unlimited": True,
+             "webhook_allow_networks": ["127.0.0.0/8"]},
+            {"name": "bravo", "key": KEY_B, "unlimited": True}]
+    # rebind.test looks public at submit and is loopback when the relay dials.
+    resolver = StaticResolver({"rebind.test": ["8.8.8.8", "127.0.0.1"],
+                               "local.test": ["127.0.0.1"]})
+    async with Receiver() as receiver, run_gateway(merge(config, {"keys": keys}),
+                                                   resolver=resolver) as gateway:
+        granted = [await gateway.submit({"model": "demo-image", "prompt": "x",
+                                         "callback_url": url}, key=KEY_A)
+                   for url in (receiver.url(), receiver.url(host="local.test"))]
+        for task_id in granted:
+            done = await wait_attempts(gateway, task_id, 1)
+            assert done.status is DeliveryStatus.DELIVERED
+
+        async with gateway.http.post(
+                f"{gateway.url}/api/v1/images/generations", headers=gateway.headers(KEY_B),
+                json={"model": "demo-image", "prompt": "x",
+                      "callback_url": receiver.url()}) as resp:
+            body = await resp.json()
+            assert resp.status == 400, body
+            assert "loopback" in body["msg"] and "callback_url" in body["msg"]
+
+        task_b = await gateway.submit({"model": "demo-image", "prompt": "x",
+                                       "callback_url": receiver.url(host="rebind.test")},
+                                      key=KEY_B)
+        refused = await wait_attempts(gateway, task_b, 1)
+        [attempt] = await gateway.state.store.list_attempts(refused.id)
+        assert attempt.status_code is None and attempt.error is not None
+        assert "127.0.0.1 is a loopback address" in attempt.error
+        assert len(receiver.hits) == 2  # key A's two, none of key B's
+
+
+async def test_the_admin_api_grants_and_validates_networks(config: dict[str, Any]) -> None:
+    admin = {"admin": {"token": "admin-token-0123456789"}}
+    async with run_gateway(merge(config, admin)) as gateway:
+        auth = {"Authorization": "Bearer admin-token-0123456789"}
+        url = f"{gateway.url}/admin/keys/bravo"
+        for bad in (["nope"], "10.0.0.0/8", [1], ["10.0.0.0/8"] * 33):
+            async with gateway.http.patch(url, headers=auth,
+                                          json={"webhook_allow_networks": bad}) as resp:
+                body = await resp.json()
+                assert resp.status == 400, (bad, body)
+                assert "webhook_allow_networks" in body["error"]
+        async with gateway.http.patch(url, headers=auth, json={
+                "webhook_allow_networks": ["10.20.3.4/16", "fd12::/16"]}) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+            assert body["webhook_allow_networks"] == ["10.20.0.0/16", "fd12::/16"]
+        key = await gateway.state.store.get_key("bravo")
+        assert key is not None
+        assert key.limits.webhook_allow_networks == ("10.20.0.0/16", "fd12::/16")
+        async with gateway.http.post(f"{gateway.url}/admin/keys", headers=auth, json={
+                "name": "carol", "webhook_allow_networks": ["192.168.7.0/24"]}) as resp:
+            body = await resp.json()
+            assert resp.status == 201, body
+            assert body["key"]["webhook_allow_networks"] == ["192.168.7.0/24"]
+
+
+def test_key_networks_and_relay_bounds_from_config() -> None:
+    raw: dict[str, Any] = {"server": {"secret": "0123456789abcdef"},
+                           "webhooks": {"max_per_key": 2, "max_attempts_kept": 10},
+                           "keys": [{"name": "a", "key": "key-a-0123456",
+                                     "webhook_allow_networks": ["10.20.0.0/16"]}]}
+    settings = parse_settings(raw, {})
+    assert settings.keys[0].webhook_allow_networks == ("10.20.0.0/16",)
+    assert (settings.webhooks.max_per_key, settings.webhooks.max_attempts_kept) == (2, 10)
+    bad_key = {**raw["keys"][0], "webhook_allow_networks": ["10.20.0.0/33"]}
+    with pytest.raises(SettingsError, match=r"keys\[0\]\.webhook_allow_networks\[0\]"):
+        parse_settings({**raw, "keys": [bad_key]}, {})
+    for name in ("max_per_key", "max_attempts_kept"):
+        with pytest.raises(SettingsError, match=f"webhooks.{name}"):
+            parse_settings({**raw, "webhooks": {name: 0}}, {})

@@ -41,7 +41,11 @@ def limit_fields() -> dict[str, Schema]:
     return {"unlimited": {"type": "boolean", "description": "Never refused for its balance."},
             "rpm": positive, "max_concurrent": positive,
             "models": nullable({"type": "array", "items": string(minLength=1),
-                                "description": "The models the key may use; null: all."})}
+                                "description": "The models the key may use; null: all."}),
+            "webhook_allow_networks": nullable({
+                "type": "array", "items": string(minLength=1), "maxItems": keys.MAX_NETWORKS,
+                "description": "Private networks (CIDR) this key's callbacks may reach; "
+                               "null or []: public addresses only."})}
 
 
 def schemas() -> dict[str, Schema]:
@@ -51,8 +55,9 @@ def schemas() -> dict[str, Schema]:
         "unlimited": {"type": "boolean"}, "rpm": nullable(integer()),
         "max_concurrent": nullable(integer()),
         "models": nullable({"type": "array", "items": string()}),
+        "webhook_allow_networks": {"type": "array", "items": string()},
     }, ["id", "name", "created_at", "revoked_at", "balance", "unlimited", "rpm",
-        "max_concurrent", "models"])
+        "max_concurrent", "models", "webhook_allow_networks"])
     entry = obj({"id": integer(), "kind": choice([k.value for k in LedgerKind]),
                  "amount": integer(), "job_id": nullable(string()),
                  "model": nullable(string()), "note": nullable(string()),

@@ -173,4 +173,8 @@ CREATE TABLE webhook_secrets (
     created_at INTEGER NOT NULL
 )
 """,
+    # Private networks one key's callbacks may reach (a JSON list of CIDRs, or NULL).
+    """
+ALTER TABLE api_keys ADD COLUMN webhook_allow_networks TEXT
+""",
 )

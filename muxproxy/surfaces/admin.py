@@ -31,6 +31,7 @@ from muxproxy.keys import (
 from muxproxy.store import ApiKey, KeyExists, KeyLimits, KeyNotFound
 
 ADMIN_BODY_LIMIT = 64 * 1024
+LIMIT_FIELDS = {"unlimited", "rpm", "max_concurrent", "models", "webhook_allow_networks"}
 DAY_MS = 86_400_000
 
 
@@ -74,7 +75,7 @@ def _limits(base: KeyLimits, body: dict[str, Any]) -> KeyLimits:
 async def create_key(request: Request) -> Response:
     state = _authorize(request)
     body = await _body(request)
-    unknown = set(body) - {"name", "credits", "unlimited", "rpm", "max_concurrent", "models"}
+    unknown = set(body) - {"name", "credits", *LIMIT_FIELDS}
     if unknown:
         raise InvalidRequest(f"unknown field: {', '.join(sorted(unknown))}")
     name = body.get("name")
@@ -112,7 +113,7 @@ async def update_key(request: Request) -> Response:
     state = _authorize(request)
     key = await _key(state, request)
     body = await _body(request)
-    unknown = set(body) - {"unlimited", "rpm", "max_concurrent", "models"}
+    unknown = set(body) - LIMIT_FIELDS
     if unknown:
         raise InvalidRequest(f"unknown field: {', '.join(sorted(unknown))}")
     updated = await state.store.update_key(key.id, _limits(key.limits, body))

@@ -227,7 +227,10 @@ class WebhookRelay:
         secret = await self.store.signing_secret(delivery.key_id)
         headers = signing.headers(delivery.id, int(self.clock.now()), body,
                                   secret.secret if secret is not None else None)
-        return await self.sender.post(delivery.url, body, headers)
+        # The key's grant as it is now: a network taken back is refused from then on.
+        key = await self.store.get_key(delivery.key_id)
+        allow = key.limits.webhook_allow_networks if key is not None else ()
+        return await self.sender.post(delivery.url, body, headers, allow)
 
     def _verdict(self, delivery: Delivery, reply: Reply, started: int) -> Verdict:
         window = self.settings.retry_window_seconds
