@@ -130,6 +130,12 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    # /metrics answers only to this bearer token; empty leaves it open.
+    token: str = ""
+
+
+@dataclass(frozen=True)
 class ProviderSettings:
     name: str
     kind: str
@@ -179,6 +185,7 @@ class Settings:
     jobs: JobSettings = field(default_factory=JobSettings)
     surfaces: SurfaceSettings = field(default_factory=SurfaceSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LogSettings = field(default_factory=LogSettings)
     keys: tuple[ApiKeySettings, ...] = ()
@@ -201,7 +208,7 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     data = _expand(raw, env, "")
     known = {"server", "database", "storage", "limits", "jobs", "surfaces", "admin",
-             "webhooks", "logging", "keys",
+             "metrics", "webhooks", "logging", "keys",
              "providers", "models"}
     _no_unknown(data, known, "")
     providers = _providers(data.get("providers", {}))
@@ -213,6 +220,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         jobs=_section(JobSettings, data, "jobs"),
         surfaces=_section(SurfaceSettings, data, "surfaces"),
         admin=_section(AdminSettings, data, "admin"),
+        metrics=_section(MetricsSettings, data, "metrics"),
         webhooks=_section(WebhookSettings, data, "webhooks"),
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),

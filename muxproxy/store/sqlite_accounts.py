@@ -43,6 +43,8 @@ class Connected(Protocol):
     async def _in_writer(self, fn: Callable[[sqlite3.Connection], T], *,
                          transaction: bool = True) -> T: ...
 
+    async def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
 
 # The helpers below run inside a write transaction, in the writer's thread (see
 # SqliteStore._in_writer): plain sqlite3 calls, no thread hop per statement.
@@ -174,7 +176,10 @@ class AccountsMixin:
         return _key(await self._in_writer(create))
 
     async def key_by_hash(self: Connected, key_hash: str) -> ApiKey | None:
-        row = await self._fetch_one("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
+        # On the loop's thread, one indexed lookup: a key check never waits in the
+        # aiosqlite reader's queue behind slower reads (usage, ledgers, listings).
+        row = await self._in_reader(lambda db: db.execute(
+            "SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone())
         return _key(row) if row else None
 
     async def get_key(self: Connected, key_id: str) -> ApiKey | None:
