@@ -14,6 +14,7 @@ from muxproxy.app_state import AppState
 from muxproxy.errors import Unauthorized
 from muxproxy.http import JSONResponse
 from muxproxy.logs import get_logger
+from muxproxy.metrics import SharedScrape
 from muxproxy.openapi import build_document
 from muxproxy.surfaces import native
 
@@ -54,6 +55,15 @@ async def metrics(request: Request) -> Response:
         response = native.render_error(Unauthorized("missing or wrong metrics token"))
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
+    scrapes: SharedScrape | None = getattr(request.app.state, "scrapes", None)
+    if scrapes is None:
+        scrapes = request.app.state.scrapes = SharedScrape(lambda: _collect(state),
+                                                          state.metrics.render)
+    return Response(await scrapes.scrape(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _collect(state: AppState) -> None:
+    """Gauges read at scrape time: counts from the store, circuits."""
     try:
         state.metrics.set_job_counts(await state.store.count_jobs())
         await state.relay.refresh_metrics()
@@ -61,7 +71,6 @@ async def metrics(request: Request) -> Response:
         log.warning("could not count jobs for metrics", exc_info=True)
     for name, breaker in state.breakers.items():
         state.metrics.circuit_open.labels(name).set(1 if breaker.state == "open" else 0)
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi(request: Request) -> Response:
