@@ -30,6 +30,9 @@ from muxproxy.logs import configure_logging, get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.middleware import RequestContext
 from muxproxy.providers import build_providers
+from muxproxy.readiness import Readiness
+from muxproxy.references import ReferenceFetcher
+from muxproxy.retention import RetentionSweep
 from muxproxy.runner import JobRunner
 from muxproxy.scheduler import Scheduler
 from muxproxy.settings import Settings
@@ -69,7 +72,8 @@ def _allowed_methods(request: Request) -> list[str]:
 
 def create_app(settings: Settings, *, clock: Clock | None = None,
                resolver: AbstractResolver | None = None) -> Starlette:
-    """``resolver`` replaces DNS for callback URLs (tests map names to addresses)."""
+    """``resolver`` replaces DNS for callback and reference URLs (tests map names to
+    addresses)."""
     clock = clock or SystemClock()
     metrics = Metrics()
     log_writer = configure_logging(settings.logging.level, settings.logging.format)
@@ -98,7 +102,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
 async def _start(settings: Settings, clock: Clock, metrics: Metrics,
                  resolver: AbstractResolver | None) -> AppState:
-    store = open_store(settings.database.url)
+    store = open_store(settings.database.url,
+                       busy_timeout_seconds=settings.database.busy_timeout_seconds)
     await store.open()
     try:
         for key in settings.keys:
@@ -120,21 +125,27 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics,
     events = JobEvents()
     breakers = {name: CircuitBreaker(ps.circuit_threshold, ps.circuit_cooldown_seconds, clock)
                 for name, ps in settings.providers.items()}
+    # Client-named images are fetched on a session of their own, behind the address
+    # guard; provider calls and their result links stay on ``http``.
+    fetcher = ReferenceFetcher(settings.limits, resolver)
     runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events,
-                       breakers)
+                       breakers, fetcher)
     scheduler = Scheduler(store, providers, runner, clock, settings.jobs, metrics)
     guard = CallbackGuard(AddressPolicy(settings.webhooks.allow_networks), resolver)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
-                      scheduler, check_callback=guard.check)
+                      scheduler, check_callback=guard.check, check_reference=fetcher.check)
     relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_urls)
     events.subscribe(relay.on_job)
     state = AppState(settings=settings, clock=clock, metrics=metrics, store=store,
                      storage=storage, http=http, providers=providers, signer=signer,
                      auth=Authenticator(store), gateway=gateway, runner=runner,
                      scheduler=scheduler, events=events, breakers=breakers,
-                     relay=relay, shutdown=Shutdown(settings.server.graceful_shutdown_seconds))
+                     relay=relay, shutdown=Shutdown(settings.server.graceful_shutdown_seconds),
+                     retention=RetentionSweep(settings.storage, store, storage, clock),
+                     readiness=Readiness(store, storage, clock))
     await relay.start()
     await scheduler.start()
+    state.retention.start()
     return state
 
 
@@ -151,6 +162,7 @@ def begin_shutdown(app: Starlette) -> None:
 
 
 async def _stop(state: AppState) -> None:
+    await state.retention.stop()
     # What is left of the grace period since the signal (all of it without one).
     await state.scheduler.stop(state.shutdown.remaining())
     await state.relay.stop(state.shutdown.remaining())
@@ -160,5 +172,6 @@ async def _stop(state: AppState) -> None:
         except Exception:
             log.warning("provider close failed", provider=provider.name, exc_info=True)
     await state.http.close()
+    await state.runner.fetcher.aclose()
     await state.storage.aclose()
     await state.store.aclose()

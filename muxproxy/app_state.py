@@ -14,6 +14,8 @@ from muxproxy.events import JobEvents
 from muxproxy.gateway import Gateway
 from muxproxy.metrics import Metrics
 from muxproxy.providers.base import Provider
+from muxproxy.readiness import Readiness
+from muxproxy.retention import RetentionSweep
 from muxproxy.runner import JobRunner
 from muxproxy.scheduler import Scheduler
 from muxproxy.settings import Settings
@@ -42,3 +44,5 @@ class AppState:
     breakers: Mapping[str, CircuitBreaker]
     relay: WebhookRelay
     shutdown: Shutdown
+    retention: RetentionSweep
+    readiness: Readiness

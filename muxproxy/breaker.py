@@ -3,8 +3,13 @@
 After ``threshold`` transient failures in a row the circuit opens: jobs stop going
 to that provider for ``cooldown`` seconds (they fall back to their next route, or
 wait). Then one trial call is let through (half-open); its outcome closes or
-reopens the circuit. Only transient failures count: a 400 says nothing about the
-provider's health.
+reopens the circuit.
+
+Only faults of the provider count (:func:`provider_fault`). What the request or
+the gateway brought on itself (a bad reference, a 4xx, a moderation block, a
+failed write to our own disk) neither counts nor resets the count: a tenant must
+not be able to open a provider's circuit for everyone, nor keep a failing one
+closed, by what it sends.
 """
 
 from __future__ import annotations
@@ -12,6 +17,19 @@ from __future__ import annotations
 from enum import StrEnum
 
 from muxproxy.clock import Clock
+from muxproxy.providers.errors import UpstreamError
+
+
+def provider_fault(exc: UpstreamError) -> bool:
+    """Does this failure speak of the provider's health? A 5xx, a timeout, a broken
+    connection or a garbled answer does. No 4xx does, 429 included: a 429 says the
+    provider is up and throttling our account; the job waits out its Retry-After
+    and may take its next route, and opening the circuit would turn one tenant's
+    burst into a 30 s outage for every tenant.
+    """
+    if not exc.transient:
+        return False
+    return exc.status is None or not 400 <= exc.status < 500
 
 
 class Circuit(StrEnum):
@@ -57,6 +75,11 @@ class CircuitBreaker:
     def success(self) -> None:
         self.failures = 0
         self.opened_at = None
+        self._trial_in_flight = False
+
+    def release(self) -> None:
+        """A call let through told nothing of the provider's health (the request
+        failed on its own, or no upstream call was made): hand back the trial."""
         self._trial_in_flight = False
 
     def failure(self) -> None:

@@ -52,6 +52,16 @@ class NotFound(MuxError):
     type = "not_found_error"
 
 
+class Expired(NotFound):
+    """A job's results outlived ``storage.retention_days`` and were deleted."""
+
+    code = "expired"
+
+    def __init__(self, message: str = "this result has expired and was deleted "
+                 "(storage.retention_days)") -> None:
+        super().__init__(message)
+
+
 class MethodNotAllowed(MuxError):
     status = 405
     code = "method_not_allowed"
@@ -73,6 +83,18 @@ class Unprocessable(MuxError):
 class PayloadTooLarge(MuxError):
     status = 413
     code = "payload_too_large"
+    type = "invalid_request_error"
+
+
+class RequestTimeout(MuxError):
+    status = 408
+    code = "request_timeout"
+    type = "invalid_request_error"
+
+
+class HeaderTooLarge(MuxError):
+    status = 431
+    code = "header_too_large"
     type = "invalid_request_error"
 
 
@@ -110,6 +132,24 @@ class ServiceUnavailable(MuxError):
     status = 503
     code = "unavailable"
     type = "server_error"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The gateway's own database refused the work (locked past its busy timeout,
+    disk full, read-only): nothing was changed, and the same request may succeed
+    in a moment. The backend maps its driver's errors to this at one boundary."""
+
+    code = "store_unavailable"
+
+    def __init__(self, message: str = "the gateway's database is busy or failing; "
+                 "retry shortly", *, retry_after: float = 2.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class RangeNotSatisfiable(MuxError):
+    status = 416
+    code = "range_not_satisfiable"
+    type = "invalid_request_error"
 
 
 def status_error(status: int, message: str) -> MuxError:

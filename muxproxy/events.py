@@ -54,6 +54,10 @@ class JobEvents:
         self._waiters[job_id].add(future)
         return future
 
+    def waiting(self, job_id: str) -> int:
+        """How many callers wait for the job's end."""
+        return len(self._waiters.get(job_id, ()))
+
     def discard(self, job_id: str, future: asyncio.Future[Job]) -> None:
         waiters = self._waiters.get(job_id)
         if waiters is not None:

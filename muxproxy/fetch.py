@@ -1,5 +1,6 @@
-"""Downloading images by URL (upstream results, reference images), bounded in size
-and time, with failures classified like any upstream error."""
+"""Downloading the images a provider left at a URL (its results), bounded in size
+and time, with failures classified like any upstream error. A URL a client names
+is never fetched here: see :mod:`muxproxy.references`."""
 
 from __future__ import annotations
 

@@ -11,12 +11,21 @@ from typing import Any, Protocol
 
 from muxproxy import images
 from muxproxy.clock import Clock, now_ms
-from muxproxy.errors import Forbidden, InsufficientCredits, InvalidRequest, NotFound, RateLimited
+from muxproxy.errors import (
+    Conflict,
+    Forbidden,
+    InsufficientCredits,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    StoreUnavailable,
+)
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import Job, Lease, NewJob, StoredImage, evolve
+from muxproxy.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evolve
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
-from muxproxy.pricing import check_capabilities, price
+from muxproxy.pricing import billed, check_capabilities, price
 from muxproxy.providers.base import Provider
 from muxproxy.providers.errors import Unsupported
 from muxproxy.ratelimit import RateLimiter
@@ -25,9 +34,12 @@ from muxproxy.settings import ModelSettings, Settings
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage, blob_key
 from muxproxy.store import ApiKey, ConcurrencyLimitReached, InsufficientBalance, Store
+from muxproxy.store.accounts import IdempotencySuperseded
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.gateway")
+# A failed write to our own storage: when a client may try again.
+STORAGE_RETRY_SECONDS = 30.0
 
 
 def new_job_id() -> str:
@@ -72,7 +84,8 @@ class Gateway:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
                  providers: Mapping[str, Provider], signer: UrlSigner, clock: Clock,
                  metrics: Metrics, dispatcher: Dispatcher, *,
-                 check_callback: Callable[[str, Sequence[str]], Awaitable[None]] | None = None
+                 check_callback: Callable[[str, Sequence[str]], Awaitable[None]] | None = None,
+                 check_reference: Callable[[str, str, str], Awaitable[None]] | None = None
                  ) -> None:
         self.settings = settings
         self.store = store
@@ -84,6 +97,7 @@ class Gateway:
         self.dispatcher = dispatcher
         self.limiter = RateLimiter(clock)
         self._check_callback = check_callback
+        self._check_reference = check_reference
 
     def model(self, model_id: str) -> ModelSettings:
         try:
@@ -115,10 +129,12 @@ class Gateway:
         log.info("request refused", reason=reason)
 
     async def submit(self, key: ApiKey, surface: str, submission: Submission, *,
-                     before_start: Callable[[Job], None] | None = None) -> Job:
+                     before_start: Callable[[Job], None] | None = None,
+                     idempotency: IdempotencyClaim | None = None) -> Job:
         """Store the job and start it (or queue it). ``before_start`` is called with
         the stored job before it can run: a caller that waits for its end subscribes
-        there, and cannot miss it."""
+        there, and cannot miss it. ``idempotency`` is bound to the job as it is
+        stored."""
         self.admit(key)
         model = self.model(submission.model)
         if not key.may_use(model.id):
@@ -130,11 +146,14 @@ class Gateway:
             raise InvalidRequest(f"model {model.id!r} is not available: its providers ({names}) "
                                  "have no API key configured", param="model")
         route_index, route = found
-        request = submission.request
-        check_capabilities(model, request)
+        check_capabilities(model, submission.request)
+        # Priced and sent upstream at one explicit quality (see pricing.billed).
+        request = billed(model, submission.request)
+        submission = evolve(submission, request=request)
         if submission.callback_url is not None and self._check_callback is not None:
             await self._check_callback(submission.callback_url,
                                        key.limits.webhook_allow_networks)
+        await self._check_references(submission)
         credits = price(model, request)
         try:
             self.providers[route.provider].check(_with_uploads(submission), route.model,
@@ -143,23 +162,31 @@ class Gateway:
             raise InvalidRequest(exc.message, param=exc.param) from None
         job_id = new_job_id()
         now = now_ms(self.clock)
-        refs = [item if isinstance(item, ImageRef)
-                else await self._store_input(job_id, now, f"image{i}", item)
-                for i, item in enumerate(submission.ordered_images())]
-        mask = request.mask
-        if submission.mask_upload is not None:
-            mask = await self._store_input(job_id, now, "mask", submission.mask_upload)
-        request = evolve(request, images=tuple(refs), mask=mask)
+        request = await self._store_inputs(job_id, now, submission)
         new = NewJob(
             id=job_id, key_id=key.id, surface=surface, model=model.id, request=request,
             client_params=submission.client_params, provider=route.provider,
             upstream_model=route.model, callback_url=submission.callback_url,
             created_at=now, deadline_at=now + int(self.settings.jobs.deadline_seconds * 1000),
             credits=credits, max_concurrent=key.limits.max_concurrent,
-            route_index=route_index)
+            route_index=route_index, idempotency=idempotency)
         # Created and dispatched as one: a request cancelled in between must not
         # leave a job claimed by this process that never starts.
         return await asyncio.shield(self._create_and_dispatch(new, before_start))
+
+    async def _check_references(self, submission: Submission) -> None:
+        """Refuse (400) now a reference URL whose host is known to be refused; the
+        fetch before the upstream call checks again, on the address it dials."""
+        if self._check_reference is None:
+            return
+        # Side by side: each may wait on DNS.
+        checks = [self._check_reference(item.url, f"reference image {i + 1}", "images")
+                  for i, item in enumerate(submission.ordered_images())
+                  if isinstance(item, ImageRef) and item.url is not None]
+        mask = submission.request.mask
+        if mask is not None and mask.url is not None:
+            checks.append(self._check_reference(mask.url, "the mask", "mask"))
+        await asyncio.gather(*checks)
 
     async def _create_and_dispatch(self, new: NewJob,
                                    before_start: Callable[[Job], None] | None) -> Job:
@@ -193,18 +220,47 @@ class Gateway:
             self._refuse("credits")
             raise InsufficientCredits(f"insufficient credits: this request costs {exc.price}, "
                                       f"the balance is {exc.balance}") from None
+        except IdempotencySuperseded:
+            await self._discard_inputs(new.request)
+            raise Conflict("a newer request with this Idempotency-Key took it over",
+                           param="Idempotency-Key") from None
+        except StoreUnavailable:
+            await self._discard_inputs(new.request)
+            raise
         except ConcurrencyLimitReached as exc:
             await self._discard_inputs(new.request)
             self._refuse("concurrency")
             raise RateLimited(f"{exc.limit} jobs already in flight for this key; wait for one "
                               "to finish", retry_after=1.0) from None
 
-    async def _store_input(self, job_id: str, created_at: int, name: str,
-                           upload: UploadedImage) -> ImageRef:
-        key = blob_key("inputs", job_id, created_at, name,
-                       images.EXTENSIONS[upload.content_type])
-        await self.storage.put(key, upload.data, upload.content_type)
-        return ImageRef(blob=key, content_type=upload.content_type)
+    async def _store_inputs(self, job_id: str, now: int,
+                            submission: Submission) -> GenerationRequest:
+        """The request with its uploads written to blob storage. A failed write is
+        ours, not the client's: 503, and what was written already goes again."""
+        written: list[ImageRef] = []
+
+        async def store(name: str, upload: UploadedImage) -> ImageRef:
+            key = blob_key("inputs", job_id, now, name, images.EXTENSIONS[upload.content_type])
+            await self.storage.put(key, upload.data, upload.content_type)
+            written.append(ImageRef(blob=key, content_type=upload.content_type))
+            return written[-1]
+
+        request = submission.request
+        try:
+            refs = [item if isinstance(item, ImageRef) else await store(f"image{i}", item)
+                    for i, item in enumerate(submission.ordered_images())]
+            mask = request.mask
+            if submission.mask_upload is not None:
+                mask = await store("mask", submission.mask_upload)
+        except OSError:
+            self.metrics.storage_errors.labels("write").inc()
+            log.error("blob storage failed", operation="write", exc_info=True)
+            await self._discard_inputs(evolve(request, images=tuple(written), mask=None))
+            error = ServiceUnavailable("the gateway could not store the reference images; "
+                                       "try again later", retry_after=STORAGE_RETRY_SECONDS)
+            error.code = "storage_error"
+            raise error from None
+        return evolve(request, images=tuple(refs), mask=mask)
 
     async def _discard_inputs(self, request: GenerationRequest) -> None:
         """Remove the uploads of a request refused at the last step: no job owns them."""

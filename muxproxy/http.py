@@ -13,9 +13,13 @@ from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.responses import Response
 
 from muxproxy.errors import InternalError, InvalidRequest, MuxError, PayloadTooLarge
+from muxproxy.jobs import IdempotencyClaim
 from muxproxy.logs import get_logger
 
 log = get_logger("muxproxy.http")
+
+# Where the Idempotency middleware leaves the key it reserved for a create call.
+IDEMPOTENCY_SCOPE_KEY = "muxproxy.idempotency"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 ErrorRenderer = Callable[[MuxError], Response]
@@ -24,6 +28,13 @@ ErrorRenderer = Callable[[MuxError], Response]
 class JSONResponse(_StarletteJSON):
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+def idempotency_claim(request: Request) -> IdempotencyClaim | None:
+    """The Idempotency-Key this create call reserved, for the gateway to bind to
+    its job (see :mod:`muxproxy.idempotency`)."""
+    claim: IdempotencyClaim | None = request.scope.get(IDEMPOTENCY_SCOPE_KEY)
+    return claim
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -1,11 +1,18 @@
 """``Idempotency-Key`` on every create call, as plain ASGI middleware.
 
-The first request with a key runs and, if it succeeds, its response is kept; a
-retry with the same key and the same body gets that response again (marked
-``Idempotent-Replayed: true``) and creates nothing. The same key with another
-body is refused with 422, and a retry while the first is still running with 409.
-Keys belong to the API key that sent them and expire after
-``limits.idempotency_ttl_seconds``. Failed requests are not kept: a retry runs.
+The first request with a key reserves it; the job it creates is bound to the key
+in the transaction that stores the job. A retry with the same key and the same
+body is answered from that job, whatever became of the first answer (a timeout,
+a hang-up, a 5xx, a crash): rendered from the job's current state by the
+surface (``Idempotent-Replayed: true``), and nothing is created. The table keeps
+the job id and a digest of the request, never a response.
+
+The same key with another body is refused with 422. A retry while the first
+request is still in its create step (no job bound yet) gets 409; a reservation
+whose create step is over (made by a process that is gone, or older than
+:data:`CREATE_STEP_MS`) is taken over by the retry. A request that fails before
+creating a job drops its reservation: a retry runs again. Keys belong to the API
+key that sent them and expire after ``limits.idempotency_ttl_seconds``.
 """
 
 from __future__ import annotations
@@ -19,15 +26,23 @@ from muxproxy.app_state import AppState
 from muxproxy.auth import presented_key
 from muxproxy.clock import now_ms
 from muxproxy.errors import Conflict, InternalError, InvalidRequest, MuxError, Unprocessable
+from muxproxy.forms import FormLimits, parse_form
+from muxproxy.http import IDEMPOTENCY_SCOPE_KEY
+from muxproxy.jobs import IdempotencyClaim
 from muxproxy.logs import get_logger
 from muxproxy.middleware import header
-from muxproxy.store.accounts import IdempotentResponse
-from muxproxy.surfaces.shapes import renderer_for
+from muxproxy.store import ApiKey
+from muxproxy.surfaces.shapes import renderer_for, replayer_for
 
 log = get_logger("muxproxy.idempotency")
 
 CREATE_PATHS = frozenset({"/api/v1/images/generations", "/api/v1/generations",
                           "/v1/images/generations", "/v1/images/edits"})
+# How long a reservation with no job yet answers 409 to a retry in the same
+# process. A create step (validation, storing uploads, the insert) takes well under
+# a second; a reservation older than this belongs to a request that never finished
+# it, and the retry takes the key over.
+CREATE_STEP_MS = 30_000
 
 
 class Idempotency:
@@ -51,21 +66,23 @@ class Idempotency:
 
         try:
             await self._handle(scope, receive, tracking, idem_key)
+        except MuxError as exc:  # the database refused its record: 503, Retry-After
+            if not started:
+                await _refuse(scope, receive, send, exc)
         except Exception:
             # Like every endpoint: logged, and a 500 in the surface's own shape.
             log.exception("idempotency failed", path=scope["path"])
             if not started:
-                await self._refuse(scope, receive, send, InternalError("internal server error"))
+                await _refuse(scope, receive, send, InternalError("internal server error"))
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send,
                       idem_key: str) -> None:
-        request = Request(scope)
         if not 1 <= len(idem_key) <= 255:
-            await self._refuse(scope, receive, send, InvalidRequest(
+            await _refuse(scope, receive, send, InvalidRequest(
                 "Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key"))
             return
         state: AppState = scope["app"].state.mux
-        presented = presented_key(request)
+        presented = presented_key(Request(scope))
         key = await state.auth.lookup(presented) if presented else None
         if key is None or key.revoked_at is not None:
             await self.app(scope, receive, send)  # the endpoint answers 401
@@ -75,54 +92,74 @@ class Idempotency:
         if not complete:
             await self.app(scope, replay, send)  # the endpoint answers 413
             return
-        digest = hashlib.sha256(b"%s\n%s\n%s" % (
-            scope["path"].encode(), request.headers.get("content-type", "").encode(),
-            b"".join(chunks))).hexdigest()
-        ttl_ms = state.settings.limits.idempotency_ttl_seconds * 1000
-        record = await state.store.idempotency_begin(key.id, idem_key, digest,
-                                                     now=now_ms(state.clock), ttl_ms=ttl_ms)
-        if record is not None:
-            if record.request_hash != digest:
-                await self._refuse(scope, receive, send, Unprocessable(
-                    "this Idempotency-Key was already used with a different request",
-                    param="Idempotency-Key"))
-            elif record.response is None:
-                await self._refuse(scope, receive, send, Conflict(
-                    "a request with this Idempotency-Key is still in progress",
-                    param="Idempotency-Key"))
-            else:
-                await _send_replay(send, record.response)
-            return
-        await self._first(scope, replay, send, state, key.id, idem_key)
+        digest = await request_digest(scope["path"], header(scope, b"content-type") or "",
+                                      b"".join(chunks), state.settings.limits.max_body_bytes)
+        outcome = await state.store.idempotency_begin(
+            key.id, idem_key, digest, now=now_ms(state.clock),
+            ttl_ms=state.settings.limits.idempotency_ttl_seconds * 1000,
+            owner=state.scheduler.owner, create_step_ms=CREATE_STEP_MS)
+        if isinstance(outcome, IdempotencyClaim):
+            # In place, not a copy: the router's notes on the scope (the route, for
+            # metrics) must reach the middleware outside this one.
+            scope[IDEMPOTENCY_SCOPE_KEY] = outcome
+            try:
+                await self.app(scope, replay, send)
+            finally:
+                # A no-op once the job is bound; otherwise no job exists: a retry runs.
+                await state.store.idempotency_release(outcome)
+        elif outcome.request_hash != digest:
+            await _refuse(scope, replay, send, Unprocessable(
+                "this Idempotency-Key was already used with a different request",
+                param="Idempotency-Key"))
+        elif outcome.job_id is None:
+            await _refuse(scope, replay, send, Conflict(
+                "a request with this Idempotency-Key is still in progress",
+                param="Idempotency-Key"))
+        else:
+            await _replay(scope, replay, send, state, key, outcome.job_id)
 
-    async def _first(self, scope: Scope, receive: Receive, send: Send, state: AppState,
-                     key_id: str, idem_key: str) -> None:
-        status = 0
-        content_type = "application/json"
-        chunks: list[bytes] = []
 
-        async def capture(message: Message) -> None:
-            nonlocal status, content_type
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                for name, value in message.get("headers", []):
-                    if name.lower() == b"content-type":
-                        content_type = value.decode("latin-1")
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-            await send(message)
+async def _replay(scope: Scope, receive: Receive, send: Send, state: AppState, key: ApiKey,
+                  job_id: str) -> None:
+    """The surface's answer for the bound job, as it stands now."""
+    request = Request(scope, receive)
+    try:
+        job = await state.gateway.job_for(key, job_id)
+        response = await replayer_for(scope["path"])(request, state, job)
+    except MuxError as exc:
+        response = renderer_for(scope["path"])(exc)
+    response.headers["idempotent-replayed"] = "true"
+    response.headers["x-muxproxy-job-id"] = job_id
+    await response(scope, receive, send)
 
-        response = None
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, exc: MuxError) -> None:
+    await renderer_for(scope["path"])(exc)(scope, receive, send)
+
+
+async def request_digest(path: str, content_type: str, body: bytes, limit: int) -> str:
+    """What makes two requests "the same": the path and the body. A form is taken
+    by its parts, not its bytes: a client's retry draws a new multipart boundary."""
+    if content_type.lower().startswith("multipart/form-data"):
         try:
-            await self.app(scope, receive, capture)
-            if 200 <= status < 300:
-                response = IdempotentResponse(status=status, body=b"".join(chunks),
-                                              content_type=content_type)
-        finally:
-            await state.store.idempotency_finish(key_id, idem_key, response)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: MuxError) -> None:
-        await renderer_for(scope["path"])(exc)(scope, receive, send)
+            form = await parse_form(body, content_type, FormLimits(
+                max_parts=1000, max_file_bytes=limit, max_field_bytes=limit))
+        except MuxError:
+            pass  # the endpoint refuses it; no job, so nothing to bind
+        else:
+            digest = hashlib.sha256(path.encode() + b"\nform\n")
+            for name, value in sorted(form.fields.items()):
+                digest.update(b"field %d %s %d %s" % (len(name), name.encode(), len(value),
+                                                      value.encode()))
+            for part in form.files:
+                filename = (part.filename or "").encode()
+                digest.update(b"file %d %s %d %s %d " % (
+                    len(part.name), part.name.encode(), len(filename), filename,
+                    len(part.data)))
+                digest.update(part.data)
+            return digest.hexdigest()
+    return hashlib.sha256(b"%s\n%s\n%s" % (path.encode(), content_type.encode(),
+                                            body)).hexdigest()
 
 
 async def _buffer(receive: Receive, limit: int) -> tuple[list[bytes], bool]:
@@ -154,11 +191,3 @@ def _replaying(chunks: list[bytes], complete: bool, receive: Receive) -> Receive
         return await receive()
 
     return replay
-
-
-async def _send_replay(send: Send, response: IdempotentResponse) -> None:
-    await send({"type": "http.response.start", "status": response.status,
-                "headers": [(b"content-type", response.content_type.encode("latin-1")),
-                            (b"content-length", str(len(response.body)).encode()),
-                            (b"idempotent-replayed", b"true")]})
-    await send({"type": "http.response.body", "body": response.body})

@@ -139,12 +139,24 @@ class NewJob:
     route_index: int = 0
     # Created already claimed by a scheduler with a free slot (it starts it at once).
     lease: Lease | None = None
+    # The Idempotency-Key reserved for this request: bound to the job by the insert.
+    idempotency: IdempotencyClaim | None = None
 
 
 @dataclass(frozen=True)
 class Lease:
     owner: str
     until: int
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """An ``Idempotency-Key`` reserved by one request, until its job is created.
+    ``token`` tells this reservation from a later one that took the key over."""
+
+    key_id: str
+    idem_key: str
+    token: str
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,9 @@ class Metrics:
         self.circuit_open = Gauge(
             "muxproxy_provider_circuit_open", "1 while a provider's circuit breaker is open",
             ["provider"], registry=r)
+        self.storage_errors = Children(Counter(
+            "muxproxy_storage_errors", "Failed operations on the gateway's own blob storage "
+            "(write, read, delete)", ["operation"], registry=r))
         self.upstream_latency = Children(Histogram(
             "muxproxy_upstream_request_duration_seconds", "Upstream call latency",
             ["provider"], buckets=JOB_BUCKETS, registry=r))

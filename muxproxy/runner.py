@@ -15,10 +15,12 @@ import aiohttp
 
 from muxproxy import images
 from muxproxy.backoff import backoff, poll_delay
-from muxproxy.breaker import CircuitBreaker
+from muxproxy.breaker import CircuitBreaker, provider_fault
 from muxproxy.clock import Clock, now_ms
 from muxproxy.events import JobEvents
+from muxproxy.faults import InputMissing, JobFault, StorageFault
 from muxproxy.fetch import download
+from muxproxy.generation import ImageRef
 from muxproxy.jobs import Job, JobResult, JobState, StoredImage
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
@@ -33,6 +35,7 @@ from muxproxy.providers.base import (
     Submitted,
 )
 from muxproxy.providers.errors import Unsupported, UpstreamError
+from muxproxy.references import Budget, ReferenceFetcher
 from muxproxy.routing import next_route
 from muxproxy.settings import Settings
 from muxproxy.storage import BlobNotFound, BlobStorage, blob_key
@@ -45,7 +48,7 @@ class JobRunner:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
                  providers: Mapping[str, Provider], http: aiohttp.ClientSession,
                  clock: Clock, metrics: Metrics, events: JobEvents,
-                 breakers: Mapping[str, CircuitBreaker]) -> None:
+                 breakers: Mapping[str, CircuitBreaker], fetcher: ReferenceFetcher) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -55,6 +58,7 @@ class JobRunner:
         self.metrics = metrics
         self.events = events
         self.breakers = breakers
+        self.fetcher = fetcher
 
     async def run(self, job: Job, owner: str) -> bool:
         """One step of ``job``; True when it left the job terminal, so that no later
@@ -72,31 +76,42 @@ class JobRunner:
             return False
         remaining = (job.deadline_at - now) / 1000
         started = time.perf_counter()
+        # Until the upstream is called, a failure is the request's or ours.
+        upstream_called = False
         try:
             if remaining <= 0:
                 raise TimeoutError
             async with asyncio.timeout(remaining):
                 if job.upstream_id is None:
-                    outcome: Any = await provider.submit(await self._call(job))
+                    call = await self._call(job)
+                    upstream_called = True
+                    outcome: Any = await provider.submit(call)
                 else:
+                    upstream_called = True
                     outcome = await provider.poll(self._handle(job))
                 if isinstance(outcome, Finished):
                     result = await self._store_results(job, outcome)
+        except JobFault as exc:
+            breaker.release()
+            return await self._fail(job, owner, exc.code, exc.message, cancel=False)
         except TimeoutError:
-            self._observe(provider, "timeout", started)
-            breaker.failure()
+            if upstream_called:
+                self._observe(provider, "timeout", started)
+                breaker.failure()
+            else:
+                breaker.release()
             return await self._fail(job, owner, "deadline_exceeded",
                                     "job deadline exceeded before the upstream finished")
         except UpstreamError as exc:
             self._observe(provider, "transient" if exc.transient else "permanent", started)
-            if exc.transient:
+            if provider_fault(exc):
                 breaker.failure()
             else:
-                breaker.success()
+                breaker.release()
             return await self._on_error(job, owner, exc)
         except Unsupported as exc:
             self._observe(provider, "permanent", started)
-            breaker.success()
+            breaker.release()
             return await self._fail(job, owner, "unsupported", exc.message)
         except Exception:
             # A bug in an adapter must not strand the job: log it, retry like a
@@ -120,7 +135,7 @@ class JobRunner:
             done = await self._move(job, owner, JobState.COMPLETED, result=result.to_json(),
                                     completed_at=now, fail_code=None, fail_msg=None)
             if done is not None:
-                self.record(done)
+                await self.ended(done)
             return done is not None
         if isinstance(outcome, Submitted):
             delay = poll_delay(0, jobs.poll_initial_seconds, jobs.poll_cap_seconds)
@@ -186,14 +201,16 @@ class JobRunner:
                          upstream_state=None, run_after=now_ms(self.clock))
         return True
 
-    async def _fail(self, job: Job, owner: str, code: str, message: str) -> bool:
+    async def _fail(self, job: Job, owner: str, code: str, message: str, *,
+                    cancel: bool = True) -> bool:
+        """Fail the job; ``cancel`` asks the upstream to stop working on it too."""
         now = now_ms(self.clock)
         failed = await self._move(job, owner, JobState.FAILED, fail_code=code, fail_msg=message,
                                   completed_at=now)
         if failed is None:
             return False
-        self.record(failed)
-        if failed.upstream_id is not None:
+        await self.ended(failed)
+        if cancel and failed.upstream_id is not None:
             await self.cancel_upstream(failed)
         return True
 
@@ -213,6 +230,24 @@ class JobRunner:
         except StaleJob as exc:
             log.warning("job changed under the worker", actual=exc.actual)
             return None
+
+    async def ended(self, job: Job) -> None:
+        """A job reached its end, on whichever path: record it, then delete the
+        reference images uploaded with it (only its results are kept)."""
+        self.record(job)
+        await self._delete_blobs(job, [ref.blob for ref in (*job.request.images,
+                                                            job.request.mask)
+                                       if ref is not None and ref.blob is not None])
+
+    async def _delete_blobs(self, job: Job, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                await self.storage.delete(key)
+            except Exception:
+                # Left for the retention sweep; the job's outcome stands.
+                self.metrics.storage_errors.labels("delete").inc()
+                log.warning("could not delete a blob", job_id=job.id, key=key,
+                            exc_info=True)
 
     def record(self, job: Job) -> None:
         """Count and log a job entering its state; announce it when terminal."""
@@ -235,15 +270,16 @@ class JobRunner:
             time.perf_counter() - started)
 
     async def _call(self, job: Job) -> Call:
+        """The provider's call, every reference in hand: URLs fetched (and vetted)
+        here, before the upstream hears of the job, uploads read back."""
         request = job.request
-        refs = tuple([await self._reference(ref.url, ref.blob, ref.content_type)
-                      for ref in request.images])
+        budget = self.fetcher.budget()
+        refs = tuple([await self._reference(ref, f"reference image {i + 1}", budget)
+                      for i, ref in enumerate(request.images)])
         mask = request.mask
-        route = self._route_params(job)
         return Call(job_id=job.id, request=request, upstream_model=job.upstream_model,
-                    params=route, images=refs,
-                    mask=await self._reference(mask.url, mask.blob, mask.content_type)
-                    if mask else None)
+                    params=self._route_params(job), images=refs,
+                    mask=await self._reference(mask, "the mask", budget) if mask else None)
 
     def _route_params(self, job: Job) -> Mapping[str, Any]:
         model = self.settings.models.get(job.model)
@@ -251,16 +287,21 @@ class JobRunner:
             return {}
         return model.routes[job.route_index].params
 
-    async def _reference(self, url: str | None, blob: str | None,
-                         content_type: str | None) -> Reference:
-        data = None
-        if blob is not None:
-            try:
-                data = await self.storage.get(blob)
-            except BlobNotFound:
-                raise UpstreamError("a stored reference image is missing", transient=False,
-                                    code="input_missing") from None
-        return Reference(url=url, data=data, content_type=content_type)
+    async def _reference(self, ref: ImageRef, label: str, budget: Budget) -> Reference:
+        if ref.url is not None:
+            data, content_type = await self.fetcher.fetch(ref.url, label, budget)
+            return Reference(url=ref.url, data=data, content_type=content_type)
+        if ref.blob is None:
+            raise InputMissing(f"{label} is missing")
+        try:
+            data = await self.storage.get(ref.blob)
+        except BlobNotFound:
+            raise InputMissing(f"{label}, stored at submit, is missing") from None
+        except OSError:
+            self._storage_failed("read", job_id=None)
+            raise StorageFault(f"the gateway could not read {label} from its storage"
+                               ) from None
+        return Reference(url=None, data=data, content_type=ref.content_type)
 
     def _handle(self, job: Job) -> Handle:
         assert job.upstream_id is not None
@@ -272,7 +313,7 @@ class JobRunner:
             raise UpstreamError(f"{job.provider}: upstream finished without an image",
                                 transient=False, code="no_image")
         limits = self.settings.limits
-        stored = []
+        stored: list[StoredImage] = []
         for index, item in enumerate(outcome.images):
             if isinstance(item, ImageData):
                 data = item.data
@@ -286,9 +327,20 @@ class JobRunner:
                     timeout=self.providers[job.provider].settings.timeout_seconds)
             key = blob_key("results", job.id, job.created_at, str(index),
                            images.EXTENSIONS[content_type])
-            await self.storage.put(key, data, content_type)
+            try:
+                await self.storage.put(key, data, content_type)
+            except OSError:
+                self._storage_failed("write", job_id=job.id)
+                # A failed job keeps no result: the images written before go too.
+                await self._delete_blobs(job, [image.key for image in stored])
+                raise StorageFault("the gateway could not store the result image") from None
             width, height = images.dimensions(data)
             stored.append(StoredImage(key=key, content_type=content_type, width=width,
                                       height=height))
         return JobResult(images=tuple(stored), revised_prompt=outcome.revised_prompt)
 
+    def _storage_failed(self, operation: str, *, job_id: str | None) -> None:
+        """Our own disk failed: counted, and logged with its cause for the operator
+        (the client's message says only that storage failed)."""
+        self.metrics.storage_errors.labels(operation).inc()
+        log.error("blob storage failed", operation=operation, job_id=job_id, exc_info=True)

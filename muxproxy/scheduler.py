@@ -2,8 +2,16 @@
 limit and runs them.
 
 The loop is "wait for a wake-up, a timer or stop": submits wake it at once; the
-timer is the earliest ``run_after`` in the store (next poll, next retry), capped
-so deadlines are swept regularly. Every pass logs its exception and carries on.
+timer is the earliest ``run_after`` in the store (next poll, next retry) or the
+earliest lease to lapse, capped so deadlines are swept regularly. Every pass logs
+its exception and carries on.
+
+A step's lease covers the provider's timeout plus ``jobs.lease_margin_seconds``,
+yet a step may make several calls (references, the upstream, the result's
+download), each with that timeout. So the sweep renews the lease of every step
+still running here once half of it is gone: a live step's lease never lapses,
+while a job whose lease could not be handed back (the release failed) falls due
+again when it lapses, and the next claim takes it up.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ class Scheduler:
         self._draining = False
         self._loop: asyncio.Task[None] | None = None
         self._running: dict[asyncio.Task[bool], Job] = {}
+        self._leases: dict[str, int] = {}  # job id -> lease_until, for steps running here
         self._in_flight = dict.fromkeys(providers, 0)
         # Whether due jobs of a provider may be waiting for a slot (then a new job
         # queues behind them rather than take a slot that frees up).
@@ -61,7 +70,7 @@ class Scheduler:
             log.info("recovered jobs after restart", resumed=recovery.resumed,
                      retried=recovery.retried, failed=len(recovery.failed))
         for job in recovery.failed:
-            self.runner.record(job)
+            await self.runner.ended(job)
         self._loop = asyncio.create_task(self._run(), name="muxproxy-scheduler")
 
     def wake(self) -> None:
@@ -97,7 +106,7 @@ class Scheduler:
 
     def running(self, job_id: str) -> bool:
         """Is a step of this job running in this process now?"""
-        return any(job.id == job_id for job in self._running.values())
+        return job_id in self._leases
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop claiming; give running steps ``grace_seconds``, then cancel them and
@@ -115,7 +124,7 @@ class Scheduler:
         leftovers = list(self._running.items())
         await asyncio.gather(*(t for t, _ in leftovers), return_exceptions=True)
         for _, job in leftovers:
-            await self.store.release(job.id, self.owner, now=now_ms(self.clock))
+            await self._release(job)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -139,9 +148,10 @@ class Scheduler:
         sweep = now >= self._next_sweep
         if sweep:
             self._next_sweep = now + int(SWEEP_SECONDS * 1000)
+            await self._renew_leases(now)
             for job in await self.store.expire_overdue(now):
                 log.info("job deadline exceeded", job_id=job.id)
-                self.runner.record(job)
+                await self.runner.ended(job)
                 if job.upstream_id is not None:
                     await self.runner.cancel_upstream(job)
         if self._stopping:
@@ -160,7 +170,10 @@ class Scheduler:
             # Fewer due jobs than free slots: none is left waiting for one.
             self._queued[name] = len(jobs) >= free
             for job in jobs:
-                self._spawn(job)
+                # A step still running here whose lease lapsed anyway (the loop was
+                # held up past it): the claim has renewed it; never run it twice.
+                if job.id not in self._leases:
+                    self._spawn(job)
 
     def _full(self, provider: str) -> bool:
         """Are all of the provider's slots taken?"""
@@ -169,6 +182,18 @@ class Scheduler:
     def _lease_ms(self, provider: Provider) -> int:
         return int((provider.settings.timeout_seconds
                     + self.settings.lease_margin_seconds) * 1000)
+
+    async def _renew_leases(self, now: int) -> None:
+        """Extend the leases of steps running here once half of a lease is gone."""
+        renew: dict[str, list[str]] = {}
+        for job in self._running.values():
+            lease_ms = self._lease_ms(self.providers[job.provider])
+            if self._leases.get(job.id, 0) - now < lease_ms // 2:
+                renew.setdefault(job.provider, []).append(job.id)
+        for provider, ids in renew.items():
+            until = now + self._lease_ms(self.providers[provider])
+            await self.store.renew_leases(ids, self.owner, until)
+            self._leases.update(dict.fromkeys(ids, until))
 
     async def _next_wake(self) -> int:
         """When the next job falls due (ms), but no later than the next sweep.
@@ -186,6 +211,7 @@ class Scheduler:
         return sweep if due is None else min(sweep, due)
 
     def _spawn(self, job: Job) -> None:
+        self._leases[job.id] = job.lease_until or 0
         self._in_flight[job.provider] += 1
         self.metrics.jobs_in_flight.labels(job.provider).inc()
         self._idle.clear()
@@ -202,11 +228,21 @@ class Scheduler:
             raise
         except Exception:
             log.exception("job step failed")
-            await self.store.release(job.id, self.owner, now=now_ms(self.clock))
+            await self._release(job)
             return False
+
+    async def _release(self, job: Job) -> None:
+        """Hand a lease back; when the database refuses, the lease lapses instead and
+        the job is claimed again then (see claim_due), so nothing more is needed."""
+        try:
+            await self.store.release(job.id, self.owner, now=now_ms(self.clock))
+        except Exception as exc:
+            log.warning("could not hand a job's lease back; it is taken up again when "
+                        "the lease lapses", job_id=job.id, error=type(exc).__name__)
 
     def _done(self, task: asyncio.Task[bool], job: Job) -> None:
         self._running.pop(task, None)
+        self._leases.pop(job.id, None)
         provider = job.provider
         was_full = self._full(provider)
         self._in_flight[provider] -= 1

@@ -171,12 +171,12 @@ async def test_unknown_route_and_method_in_native_shape(gateway: RunningGateway)
         assert_native_error(resp.status, await resp.json(), 405, "not allowed")
 
 
-async def test_internal_failure_is_a_clean_500(gateway: RunningGateway) -> None:
+async def test_a_storage_failure_is_a_clean_503(gateway: RunningGateway) -> None:
     # Make the image folder unusable: storing the reference image fails inside
-    # the gateway. The client gets a 500 in the native shape, no traceback.
+    # the gateway. The client gets a 503 in the native shape, no traceback, no path.
     root = Path(gateway.settings.storage.url.removeprefix("file://"))
     (root / "inputs").write_text("not a directory")
     status, payload = await post(gateway, json={**GOOD, "image_base64": png_b64()})
-    assert_native_error(status, payload, 500, "internal server error")
-    assert "Traceback" not in str(payload)
+    assert_native_error(status, payload, 503, "could not store the reference images")
+    assert "Traceback" not in str(payload) and str(root) not in str(payload)
     assert await stored_jobs(gateway) == 0

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from muxproxy.clock import ManualClock
 from muxproxy.storage import blob_key
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, merge, run_gateway
+from tests.support.references import ALLOW_LOOPBACK, ImageServer, record_calls
 
 
 async def fetch_image(gateway: RunningGateway, url: str) -> tuple[str, Image.Image]:
@@ -231,31 +232,35 @@ async def test_logs_are_json_with_request_id_and_no_secrets(
         assert secret not in out
 
 
-async def test_reference_images_keep_the_clients_order(gateway: RunningGateway) -> None:
+async def test_reference_images_keep_the_clients_order(config: dict[str, Any]) -> None:
     """Seed 002: "combine the model from image 1 (image_base64) with the outfit from
     image 2 (image_urls)": the upstream must see them in that order."""
     from tests.test_native_errors import png_b64
 
-    body = {"model": "demo-image", "prompt": "combine", "image_base64": png_b64(),
-            "image_urls": ["https://example.com/outfit.jpg"],
-            "image_url": "https://example.com/third.jpg"}
-    task_id = await gateway.submit(body)
-    job = await gateway.state.store.get_job(task_id)
-    assert job is not None
-    first, second, third = job.request.images
-    assert first.blob == blob_key("inputs", task_id, job.created_at, "image0", "png")
-    assert (second.url, third.url) == ("https://example.com/outfit.jpg",
-                                       "https://example.com/third.jpg")
-    stored = await gateway.state.storage.get(first.blob)
-    assert stored.startswith(b"\x89PNG")
-    # The OpenAI surface's JSON edit form keeps its list order too.
-    async with gateway.http.post(
-            f"{gateway.url}/v1/images/edits", headers=gateway.headers(),
-            json={"model": "demo-image", "prompt": "edit", "size": "256x256",
-                  "images": [{"image_url": "https://example.com/a.png"},
-                             {"image_url": f"data:image/png;base64,{png_b64()}"}]}) as resp:
-        assert resp.status == 200, await resp.text()
-        job_id = resp.headers["x-muxproxy-job-id"]
-    job = await gateway.state.store.get_job(job_id)
-    assert job is not None
-    assert [i.url is not None for i in job.request.images] == [True, False]
+    async with ImageServer() as server, run_gateway(merge(config, ALLOW_LOOPBACK)) as gateway:
+        calls = record_calls(gateway.state.providers["demo"])
+        outfit, third = server.url("/image.png?outfit"), server.url("/image.png?third")
+        body = {"model": "demo-image", "prompt": "combine", "image_base64": png_b64(),
+                "image_urls": [outfit], "image_url": third}
+        task_id = await gateway.submit(body)
+        assert (await gateway.wait_terminal(task_id))["state"] == "completed"
+        job = await gateway.state.store.get_job(task_id)
+        assert job is not None
+        first, second, last = job.request.images
+        assert first.blob == blob_key("inputs", task_id, job.created_at, "image0", "png")
+        assert (second.url, last.url) == (outfit, third)
+        [call] = calls
+        assert [ref.url for ref in call.images] == [None, outfit, third]
+        assert call.images[0].data is not None and call.images[0].data.startswith(b"\x89PNG")
+        assert server.paths == ["/image.png?outfit", "/image.png?third"]
+        # The OpenAI surface's JSON edit form keeps its list order too.
+        async with gateway.http.post(
+                f"{gateway.url}/v1/images/edits", headers=gateway.headers(),
+                json={"model": "demo-image", "prompt": "edit", "size": "256x256",
+                      "images": [{"image_url": server.url()},
+                                 {"image_url": f"data:image/png;base64,{png_b64()}"}]}) as resp:
+            assert resp.status == 200, await resp.text()
+            job_id = resp.headers["x-muxproxy-job-id"]
+        job = await gateway.state.store.get_job(job_id)
+        assert job is not None
+        assert [i.url is not None for i in job.request.images] == [True, False]

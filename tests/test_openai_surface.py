@@ -23,6 +23,7 @@ from muxproxy.errors import InsufficientCredits, MuxError, RateLimited, Unsuppor
 from muxproxy.surfaces import openai as surface
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, base_config, merge, run_gateway
 from tests.support.images import image_size, png_bytes
+from tests.support.references import ALLOW_LOOPBACK, ImageServer, record_calls
 from tests.support.seed_models import seed_models
 
 T = TypeVar("T")
@@ -33,7 +34,8 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 @pytest.fixture
 def config(tmp_path: Path) -> dict[str, Any]:
     return merge(base_config(tmp_path), {
-        "limits": {"max_body_bytes": 300_000, "max_image_bytes": 60_000},
+        "limits": {"max_body_bytes": 300_000, "max_image_bytes": 60_000,
+                   **ALLOW_LOOPBACK["limits"]},
         "providers": {"demo-broken": {"kind": "demo", "options": {"failure_rate": 1.0}}},
         "models": {**seed_models(),
                    "demo-broken": {"routes": [{"provider": "demo-broken", "model": "x"}]}},
@@ -126,6 +128,7 @@ async def test_edit_multipart_file_and_mask(gateway: RunningGateway, client: Asy
     source, mask = tmp_path / "source.png", tmp_path / "mask.png"
     source.write_bytes(png_bytes(40, 40))
     mask.write_bytes(png_bytes(40, 40, (0, 0, 0)))
+    calls = record_calls(gateway.state.providers["demo"])
     with source.open("rb") as image_file, mask.open("rb") as mask_file:
         raw = await client.images.with_raw_response.edit(
             image=image_file, mask=mask_file, prompt=PROMPT, model="demo-image", n=2,
@@ -137,9 +140,14 @@ async def test_edit_multipart_file_and_mask(gateway: RunningGateway, client: Asy
     assert job is not None and job.request.n == 2
     [ref] = job.request.images
     assert ref.blob is not None and ref.content_type == "image/png"
-    assert await gateway.state.storage.get(ref.blob) == source.read_bytes()
     assert job.request.mask is not None and job.request.mask.blob is not None
-    assert await gateway.state.storage.get(job.request.mask.blob) == mask.read_bytes()
+    [call] = calls
+    assert [r.data for r in call.images] == [source.read_bytes()]
+    assert call.mask is not None and call.mask.data == mask.read_bytes()
+    # The job has ended: its uploads are gone, its results stay.
+    await gateway.state.scheduler.wait_idle()
+    assert not await gateway.state.storage.exists(ref.blob)
+    assert not await gateway.state.storage.exists(job.request.mask.blob)
     # The record names the files but holds none of their bytes.
     assert job.client_params["image"] == [f"<file 'source.png', {source.stat().st_size} bytes>"]
     assert job.client_params["n"] == "2"
@@ -147,6 +155,7 @@ async def test_edit_multipart_file_and_mask(gateway: RunningGateway, client: Asy
 
 async def test_edit_with_a_list_of_images(gateway: RunningGateway, client: AsyncOpenAI) -> None:
     first, second = png_bytes(24, 24, (1, 2, 3)), png_bytes(24, 24, (4, 5, 6))
+    calls = record_calls(gateway.state.providers["demo"])
     raw = await client.images.with_raw_response.edit(
         image=[("a.png", first, "image/png"), ("b.png", second, "application/octet-stream")],
         prompt=PROMPT, model="demo-image", size="64x64", response_format="b64_json")
@@ -154,23 +163,25 @@ async def test_edit_with_a_list_of_images(gateway: RunningGateway, client: Async
     assert result.data is not None and result.data[0].b64_json
     job = await gateway.state.store.get_job(raw.headers["x-muxproxy-job-id"])
     assert job is not None
-    stored = [await gateway.state.storage.get(str(ref.blob)) for ref in job.request.images]
-    assert stored == [first, second]
+    assert all(ref.blob is not None for ref in job.request.images)
+    assert [ref.data for ref in calls[0].images] == [first, second]
 
 
 async def test_edit_json_form_with_image_urls(gateway: RunningGateway,
                                               client: AsyncOpenAI) -> None:
     data_uri = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
-    result = await client.post("/images/edits", cast_to=ImagesResponse, body={
-        "model": "demo-image", "prompt": PROMPT, "size": "64x64",
-        "images": [{"image_url": "https://images.example/cat.png"}, {"image_url": data_uri}],
-        "mask": {"image_url": data_uri}})
+    async with ImageServer() as images:
+        result = await client.post("/images/edits", cast_to=ImagesResponse, body={
+            "model": "demo-image", "prompt": PROMPT, "size": "64x64",
+            "images": [{"image_url": images.url()}, {"image_url": data_uri}],
+            "mask": {"image_url": data_uri}})
+    assert images.paths == ["/image.png"]
     assert result.data is not None and result.data[0].url
     key = await gateway.state.store.key_by_hash(hash_key(KEY_A))
     assert key is not None
     [job] = await gateway.state.store.list_jobs(key.id)
     assert [(ref.url, ref.content_type) for ref in job.request.images] == [
-        ("https://images.example/cat.png", None), (None, "image/png")]
+        (images.url(), None), (None, "image/png")]
     assert job.request.mask is not None and job.request.mask.blob is not None
     assert "base64" not in orjson.dumps(job.client_params).decode()
 

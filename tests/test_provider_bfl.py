@@ -119,18 +119,12 @@ async def test_kontext_takes_aspect_ratio(fake: FakeBFL, http: aiohttp.ClientSes
 async def test_flux11_fits_pixels_and_sends_image_prompt_as_base64(
         fake: FakeBFL, http: aiohttp.ClientSession) -> None:
     hosted = solid((7, 7, 7), "JPEG")
-
-    async def serve(request: web.Request) -> web.Response:
-        return web.Response(body=hosted, content_type="image/jpeg")
-
-    app = web.Application()
-    app.router.add_get("/ref.jpeg", serve)
-    async with TestServer(app, host="127.0.0.1") as server:
-        ref = Reference(url=str(server.make_url("/ref.jpeg")), data=None, content_type=None)
-        await submit(provider(fake, http), call(
-            GenerationRequest(prompt="p", aspect_ratio="16:9", resolution="2k",
-                              images=(ImageRef(url="u"),)),
-            "flux-pro-1.1", images=(ref,)))
+    # Fetched by the runner already; FLUX1.1 takes only base64, so the bytes go.
+    ref = Reference(url="https://cdn.example/ref.jpeg", data=hosted, content_type="image/jpeg")
+    await submit(provider(fake, http), call(
+        GenerationRequest(prompt="p", aspect_ratio="16:9", resolution="2k",
+                          images=(ImageRef(url="u"),)),
+        "flux-pro-1.1", images=(ref,)))
     # 2k 16:9 is 2736x1536: scaled into FLUX1.1's 1440 limit, in multiples of 32.
     assert fake.order[0].body == {"prompt": "p", "width": 1440, "height": 800,
                                   "image_prompt": b64(hosted)}

@@ -10,8 +10,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest, ImageRef
@@ -61,19 +59,14 @@ def b64(data: bytes) -> str:
 async def test_request_carries_prompt_references_and_image_config(
         fake: FakeGemini, http: aiohttp.ClientSession) -> None:
     uploaded, hosted = solid((1, 2, 3)), solid((4, 5, 6), "JPEG")
-
-    async def serve(request: web.Request) -> web.Response:
-        return web.Response(body=hosted, content_type="image/jpeg")
-
-    app = web.Application()
-    app.router.add_get("/ref.jpeg", serve)
-    async with TestServer(app, host="127.0.0.1") as server:
-        refs = (Reference(url=None, data=uploaded, content_type="image/png"),
-                Reference(url=str(server.make_url("/ref.jpeg")), data=None, content_type=None))
-        request = GenerationRequest(prompt="a fox in snow", aspect_ratio="16:9",
-                                    resolution="2k",
-                                    images=(ImageRef(blob="in/0.png"), ImageRef(url="x")))
-        outcome = await provider(fake, http).submit(call(request, PRO, refs))
+    # A URL reference arrives fetched already (the runner downloads it, guarded).
+    refs = (Reference(url=None, data=uploaded, content_type="image/png"),
+            Reference(url="https://cdn.example/ref.jpeg", data=hosted,
+                      content_type="image/jpeg"))
+    request = GenerationRequest(prompt="a fox in snow", aspect_ratio="16:9",
+                                resolution="2k",
+                                images=(ImageRef(blob="in/0.png"), ImageRef(url="x")))
+    outcome = await provider(fake, http).submit(call(request, PRO, refs))
 
     assert fake.bodies == [{
         "contents": [{"role": "user", "parts": [

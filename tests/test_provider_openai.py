@@ -203,9 +203,9 @@ async def test_edit_with_one_image_and_mask(openai: OpenAIProvider, fake: FakeOp
 async def test_edit_with_several_images_uses_array_parts(
         openai: OpenAIProvider, fake: FakeOpenAI) -> None:
     jpeg = make_image((1, 2, 3), "JPEG")
-    # A URL-only reference is fetched first (here from the fake's own file server).
-    url_ref = Reference(url=f"{fake.base_url.removesuffix('/v1')}/files/ref.png", data=None,
-                        content_type=None)
+    # A URL reference arrives fetched already (the runner downloads it, guarded).
+    url_ref = Reference(url="https://cdn.example/ref.png", data=fake.image,
+                        content_type="image/png")
     await openai.submit(make_call("gpt-image-2", refs=(data_ref(PNG), data_ref(jpeg,
                                                                             "image/jpeg"),
                                                        url_ref)))
@@ -214,7 +214,7 @@ async def test_edit_with_several_images_uses_array_parts(
     assert [(u.data, u.content_type, u.filename) for u in call.files["image[]"]] == [
         (PNG, "image/png", "image0.png"), (jpeg, "image/jpeg", "image1.jpeg"),
         (fake.image, "image/png", "image2.png")]
-    assert fake.downloads == 1
+    assert fake.downloads == 0
 
 
 def test_form_values() -> None:

@@ -127,10 +127,12 @@ async def test_edit_with_one_inline_image(xai: XAIProvider, fake: FakeXAI) -> No
 
 async def test_edit_with_several_images_and_mask(xai: XAIProvider, fake: FakeXAI) -> None:
     mask = make_image((255, 255, 255))
-    https_ref = Reference(url="https://images.example/cat.png", data=None, content_type=None)
-    # Not https: fetched and sent inline (here from the fake's own file server).
-    http_ref = Reference(url=f"{fake.base_url.removesuffix('/v1')}/files/dog.jpeg", data=None,
-                         content_type=None)
+    # References arrive fetched already (the runner downloads them, guarded). An
+    # https one goes as its URL; any other is sent inline.
+    https_ref = Reference(url="https://images.example/cat.png", data=PNG,
+                          content_type="image/png")
+    http_ref = Reference(url="http://images.example/dog.jpeg", data=fake.image,
+                         content_type="image/jpeg")
     await xai.submit(make_call(MODEL, refs=(https_ref, http_ref), mask=data_ref(mask)))
     [call] = fake.calls(EDITS)
     assert call.json["images"] == [

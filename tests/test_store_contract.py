@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import IllegalTransition, Job, JobState, Lease, NewJob
+from muxproxy.jobs import IdempotencyClaim, IllegalTransition, Job, JobState, Lease, NewJob
 from muxproxy.store import StaleJob, Store
+from muxproxy.store.accounts import IdempotencyRecord, IdempotencySuperseded
 from muxproxy.store.sqlite import SqliteStore
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
@@ -246,6 +247,60 @@ async def test_next_due(store: Store) -> None:
     assert await store.next_due([]) is None
 
 
+async def test_a_lapsed_lease_is_claimed_again_earliest_first(store: Store) -> None:
+    await store.create_job(new_job("a", created=T0))
+    await store.create_job(new_job("b", created=T0 + 5))
+    held = await store.claim_due("demo", T0 + 5, 10, "worker-gone", T0 + 1_000)
+    assert [j.id for j in held] == ["a", "b"]
+    await store.create_job(new_job("c", created=T0 + 20))
+    assert [j.id for j in await store.claim_due("demo", T0 + 999, 10, OWNER, T0 + 60_000)
+            ] == ["c"]
+    taken = await store.claim_due("demo", T0 + 1_000, 10, OWNER, T0 + 60_000)
+    assert [j.id for j in taken] == ["a", "b"]
+    assert {j.lease_owner for j in taken} == {OWNER}
+    assert {j.lease_until for j in taken} == {T0 + 60_000}
+    assert await store.claim_due("demo", T0 + 1_000, 10, "worker-3", T0 + 60_000) == []
+
+
+async def test_next_due_counts_leases_that_will_lapse(store: Store) -> None:
+    await store.create_job(new_job("a", created=T0))
+    await store.claim_due("demo", T0, 10, "worker-gone", T0 + 1_000)
+    assert await store.next_due(["demo"]) == T0 + 1_000
+    await store.create_job(new_job("b", created=T0 + 2_000))
+    assert await store.next_due(["demo"]) == T0 + 1_000
+    assert await store.next_due(["other"]) is None
+
+
+async def test_renewed_leases_do_not_lapse(store: Store) -> None:
+    await store.create_job(new_job("a", created=T0))
+    await store.create_job(new_job("b", created=T0 + 2_000))
+    await store.claim_due("demo", T0, 10, OWNER, T0 + 1_000)
+    await store.renew_leases(["a"], "someone-else", T0 + 900)  # not theirs: no change
+    await store.renew_leases(["a"], OWNER, T0 + 5_000)
+    assert await store.next_due(["demo"]) == T0 + 2_000
+    assert await store.claim_due("demo", T0 + 1_500, 10, "worker-2", T0 + 60_000) == []
+    job = await store.get_job("a")
+    assert job is not None
+    assert (job.lease_owner, job.lease_until) == (OWNER, T0 + 5_000)
+
+
+async def test_the_retention_sweep_sees_each_ended_job_until_marked(store: Store) -> None:
+    for name, ended in (("old", T0 + 10), ("new", T0 + 5_000)):
+        await store.create_job(new_job(name))
+        job = await claim_one(store, name)
+        await store.transition(job, JobState.PENDING, JobState.FAILED, now=ended,
+                               owner=OWNER, fail_code="x", fail_msg="x", completed_at=ended)
+    await store.create_job(new_job("running"))
+    assert [j.id for j in await store.ended_unswept(10)] == ["old", "new"]
+    assert [j.id for j in await store.expired_unswept(T0 + 100, 10)] == ["old"]
+    await store.mark_swept(["old", "new"], 1)
+    assert await store.ended_unswept(10) == []
+    assert [j.id for j in await store.expired_unswept(T0 + 100, 10)] == ["old"]
+    await store.mark_swept(["old"], 2)
+    await store.mark_swept(["old"], 1)  # never lowered
+    assert [j.id for j in await store.expired_unswept(T0 + 10**6, 10)] == ["new"]
+
+
 async def test_recover_after_a_crash(store: Store) -> None:
     for name in ("polling", "submitting", "twice", "queued"):
         await store.create_job(new_job(name))
@@ -380,3 +435,65 @@ async def test_credits_move_at_most_once_whatever_the_steps(store: Store) -> Non
     assert {j.id: j.billing for j in await store.list_jobs(key.id)} == {
         "charged": "refunded", "released": "released"}
     assert charged.billing == "held"
+
+
+# -- idempotency: a key bound to its job ------------------------------------------
+
+async def test_an_idempotency_key_is_bound_by_the_job_insert(store: Store) -> None:
+    key = await store.create_key("payer", "digest-payer", now=T0, credits=100)
+    claim = await store.idempotency_begin(key.id, "k", "hash-1", now=T0, ttl_ms=60_000,
+                                          owner=OWNER, create_step_ms=30_000)
+    assert isinstance(claim, IdempotencyClaim)
+    # While the first request creates its job, a retry sees the key reserved.
+    waiting = await store.idempotency_begin(key.id, "k", "hash-1", now=T0 + 1,
+                                            ttl_ms=60_000, owner=OWNER, create_step_ms=30_000)
+    assert waiting == IdempotencyRecord(request_hash="hash-1", job_id=None)
+    job = await store.create_job(replace(new_job("j1", key_id=key.id, credits=5),
+                                         idempotency=claim))
+    await store.idempotency_release(claim)  # bound: nothing to drop
+    for owner in (OWNER, "another-process"):
+        found = await store.idempotency_begin(key.id, "k", "hash-1", now=T0 + 2,
+                                              ttl_ms=60_000, owner=owner,
+                                              create_step_ms=30_000)
+        assert found == IdempotencyRecord(request_hash="hash-1", job_id=job.id)
+    # Another key's same Idempotency-Key is its own.
+    other = await store.create_key("other", "digest-other", now=T0)
+    assert isinstance(await store.idempotency_begin(
+        other.id, "k", "hash-1", now=T0, ttl_ms=60_000, owner=OWNER,
+        create_step_ms=30_000), IdempotencyClaim)
+
+
+async def test_a_reservation_whose_create_step_is_over_is_taken_over(store: Store) -> None:
+    key = await store.create_key("payer", "digest-payer", now=T0, credits=100)
+    args: dict[str, Any] = {"ttl_ms": 600_000, "create_step_ms": 30_000}
+    first = await store.idempotency_begin(key.id, "k", "h", now=T0, owner=OWNER, **args)
+    # Made by a process that is gone: taken over at once.
+    second = await store.idempotency_begin(key.id, "k", "h", now=T0 + 1, owner="new", **args)
+    # Made by this process, but its create step is long over: taken over too.
+    third = await store.idempotency_begin(key.id, "k", "h", now=T0 + 30_001, owner="new",
+                                          **args)
+    assert isinstance(first, IdempotencyClaim) and isinstance(second, IdempotencyClaim)
+    assert isinstance(third, IdempotencyClaim)
+    assert len({first.token, second.token, third.token}) == 3
+    # Overtaken claims bind nothing: no job, no hold.
+    for n, stale in enumerate((first, second)):
+        with pytest.raises(IdempotencySuperseded):
+            await store.create_job(replace(new_job(f"stale{n}", key_id=key.id, credits=5),
+                                           idempotency=stale))
+        assert await store.get_job(f"stale{n}") is None
+        await store.idempotency_release(stale)  # not theirs to drop any more
+    assert await store.ledger_sum(key.id) == 100
+    await store.create_job(replace(new_job("j1", key_id=key.id), idempotency=third))
+    found = await store.idempotency_begin(key.id, "k", "h", now=T0 + 30_002, owner="new",
+                                          **args)
+    assert found == IdempotencyRecord(request_hash="h", job_id="j1")
+
+
+async def test_a_released_reservation_lets_the_retry_run(store: Store) -> None:
+    key = await store.create_key("payer", "digest-payer", now=T0)
+    args: dict[str, Any] = {"ttl_ms": 600_000, "create_step_ms": 30_000, "owner": OWNER}
+    claim = await store.idempotency_begin(key.id, "k", "h", now=T0, **args)
+    assert isinstance(claim, IdempotencyClaim)
+    await store.idempotency_release(claim)
+    assert isinstance(await store.idempotency_begin(key.id, "k", "h2", now=T0 + 1, **args),
+                      IdempotencyClaim)

@@ -7,21 +7,26 @@ from pathlib import Path
 import pytest
 
 from muxproxy.settings import SettingsError, parse_settings
+from muxproxy.surfaces.waits import wait_seconds
 from tests.support.gateway import base_config, merge
 
 
 def test_defaults_and_values(tmp_path: Path) -> None:
-    settings = parse_settings(base_config(tmp_path), {})
-    assert settings.surfaces.openai_wait_seconds == 300.0
+    settings = parse_settings(merge(base_config(tmp_path), {"jobs": {
+        "deadline_seconds": 900}}), {})
+    # Unset, the OpenAI surface waits for a job's whole life, deadline sweep included.
+    assert settings.surfaces.openai_wait_seconds == 0.0
+    assert wait_seconds(settings) > 900
     assert settings.surfaces.default_model == ""
     settings = parse_settings(merge(base_config(tmp_path), {"surfaces": {
         "openai_wait_seconds": "12", "default_model": "demo-image-async"}}), {})
     assert settings.surfaces.openai_wait_seconds == 12.0
+    assert wait_seconds(settings) == 12.0
     assert settings.surfaces.default_model == "demo-image-async"
 
 
 @pytest.mark.parametrize(("surfaces", "message"), [
-    ({"openai_wait_seconds": 0}, "surfaces.openai_wait_seconds"),
+    ({"openai_wait_seconds": -1}, "surfaces.openai_wait_seconds"),
     ({"default_model": "nope"}, "surfaces.default_model: unknown model 'nope'"),
     ({"wait": 3}, "unknown setting surfaces.wait"),
 ])

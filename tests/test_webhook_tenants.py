@@ -166,7 +166,9 @@ async def test_the_admin_api_grants_and_validates_networks(config: dict[str, Any
     admin = {"admin": {"token": "admin-token-0123456789"}}
     async with run_gateway(merge(config, admin)) as gateway:
         auth = {"Authorization": "Bearer admin-token-0123456789"}
-        url = f"{gateway.url}/admin/keys/bravo"
+        bravo = await gateway.state.store.get_key("bravo")
+        assert bravo is not None
+        url = f"{gateway.url}/admin/keys/{bravo.id}"
         for bad in (["nope"], "10.0.0.0/8", [1], ["10.0.0.0/8"] * 33):
             async with gateway.http.patch(url, headers=auth,
                                           json={"webhook_allow_networks": bad}) as resp:
@@ -178,7 +180,7 @@ async def test_the_admin_api_grants_and_validates_networks(config: dict[str, Any
             body = await resp.json()
             assert resp.status == 200, body
             assert body["webhook_allow_networks"] == ["10.20.0.0/16", "fd12::/16"]
-        key = await gateway.state.store.get_key("bravo")
+        key = await gateway.state.store.get_key(bravo.id)
         assert key is not None
         assert key.limits.webhook_allow_networks == ("10.20.0.0/16", "fd12::/16")
         async with gateway.http.post(f"{gateway.url}/admin/keys", headers=auth, json={

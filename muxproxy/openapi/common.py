@@ -22,7 +22,8 @@ NO_AUTH: list[dict[str, list[str]]] = []
 STATUS_TEXT = {
     200: "OK", 201: "Created", 400: "Bad request", 401: "Unauthorized",
     402: "Insufficient credits", 403: "Forbidden", 404: "Not found", 409: "Conflict",
-    413: "Payload too large", 415: "Unsupported media type", 422: "Unprocessable",
+    413: "Payload too large", 415: "Unsupported media type", 416: "Range not satisfiable",
+    422: "Unprocessable",
     429: "Too many requests", 500: "Internal error", 502: "Upstream failed",
     503: "Unavailable", 504: "Timed out",
 }
@@ -132,10 +133,14 @@ def answer(description: str, schema: Schema | None = None, *,
 
 
 def errors(shape: str, reasons: Mapping[int, str]) -> dict[str, dict[str, Any]]:
-    """Error answers in one surface's error shape, by status."""
+    """Error answers in one surface's error shape, by status. Wherever the gateway
+    may fail (500), its own database may too: 503 with Retry-After."""
+    if 500 in reasons and 503 not in reasons:
+        reasons = {**reasons, 503: "the gateway's database is busy or failing; retry "
+                                   "after Retry-After."}
     out = {}
     for status, reason in reasons.items():
-        headers = RETRY_AFTER if status == 429 else None
+        headers = RETRY_AFTER if status in (429, 503) else None
         out[str(status)] = answer(f"{STATUS_TEXT[status]}: {reason}", ref(shape),
                                   headers=headers)
     return out
@@ -170,8 +175,9 @@ def path_param(name: str, description: str) -> dict[str, Any]:
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "Makes a create call safe to retry: the same key and body within "
-                   "limits.idempotency_ttl_seconds replays the first success "
-                   "(Idempotent-Replayed: true) and creates nothing; the same key with "
-                   "another body is a 422, a retry while the first runs a 409.",
+                   "limits.idempotency_ttl_seconds answer with the job the first call "
+                   "created, as it stands now (Idempotent-Replayed: true), whatever the "
+                   "first answer was, and create nothing; the same key with another body "
+                   "is a 422, a retry while the first is still creating its job a 409.",
     "schema": string(minLength=1, maxLength=255),
 }

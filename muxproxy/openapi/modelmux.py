@@ -60,8 +60,12 @@ def part(settings: Settings) -> Part:
             "resolution to the model's first; aspectRatio to 1:1 without reference images. "
             "null is the same as leaving a field out.")),
         "ModelMuxFormRequest": form_request(settings),
-        "ModelMuxCreated": obj({**common, "creditsCharged": integer("The price.")},
-                               [*common, "creditsCharged"]),
+        "ModelMuxCreated": obj({
+            **common, "creditsCharged": integer("The price."),
+            "outputUrl": nullable(string("A replay (Idempotency-Key) of a completed "
+                                         "generation: a fresh link.", format="uri")),
+            "errorMessage": nullable(string("A replay of a failed generation: why.")),
+        }, [*common, "creditsCharged"]),
         "ModelMuxGeneration": obj({
             **common,
             "outputUrl": nullable(string("A signed link to the image.", format="uri")),
@@ -108,11 +112,12 @@ CREATE_ERRORS = {
     401: "missing or invalid API key.",
     402: "the key's credits do not cover the price.",
     403: "the key may not use this model.",
-    409: "a request with this Idempotency-Key is still running.",
+    409: "a request with this Idempotency-Key is still creating its job.",
     413: "a reference image over limits.max_image_bytes, or the body over "
          "limits.max_body_bytes.",
     415: "a reference file that is not an image.",
     422: "this Idempotency-Key was used with another body.",
     429: "the key's rate or concurrency limit is reached.",
     500: "unexpected server error.",
+    503: "the gateway could not store the uploaded images; try again after Retry-After.",
 }

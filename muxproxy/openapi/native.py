@@ -107,8 +107,13 @@ def part(settings: Settings) -> Part:
         SHAPE: obj({"code": integer("The HTTP status, repeated."), "msg": string(),
                     "data": {"type": "null"}}, ["code", "msg", "data"]),
         "NativeTaskRequest": task_request(settings),
-        "NativeTaskCreated": envelope(obj({"taskId": string(), "state": choice(STATES)},
-                                          ["taskId", "state"])),
+        "NativeTaskCreated": envelope(obj({
+            "taskId": string(), "state": choice(STATES),
+            "resultUrls": {"type": "array", "items": string(format="uri"), "description":
+                           "A replay (Idempotency-Key) of a completed task: fresh links."},
+            "failCode": nullable(string("A replay of a failed task: why.")),
+            "failMsg": nullable(string()),
+        }, ["taskId", "state"])),
         "NativeTask": envelope(task_view()),
         "WebhookDelivery": envelope(delivery_view()),
         "WebhookSecretCreated": envelope(obj({
@@ -184,15 +189,16 @@ READ_ERRORS = {401: "missing or invalid API key.",
                404: "no such task for this key (or it has no callback_url).",
                500: "unexpected server error."}
 CREATE_ERRORS = {
-    400: "an invalid or missing field (msg names it), an unknown model, or a request the "
-         "model's provider cannot serve.",
+    400: "an invalid or missing field (msg names it), an unknown model, a reference URL "
+         "whose host is not public, or a request the model's provider cannot serve.",
     401: "missing or invalid API key.",
     402: "the key's credits do not cover the price.",
     403: "the key may not use this model.",
-    409: "a request with this Idempotency-Key is still running.",
+    409: "a request with this Idempotency-Key is still creating its job.",
     413: "the body is over limits.max_body_bytes, or an image over limits.max_image_bytes.",
     415: "the body is not application/json, or an inline image is not an image.",
     422: "this Idempotency-Key was used with another body.",
     429: "the key's rate or concurrency limit is reached.",
     500: "unexpected server error.",
+    503: "the gateway could not store the uploaded images; try again after Retry-After.",
 }

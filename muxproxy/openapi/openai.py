@@ -123,8 +123,8 @@ def images_response() -> Schema:
 
 
 JOB_HEADER = {surface.JOB_HEADER: {
-    "description": "The job's id: poll it on the native task API. Absent on a replayed "
-                   "idempotent answer.", "required": False, "schema": string()}}
+    "description": "The job's id: poll it on the native task API.", "required": False,
+    "schema": string()}}
 NO_RETRY = {"x-should-retry": {"description": "false: the job ran; a retry starts another.",
                                "required": True, "schema": {"const": "false"}}}
 
@@ -188,13 +188,15 @@ def part(settings: Settings) -> Part:
 
 CREATE_ERRORS = {
     400: "an invalid or missing field (param names it), an unknown model, a file that is not "
-         "an image, a wrong Content-Type, or a job the provider refused (code says why).",
+         "an image, a wrong Content-Type, a reference URL that is not public or could not be "
+         "fetched, or a job the provider refused (code says why).",
     401: "missing or invalid API key.",
     402: "the key's credits do not cover the price.",
     403: "the key may not use this model.",
-    409: "a request with this Idempotency-Key is still running.",
+    409: "a request with this Idempotency-Key is still creating its job.",
     413: "the body is over limits.max_body_bytes, or an image over limits.max_image_bytes.",
     422: "this Idempotency-Key was used with another body.",
     429: "the key's rate or concurrency limit is reached.",
     500: "unexpected server error.",
+    503: "the gateway could not store the uploaded images; try again after Retry-After.",
 }

@@ -35,8 +35,11 @@ def _download(summary: str, operation_id: str) -> dict[str, Any]:
         description="The links in resultUrls, outputUrl and url: they need no key, and "
                     "expire after storage.url_ttl_seconds (poll again for fresh ones).",
         responses={"200": found,
-                   **errors("NativeError", {403: "the link is expired or its signature wrong.",
-                                            404: "the file is gone.",
+                   **errors("NativeError", {400: "the Range header is malformed.",
+                                            403: "the link is expired or its signature wrong.",
+                                            404: "the file is gone (or its retention "
+                                                 "passed).",
+                                            416: "the Range is past the end of the file.",
                                             500: "unexpected server error."})})
 
 
@@ -44,9 +47,11 @@ def part(settings: Settings) -> Part:
     circuits: Schema = {"type": "object", "description": "Each provider's circuit breaker.",
                         "additionalProperties": choice(["closed", "open", "half_open"])}
     ready = obj({"status": {"const": "ready"}, "store": {"const": "ok"},
-                 "providers": circuits}, ["status", "store", "providers"])
-    unready = obj({"status": {"const": "unavailable"}, "store": {"const": "unreachable"},
-                   "providers": circuits}, ["status", "store", "providers"])
+                 "storage": {"const": "ok"}, "providers": circuits},
+                ["status", "store", "storage", "providers"])
+    unready = obj({"status": {"const": "unavailable"}, "store": choice(["ok", "unreachable"]),
+                   "storage": choice(["ok", "failing"]), "providers": circuits},
+                  ["status", "store", "storage", "providers"])
     paths: dict[str, dict[str, Any]] = {
         "/healthz": {"get": operation(
             "Liveness", TAG, operation_id="healthz", security=NO_AUTH,
@@ -54,8 +59,9 @@ def part(settings: Settings) -> Part:
                                      obj({"status": {"const": "ok"}}, ["status"]))})},
         "/readyz": {"get": operation(
             "Readiness", TAG, operation_id="readyz", security=NO_AUTH,
-            responses={"200": answer("The job store answers.", ready),
-                       "503": answer("The job store does not answer.", unready)})},
+            responses={"200": answer("The job store and the image storage work.", ready),
+                       "503": answer("The job store or the image storage is failing.",
+                                     unready)})},
         "/metrics": {"get": operation(
             "Prometheus metrics", TAG, operation_id="metrics", security=NO_AUTH,
             description="Open, unless metrics.token is set: then it takes "

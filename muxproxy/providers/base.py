@@ -27,7 +27,6 @@ import aiohttp
 import orjson
 
 from muxproxy.clock import Clock
-from muxproxy.fetch import download
 from muxproxy.generation import GenerationRequest
 from muxproxy.providers.errors import UpstreamError
 from muxproxy.settings import ProviderSettings
@@ -172,14 +171,14 @@ class Provider(abc.ABC):
             raise UpstreamError(f"{self.name}: connection failed: {type(exc).__name__}",
                                 transient=True, code="upstream_unavailable") from None
 
-    async def reference_bytes(self, ref: Reference, max_bytes: int = 50 * 1024 * 1024
-                              ) -> tuple[bytes, str]:
-        """The bytes of a reference image, downloading it when we only hold a URL."""
-        if ref.data is not None:
-            return ref.data, ref.content_type or "image/png"
-        assert ref.url is not None
-        return await download(self.http, ref.url, max_bytes=max_bytes,
-                              timeout=self.settings.timeout_seconds)
+    async def reference_bytes(self, ref: Reference) -> tuple[bytes, str]:
+        """The bytes of a reference image. The runner fetched every URL already,
+        behind the address guard and the size limits: a provider never downloads
+        what a client named."""
+        if ref.data is None:
+            raise UpstreamError(f"{self.name}: a reference image was not fetched",
+                                transient=False, code="invalid_reference")
+        return ref.data, ref.content_type or "image/png"
 
     async def read_json(self, response: aiohttp.ClientResponse) -> Any:
         """The body as JSON; a body that is not JSON is a transient upstream fault.

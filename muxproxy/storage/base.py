@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import abc
 import re
+import secrets
 import time
 
+# The readiness probe's blob (its own folder; only one probe runs at a time).
+HEALTH_KEY = "health/probe.bin"
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_.-]+)*$")
 
 
@@ -51,6 +54,16 @@ class BlobStorage(abc.ABC):
     @abc.abstractmethod
     def local_path(self, key: str) -> str | None:
         """A file path the server may stream from directly, if the backend has one."""
+
+    async def check(self) -> None:
+        """Raise unless a blob can be written, read back and deleted (readiness)."""
+        data = secrets.token_bytes(16)
+        await self.put(HEALTH_KEY, data, "application/octet-stream")
+        try:
+            if await self.get(HEALTH_KEY) != data:
+                raise OSError("storage probe read back other bytes")
+        finally:
+            await self.delete(HEALTH_KEY)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -15,6 +15,8 @@ import abc
 from dataclasses import dataclass
 from enum import StrEnum
 
+from muxproxy.jobs import IdempotencyClaim
+
 
 class Billing(StrEnum):
     NONE = "none"          # free model: no ledger rows
@@ -26,6 +28,7 @@ class Billing(StrEnum):
 
 class LedgerKind(StrEnum):
     TOPUP = "topup"
+    DEDUCT = "deduct"  # credits an administrator took back
     HOLD = "hold"
     RELEASE = "release"
     CHARGE = "charge"
@@ -82,16 +85,16 @@ class UsageRow:
 
 
 @dataclass(frozen=True)
-class IdempotentResponse:
-    status: int
-    body: bytes
-    content_type: str
-
-
-@dataclass(frozen=True)
 class IdempotencyRecord:
+    """A key already in use: the job it is bound to, or None while the request
+    that reserved it is still in its create step."""
+
     request_hash: str
-    response: IdempotentResponse | None  # None while the first request is in flight
+    job_id: str | None
+
+
+class IdempotencySuperseded(Exception):
+    """The reservation a job was to be bound to was taken over by a retry."""
 
 
 class InsufficientBalance(Exception):
@@ -146,7 +149,7 @@ class AccountStore(abc.ABC):
     @abc.abstractmethod
     async def topup(self, key_id: str, amount: int, *, now: int,
                     note: str | None = None) -> ApiKey:
-        """Add (or, negative, remove) credits, as a ledger row."""
+        """Add (or, negative, remove) credits, as a ``topup`` (or ``deduct``) ledger row."""
 
     @abc.abstractmethod
     async def ledger(self, key_id: str, *, limit: int = 100,
@@ -162,10 +165,17 @@ class AccountStore(abc.ABC):
 
     @abc.abstractmethod
     async def idempotency_begin(self, key_id: str, idem_key: str, request_hash: str, *,
-                                now: int, ttl_ms: int) -> IdempotencyRecord | None:
-        """Reserve ``idem_key``; None when reserved now, else the live record."""
+                                now: int, ttl_ms: int, owner: str,
+                                create_step_ms: int) -> IdempotencyClaim | IdempotencyRecord:
+        """Reserve ``idem_key`` for a request about to create a job (a claim, bound to
+        the job by :meth:`Store.create_job`), or the record already there.
+
+        A reservation without a job is taken over (a new claim) when its create step
+        is over: made by another ``owner`` (a process that is gone: one process
+        serves a database), or ``create_step_ms`` ago or more. A record whose job no
+        longer exists is taken over too."""
 
     @abc.abstractmethod
-    async def idempotency_finish(self, key_id: str, idem_key: str,
-                                 response: IdempotentResponse | None) -> None:
-        """Store the response to replay, or (None) drop the reservation."""
+    async def idempotency_release(self, claim: IdempotencyClaim) -> None:
+        """Drop a reservation that no job was bound to (the request failed before
+        creating one); nothing happens once a job is bound or the key taken over."""

@@ -72,7 +72,9 @@ class Store(AccountStore):
         """Store a new pending job. When it is priced, hold its price from the key's
         balance in the same transaction (:class:`InsufficientBalance` if short, unless
         the key is unlimited); when ``new.max_concurrent`` is set, refuse with
-        :class:`ConcurrencyLimitReached` if the key has that many unfinished jobs."""
+        :class:`ConcurrencyLimitReached` if the key has that many unfinished jobs.
+        With ``new.idempotency``, bind that reserved key to the job in the same
+        transaction (:class:`IdempotencySuperseded` if a retry took it over)."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str, key_id: str | None = None) -> Job | None:
@@ -86,7 +88,9 @@ class Store(AccountStore):
     @abc.abstractmethod
     async def claim_due(self, provider: str, now: int, limit: int, owner: str,
                         lease_until: int) -> list[Job]:
-        """Atomically lease up to ``limit`` unleased non-terminal jobs due by ``now``."""
+        """Atomically lease up to ``limit`` non-terminal jobs due by ``now``, earliest
+        ``run_after`` first: unleased ones, and those whose lease lapsed by ``now``
+        (a step whose lease could not be handed back is never stranded)."""
 
     async def claim_due_many(self, wanted: Mapping[str, tuple[int, int]], now: int,
                              owner: str) -> dict[str, list[Job]]:
@@ -135,7 +139,14 @@ class Store(AccountStore):
 
     @abc.abstractmethod
     async def next_due(self, providers: Sequence[str]) -> int | None:
-        """The earliest ``run_after`` among unleased non-terminal jobs of those providers."""
+        """When the next non-terminal job of those providers falls due: the earliest
+        ``run_after`` of an unleased one, or ``lease_until`` of one whose lease will
+        lapse (then :meth:`claim_due` takes it again)."""
+
+    @abc.abstractmethod
+    async def renew_leases(self, job_ids: Sequence[str], owner: str, until: int) -> None:
+        """Extend ``owner``'s leases on those jobs to ``until`` (steps still running);
+        a job no longer leased by ``owner`` is left alone."""
 
     @abc.abstractmethod
     async def recover(self, owner: str, now: int) -> Recovery:
@@ -144,6 +155,25 @@ class Store(AccountStore):
         A job with an upstream id resumes polling; one without is retried once,
         then failed, so nothing stays stuck.
         """
+
+    # -- retention and health ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def ended_unswept(self, limit: int) -> list[Job]:
+        """Ended jobs whose blobs the retention sweep has not looked at yet, the
+        longest ended first."""
+
+    @abc.abstractmethod
+    async def expired_unswept(self, ended_before: int, limit: int) -> list[Job]:
+        """Jobs ended by ``ended_before`` whose results are not swept yet."""
+
+    @abc.abstractmethod
+    async def mark_swept(self, job_ids: Sequence[str], level: int) -> None:
+        """Record what the sweep deleted: 1 the job's inputs, 2 its results too."""
+
+    @abc.abstractmethod
+    async def probe_write(self, now: int) -> None:
+        """One small real write, committed: fails while the database cannot write."""
 
     @abc.abstractmethod
     async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:

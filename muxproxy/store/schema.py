@@ -173,11 +173,61 @@ CREATE TABLE webhook_secrets (
     created_at INTEGER NOT NULL
 )
 """,
-    # 4: private networks one key's callbacks may reach (a JSON list of CIDRs, or NULL).
+    # 4: an Idempotency-Key is bound to its job, not to a stored response body. A
+    # record with no job is a reservation: ``claim`` names it, ``owner`` is the
+    # process that made it. Old records keep their job when their body names it
+    # (native taskId, ModelMux historyId); the rest, and every body, go.
+    """
+CREATE TABLE idempotency_jobs (
+    key_id        TEXT NOT NULL,
+    idem_key      TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    job_id        TEXT,
+    claim         TEXT,
+    owner         TEXT,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    PRIMARY KEY (key_id, idem_key)
+)
+;
+INSERT INTO idempotency_jobs (key_id, idem_key, request_hash, job_id, created_at, expires_at)
+SELECT key_id, idem_key, request_hash, job_id, created_at, expires_at FROM (
+    SELECT key_id, idem_key, request_hash, created_at, expires_at,
+           CASE WHEN json_valid(CAST(body AS TEXT)) THEN COALESCE(
+               json_extract(CAST(body AS TEXT), '$.data.taskId'),
+               json_extract(CAST(body AS TEXT), '$.historyId')) END AS job_id
+    FROM idempotency WHERE status BETWEEN 200 AND 299)
+WHERE job_id IN (SELECT id FROM jobs)
+;
+DROP TABLE idempotency
+;
+ALTER TABLE idempotency_jobs RENAME TO idempotency
+;
+CREATE INDEX idempotency_expiry ON idempotency (expires_at)
+""",
+    # 5: faults of the gateway's own disk and database: a lapsed lease makes a job due
+    # again (jobs_lapsing finds those, beside jobs_due for unleased ones), the
+    # retention sweep marks what it deleted (1: inputs, 2: inputs and results), and
+    # /readyz writes a probe.
+    """
+CREATE INDEX jobs_lapsing ON jobs (provider, lease_until)
+    WHERE state IN ('pending', 'processing') AND lease_owner IS NOT NULL
+;
+ALTER TABLE jobs ADD COLUMN swept INTEGER NOT NULL DEFAULT 0
+;
+CREATE INDEX jobs_unswept ON jobs (swept, completed_at)
+    WHERE state IN ('completed', 'failed') AND swept < 2
+;
+CREATE TABLE store_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at INTEGER NOT NULL
+)
+""",
+    # 6: private networks one key's callbacks may reach (a JSON list of CIDRs, or NULL).
     """
 ALTER TABLE api_keys ADD COLUMN webhook_allow_networks TEXT
 """,
-    # 5: counts for /metrics, kept by triggers in the transactions that change the
+    # 7: counts for /metrics, kept by triggers in the transactions that change the
     # rows, so a scrape reads a few rows whatever the size of the tables.
     """
 CREATE TABLE job_counts (

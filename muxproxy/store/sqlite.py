@@ -33,15 +33,32 @@ from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob, RowLike
 from muxproxy.store.accounts import Billing
 from muxproxy.store.base import Recovery, StaleJob, Store
 from muxproxy.store.schema import MIGRATIONS
-from muxproxy.store.sqlite_accounts import AccountsMixin, check_concurrency, hold, settle
+from muxproxy.store.sqlite_accounts import (
+    AccountsMixin,
+    bind_idempotency,
+    check_concurrency,
+    hold,
+    settle,
+)
+from muxproxy.store.sqlite_faults import faults_mapped
 from muxproxy.store.sqlite_outbox import SqliteOutbox
+from muxproxy.store.sqlite_retention import SqliteRetention
 
 _ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
+# Unleased due jobs (index jobs_due) and those whose lease lapsed (jobs_lapsing: the
+# few in flight), earliest first, in one statement.
 _CLAIM = f"""
     UPDATE jobs SET lease_owner = ?, lease_until = ?
     WHERE id IN (
-        SELECT id FROM jobs
-        WHERE provider = ? AND {_ACTIVE} AND run_after <= ? AND lease_owner IS NULL
+        SELECT id FROM (
+            SELECT * FROM (
+                SELECT id, run_after FROM jobs
+                WHERE provider = ? AND {_ACTIVE} AND run_after <= ? AND lease_owner IS NULL
+                ORDER BY run_after LIMIT ?)
+            UNION ALL
+            SELECT id, run_after FROM jobs
+            WHERE provider = ? AND {_ACTIVE} AND lease_owner IS NOT NULL
+                AND lease_until <= ? AND run_after <= ?)
         ORDER BY run_after LIMIT ?)
     RETURNING *"""  # noqa: S608 - constant fragments only
 _JSON_FIELDS = frozenset({"upstream_state", "result"})
@@ -56,9 +73,10 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 
 
-class SqliteStore(AccountsMixin, SqliteOutbox, Store):
-    def __init__(self, path: str | Path) -> None:
+class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
+    def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = str(path)
+        self.busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._inline_reader: sqlite3.Connection | None = None
@@ -79,7 +97,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             self._inline_reader = sqlite3.connect(self.path, isolation_level=None,
                                                   check_same_thread=False)
             self._inline_reader.row_factory = sqlite3.Row
-            self._inline_reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._inline_reader.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
 
     async def _connect(self) -> aiosqlite.Connection:
         # check_same_thread=False: _in_writer uses the writer from the loop's thread
@@ -88,7 +106,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
                                        check_same_thread=False)
         conn.row_factory = aiosqlite.Row
         for pragma in ("journal_mode = WAL", "synchronous = NORMAL",
-                       f"busy_timeout = {BUSY_TIMEOUT_MS}",
+                       f"busy_timeout = {self.busy_timeout_ms}",
                        "foreign_keys = ON", "temp_store = MEMORY"):
             await conn.execute(f"PRAGMA {pragma}")
         return conn
@@ -134,7 +152,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         connection. A read statement must never stay open across an ``await``:
         while one is, the connection keeps its read transaction, and every other
         read on it sees that old snapshot (a job just created looks missing)."""
-        return list(await self._read().execute_fetchall(sql, args))
+        with faults_mapped():
+            return list(await self._read().execute_fetchall(sql, args))
 
     async def _fetch_one(self, sql: str, args: Sequence[Any] = ()) -> aiosqlite.Row | None:
         rows = await self._fetch(sql, args)
@@ -145,16 +164,18 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         if self._writer is None:
             raise RuntimeError("store is not open")
         async with self._lock:
-            if not transaction:
-                yield self._writer
-                return
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            await self._writer.execute("COMMIT")
+            with faults_mapped():
+                if not transaction:
+                    yield self._writer
+                    return
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                except BaseException:
+                    if self._writer.in_transaction:
+                        await self._writer.execute("ROLLBACK")
+                    raise
+                await self._writer.execute("COMMIT")
 
     async def _in_writer(self, fn: Callable[[sqlite3.Connection], T], *,
                          transaction: bool = True) -> T:
@@ -177,7 +198,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             commit = loop.create_task(self._commit_batch())
             self._commits.add(commit)
             commit.add_done_callback(self._commits.discard)
-        return cast(T, await done)
+        with faults_mapped():
+            return cast(T, await done)
 
     async def _commit_batch(self) -> None:
         writer = self._writer
@@ -189,33 +211,43 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             batch = [(fn, done) for fn, done in batch if not done.cancelled()]
             if not batch:
                 return
-            conn, fns = writer._conn, [fn for fn, _ in batch]
-            # The write lock is taken without waiting: when another process holds it
-            # (``muxproxy keys``, an operator's sqlite3 shell), the batch runs in
-            # aiosqlite's thread instead and waits there (``busy_timeout``), so the
-            # loop is never blocked on it.
-            conn.execute("PRAGMA busy_timeout = 0")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                locked = True
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
-                    raise
-                locked = False
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if locked:
-                outcomes = _run_batch(conn, fns)
-            else:
-                outcomes = await writer._execute(  # type: ignore[no-untyped-call]
-                    _waiting_batch, conn, fns)
-            _settle(batch, outcomes)
+                await self._commit(writer, batch)
+            except Exception as exc:
+                # A fault before the batch ran (BEGIN on a read-only file): every
+                # caller hears of it, none waits forever.
+                _settle(batch, [_Failed(exc)] * len(batch))
+
+    async def _commit(self, writer: aiosqlite.Connection,
+                      batch: Sequence[tuple[Any, asyncio.Future[Any]]]) -> None:
+        conn, fns = writer._conn, [fn for fn, _ in batch]
+        # The write lock is taken without waiting: when another process holds it
+        # (``muxproxy keys``, an operator's sqlite3 shell), the batch runs in
+        # aiosqlite's thread instead and waits there (``busy_timeout``), so the
+        # loop is never blocked on it.
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            locked = True
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                raise
+            locked = False
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        if locked:
+            outcomes = _run_batch(conn, fns)
+        else:
+            outcomes = await writer._execute(  # type: ignore[no-untyped-call]
+                _waiting_batch, conn, fns)
+        _settle(batch, outcomes)
 
     async def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on a reader, on the loop's thread."""
         if self._inline_reader is None:
             raise RuntimeError("store is not open")
-        return fn(self._inline_reader)
+        with faults_mapped():
+            return fn(self._inline_reader)
 
     # -- jobs ---------------------------------------------------------------
 
@@ -235,8 +267,10 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         sql = (f"INSERT INTO jobs ({', '.join(row)}) "  # noqa: S608 - fixed column names
                f"VALUES ({', '.join('?' for _ in row)})")
         # Free, unlimited-concurrency jobs are one statement; the rest check the
-        # key's limits and hold the price in the same transaction as the insert.
-        guarded = new.credits > 0 or new.max_concurrent is not None
+        # key's limits, hold the price and bind the Idempotency-Key in the same
+        # transaction as the insert.
+        guarded = new.credits > 0 or new.max_concurrent is not None \
+            or new.idempotency is not None
 
         def insert(db: sqlite3.Connection) -> None:
             if new.max_concurrent is not None:
@@ -244,6 +278,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             db.execute(sql, tuple(row.values()))
             if new.credits > 0:
                 hold(db, new.key_id, new.id, new.model, new.credits, new.created_at)
+            if new.idempotency is not None:
+                bind_idempotency(db, new.idempotency, new.id)
 
         await self._in_writer(insert, transaction=guarded)
         # The row as stored, without reading it back (RETURNING costs as much as the
@@ -283,7 +319,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
             return {}
 
         def claim(db: sqlite3.Connection) -> dict[str, list[RowLike]]:
-            return {name: db.execute(_CLAIM, (owner, lease_until, name, now, limit)).fetchall()
+            return {name: db.execute(_CLAIM, (owner, lease_until, name, now, limit,
+                                              name, now, now, limit)).fetchall()
                     for name, (limit, lease_until) in wanted.items()}
 
         rows = await self._in_writer(claim, transaction=False)
@@ -374,10 +411,25 @@ class SqliteStore(AccountsMixin, SqliteOutbox, Store):
         if not providers:
             return None
         marks = ", ".join("?" for _ in providers)
+        # A leased job falls due again when its lease lapses (its step died without
+        # handing it back); leased jobs are the few in flight, read by jobs_lapsing.
         sql = (f"SELECT MIN(run_after) FROM jobs WHERE {_ACTIVE} AND lease_owner IS NULL "  # noqa: S608
-               f"AND provider IN ({marks})")
-        row = await self._in_reader(lambda db: db.execute(sql, tuple(providers)).fetchone())
-        return int(row[0]) if row and row[0] is not None else None
+               f"AND provider IN ({marks}) UNION ALL "
+               f"SELECT MIN(MAX(run_after, lease_until)) FROM jobs WHERE {_ACTIVE} "
+               f"AND lease_owner IS NOT NULL AND provider IN ({marks})")
+        args = (*providers, *providers)
+        rows = await self._in_reader(lambda db: db.execute(sql, args).fetchall())
+        found = [int(row[0]) for row in rows if row[0] is not None]
+        return min(found) if found else None
+
+    async def renew_leases(self, job_ids: Sequence[str], owner: str, until: int) -> None:
+        if not job_ids:
+            return
+        marks = ", ".join("?" for _ in job_ids)
+        sql = (f"UPDATE jobs SET lease_until = ? WHERE lease_owner = ? "  # noqa: S608
+               f"AND id IN ({marks})")
+        await self._in_writer(lambda db: db.execute(sql, (until, owner, *job_ids)),
+                              transaction=False)
 
     async def recover(self, owner: str, now: int) -> Recovery:
         # Only one process serves a SQLite file, so every lease held by another
@@ -463,7 +515,7 @@ def _waiting_batch(conn: sqlite3.Connection,
 
 def _settle(batch: Sequence[tuple[Any, asyncio.Future[Any]]], outcomes: Sequence[Any]) -> None:
     for (_, done), outcome in zip(batch, outcomes, strict=True):
-        if done.cancelled():
+        if done.done():
             continue
         if isinstance(outcome, _Failed):
             done.set_exception(outcome.error)

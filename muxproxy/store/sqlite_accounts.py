@@ -12,14 +12,15 @@ from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
-from muxproxy.jobs import JobState, RowLike
+from muxproxy.jobs import IdempotencyClaim, JobState, RowLike
+from muxproxy.keys import KEY_ID_PREFIX
 from muxproxy.store.accounts import (
     NO_LIMITS,
     ApiKey,
     Billing,
     ConcurrencyLimitReached,
     IdempotencyRecord,
-    IdempotentResponse,
+    IdempotencySuperseded,
     InsufficientBalance,
     KeyExists,
     KeyLimits,
@@ -69,6 +70,16 @@ def hold(db: sqlite3.Connection, key_id: str, job_id: str, model: str, price: in
     if not row["unlimited"] and row["balance"] < price:
         raise InsufficientBalance(row["balance"], price)
     ledger_row(db, key_id, LedgerKind.HOLD, -price, now, job_id=job_id, model=model)
+
+
+def bind_idempotency(db: sqlite3.Connection, claim: IdempotencyClaim, job_id: str) -> None:
+    """Bind a reserved Idempotency-Key to the job being inserted, in its transaction:
+    a crash leaves either both or neither."""
+    cur = db.execute("UPDATE idempotency SET job_id = ?, claim = NULL WHERE key_id = ? "
+                     "AND idem_key = ? AND claim = ? AND job_id IS NULL",
+                     (job_id, claim.key_id, claim.idem_key, claim.token))
+    if cur.rowcount != 1:
+        raise IdempotencySuperseded(claim.idem_key)
 
 
 def check_concurrency(db: sqlite3.Connection, key_id: str, limit: int) -> None:
@@ -139,7 +150,7 @@ class AccountsMixin:
         def upsert(db: sqlite3.Connection) -> RowLike:
             existing = db.execute("SELECT id FROM api_keys WHERE name = ?", (name,)).fetchone()
             if existing is None:
-                key_id = f"key_{secrets.token_hex(8)}"
+                key_id = f"{KEY_ID_PREFIX}{secrets.token_hex(8)}"
                 db.execute(
                     _INSERT_KEY,
                     (key_id, name, key_hash, now, *_limit_values(limits)))
@@ -158,7 +169,7 @@ class AccountsMixin:
 
     async def create_key(self: Connected, name: str, key_hash: str, *, now: int,
                          limits: KeyLimits = NO_LIMITS, credits: int = 0) -> ApiKey:
-        key_id = f"key_{secrets.token_hex(8)}"
+        key_id = f"{KEY_ID_PREFIX}{secrets.token_hex(8)}"
 
         def create(db: sqlite3.Connection) -> RowLike:
             try:
@@ -216,7 +227,8 @@ class AccountsMixin:
                                (key_id, key_id)).fetchone()
             if found is None:
                 raise KeyNotFound(key_id)
-            ledger_row(db, found["id"], LedgerKind.TOPUP, amount, now, note=note)
+            kind = LedgerKind.TOPUP if amount > 0 else LedgerKind.DEDUCT
+            ledger_row(db, found["id"], kind, amount, now, note=note)
             row: RowLike = db.execute("SELECT * FROM api_keys WHERE id = ?",
                                       (found["id"],)).fetchone()
             return row
@@ -255,37 +267,46 @@ class AccountsMixin:
                 for r in rows]
 
     async def idempotency_begin(self: Connected, key_id: str, idem_key: str, request_hash: str,
-                                *, now: int, ttl_ms: int) -> IdempotencyRecord | None:
-        async with self._write(transaction=True) as db:
-            # Expired records go lazily: this key's, plus a bounded batch of others.
-            await db.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? "
-                             "AND expires_at <= ?", (key_id, idem_key, now))
-            await db.execute("DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM "
-                             "idempotency WHERE expires_at <= ? LIMIT 100)", (now,))
-            cur = await db.execute(
-                "INSERT OR IGNORE INTO idempotency (key_id, idem_key, request_hash, created_at,"
-                " expires_at) VALUES (?, ?, ?, ?, ?)",
-                (key_id, idem_key, request_hash, now, now + ttl_ms))
-            if cur.rowcount == 1:
-                return None
-            async with db.execute("SELECT * FROM idempotency WHERE key_id = ? AND idem_key = ?",
-                                  (key_id, idem_key)) as found:
-                row = await found.fetchone()
-        assert row is not None
-        response = None
-        if row["status"] is not None:
-            response = IdempotentResponse(status=row["status"], body=bytes(row["body"]),
-                                          content_type=row["content_type"])
-        return IdempotencyRecord(request_hash=row["request_hash"], response=response)
+                                *, now: int, ttl_ms: int, owner: str,
+                                create_step_ms: int) -> IdempotencyClaim | IdempotencyRecord:
+        claim = IdempotencyClaim(key_id, idem_key, secrets.token_hex(8))
 
-    async def idempotency_finish(self: Connected, key_id: str, idem_key: str,
-                                 response: IdempotentResponse | None) -> None:
-        async with self._write() as db:
-            if response is None:
-                await db.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? "
-                                 "AND status IS NULL", (key_id, idem_key))
-            else:
-                await db.execute("UPDATE idempotency SET status = ?, content_type = ?, body = ? "
-                                 "WHERE key_id = ? AND idem_key = ?",
-                                 (response.status, response.content_type, response.body,
-                                  key_id, idem_key))
+        def begin(db: sqlite3.Connection) -> IdempotencyClaim | IdempotencyRecord:
+            # Expired records go lazily: this key's, plus a bounded batch of others.
+            db.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? "
+                       "AND expires_at <= ?", (key_id, idem_key, now))
+            db.execute("DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM "
+                       "idempotency WHERE expires_at <= ? LIMIT 100)", (now,))
+            row = db.execute(
+                "SELECT i.*, j.id IS NOT NULL AS job_exists FROM idempotency i "
+                "LEFT JOIN jobs j ON j.id = i.job_id WHERE i.key_id = ? AND i.idem_key = ?",
+                (key_id, idem_key)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO idempotency (key_id, idem_key, request_hash, claim, "
+                           "owner, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (key_id, idem_key, request_hash, claim.token, owner, now,
+                            now + ttl_ms))
+                return claim
+            if row["job_id"] is not None and row["job_exists"]:
+                return IdempotencyRecord(request_hash=row["request_hash"], job_id=row["job_id"])
+            in_create_step = row["job_id"] is None and row["owner"] == owner \
+                and row["created_at"] > now - create_step_ms
+            if in_create_step:
+                return IdempotencyRecord(request_hash=row["request_hash"], job_id=None)
+            # Nothing was created under it (a crash, or a request that never came
+            # back): the key starts over with this request.
+            db.execute("UPDATE idempotency SET request_hash = ?, job_id = NULL, claim = ?, "
+                       "owner = ?, created_at = ?, expires_at = ? "
+                       "WHERE key_id = ? AND idem_key = ?",
+                       (request_hash, claim.token, owner, now, now + ttl_ms, key_id, idem_key))
+            return claim
+
+        return await self._in_writer(begin)
+
+    async def idempotency_release(self: Connected, claim: IdempotencyClaim) -> None:
+        def release(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? "
+                       "AND claim = ? AND job_id IS NULL",
+                       (claim.key_id, claim.idem_key, claim.token))
+
+        await self._in_writer(release)

@@ -14,14 +14,23 @@ from starlette.routing import Route
 from muxproxy import images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
-from muxproxy.errors import InvalidRequest, MuxError, NotFound
+from muxproxy.clock import now_ms
+from muxproxy.errors import Expired, InvalidRequest, MuxError, NotFound
 from muxproxy.forms import FormLimits, parse_form
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest
-from muxproxy.http import JSONResponse, media_type, parse_json_object, read_body, surface
+from muxproxy.http import (
+    JSONResponse,
+    idempotency_claim,
+    media_type,
+    parse_json_object,
+    read_body,
+    surface,
+)
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
 from muxproxy.pricing import resolution_of
+from muxproxy.retention import results_expired
 from muxproxy.storage import BlobNotFound
 from muxproxy.store import ApiKey
 from muxproxy.validation import UploadedImage
@@ -60,12 +69,29 @@ async def create(request: Request) -> Response:
     v.unknown_fields(body, FIELDS)
     if len(uploads) > limits.max_reference_images:
         raise InvalidRequest(f"at most {limits.max_reference_images} reference images")
-    job = await state.gateway.submit(key, "modelmux", submission(body, uploads, state))
-    return JSONResponse({
+    job = await state.gateway.submit(key, "modelmux", submission(body, uploads, state),
+                                     idempotency=idempotency_claim(request))
+    return JSONResponse(created_view(job))
+
+
+async def replay(request: Request, state: AppState, job: Job) -> Response:
+    """A create call's retry (same Idempotency-Key): the job the first call created,
+    as it stands now, with a fresh link to its image."""
+    data = created_view(job)
+    if job.state is JobState.COMPLETED:
+        urls = state.gateway.result_urls(job)
+        data["outputUrl"] = urls[0] if urls else None
+    elif job.state is JobState.FAILED:
+        data["errorMessage"] = job.fail_msg
+    return JSONResponse(data)
+
+
+def created_view(job: Job) -> dict[str, Any]:
+    return {
         "historyId": job.id, "status": job.state.value, "model": job.model,
         "aspectRatio": job.request.aspect_ratio, "resolution": resolution_of(job.request),
         "creditsCharged": job.credits, "provider": job.provider, "createdAt": job.created_at,
-    })
+    }
 
 
 def submission(body: dict[str, Any], uploads: list[UploadedImage],
@@ -122,6 +148,8 @@ async def image(request: Request) -> Response:
         error = NotFound(f"image not ready yet: the generation is {job.state.value}")
         error.code = "not_ready"
         raise error
+    if results_expired(job, state.settings.storage, now_ms(state.clock)):
+        raise Expired()
     stored = job.result.images[0]
     headers = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff",
                "Content-Disposition": f'inline; filename="{job.id}.'

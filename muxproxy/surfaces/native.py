@@ -14,7 +14,14 @@ from muxproxy.app_state import AppState
 from muxproxy.errors import InvalidRequest, MuxError, UnsupportedMediaType
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.http import JSONResponse, media_type, parse_json_object, read_body, surface
+from muxproxy.http import (
+    JSONResponse,
+    idempotency_claim,
+    media_type,
+    parse_json_object,
+    read_body,
+    surface,
+)
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
 from muxproxy.validation import UploadedImage
@@ -43,8 +50,25 @@ async def create_task(request: Request) -> Response:
     if media_type(request) != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
     body = parse_json_object(await read_body(request, state.settings.limits.max_body_bytes))
-    job = await state.gateway.submit(key, "native", parse_submission(body, state))
-    return ok({"taskId": job.id, "state": job.state.value})
+    job = await state.gateway.submit(key, "native", parse_submission(body, state),
+                                     idempotency=idempotency_claim(request))
+    return ok(created_view(job, []))
+
+
+async def replay(request: Request, state: AppState, job: Job) -> Response:
+    """A create call's retry (same Idempotency-Key): the job the first call created,
+    as it stands now, with fresh result links."""
+    return ok(created_view(job, state.gateway.result_urls(job)))
+
+
+def created_view(job: Job, result_urls: list[str]) -> dict[str, Any]:
+    data: dict[str, Any] = {"taskId": job.id, "state": job.state.value}
+    if job.state is JobState.COMPLETED:
+        data["resultUrls"] = result_urls
+    elif job.state is JobState.FAILED:
+        data["failCode"] = job.fail_code
+        data["failMsg"] = job.fail_msg
+    return data
 
 
 @surface(render_error)

@@ -2,14 +2,15 @@
 official SDKs pointed at ``base_url=<gateway>/v1``.
 
 ``POST /v1/images/*`` creates a job like any surface, then waits for it (bounded by
-``surfaces.openai_wait_seconds``) and answers as OpenAI does. The job id leaves in
-the ``x-muxproxy-job-id`` header; a client that hangs up or times out can poll it on
-the native task API. Errors: ``{"error": {"message", "type", "param", "code"}}``.
+``surfaces.openai_wait_seconds``; by default the job's whole life) and answers as
+OpenAI does. The job id leaves in the ``x-muxproxy-job-id`` header; a client that
+hangs up or times out can poll it on the native task API, or retry with the first
+call's Idempotency-Key to wait for the same job.
+Errors: ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +22,9 @@ from starlette.routing import Route
 from muxproxy import images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
+from muxproxy.clock import now_ms
 from muxproxy.errors import (
+    Expired,
     InternalError,
     InvalidRequest,
     MuxError,
@@ -33,13 +36,22 @@ from muxproxy.events import EndWatch
 from muxproxy.forms import FormLimits, Part, parse_form
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.http import JSONResponse, media_type, parse_json_object, read_body, surface
+from muxproxy.http import (
+    JSONResponse,
+    idempotency_claim,
+    media_type,
+    parse_json_object,
+    read_body,
+    surface,
+)
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
 from muxproxy.logs import get_logger
+from muxproxy.retention import results_expired
 from muxproxy.settings import ModelSettings
 from muxproxy.storage import BlobNotFound
 from muxproxy.store import ApiKey
+from muxproxy.surfaces.waits import Disconnected, Stopping, wait_for, wait_seconds
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.openai")
@@ -60,7 +72,7 @@ CHOICES: Mapping[str, tuple[str, ...]] = {
 # job is an upstream error (502). Adapters use ``moderation_blocked`` for safety blocks.
 REFUSAL_CODES = frozenset({
     "unsupported", "invalid_request", "moderation_blocked", "content_policy_violation",
-    "bad_image_url",
+    "bad_image_url", "invalid_reference",
 })
 
 
@@ -285,21 +297,40 @@ async def run(request: Request, state: AppState, key: ApiKey, submission: Submis
     """Create the job, wait for it, and answer with its images or its failure."""
     watch = EndWatch(state.events)
     try:
-        job = await state.gateway.submit(key, "openai", submission, before_start=watch)
+        job = await state.gateway.submit(key, "openai", submission, before_start=watch,
+                                         idempotency=idempotency_claim(request))
     except BaseException:
         watch.close()
         raise
-    wait = state.settings.surfaces.openai_wait_seconds
-    outcome = await wait_for(request, state, job, watch.ended, wait)
+    outcome = await wait_for(request, state, job, watch.ended, wait_seconds(state.settings))
+    return await answer(state, job, outcome, response_format)
+
+
+async def replay(request: Request, state: AppState, job: Job) -> Response:
+    """A create call's retry (same Idempotency-Key): waits for the job the first
+    call created, like the first call did, and answers with its result."""
+    response_format = await _response_format(request, state)
+    waiter = state.events.waiter(job.id)  # before the read: an end in between is seen
+    current = await state.store.get_job(job.id) or job
+    if current.is_terminal:
+        state.events.discard(job.id, waiter)
+        outcome: Job | Disconnected | Stopping | None = current
+    else:
+        outcome = await wait_for(request, state, current, waiter, wait_seconds(state.settings))
+    return await answer(state, current, outcome, response_format)
+
+
+async def answer(state: AppState, job: Job, outcome: Job | Disconnected | Stopping | None,
+                 response_format: str) -> Response:
     if outcome is None:
         response = render_error(WaitTimeout(
-            f"the image is not ready after {wait:g} seconds; job {job.id} continues: poll "
-            f"GET /api/v1/images/generations?task_id={job.id}"))
-    elif isinstance(outcome, _Stopping):
+            f"the image is not ready after {wait_seconds(state.settings):g} seconds; job "
+            f"{job.id} continues: poll GET /api/v1/images/generations?task_id={job.id}"))
+    elif isinstance(outcome, Stopping):
         response = render_error(WaitTimeout(
             f"the gateway is restarting before the image is ready; job {job.id} continues "
             f"after the restart: poll GET /api/v1/images/generations?task_id={job.id}"))
-    elif isinstance(outcome, _Disconnected):
+    elif isinstance(outcome, Disconnected):
         log.info("client disconnected while waiting; the job continues", job_id=job.id)
         return Response(status_code=499)
     elif outcome.state is JobState.FAILED:
@@ -310,55 +341,20 @@ async def run(request: Request, state: AppState, key: ApiKey, submission: Submis
     return response
 
 
-class _Disconnected:
-    pass
-
-
-class _Stopping:
-    pass
-
-
-async def wait_for(request: Request, state: AppState, job: Job, waiter: asyncio.Future[Job],
-                   timeout: float) -> Job | _Disconnected | _Stopping | None:
-    """The job once terminal (``waiter``, subscribed before it could start); a marker
-    if the client hangs up or the gateway stops first; None on timeout."""
-    if waiter.done():
-        state.events.discard(job.id, waiter)
-        return waiter.result()
-    gone = asyncio.ensure_future(_disconnect(request))
-    stopping = asyncio.ensure_future(_stop_answer_due(state, job.id))
+async def _response_format(request: Request, state: AppState) -> str:
+    """The retried request's ``response_format`` (its body is the first call's)."""
+    raw = await request.body()
     try:
-        watched: set[asyncio.Future[Any]] = {waiter, gone, stopping}
-        done, _ = await asyncio.wait(watched, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if waiter in done:
-            return waiter.result()
-        if gone in done:
-            return _Disconnected()
-        return _Stopping() if stopping in done else None
-    finally:
-        gone.cancel()
-        stopping.cancel()
-        state.events.discard(job.id, waiter)
-
-
-async def _stop_answer_due(state: AppState, job_id: str) -> None:
-    """Returns when a waiting request must answer because the gateway stops: at once
-    if no step of its job is running (no new one starts until the restart), else
-    just before the grace period ends, in case the running step finishes the job."""
-    await state.shutdown.started.wait()
-    if state.scheduler.running(job_id):
-        await state.shutdown.answer_due()
-
-
-async def _disconnect(request: Request) -> None:
-    # The body is read: the next ASGI message is the disconnect, if it ever comes.
-    try:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-    except Exception:
-        log.warning("could not watch for a client disconnect", exc_info=True)
-        await asyncio.Event().wait()
+        if media_type(request) == "multipart/form-data":
+            limit = state.settings.limits.max_body_bytes
+            form = await parse_form(raw, request.headers["content-type"], FormLimits(
+                max_parts=1000, max_file_bytes=limit, max_field_bytes=limit))
+            fields: Mapping[str, Any] = form.fields
+        else:
+            fields = parse_json_object(raw)
+    except MuxError:
+        fields = {}
+    return "b64_json" if fields.get("response_format") == "b64_json" else "url"
 
 
 def failure(job: Job) -> MuxError:
@@ -376,6 +372,8 @@ async def images_response(state: AppState, job: Job, response_format: str) -> di
     data = []
     for stored in result.images:
         if response_format == "b64_json":
+            if results_expired(job, state.settings.storage, now_ms(state.clock)):
+                raise Expired()
             try:
                 blob = await state.storage.get(stored.key)
             except BlobNotFound:

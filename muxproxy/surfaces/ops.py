@@ -26,17 +26,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready while the store answers; providers' circuits are shown, not judged
-    (one provider down is what routes and fallbacks are for)."""
+    """Ready while the store reads and writes and the blob storage writes, reads and
+    deletes (see muxproxy.readiness); providers' circuits are shown, not judged (one
+    provider down is what routes and fallbacks are for)."""
     state: AppState = request.app.state.mux
     circuits = {name: breaker.state.value for name, breaker in state.breakers.items()}
-    try:
-        await state.store.ping()
-    except Exception as exc:
-        log.warning("readiness check failed", error=type(exc).__name__)
-        return JSONResponse({"status": "unavailable", "store": "unreachable",
-                             "providers": circuits}, status_code=503)
-    return JSONResponse({"status": "ready", "store": "ok", "providers": circuits})
+    health = await state.readiness.check()
+    body = {"status": "ready" if health.ready else "unavailable",
+            "store": "ok" if health.store else "unreachable",
+            "storage": "ok" if health.storage else "failing", "providers": circuits}
+    return JSONResponse(body, status_code=200 if health.ready else 503)
 
 
 def _authorized(request: Request, token: str) -> bool:

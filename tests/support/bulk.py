@@ -16,12 +16,19 @@ STATES = ("completed", "completed", "completed", "failed")
 T0 = 1_700_000_000_000
 
 
-def _rows(count: int, key_id: str) -> Iterator[tuple[Any, ...]]:
+COLUMNS = ("id", "key_id", "surface", "model", "state", "params", "client_params",
+           "provider", "upstream_model", "created_at", "updated_at", "completed_at",
+           "run_after", "deadline_at")
+
+
+def _rows(count: int, key_id: str, swept: bool) -> Iterator[tuple[Any, ...]]:
     for i in range(count):
         model, provider = MODELS[i % len(MODELS)]
         at = T0 + i
-        yield (f"bulk-{i:09d}", key_id, "native", model, STATES[i % len(STATES)],
-               '{"prompt":"p"}', '{"prompt":"p"}', provider, model, at, at, at, at + 600_000)
+        row = (f"bulk-{i:09d}", key_id, "native", model, STATES[i % len(STATES)],
+               '{"prompt":"p"}', '{"prompt":"p"}', provider, model, at, at, at, at,
+               at + 600_000)
+        yield (*row, 2) if swept else row
 
 
 def fill_jobs(path: Path, count: int, key_id: str = "key_bulk") -> dict[str, int]:
@@ -40,11 +47,14 @@ def fill_jobs(path: Path, count: int, key_id: str = "key_bulk") -> dict[str, int
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {number}")
             db.execute("COMMIT")
+        # Old jobs of a running gateway: their blobs already swept (where the schema
+        # has a retention sweep), so the rows are all there is.
+        swept = any(c[1] == "swept" for c in db.execute("PRAGMA table_info(jobs)"))
+        columns = (*COLUMNS, "swept") if swept else COLUMNS
         db.execute("BEGIN")
-        db.executemany(
-            "INSERT INTO jobs (id, key_id, surface, model, state, params, client_params, "
-            "provider, upstream_model, created_at, updated_at, run_after, deadline_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _rows(count, key_id))
+        db.executemany(f"INSERT INTO jobs ({', '.join(columns)}) "  # noqa: S608
+                       f"VALUES ({', '.join('?' for _ in columns)})",
+                       _rows(count, key_id, swept))
         db.execute("COMMIT")
         db.execute("PRAGMA journal_mode = WAL")
     finally:
