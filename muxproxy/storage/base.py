@@ -18,7 +18,7 @@ import abc
 import re
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 from muxproxy.images import EXTENSIONS
@@ -69,7 +69,7 @@ class BlobStorage(abc.ABC):
 
     @abc.abstractmethod
     def open_read(self, key: str, start: int = 0, end: int | None = None
-                  ) -> AsyncIterator[bytes]:
+                  ) -> AsyncGenerator[bytes, None]:
         """The blob's bytes ``[start, end)`` in chunks of at most :data:`CHUNK_BYTES`.
 
         Nothing is opened before the first chunk is asked for, and what iterating

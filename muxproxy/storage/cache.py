@@ -10,7 +10,7 @@ by other hands (an operator, another replica's retention sweep) is gone here too
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 
 from muxproxy.storage.base import BlobInfo, BlobStorage
 
@@ -75,7 +75,7 @@ class RecentCache(BlobStorage):
         return await self.inner.get(key)
 
     def open_read(self, key: str, start: int = 0, end: int | None = None
-                  ) -> AsyncIterator[bytes]:
+                  ) -> AsyncGenerator[bytes, None]:
         return self.inner.open_read(key, start, end)
 
     async def stat(self, key: str) -> BlobInfo:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import functools
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, TypeVar
@@ -110,7 +110,7 @@ class LocalStorage(BlobStorage):
             raise BlobNotFound(key) from None
 
     async def open_read(self, key: str, start: int = 0, end: int | None = None
-                        ) -> AsyncIterator[bytes]:
+                        ) -> AsyncGenerator[bytes, None]:
         path = self._path(key)
         file = _ThreadFile()
         try:
