@@ -102,6 +102,18 @@ async def test_a_missing_blob(storage: BlobStorage) -> None:
     await storage.delete(KEY)
 
 
+async def test_a_folder_is_no_blob(storage: BlobStorage) -> None:
+    await storage.put(KEY, PNG, "image/png")
+    folder = KEY.rsplit("/", 1)[0]
+    assert not await storage.exists(folder)
+    with pytest.raises(BlobNotFound):
+        await storage.get(folder)
+    with pytest.raises(BlobNotFound):
+        await storage.stat(folder)
+    with pytest.raises(BlobNotFound):
+        await read_all(storage, folder)
+
+
 async def test_a_failed_stream_leaves_no_blob(storage: BlobStorage) -> None:
     async def cut_off() -> AsyncIterator[bytes]:
         yield b"\x89PNG\r\n\x1a\n"

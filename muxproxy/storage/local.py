@@ -115,7 +115,7 @@ class LocalStorage(BlobStorage):
         file = _ThreadFile()
         try:
             try:
-                size = await file.run(lambda: os.fstat(file.opened(os.open(path, _READ))).st_size)
+                size = await file.run(functools.partial(_open_file, file, path))
             except (FileNotFoundError, IsADirectoryError):
                 raise BlobNotFound(key) from None
             offset, stop = start, size if end is None else min(end, size)
@@ -165,6 +165,14 @@ class LocalStorage(BlobStorage):
     def local_path(self, key: str) -> str | None:
         path = self._path(key)
         return str(path) if path.is_file() else None
+
+
+def _open_file(file: _ThreadFile, path: Path) -> int:
+    """Open a regular file for reading; its size."""
+    result = os.fstat(file.opened(os.open(path, _READ)))
+    if not S_ISREG(result.st_mode):
+        raise IsADirectoryError(path)
+    return result.st_size
 
 
 def _mode(path: str) -> int:
