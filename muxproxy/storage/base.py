@@ -44,7 +44,10 @@ class BlobNotFound(Exception):
 
 def check_key(key: str) -> str:
     """Refuse anything but plain relative segments (no ``..``, no absolute paths)."""
-    if not _KEY.match(key) or any(part in ("", ".", "..") for part in key.split("/")):
+    if not _KEY.match(key):
+        raise BlobNotFound(key)
+    # The pattern leaves only "." and ".." segments to refuse, and only after a "/".
+    if "/." in key and any(part in (".", "..") for part in key.split("/")):
         raise BlobNotFound(key)
     return key
 
