@@ -45,7 +45,9 @@ async def serve_blob(request: Request, storage: BlobStorage, key: str, *,
         if redirect_ttl is not None:
             url = await storage.url_for(key, redirect_ttl)
             if url is not None:
-                return RedirectResponse(url, status_code=302, headers=headers)
+                # Not kept by caches: the URL it points to expires on its own clock.
+                return RedirectResponse(url, status_code=302,
+                                        headers={"Cache-Control": "no-store"})
         path = storage.local_path(key)
         if path is not None:
             # Stat once here: a file gone by now is a 404, not a failed stream.

@@ -19,7 +19,7 @@ from muxproxy.downloads import serve_blob
 from muxproxy.http import surface
 from muxproxy.storage.base import check_key
 from muxproxy.storage.local import LocalStorage
-from muxproxy.surfaces import modelmux, native
+from muxproxy.surfaces import native
 from tests.support.gateway import RunningGateway
 
 PATHS = ["file", "stream"]
@@ -134,7 +134,7 @@ def download_app(storage: LocalStorage, redirect_ttl: int | None) -> Starlette:
     @surface(native.render_error)
     async def endpoint(request: Request) -> Response:
         return await serve_blob(request, storage, request.path_params["key"],
-                                content_type="image/png", render=modelmux.render_error,
+                                content_type="image/png", render=native.render_error,
                                 missing="gone", redirect_ttl=redirect_ttl)
 
     return Starlette(routes=[Route("/{key:path}", endpoint)])
@@ -154,5 +154,6 @@ async def test_a_backend_url_is_a_redirect_when_asked_for(
         assert resp.status_code == 302
         assert resp.headers["location"] == \
             "https://bucket.example/results/20261123/j-0.png?expires=60"
+        assert resp.headers["cache-control"] == "no-store"
     else:
         assert (resp.status_code, resp.content) == (200, b"\x89PNG\r\n\x1a\nbytes")
