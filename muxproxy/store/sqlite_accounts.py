@@ -36,24 +36,31 @@ class Connected(Protocol):
     async def _in_writer(self, fn: Callable[[sqlite3.Connection], T], *,
                          transaction: bool = True) -> T: ...
 
+    async def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
 
 def key_from_row(row: RowLike) -> ApiKey:
-    models = row["allowed_models"]
+    models, networks = row["allowed_models"], row["webhook_allow_networks"]
     return ApiKey(id=row["id"], name=row["name"], created_at=row["created_at"],
                   revoked_at=row["revoked_at"], balance=row["balance"],
                   limits=KeyLimits(unlimited=bool(row["unlimited"]), rpm_limit=row["rpm_limit"],
                                    max_concurrent=row["max_concurrent"],
-                                   allowed_models=tuple(json.loads(models)) if models else None))
+                                   allowed_models=tuple(json.loads(models)) if models else None,
+                                   webhook_allow_networks=tuple(json.loads(networks))
+                                   if networks else ()))
 
 
 # The api_keys columns that hold a key's limits, in limit_values' order.
-_LIMIT_COLUMNS = ("unlimited", "rpm_limit", "max_concurrent", "allowed_models")
+_LIMIT_COLUMNS = ("unlimited", "rpm_limit", "max_concurrent", "allowed_models",
+                  "webhook_allow_networks")
 
 
 def limit_values(limits: KeyLimits) -> tuple[Any, ...]:
     models = json.dumps(list(limits.allowed_models)) if limits.allowed_models is not None \
         else None
-    return int(limits.unlimited), limits.rpm_limit, limits.max_concurrent, models
+    networks = json.dumps(list(limits.webhook_allow_networks)) \
+        if limits.webhook_allow_networks else None
+    return int(limits.unlimited), limits.rpm_limit, limits.max_concurrent, models, networks
 
 
 INSERT_KEY = (f"INSERT INTO api_keys (id, name, key_hash, created_at, "  # noqa: S608
@@ -64,7 +71,10 @@ SET_LIMITS = ", ".join(f"{column} = ?" for column in _LIMIT_COLUMNS)
 
 class AccountsMixin:
     async def key_by_hash(self: Connected, key_hash: str) -> ApiKey | None:
-        row = await self._fetch_one("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
+        # On the loop's thread, one indexed lookup: a key check never waits in the
+        # aiosqlite reader's queue behind slower reads (usage, ledgers, listings).
+        row = await self._in_reader(lambda db: db.execute(
+            "SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone())
         return key_from_row(row) if row else None
 
     async def get_key(self: Connected, key_id: str) -> ApiKey | None:

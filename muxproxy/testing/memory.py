@@ -23,6 +23,7 @@ from muxproxy.webhooks.outbox import (
     Attempt,
     Backlog,
     Delivery,
+    DeliveryPending,
     DeliveryStatus,
     SigningSecret,
     Verdict,
@@ -182,9 +183,11 @@ class MemoryStore(Store):
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
         return list(self.t.attempts.get(delivery_id, []))
 
-    def _due(self, now: int | None, skip_hosts: Sequence[str]) -> list[Delivery]:
+    def _due(self, now: int | None, skip_hosts: Sequence[str],
+             skip_keys: Sequence[str]) -> list[Delivery]:
         return sorted((d for d in self.t.deliveries.values()
                        if d.status is DeliveryStatus.PENDING and d.host not in skip_hosts
+                       and d.key_id not in skip_keys
                        and d.next_attempt_at is not None
                        and (d.lease_owner is None if now is None else
                             d.next_attempt_at <= now
@@ -192,9 +195,10 @@ class MemoryStore(Store):
                       key=lambda d: d.next_attempt_at or 0)
 
     async def claim_deliveries(self, now: int, limit: int, owner: str, lease_until: int,
-                               skip_hosts: Sequence[str] = ()) -> list[Delivery]:
+                               skip_hosts: Sequence[str] = (),
+                               skip_keys: Sequence[str] = ()) -> list[Delivery]:
         claimed = []
-        for found in self._due(now, skip_hosts)[:max(limit, 0)]:
+        for found in self._due(now, skip_hosts, skip_keys)[:max(limit, 0)]:
             claimed.append(replace(found, lease_owner=owner, lease_until=lease_until))
             self.t.deliveries[found.job_id] = claimed[-1]
         return claimed
@@ -204,12 +208,15 @@ class MemoryStore(Store):
                      and (owner is None or d.lease_owner == owner)), None)
 
     async def record_attempt(self, delivery_id: str, owner: str, attempt: Attempt,
-                             verdict: Verdict, *, now: int) -> Delivery | None:
+                             verdict: Verdict, *, now: int,
+                             keep: int | None = None) -> Delivery | None:
         held = self._leased(delivery_id, owner)
         if held is None:
             return None
         number = held.attempts + 1
-        self.t.attempts.setdefault(delivery_id, []).append(replace(attempt, number=number))
+        kept = [*self.t.attempts.get(delivery_id, []), replace(attempt, number=number)]
+        self.t.attempts[delivery_id] = kept if keep is None else \
+            [a for a in kept if a.number > number - keep]
         delivered = now if verdict.status is DeliveryStatus.DELIVERED else held.delivered_at
         after = replace(held, attempts=number, round_attempts=held.round_attempts + 1,
                         status=verdict.status, next_attempt_at=verdict.next_attempt_at,
@@ -234,14 +241,17 @@ class MemoryStore(Store):
         if job.callback_url is None or not job.is_terminal:
             raise ValueError(f"job {job.id} has no callback to deliver")
         found = self.t.deliveries.get(job.id)
+        if found is not None and found.status is DeliveryStatus.PENDING:
+            raise DeliveryPending(found)
         armed = new_delivery(job, job.callback_url, now) if found is None else replace(
             found, status=DeliveryStatus.PENDING, round_attempts=0, next_attempt_at=now,
             window_ends_at=None, last_error=None, updated_at=now)
         self.t.deliveries[job.id] = armed
         return armed
 
-    async def next_delivery_due(self, skip_hosts: Sequence[str] = ()) -> int | None:
-        due = self._due(None, skip_hosts)
+    async def next_delivery_due(self, skip_hosts: Sequence[str] = (),
+                                skip_keys: Sequence[str] = ()) -> int | None:
+        due = self._due(None, skip_hosts, skip_keys)
         return due[0].next_attempt_at if due else None
 
     async def delivery_backlog(self) -> Backlog:
