@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -235,11 +235,11 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
         with faults_mapped():
             return fn(self._inline_reader)
 
-    async def _transaction(self, rule: Callable[[Tx], Awaitable[T]]) -> T:
+    async def _transaction(self, rule: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         # The rule runs to its end inside the next group commit: SqliteTx's methods
         # are plain sqlite3 calls and never suspend.
         return await self._in_writer(
-            lambda db: run_inline(cast(Coroutine[Any, Any, T], rule(SqliteTx(db)))))
+            lambda db: run_inline(rule(SqliteTx(db))))
 
     # -- jobs ---------------------------------------------------------------
 

@@ -14,7 +14,7 @@ a backend encodes its way (text for SQLite, ``jsonb`` for PostgreSQL).
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -133,7 +133,7 @@ class Tx(abc.ABC):
 
 class Transactional(abc.ABC):
     @abc.abstractmethod
-    async def _transaction(self, rule: Callable[[Tx], Awaitable[T]]) -> T:
+    async def _transaction(self, rule: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         """Run ``rule`` in one transaction: all its writes, or (it raised) none."""
 
 

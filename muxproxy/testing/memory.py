@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import collections
 import datetime
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from muxproxy.jobs import TERMINAL, Job, JobState
 from muxproxy.store.accounts import ApiKey, KeyNotFound, LedgerEntry, UsageRow
@@ -50,10 +50,10 @@ class MemoryStore(Store):
     async def probe_write(self, now: int) -> None:
         self.probed_at = now
 
-    async def _transaction(self, rule: Callable[[Tx], Awaitable[T]]) -> T:
+    async def _transaction(self, rule: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         before = self.t.copy()
         try:
-            return run_inline(cast(Coroutine[Any, Any, T], rule(MemoryTx(self.t))))
+            return run_inline(rule(MemoryTx(self.t)))
         except BaseException:
             self.t = before
             raise
