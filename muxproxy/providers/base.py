@@ -29,7 +29,7 @@ import orjson
 from muxproxy.clock import Clock
 from muxproxy.generation import GenerationRequest
 from muxproxy.providers.errors import UpstreamError
-from muxproxy.settings import ProviderSettings
+from muxproxy.settings import ProviderSettings, SettingsError
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,29 @@ class Provider(abc.ABC):
     is_async: ClassVar[bool] = False
     #: False for upstreams that work without a key (the demo, local servers).
     needs_key: ClassVar[bool] = True
+    #: The API root used when the config names no ``base_url``; "" when it must.
+    default_base_url: ClassVar[str] = ""
+    #: False for kinds that call no API (the demo).
+    needs_base_url: ClassVar[bool] = True
+    #: The ``options`` keys this kind reads; a config naming any other is refused.
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        """Refuse settings this kind cannot work with: a :class:`SettingsError`
+        naming the key. Runs when the config loads, before anything is opened, so
+        nothing is first found wrong at start or at the first call. Kinds with
+        options extend it."""
+        where = f"providers.{settings.name}"
+        if cls.needs_base_url and not (settings.base_url or cls.default_base_url):
+            raise SettingsError(f"{where}.base_url: required for kind {settings.kind!r}")
+        if settings.base_url and not settings.base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{where}.base_url: must start with http:// or https://")
+        unknown = sorted(set(settings.options) - cls.option_names)
+        if unknown:
+            known = ", ".join(sorted(cls.option_names)) or "none"
+            raise SettingsError(f"{where}.options.{unknown[0]}: not an option of kind "
+                                f"{settings.kind!r} (known: {known})")
 
     @property
     def configured(self) -> bool:

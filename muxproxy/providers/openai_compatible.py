@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import aiohttp
 
@@ -34,7 +34,7 @@ from muxproxy.providers.base import (
     retry_after,
 )
 from muxproxy.providers.errors import Unsupported, UpstreamError
-from muxproxy.settings import ProviderSettings, SettingsError
+from muxproxy.settings import ProviderSettings
 
 # Options a client may set through ``request.extra``; route params may set them too
 # (and win, being the operator's fixed choice).
@@ -49,16 +49,12 @@ MAX_ERROR_BODY = 64 * 1024
 class OpenAICompatibleProvider(Provider):
     needs_key = False
     kind = "openai-compatible"
-    #: Used when the provider's ``base_url`` is not configured.
-    default_base_url: ClassVar[str] = ""
 
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:
         super().__init__(settings, http, clock)
+        self.validate(settings)
         self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
-        if not self.base_url:
-            raise SettingsError(f"providers.{settings.name}.base_url: required for kind "
-                                f"{self.kind!r}")
 
     def check(self, request: GenerationRequest, upstream_model: str,
               params: Mapping[str, Any]) -> None:
