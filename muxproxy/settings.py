@@ -28,6 +28,14 @@ class ServerSettings:
     public_url: str = "http://127.0.0.1:8080"
     secret: str = ""
     graceful_shutdown_seconds: float = 10.0
+    # The HTTP edge's bounds (see muxproxy/edge.py): the request head's size, the
+    # time to receive the head and then the body, an idle kept-alive connection's
+    # life, and the open connections beyond which only /healthz and /readyz answer.
+    max_header_bytes: int = 64 * 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 120.0
+    keepalive_timeout_seconds: float = 5.0
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
@@ -201,7 +209,6 @@ def sqlite_path(url: str) -> Path:
 
 def file_path(url: str) -> Path:
     return Path(url.removeprefix("file://"))
-
 
 
 # The parser builds the classes above, so its module imports this one and is

@@ -12,7 +12,13 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from muxproxy.settings import LimitSettings, Settings, SettingsError, WebhookSettings
+from muxproxy.settings import (
+    LimitSettings,
+    ServerSettings,
+    Settings,
+    SettingsError,
+    WebhookSettings,
+)
 
 
 def check(settings: Settings) -> None:
@@ -43,6 +49,7 @@ def check(settings: Settings) -> None:
     default_model = settings.surfaces.default_model
     if default_model and default_model not in settings.models:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")
+    _check_server(settings.server)
     _check_webhooks(settings.webhooks)
     _check_limits(settings.limits)
     _check_faults(settings)
@@ -59,6 +66,17 @@ def _check_faults(settings: Settings) -> None:
         raise SettingsError("storage.retention_days: must not be negative (0 keeps forever)")
     if settings.storage.sweep_interval_seconds <= 0:
         raise SettingsError("storage.sweep_interval_seconds: must be positive")
+
+
+def _check_server(server: ServerSettings) -> None:
+    if server.max_header_bytes < 1024:
+        raise SettingsError("server.max_header_bytes: must be at least 1024")
+    if server.max_connections < 1:
+        raise SettingsError("server.max_connections: must be at least 1")
+    for name in ("header_timeout_seconds", "body_timeout_seconds",
+                 "keepalive_timeout_seconds"):
+        if getattr(server, name) <= 0:
+            raise SettingsError(f"server.{name}: must be positive")
 
 
 def _check_limits(limits: LimitSettings) -> None:
