@@ -158,7 +158,7 @@ def test_storage_urls() -> None:
             check_storage_url(url)
 
 
-def test_kinds_and_backends_no_config_names_are_never_imported() -> None:
+def test_only_the_kinds_a_config_names_are_imported() -> None:
     """The tables hold import strings: loading a config imports only what it names."""
     code = """
 import sys
