@@ -114,10 +114,6 @@ class Provider(abc.ABC):
     is_async: ClassVar[bool] = False
     #: False for upstreams that work without a key (the demo, local servers).
     needs_key: ClassVar[bool] = True
-    #: The API root used when the config names no ``base_url``; "" when it must.
-    default_base_url: ClassVar[str] = ""
-    #: False for kinds that call no API (the demo).
-    needs_base_url: ClassVar[bool] = True
     #: The ``options`` keys this kind reads; a config naming any other is refused.
     option_names: ClassVar[frozenset[str]] = frozenset()
 
@@ -126,10 +122,8 @@ class Provider(abc.ABC):
         """Refuse settings this kind cannot work with: a :class:`SettingsError`
         naming the key. Runs when the config loads, before anything is opened, so
         nothing is first found wrong at start or at the first call. Kinds with
-        options extend it."""
+        options, or that need a ``base_url``, extend it."""
         where = f"providers.{settings.name}"
-        if cls.needs_base_url and not (settings.base_url or cls.default_base_url):
-            raise SettingsError(f"{where}.base_url: required for kind {settings.kind!r}")
         if settings.base_url and not settings.base_url.startswith(("http://", "https://")):
             raise SettingsError(f"{where}.base_url: must start with http:// or https://")
         unknown = sorted(set(settings.options) - cls.option_names)

@@ -37,7 +37,6 @@ from muxproxy.settings import ProviderSettings, SettingsError
 
 class DemoProvider(Provider):
     needs_key = False
-    needs_base_url = False
     kind = "demo"
     is_async = True
     option_names = frozenset({"delay_seconds", "failure_rate", "failure_kind", "async"})

@@ -113,7 +113,6 @@ class Plan:
 
 class FalProvider(Provider):
     kind = "fal"
-    default_base_url = DEFAULT_BASE_URL
     is_async = True
 
     @property

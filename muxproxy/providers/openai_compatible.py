@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 
@@ -34,7 +34,7 @@ from muxproxy.providers.base import (
     retry_after,
 )
 from muxproxy.providers.errors import Unsupported, UpstreamError
-from muxproxy.settings import ProviderSettings
+from muxproxy.settings import ProviderSettings, SettingsError
 
 # Options a client may set through ``request.extra``; route params may set them too
 # (and win, being the operator's fixed choice).
@@ -49,6 +49,15 @@ MAX_ERROR_BODY = 64 * 1024
 class OpenAICompatibleProvider(Provider):
     needs_key = False
     kind = "openai-compatible"
+    #: Used when the provider's ``base_url`` is not configured.
+    default_base_url: ClassVar[str] = ""
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        super().validate(settings)
+        if not (settings.base_url or cls.default_base_url):
+            raise SettingsError(f"providers.{settings.name}.base_url: required for kind "
+                                f"{settings.kind!r}")
 
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:

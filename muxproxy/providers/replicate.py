@@ -78,7 +78,6 @@ def dialect(model: str) -> Dialect:
 class ReplicateProvider(Provider):
     kind = "replicate"
     is_async = True
-    default_base_url = DEFAULT_BASE_URL
     option_names = frozenset({"wait_seconds"})
 
     @classmethod

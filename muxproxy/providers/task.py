@@ -56,6 +56,8 @@ class TaskProvider(Provider):
     @classmethod
     def validate(cls, settings: ProviderSettings) -> None:
         super().validate(settings)
+        if not settings.base_url:
+            raise SettingsError(f"providers.{settings.name}.base_url: required for kind 'task'")
         if not isinstance(settings.options.get("base64_list", False), bool):
             raise SettingsError(f"providers.{settings.name}.options.base64_list: expected "
                                 f"true or false, got {settings.options['base64_list']!r}")
