@@ -132,16 +132,15 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     signer = UrlSigner(settings.server.secret, settings.server.public_url,
                        settings.storage.url_ttl_seconds, clock)
     events = JobEvents()
-    breakers = {name: CircuitBreaker(ps.circuit_threshold, ps.circuit_cooldown_seconds,
-                                     clock) for name, ps in settings.providers.items()}
+    breakers = {name: CircuitBreaker(ps.circuit_threshold, ps.circuit_cooldown_seconds, clock)
+                for name, ps in settings.providers.items()}
     runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events,
                        breakers, fetcher)
     scheduler = Scheduler(store, providers, runner, clock, settings.jobs, metrics)
     guard = CallbackGuard(AddressPolicy(settings.webhooks.allow_networks), resolver)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
                       scheduler, check_callback=guard.check, check_reference=fetcher.check)
-    relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard,
-                         gateway.result_urls)
+    relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_urls)
     events.subscribe(relay.on_job)
     retention = RetentionSweep(settings.storage, store, storage, clock)
     # Stopped with what is left of the grace period since the signal (all of it
@@ -168,7 +167,8 @@ async def _open_backends(settings: Settings, clock: Clock, closers: AsyncExitSta
     await store.open()
     for key in settings.keys:
         limits = KeyLimits(unlimited=key.unlimited, rpm_limit=key.rpm,
-                           max_concurrent=key.max_concurrent, allowed_models=key.models)
+                           max_concurrent=key.max_concurrent, allowed_models=key.models,
+                           webhook_allow_networks=key.webhook_allow_networks)
         await store.upsert_key(key.name, hash_key(key.key), now=now_ms(clock),
                                limits=limits, initial_credits=key.credits)
     storage = open_storage(settings.storage.url)

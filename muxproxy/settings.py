@@ -112,7 +112,14 @@ class WebhookSettings:
     retry_after_max_seconds: float = 300.0
     max_concurrency: int = 16
     max_per_host: int = 4
-    # Networks a callback may reach although they are not public (CIDR strings).
+    # Slots one key's deliveries may hold at once, so one tenant's slow receivers
+    # cannot take every slot.
+    max_per_key: int = 4
+    # Attempts kept per delivery (the oldest are pruned as new ones are recorded).
+    max_attempts_kept: int = 50
+    # Networks any key's callbacks may reach although they are not public (CIDR
+    # strings). Every tenant gets them: on a shared install grant a network to one
+    # key instead ([[keys]] webhook_allow_networks).
     allow_networks: tuple[str, ...] = ()
 
 
@@ -133,11 +140,20 @@ class ApiKeySettings:
     rpm: int | None = None
     max_concurrent: int | None = None
     models: tuple[str, ...] | None = None
+    # Networks (CIDR) this key's callbacks may reach although they are not public,
+    # on top of webhooks.allow_networks; other keys' callbacks still may not.
+    webhook_allow_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class AdminSettings:
     # The admin API (/admin/) answers only to this bearer token; empty disables it.
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    # /metrics answers only to this bearer token; empty leaves it open.
     token: str = ""
 
 
@@ -194,6 +210,7 @@ class Settings:
     jobs: JobSettings = field(default_factory=JobSettings)
     surfaces: SurfaceSettings = field(default_factory=SurfaceSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LogSettings = field(default_factory=LogSettings)
     keys: tuple[ApiKeySettings, ...] = ()

@@ -94,7 +94,8 @@ def _check_limits(limits: LimitSettings) -> None:
 
 
 def _check_webhooks(hooks: WebhookSettings) -> None:
-    for name in ("quick_attempts", "max_concurrency", "max_per_host"):
+    for name in ("quick_attempts", "max_concurrency", "max_per_host", "max_per_key",
+                 "max_attempts_kept"):
         if getattr(hooks, name) < 1:
             raise SettingsError(f"webhooks.{name}: must be at least 1")
     for name in ("quick_backoff_seconds", "background_interval_seconds",

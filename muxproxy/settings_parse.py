@@ -6,6 +6,7 @@ are the public names; they call :func:`load` and :func:`parse` here.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -23,6 +24,7 @@ from muxproxy.settings import (
     JobSettings,
     LimitSettings,
     LogSettings,
+    MetricsSettings,
     ModelSettings,
     ProviderSettings,
     RouteSettings,
@@ -52,7 +54,7 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
 def parse(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     data = _expand(raw, env, "")
     known = {"server", "database", "storage", "limits", "jobs", "surfaces", "admin",
-             "webhooks", "logging", "keys",
+             "metrics", "webhooks", "logging", "keys",
              "providers", "models"}
     _no_unknown(data, known, "")
     providers = _providers(data.get("providers", {}))
@@ -64,6 +66,7 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         jobs=_section(JobSettings, data, "jobs"),
         surfaces=_section(SurfaceSettings, data, "surfaces"),
         admin=_section(AdminSettings, data, "admin"),
+        metrics=_section(MetricsSettings, data, "metrics"),
         webhooks=_section(WebhookSettings, data, "webhooks"),
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),
@@ -139,7 +142,7 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
         if not isinstance(item, Mapping):
             raise SettingsError(f"{where}: expected a table")
         _no_unknown(item, {"name", "key", "credits", "unlimited", "rpm", "max_concurrent",
-                           "models"}, where)
+                           "models", "webhook_allow_networks"}, where)
         name, key = _key_rule(key_rules.check_name, item.get("name"), where), item.get("key")
         if not isinstance(key, str) or len(key) < 8:
             raise SettingsError(f"{where}.key: required, at least 8 characters")
@@ -153,8 +156,19 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
             unlimited=_coerce(item.get("unlimited", False), False, f"{where}.unlimited"),
             rpm=_optional_positive(item, "rpm", where),
             max_concurrent=_optional_positive(item, "max_concurrent", where),
-            models=models))
+            models=models,
+            webhook_allow_networks=_networks(item, "webhook_allow_networks", where)))
     return tuple(keys)
+
+
+def _networks(table: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
+    networks = _strings(table, name, where)
+    for i, network in enumerate(networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise SettingsError(f"{where}.{name}[{i}]: not a network: {network!r}") from None
+    return networks
 
 
 def _optional_positive(table: Mapping[str, Any], name: str, where: str) -> int | None:
