@@ -164,18 +164,25 @@ def test_storage_urls() -> None:
             check_storage_url(url)
 
 
-def test_only_the_kinds_a_config_names_are_imported() -> None:
-    """The tables hold import strings: loading a config imports only what it names."""
+def test_only_what_a_config_names_is_imported() -> None:
+    """The tables hold import strings: a backend or kind is imported when a config
+    names it, and one no config names costs nothing."""
     code = """
 import sys
+import muxproxy.providers, muxproxy.storage, muxproxy.store
 from muxproxy.settings import parse_settings
+print(" ".join(sorted(sys.modules)))
 parse_settings({"server": {"secret": "0123456789abcdef"},
                 "providers": {"p": {"kind": "demo"}}}, {})
-print(" ".join(sorted(m for m in sys.modules if m.startswith("muxproxy.providers."))))
+print(" ".join(sorted(sys.modules)))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60).stdout.split()
-    assert "muxproxy.providers.demo" in out
+    before, after = (line.split() for line in subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        timeout=60).stdout.splitlines())
+    backends = {"muxproxy.store.sqlite", "aiosqlite", "muxproxy.storage.local",
+                "muxproxy.providers.demo"}
+    assert backends.isdisjoint(before)
+    assert backends <= set(after)
     for target in KINDS.values():
         module = target.partition(":")[0]
-        assert module == "muxproxy.providers.demo" or module not in out
+        assert module == "muxproxy.providers.demo" or module not in after
