@@ -29,7 +29,7 @@ import orjson
 from muxproxy.clock import Clock
 from muxproxy.generation import GenerationRequest
 from muxproxy.providers.errors import UpstreamError
-from muxproxy.settings import ProviderSettings
+from muxproxy.settings import ProviderSettings, SettingsError
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,23 @@ class Provider(abc.ABC):
     is_async: ClassVar[bool] = False
     #: False for upstreams that work without a key (the demo, local servers).
     needs_key: ClassVar[bool] = True
+    #: The ``options`` keys this kind reads; a config naming any other is refused.
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        """Refuse settings this kind cannot work with: a :class:`SettingsError`
+        naming the key. Runs when the config loads, before anything is opened, so
+        nothing is first found wrong at start or at the first call. Kinds with
+        options, or that need a ``base_url``, extend it."""
+        where = f"providers.{settings.name}"
+        if settings.base_url and not settings.base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{where}.base_url: must start with http:// or https://")
+        unknown = sorted(set(settings.options) - cls.option_names)
+        if unknown:
+            known = ", ".join(sorted(cls.option_names)) or "none"
+            raise SettingsError(f"{where}.options.{unknown[0]}: not an option of kind "
+                                f"{settings.kind!r} (known: {known})")
 
     @property
     def configured(self) -> bool:

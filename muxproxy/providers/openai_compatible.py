@@ -52,13 +52,18 @@ class OpenAICompatibleProvider(Provider):
     #: Used when the provider's ``base_url`` is not configured.
     default_base_url: ClassVar[str] = ""
 
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        super().validate(settings)
+        if not (settings.base_url or cls.default_base_url):
+            raise SettingsError(f"providers.{settings.name}.base_url: required for kind "
+                                f"{settings.kind!r}")
+
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:
         super().__init__(settings, http, clock)
+        self.validate(settings)
         self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
-        if not self.base_url:
-            raise SettingsError(f"providers.{settings.name}.base_url: required for kind "
-                                f"{self.kind!r}")
 
     def check(self, request: GenerationRequest, upstream_model: str,
               params: Mapping[str, Any]) -> None:

@@ -51,12 +51,21 @@ RUNNING = frozenset({"pending", "processing"})
 class TaskProvider(Provider):
     kind = "task"
     is_async = True
+    option_names = frozenset({"base64_list"})
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        super().validate(settings)
+        if not settings.base_url:
+            raise SettingsError(f"providers.{settings.name}.base_url: required for kind 'task'")
+        if not isinstance(settings.options.get("base64_list", False), bool):
+            raise SettingsError(f"providers.{settings.name}.options.base64_list: expected "
+                                f"true or false, got {settings.options['base64_list']!r}")
 
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:
         super().__init__(settings, http, clock)
-        if not settings.base_url:
-            raise SettingsError(f"providers.{settings.name}.base_url: required for kind 'task'")
+        self.validate(settings)
         self.url = settings.base_url.rstrip("/") + PATH
         self.base64_list = bool(settings.options.get("base64_list", False))
 
