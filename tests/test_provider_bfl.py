@@ -25,9 +25,10 @@ from muxproxy.providers.base import (
     Reference,
     Running,
     Submitted,
+    Unsupported,
+    UpstreamError,
 )
 from muxproxy.providers.bfl import BflProvider, family_for, pixel_size
-from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.settings import ProviderSettings
 from tests.fakes.bfl import FakeBFL, running
 from tests.fakes.images import solid

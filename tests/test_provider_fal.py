@@ -21,8 +21,9 @@ from muxproxy.providers.base import (
     Reference,
     Running,
     Submitted,
+    Unsupported,
+    UpstreamError,
 )
-from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.providers.fal import FalProvider, plan
 from muxproxy.settings import ProviderSettings
 from tests.fakes.fal import FakeFal
@@ -155,7 +156,7 @@ async def test_sub_path_app_polls_the_returned_urls(fal: FakeFal,
     assert (fal.counts["submit"], fal.counts["status"], fal.counts["result"]) == (1, 3, 1)
     # The sub-path status URL a client might build does not exist upstream.
     async with http.get(f"{fal.url}/fal-ai/flux/dev/requests/{submitted.upstream_id}/status",
-                        headers=provider.headers) as resp:
+                        headers=provider.auth_headers()) as resp:
         assert resp.status in (404, 405)
 
 

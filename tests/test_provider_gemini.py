@@ -13,14 +13,9 @@ import pytest
 
 from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.providers.base import Call, Finished, ImageData, Reference
-from muxproxy.providers.errors import Unsupported, UpstreamError
-from muxproxy.providers.gemini import (
-    GeminiProvider,
-    image_size_for,
-    limits_for,
-    nearest_aspect_ratio,
-)
+from muxproxy.providers.base import Call, Finished, ImageData, Reference, Unsupported, UpstreamError
+from muxproxy.providers.gemini import GeminiProvider, image_size_for, limits_for
+from muxproxy.providers.sizes import nearest_ratio as nearest_aspect_ratio
 from muxproxy.settings import ProviderSettings
 from tests.fakes.gemini import FakeGemini, running
 from tests.fakes.images import solid

@@ -13,8 +13,14 @@ from pytest_aiohttp import AiohttpServer
 from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.providers import provider_class
-from muxproxy.providers.base import Finished, ImageData, ImageLink, Reference
-from muxproxy.providers.errors import Unsupported, UpstreamError
+from muxproxy.providers.base import (
+    Finished,
+    ImageData,
+    ImageLink,
+    Reference,
+    Unsupported,
+    UpstreamError,
+)
 from muxproxy.providers.openai import OpenAIProvider
 from muxproxy.providers.openai_compatible import OpenAICompatibleProvider, form_value
 from muxproxy.settings import ProviderSettings, SettingsError

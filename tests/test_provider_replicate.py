@@ -13,8 +13,15 @@ from pytest_aiohttp import AiohttpServer
 
 from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.providers.base import Call, Finished, Handle, ImageLink, Running, Submitted
-from muxproxy.providers.errors import Unsupported
+from muxproxy.providers.base import (
+    Call,
+    Finished,
+    Handle,
+    ImageLink,
+    Running,
+    Submitted,
+    Unsupported,
+)
 from muxproxy.providers.replicate import ReplicateProvider, build_input
 from muxproxy.settings import ProviderSettings, SettingsError
 from tests.fakes.replicate import VERSIONS, FakeReplicate

@@ -15,8 +15,7 @@ from pytest_aiohttp import AiohttpServer
 
 from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.providers.base import Call, Finished, Reference
-from muxproxy.providers.errors import UpstreamError
+from muxproxy.providers.base import Call, Finished, Reference, UpstreamError
 from muxproxy.providers.task import TaskProvider
 from muxproxy.settings import ProviderSettings, SettingsError
 from tests.fakes.scripted import eventually, png, serve

@@ -13,8 +13,14 @@ from pytest_aiohttp import AiohttpServer
 
 from muxproxy.generation import GenerationRequest
 from muxproxy.providers import provider_class
-from muxproxy.providers.base import Finished, ImageData, ImageLink, Reference
-from muxproxy.providers.errors import Unsupported, UpstreamError
+from muxproxy.providers.base import (
+    Finished,
+    ImageData,
+    ImageLink,
+    Reference,
+    Unsupported,
+    UpstreamError,
+)
 from muxproxy.providers.xai import XAIProvider
 from tests.fakes.openai import make_image
 from tests.fakes.xai import FakeXAI

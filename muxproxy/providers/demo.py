@@ -29,8 +29,8 @@ from muxproxy.providers.base import (
     Provider,
     SubmitOutcome,
     Submitted,
+    UpstreamError,
 )
-from muxproxy.providers.errors import UpstreamError
 
 
 class DemoProvider(Provider):

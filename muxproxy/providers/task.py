@@ -39,10 +39,11 @@ from muxproxy.providers.base import (
     Running,
     SubmitOutcome,
     Submitted,
+    UpstreamError,
+    ok,
 )
-from muxproxy.providers.errors import UpstreamError
-from muxproxy.providers.payloads import as_dict, data_uri, error_body, unexpected
-from muxproxy.settings import ProviderSettings, SettingsError
+from muxproxy.providers.payloads import as_dict, data_uri, unexpected
+from muxproxy.settings import ProviderSettings
 
 PATH = "/api/v1/images/generations"
 RUNNING = frozenset({"pending", "processing"})
@@ -51,22 +52,17 @@ RUNNING = frozenset({"pending", "processing"})
 class TaskProvider(Provider):
     kind = "task"
     is_async = True
+    error_paths = ("msg",)
 
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:
         super().__init__(settings, http, clock)
-        if not settings.base_url:
-            raise SettingsError(f"providers.{settings.name}.base_url: required for kind 'task'")
-        self.url = settings.base_url.rstrip("/") + PATH
+        self.url = self.base_url + PATH
         self.base64_list = bool(settings.options.get("base64_list", False))
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
 
     async def submit(self, call: Call) -> SubmitOutcome:
         body = await self._body(call)
-        async with self.call("POST", self.url, json=body, headers=self.headers) as response:
+        async with self.call("POST", self.url, json=body) as response:
             data = await self._data(response)
         task_id = data.get("taskId")
         if not isinstance(task_id, str) or not task_id:
@@ -77,8 +73,8 @@ class TaskProvider(Provider):
         return Submitted(upstream_id=task_id)
 
     async def poll(self, handle: Handle) -> PollOutcome:
-        async with self.call("GET", self.url, params={"task_id": handle.upstream_id},
-                             headers=self.headers) as response:
+        async with self.call("GET", self.url,
+                             params={"task_id": handle.upstream_id}) as response:
             return self._outcome(await self._data(response))
 
     async def _body(self, call: Call) -> dict[str, Any]:
@@ -111,9 +107,8 @@ class TaskProvider(Provider):
         return body
 
     async def _data(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
-        if not 200 <= response.status < 300:
-            body = as_dict(await error_body(response))
-            raise self.error_for(response, str(body.get("msg") or ""))
+        if not ok(response):
+            raise await self.upstream_error(response)
         envelope = as_dict(await self.read_json(response))
         code = envelope.get("code")
         if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
