@@ -32,6 +32,7 @@ from tests.support.provider_calls import (
     gateway_config,
     make_call,
     make_provider,
+    run_job,
     serve,
 )
 
@@ -404,9 +405,8 @@ async def test_e2e_edit_sends_the_uploaded_image(tmp_path: Path, fake: FakeOpenA
 
 
 async def test_e2e_permanent_failure(tmp_path: Path, fake: FakeOpenAI) -> None:
-    async with run_gateway(_config(tmp_path, fake)) as gw:
-        task = await gw.wait_terminal(await gw.submit(
-            {"model": "gpt-image-2", "prompt": "a forbidden thing"}))
+    task = await run_job(_config(tmp_path, fake),
+                         {"model": "gpt-image-2", "prompt": "a forbidden thing"})
     assert task["state"] == "failed"
     assert task["failCode"] == "moderation_blocked"
     assert "rejected as a result of our safety system" in task["failMsg"]
@@ -417,9 +417,7 @@ async def test_e2e_permanent_failure(tmp_path: Path, fake: FakeOpenAI) -> None:
 async def test_e2e_transient_then_success(tmp_path: Path, fake: FakeOpenAI,
                                           status: int) -> None:
     fake.fail(status, times=2, headers={"Retry-After": "1"})
-    async with run_gateway(_config(tmp_path, fake)) as gw:
-        task = await gw.wait_terminal(await gw.submit({"model": "gpt-image-2",
-                                                       "prompt": "a fox"}))
+    task = await run_job(_config(tmp_path, fake), {"model": "gpt-image-2", "prompt": "a fox"})
     assert task["state"] == "completed", task
     assert len(fake.calls(GENERATIONS)) == 3
 
