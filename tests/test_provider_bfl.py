@@ -40,6 +40,7 @@ from tests.support.provider_calls import (
     provider_for,
     run_job,
     submit,
+    submit_error,
 )
 
 
@@ -224,27 +225,22 @@ async def test_one_moderated_image_fails_the_fan_out(fake: FakeBFL,
 async def test_submit_errors(fake: FakeBFL, http: aiohttp.ClientSession, script: str,
                              status: int, transient: bool, fragment: str) -> None:
     fake.script = [script]
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http).submit(call(GenerationRequest(prompt="p")))
-    error = caught.value
+    error = await submit_error(provider(fake, http), call(GenerationRequest(prompt="p")))
     assert (error.status, error.transient) == (status, transient)
     assert fragment in error.message
 
 
 async def test_validation_error_keeps_bfls_message(fake: FakeBFL,
                                                    http: aiohttp.ClientSession) -> None:
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http).submit(call(GenerationRequest(prompt="p"),
-                                               params={"width": 1000}))
-    error = caught.value
+    error = await submit_error(provider(fake, http),
+                               call(GenerationRequest(prompt="p"), params={"width": 1000}))
     assert (error.status, error.transient, error.code) == (422, False, "invalid_request")
     assert error.message == "bfl: width: Input should be a multiple of 16"
 
 
 async def test_wrong_key_is_permanent(fake: FakeBFL, http: aiohttp.ClientSession) -> None:
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http, key="nope").submit(call(GenerationRequest(prompt="p")))
-    error = caught.value
+    error = await submit_error(provider(fake, http, key="nope"),
+                               call(GenerationRequest(prompt="p")))
     assert (error.status, error.transient) == (403, False)
     assert error.message == "bfl: Not authenticated - Invalid Authentication"
 

@@ -22,14 +22,18 @@ from muxproxy.providers.base import (
 )
 from muxproxy.providers.fal import FalProvider, plan
 from tests.fakes.fal import FakeFal
-from tests.fakes.scripted import eventually, png, serve
+from tests.fakes.scripted import png
 from tests.support.gateway import run_gateway
 from tests.support.provider_calls import (
+    accepted_job,
+    arrange,
     call_for,
     gateway_config,
     handle_for,
+    job_end,
     provider_for,
     run_job,
+    served,
     submit,
     upstream_id_of,
 )
@@ -37,9 +41,7 @@ from tests.support.provider_calls import (
 
 @pytest.fixture
 async def fal(aiohttp_server: AiohttpServer) -> FakeFal:
-    fake = FakeFal()
-    await serve(fake, aiohttp_server)
-    return fake
+    return await served(FakeFal(), aiohttp_server)
 
 
 def adapter(fake: FakeFal, http: aiohttp.ClientSession) -> FalProvider:
@@ -224,9 +226,7 @@ async def test_uploaded_references_count_at_submit(tmp_path: Path, fal: FakeFal)
 ], ids=["bad-key", "422-at-submit", "completed-with-error", "422-at-result"])
 async def test_permanent_failures(tmp_path: Path, fal: FakeFal, setup: dict[str, Any],
                                   body: dict[str, Any], fail_msg: str, fail_code: str) -> None:
-    key = setup.pop("key", None)
-    for name, value in setup.items():
-        setattr(fal, name, value)
+    key = arrange(fal, setup)
     task = await run_job(fal_config(tmp_path, fal, key=key),
                          {"model": "nano-banana", "prompt": "a fox", **body})
     assert task["state"] == "failed"
@@ -246,9 +246,7 @@ async def test_submit_500_is_retried(tmp_path: Path, fal: FakeFal) -> None:
 async def test_429_on_a_poll_keeps_polling(tmp_path: Path, fal: FakeFal) -> None:
     fal.fail("status", 429, {"detail": "Too many requests"}, times=2,
              headers={"Retry-After": "0"})
-    async with run_gateway(fal_config(tmp_path, fal)) as gateway:
-        task_id = await gateway.submit({"model": "nano-banana", "prompt": "a fox"})
-        task = await gateway.wait_terminal(task_id)
+    task = await run_job(fal_config(tmp_path, fal), {"model": "nano-banana", "prompt": "a fox"})
     assert task["state"] == "completed", task
     assert fal.counts["submit"] == 1
     assert fal.counts["status"] >= 5     # two 429s, 202 queued, in progress, completed
@@ -257,14 +255,9 @@ async def test_429_on_a_poll_keeps_polling(tmp_path: Path, fal: FakeFal) -> None
 async def test_deadline_cancels_upstream(tmp_path: Path, fal: FakeFal) -> None:
     fal.hold = True
     config = fal_config(tmp_path, fal, jobs={"deadline_seconds": 0.5})
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "nano-banana", "prompt": "a fox"}))
-        assert (task["state"], task["failCode"]) == ("failed", "deadline_exceeded")
-
-        async def canceled() -> bool:
-            return fal.counts["cancel"] == 1
-        await eventually(canceled)
+    task = await run_job(config, {"model": "nano-banana", "prompt": "a fox"},
+                         until=lambda: fal.counts["cancel"] == 1)
+    assert (task["state"], task["failCode"]) == ("failed", "deadline_exceeded")
     [request] = fal.requests.values()
     assert request.canceled
 
@@ -272,15 +265,13 @@ async def test_deadline_cancels_upstream(tmp_path: Path, fal: FakeFal) -> None:
 async def test_restart_mid_job_resumes_polling(tmp_path: Path, fal: FakeFal) -> None:
     fal.hold = True
     config = fal_config(tmp_path, fal)
-    async with run_gateway(config) as gateway:
-        task_id = await gateway.submit({"model": "flux-dev", "prompt": "a fox"})
-        request_id = await upstream_id_of(gateway, task_id)
+    async with accepted_job(config, {"model": "flux-dev", "prompt": "a fox"}) as (
+            gateway, task_id, request_id):
         assert fal.counts["submit"] == 1
         assert (await gateway.task(task_id))["state"] == "processing"
     fal.hold = False
     polls_before = fal.counts["status"]
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(task_id)
+    task = await job_end(config, task_id)
     assert task["state"] == "completed", task
     assert fal.counts["submit"] == 1
     assert fal.counts["status"] > polls_before

@@ -17,7 +17,14 @@ from muxproxy.providers.sizes import nearest_ratio as nearest_aspect_ratio
 from tests.fakes.gemini import FakeGemini, running
 from tests.fakes.images import solid
 from tests.support.gateway import run_gateway
-from tests.support.provider_calls import b64, call_for, gateway_config, provider_for, run_job
+from tests.support.provider_calls import (
+    b64,
+    call_for,
+    gateway_config,
+    provider_for,
+    run_job,
+    submit_error,
+)
 
 FLASH = "gemini-2.5-flash-image"
 PRO = "gemini-3-pro-image-preview"
@@ -137,9 +144,7 @@ async def test_blocks_arrive_as_200_and_fail_permanently(
         fake: FakeGemini, http: aiohttp.ClientSession, behaviour: str, code: str,
         fragments: list[str]) -> None:
     fake.script = [behaviour]
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http).submit(call(GenerationRequest(prompt="p"), PRO))
-    error = caught.value
+    error = await submit_error(provider(fake, http), call(GenerationRequest(prompt="p"), PRO))
     assert (error.transient, error.code) == (False, code)
     assert error.message.startswith("gemini: ")
     for fragment in fragments:
@@ -156,9 +161,7 @@ async def test_error_classification(fake: FakeGemini, http: aiohttp.ClientSessio
                                     behaviour: str, status: int, transient: bool,
                                     fragment: str) -> None:
     fake.script = [behaviour]
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http).submit(call(GenerationRequest(prompt="p")))
-    error = caught.value
+    error = await submit_error(provider(fake, http), call(GenerationRequest(prompt="p")))
     assert (error.status, error.transient) == (status, transient)
     assert fragment in error.message
 
@@ -173,9 +176,8 @@ async def test_rate_limit_retry_delay_is_kept(fake: FakeGemini,
 
 
 async def test_wrong_key_is_permanent(fake: FakeGemini, http: aiohttp.ClientSession) -> None:
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http, key="nope").submit(call(GenerationRequest(prompt="p")))
-    error = caught.value
+    error = await submit_error(provider(fake, http, key="nope"),
+                               call(GenerationRequest(prompt="p")))
     assert (error.status, error.transient, error.code) == (400, False, "invalid_argument")
     assert "API key not valid. Please pass a valid API key." in error.message
 

@@ -16,14 +16,18 @@ from muxproxy.providers.base import Finished, Handle, ImageLink, Running, Submit
 from muxproxy.providers.replicate import ReplicateProvider, build_input
 from muxproxy.settings import SettingsError
 from tests.fakes.replicate import VERSIONS, FakeReplicate
-from tests.fakes.scripted import eventually, png, serve
+from tests.fakes.scripted import png
 from tests.support.gateway import run_gateway
 from tests.support.provider_calls import (
+    accepted_job,
+    arrange,
     call_for,
     gateway_config,
     handle_for,
+    job_end,
     provider_for,
     run_job,
+    served,
     upstream_id_of,
 )
 
@@ -34,9 +38,7 @@ KONTEXT = "black-forest-labs/flux-kontext-pro"
 
 @pytest.fixture
 async def replicate(aiohttp_server: AiohttpServer) -> FakeReplicate:
-    fake = FakeReplicate()
-    await serve(fake, aiohttp_server)
-    return fake
+    return await served(FakeReplicate(), aiohttp_server)
 
 
 def adapter(fake: FakeReplicate, http: aiohttp.ClientSession,
@@ -192,9 +194,7 @@ async def test_prefer_wait_that_runs_out_falls_back_to_polling(
 async def test_permanent_failures(tmp_path: Path, replicate: FakeReplicate,
                                   setup: dict[str, Any], body: dict[str, Any], fail_msg: str,
                                   fail_code: str) -> None:
-    key = setup.pop("key", None)
-    for name, value in setup.items():
-        setattr(replicate, name, value)
+    key = arrange(replicate, setup)
     task = await run_job(replicate_config(tmp_path, replicate, key=key),
                          {"model": "flux-schnell", "prompt": "a fox", **body})
     assert task["state"] == "failed"
@@ -237,14 +237,9 @@ async def test_errors_on_polls_keep_polling(tmp_path: Path, replicate: FakeRepli
 async def test_deadline_cancels_upstream(tmp_path: Path, replicate: FakeReplicate) -> None:
     replicate.hold = True
     config = replicate_config(tmp_path, replicate, jobs={"deadline_seconds": 0.5})
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "flux-schnell", "prompt": "a fox"}))
-        assert (task["state"], task["failCode"]) == ("failed", "deadline_exceeded")
-
-        async def canceled() -> bool:
-            return replicate.counts["cancel"] == 1
-        await eventually(canceled)
+    task = await run_job(config, {"model": "flux-schnell", "prompt": "a fox"},
+                         until=lambda: replicate.counts["cancel"] == 1)
+    assert (task["state"], task["failCode"]) == ("failed", "deadline_exceeded")
     [prediction] = replicate.predictions.values()
     assert prediction["status"] == "canceled"
 
@@ -253,14 +248,12 @@ async def test_restart_mid_job_resumes_polling(tmp_path: Path,
                                                replicate: FakeReplicate) -> None:
     replicate.hold = True
     config = replicate_config(tmp_path, replicate)
-    async with run_gateway(config) as gateway:
-        task_id = await gateway.submit({"model": "flux-1.1-pro", "prompt": "a fox"})
-        prediction_id = await upstream_id_of(gateway, task_id)
+    async with accepted_job(config, {"model": "flux-1.1-pro", "prompt": "a fox"}) as (
+            _, task_id, prediction_id):
         assert replicate.counts["create"] == 1
     replicate.hold = False
     polls_before = replicate.counts["get"]
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(task_id)
+    task = await job_end(config, task_id)
     assert task["state"] == "completed", task
     assert replicate.counts["create"] == 1
     assert replicate.counts["get"] > polls_before

@@ -18,23 +18,25 @@ from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.providers.base import Finished, Reference, UpstreamError
 from muxproxy.providers.task import TaskProvider
 from muxproxy.settings import ProviderSettings, SettingsError
-from tests.fakes.scripted import png, serve
+from tests.fakes.scripted import png
 from tests.fakes.task import FakeTask
 from tests.support.gateway import KEY_A, base_config, merge, run_gateway
 from tests.support.provider_calls import (
+    accepted_job,
+    arrange,
     call_for,
     gateway_config,
+    job_end,
     provider_for,
     run_job,
+    served,
     upstream_id_of,
 )
 
 
 @pytest.fixture
 async def upstream(aiohttp_server: AiohttpServer) -> FakeTask:
-    fake = FakeTask()
-    await serve(fake, aiohttp_server)
-    return fake
+    return await served(FakeTask(), aiohttp_server)
 
 
 def adapter(fake: FakeTask, http: aiohttp.ClientSession, **options: Any) -> TaskProvider:
@@ -150,9 +152,7 @@ async def test_sync_model_completes_at_submit(tmp_path: Path, upstream: FakeTask
 ], ids=["failed", "failed-at-submit", "402", "401", "400"])
 async def test_permanent_failures(tmp_path: Path, upstream: FakeTask, setup: dict[str, Any],
                                   model: str, fail_msg: str, fail_code: str) -> None:
-    key = setup.pop("key", upstream.key)
-    for name, value in setup.items():
-        setattr(upstream, name, value)
+    key = arrange(upstream, setup) or upstream.key
     task = await run_job(task_config(tmp_path, upstream.url, key),
                          {"model": model, "prompt": "a cat"})
     assert (task["state"], task["failMsg"], task["failCode"]) == \
@@ -192,14 +192,12 @@ async def test_deadline_fails_the_job_without_a_cancel_call(tmp_path: Path,
 async def test_restart_mid_job_resumes_polling(tmp_path: Path, upstream: FakeTask) -> None:
     upstream.hold = True
     config = task_config(tmp_path, upstream.url, upstream.key)
-    async with run_gateway(config) as gateway:
-        task_id = await gateway.submit({"model": "gemini-3-pro-image", "prompt": "a cat"})
-        upstream_id = await upstream_id_of(gateway, task_id)
+    async with accepted_job(config, {"model": "gemini-3-pro-image", "prompt": "a cat"}) as (
+            _, task_id, upstream_id):
         assert upstream.counts["submit"] == 1
     upstream.hold = False
     polls_before = upstream.counts["poll"]
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(task_id)
+    task = await job_end(config, task_id)
     assert task["state"] == "completed", task
     assert upstream.counts["submit"] == 1
     assert upstream.counts["poll"] > polls_before

@@ -68,19 +68,21 @@ class ScriptedProvider(Provider):
     async def submit(self, call: Call) -> SubmitOutcome:
         outcome = await self._answer(call)
         if isinstance(outcome, Running):
-            raise UpstreamError(f"{self.name}: the handler answered a submit with Running",
-                                transient=False, code="adapter_error")
+            raise self._out_of_turn("a submit", outcome)
         return outcome
 
     async def poll(self, handle: Handle) -> PollOutcome:
         outcome = await self._answer(handle)
         if isinstance(outcome, Submitted):
-            raise UpstreamError(f"{self.name}: the handler answered a poll with Submitted",
-                                transient=False, code="adapter_error")
+            raise self._out_of_turn("a poll", outcome)
         return outcome
 
     async def cancel(self, handle: Handle) -> None:
         self.canceled.append(handle)
+
+    def _out_of_turn(self, step: str, outcome: Outcome) -> UpstreamError:
+        return UpstreamError(f"{self.name}: the handler answered {step} with "
+                             f"{type(outcome).__name__}", transient=False, code="adapter_error")
 
     async def _answer(self, step: Call | Handle) -> Outcome:
         self.steps.append(step)

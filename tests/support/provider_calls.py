@@ -4,11 +4,13 @@ handles the runner would give it, and a gateway routing public models to it."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import pytest
 from pytest_aiohttp import AiohttpServer
 
 from muxproxy.clock import SystemClock
@@ -21,14 +23,17 @@ from muxproxy.providers.base import (
     Provider,
     Reference,
     Submitted,
+    UpstreamError,
 )
 from muxproxy.settings import ProviderSettings
 from tests.fakes.openai import FakeImagesAPI
-from tests.fakes.scripted import eventually
+from tests.fakes.scripted import Fake, eventually
+from tests.fakes.scripted import serve as serve_fake
 from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
 
 P = TypeVar("P", bound=Provider)
 F = TypeVar("F", bound=FakeImagesAPI)
+S = TypeVar("S", bound=Fake)
 
 JOB_ID = "job-1"
 
@@ -37,6 +42,20 @@ async def serve(fake: F, aiohttp_server: AiohttpServer) -> F:
     server = await aiohttp_server(fake.app())
     fake.base_url = str(server.make_url("/v1"))
     return fake
+
+
+async def served(fake: S, aiohttp_server: AiohttpServer) -> S:
+    """``fake`` (a queue-style fake: fal, Replicate, task) listening on loopback."""
+    await serve_fake(fake, aiohttp_server)
+    return fake
+
+
+def arrange(fake: object, setup: dict[str, Any], key: str | None = None) -> str | None:
+    """Give ``fake`` a scenario's attributes; the API key the scenario names, else ``key``."""
+    key = setup.pop("key", key)
+    for name, value in setup.items():
+        setattr(fake, name, value)
+    return key
 
 
 def provider_for(cls: type[P], http: aiohttp.ClientSession, *, base_url: str,
@@ -90,6 +109,13 @@ async def submit(provider: Provider, call: Call) -> Submitted:
     return outcome
 
 
+async def submit_error(provider: Provider, call: Call) -> UpstreamError:
+    """Submit a call that must fail; the error it failed with."""
+    with pytest.raises(UpstreamError) as caught:
+        await provider.submit(call)
+    return caught.value
+
+
 async def poll_until_done(provider: Provider, handle: Handle, limit: int = 20) -> Finished:
     """Poll like the runner: keep the state a Running hands back."""
     for _ in range(limit):
@@ -126,10 +152,34 @@ def gateway_config(tmp_path: Path, provider: Mapping[str, Any],
     })
 
 
-async def run_job(config: dict[str, Any], body: Mapping[str, Any]) -> dict[str, Any]:
-    """Submit one job to a fresh gateway and wait for its end: the task as answered."""
+async def run_job(config: dict[str, Any], body: Mapping[str, Any], *,
+                  until: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Submit one job to a fresh gateway and wait for its end: the task as answered.
+    With ``until``, the gateway stays up until that holds too (a cancel sent after
+    the end, say)."""
     async with run_gateway(config) as gateway:
-        return await gateway.wait_terminal(await gateway.submit(body))
+        task = await gateway.wait_terminal(await gateway.submit(body))
+        if until is not None:
+            async def holds() -> bool:
+                return until()
+            await eventually(holds)
+        return task
+
+
+@asynccontextmanager
+async def accepted_job(config: dict[str, Any], body: Mapping[str, Any]
+                       ) -> AsyncIterator[tuple[RunningGateway, str, str]]:
+    """A gateway with one job submitted and taken by the upstream: the gateway, the
+    task id and the upstream's id. The gateway stops when the block ends."""
+    async with run_gateway(config) as gateway:
+        task_id = await gateway.submit(body)
+        yield gateway, task_id, await upstream_id_of(gateway, task_id)
+
+
+async def job_end(config: dict[str, Any], task_id: str) -> dict[str, Any]:
+    """A fresh gateway on ``config``'s database, to the end of a job it did not start."""
+    async with run_gateway(config) as gateway:
+        return await gateway.wait_terminal(task_id)
 
 
 async def upstream_id_of(gateway: RunningGateway, task_id: str) -> str:
