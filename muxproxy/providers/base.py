@@ -244,6 +244,14 @@ class Provider(abc.ABC):
             raise UpstreamError(f"{self.name}: connection failed: {type(exc).__name__}",
                                 transient=True, code="upstream_unavailable") from None
 
+    async def call_json(self, method: str, url: str, **kwargs: Any) -> Any:
+        """One upstream request whose 2xx answer is JSON (:meth:`read_json`); any
+        other answer raises :meth:`upstream_error`."""
+        async with self.call(method, url, **kwargs) as response:
+            if not ok(response):
+                raise await self.upstream_error(response)
+            return await self.read_json(response)
+
     async def reference_bytes(self, ref: Reference) -> tuple[bytes, str]:
         """The bytes of a reference image. The runner fetched every URL already,
         behind the address guard and the size limits: a provider never downloads

@@ -167,10 +167,7 @@ class BflProvider(Provider):
         return base64.b64encode(data).decode("ascii")
 
     async def _submit_one(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        async with self.call("POST", url, json=body) as response:
-            if response.status >= 300:
-                raise self._error(response, await read_error(response))
-            data = await self.read_json(response)
+        data = await self.call_json("POST", url, json=body)
         task_id = data.get("id") if isinstance(data, dict) else None
         polling_url = data.get("polling_url") if isinstance(data, dict) else None
         if not isinstance(task_id, str) or not isinstance(polling_url, str):
@@ -237,6 +234,9 @@ class BflProvider(Provider):
 
     async def cancel(self, handle: Handle) -> None:
         """BFL offers no way to cancel a generation task; it finishes and is billed."""
+
+    async def upstream_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
+        return self._error(response, await read_error(response))
 
     def _error(self, response: aiohttp.ClientResponse, answer: Answer) -> UpstreamError:
         message = message_at(answer.json, self.error_paths)

@@ -123,10 +123,8 @@ class FalProvider(Provider):
             urls = [await reference_url(self, ref) for ref in call.images]
             body[target.image_field] = urls[0] if target.image_field == "image_url" else urls
         body.update(call.params)
-        async with self.call("POST", f"{self.base_url}/{target.app.id}", json=body) as response:
-            if not ok(response):
-                raise await self.upstream_error(response)
-            data = as_dict(await self.read_json(response))
+        data = as_dict(await self.call_json("POST", f"{self.base_url}/{target.app.id}",
+                                            json=body))
         request_id = data.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise unexpected(self, "no request_id")
@@ -138,10 +136,7 @@ class FalProvider(Provider):
     async def poll(self, handle: Handle) -> PollOutcome:
         urls = self._urls(handle)
         # While queued fal may answer 202 rather than 200: any 2xx carries a status.
-        async with self.call("GET", urls["status_url"]) as response:
-            if not ok(response):
-                raise await self.upstream_error(response)
-            status = as_dict(await self.read_json(response))
+        status = as_dict(await self.call_json("GET", urls["status_url"]))
         state = status.get("status")
         if state in RUNNING:
             return Running()
@@ -153,10 +148,7 @@ class FalProvider(Provider):
             raise UpstreamError(f"{self.name}: {error}", transient=False,
                                 code=error_type if isinstance(error_type, str)
                                 else "generation_failed")
-        async with self.call("GET", urls["response_url"]) as response:
-            if not ok(response):
-                raise await self.upstream_error(response)
-            return self._finished(as_dict(await self.read_json(response)))
+        return self._finished(as_dict(await self.call_json("GET", urls["response_url"])))
 
     async def cancel(self, handle: Handle) -> None:
         async with self.call("PUT", self._urls(handle)["cancel_url"]) as response:

@@ -165,11 +165,7 @@ class GeminiProvider(Provider):
         return body
 
     async def _generate(self, url: str, body: dict[str, Any]) -> tuple[ImageData, str | None]:
-        async with self.call("POST", url, json=body) as response:
-            if response.status >= 300:
-                raise await self._error(response)
-            data = await self.read_json(response)
-        return self.parse(data)
+        return self.parse(await self.call_json("POST", url, json=body))
 
     def parse(self, data: Any) -> tuple[ImageData, str | None]:
         """The result image and the model's text from a 200 answer, or why there is none."""
@@ -215,7 +211,7 @@ class GeminiProvider(Provider):
         return UpstreamError(message, transient=False,
                              code="content_blocked" if reason in _MODERATION else "no_image")
 
-    async def _error(self, response: aiohttp.ClientResponse) -> UpstreamError:
+    async def upstream_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
         """Gemini's ``{"error": {"code", "message", "status", "details"}}`` classified by
         HTTP status; a RetryInfo ``retryDelay`` stands in for a missing Retry-After."""
         body = await read_error(response)

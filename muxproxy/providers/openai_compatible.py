@@ -32,7 +32,6 @@ from muxproxy.providers.base import (
     SubmitOutcome,
     Unsupported,
     UpstreamError,
-    ok,
 )
 from muxproxy.providers.wire import message_at, read_error
 
@@ -84,11 +83,7 @@ class OpenAICompatibleProvider(Provider):
         else:
             url = f"{self.base_url}/images/generations"
             payload = {"json": body}
-        async with self.call("POST", url, **payload) as response:
-            if not ok(response):
-                raise await self.upstream_error(response)
-            result = await self.read_json(response)
-        return self.finished(result)
+        return self.finished(await self.call_json("POST", url, **payload))
 
     async def edit_payload(self, call: Call, body: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the edits request: OpenAI's multipart form.

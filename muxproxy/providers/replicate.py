@@ -104,10 +104,7 @@ class ReplicateProvider(Provider):
         else:
             url, payload = f"{self.base_url}/models/{model}/predictions", {"input": body}
         headers = {"Prefer": f"wait={self.wait_seconds}"} if self.wait_seconds else {}
-        async with self.call("POST", url, json=payload, headers=headers) as response:
-            if not ok(response):
-                raise await self.upstream_error(response)
-            prediction = as_dict(await self.read_json(response))
+        prediction = as_dict(await self.call_json("POST", url, json=payload, headers=headers))
         prediction_id = prediction.get("id")
         if not isinstance(prediction_id, str) or not prediction_id:
             raise unexpected(self, "no prediction id")
@@ -119,11 +116,7 @@ class ReplicateProvider(Provider):
         return Submitted(upstream_id=prediction_id, state=state)
 
     async def poll(self, handle: Handle) -> PollOutcome:
-        url = self._url(handle, "get")
-        async with self.call("GET", url) as response:
-            if not ok(response):
-                raise await self.upstream_error(response)
-            return self._outcome(as_dict(await self.read_json(response)))
+        return self._outcome(as_dict(await self.call_json("GET", self._url(handle, "get"))))
 
     async def cancel(self, handle: Handle) -> None:
         async with self.call("POST", self._url(handle, "cancel")) as response:

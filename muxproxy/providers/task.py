@@ -40,7 +40,6 @@ from muxproxy.providers.base import (
     SubmitOutcome,
     Submitted,
     UpstreamError,
-    ok,
 )
 from muxproxy.providers.payloads import as_dict, data_uri, unexpected
 from muxproxy.settings import ProviderSettings
@@ -62,8 +61,7 @@ class TaskProvider(Provider):
 
     async def submit(self, call: Call) -> SubmitOutcome:
         body = await self._body(call)
-        async with self.call("POST", self.url, json=body) as response:
-            data = await self._data(response)
+        data = self._data(await self.call_json("POST", self.url, json=body))
         task_id = data.get("taskId")
         if not isinstance(task_id, str) or not task_id:
             raise unexpected(self, "no taskId")
@@ -73,9 +71,8 @@ class TaskProvider(Provider):
         return Submitted(upstream_id=task_id)
 
     async def poll(self, handle: Handle) -> PollOutcome:
-        async with self.call("GET", self.url,
-                             params={"task_id": handle.upstream_id}) as response:
-            return self._outcome(await self._data(response))
+        envelope = await self.call_json("GET", self.url, params={"task_id": handle.upstream_id})
+        return self._outcome(self._data(envelope))
 
     async def _body(self, call: Call) -> dict[str, Any]:
         request = call.request
@@ -106,10 +103,10 @@ class TaskProvider(Provider):
         body.update(call.params)
         return body
 
-    async def _data(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
-        if not ok(response):
-            raise await self.upstream_error(response)
-        envelope = as_dict(await self.read_json(response))
+    def _data(self, answer: Any) -> dict[str, Any]:
+        """The ``data`` of a 2xx ``{code, msg, data}`` answer, whose own ``code`` may
+        still say it failed."""
+        envelope = as_dict(answer)
         code = envelope.get("code")
         if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
             raise UpstreamError(f"{self.name}: {envelope.get('msg') or f'error {code}'}",
