@@ -33,6 +33,14 @@ class ServerSettings:
     public_url: str = "http://127.0.0.1:8080"
     secret: str = ""
     graceful_shutdown_seconds: float = 10.0
+    # The HTTP edge's bounds (see muxproxy/edge.py): the request head's size, the
+    # time to receive the head and then the body, an idle kept-alive connection's
+    # life, and the open connections beyond which only /healthz and /readyz answer.
+    max_header_bytes: int = 64 * 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 120.0
+    keepalive_timeout_seconds: float = 5.0
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
@@ -472,6 +480,7 @@ def _check(settings: Settings) -> None:
     default_model = settings.surfaces.default_model
     if default_model and default_model not in settings.models:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")
+    _check_server(settings.server)
     _check_webhooks(settings.webhooks)
     _check_limits(settings.limits)
     _check_faults(settings)
@@ -487,6 +496,17 @@ def _check_faults(settings: Settings) -> None:
         raise SettingsError("storage.retention_days: must not be negative (0 keeps forever)")
     if settings.storage.sweep_interval_seconds <= 0:
         raise SettingsError("storage.sweep_interval_seconds: must be positive")
+
+
+def _check_server(server: ServerSettings) -> None:
+    if server.max_header_bytes < 1024:
+        raise SettingsError("server.max_header_bytes: must be at least 1024")
+    if server.max_connections < 1:
+        raise SettingsError("server.max_connections: must be at least 1")
+    for name in ("header_timeout_seconds", "body_timeout_seconds",
+                 "keepalive_timeout_seconds"):
+        if getattr(server, name) <= 0:
+            raise SettingsError(f"server.{name}: must be positive")
 
 
 def _check_limits(limits: LimitSettings) -> None:
