@@ -170,6 +170,26 @@ class Provider(abc.ABC):
     is_async: ClassVar[bool] = False
     #: False for upstreams that work without a key (the demo, local servers).
     needs_key: ClassVar[bool] = True
+    #: The ``options`` keys this kind reads; a config naming any other is refused.
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        """Refuse settings this kind cannot work with: a :class:`SettingsError`
+        naming the key. Runs when the config loads, before anything is opened, so
+        nothing is first found wrong at start or at the first call. Kinds with
+        options, or that need a ``base_url``, extend it."""
+        where = f"providers.{settings.name}"
+        if settings.base_url and not settings.base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{where}.base_url: must start with http:// or https://")
+        upstream = UPSTREAMS.get(settings.kind)
+        if upstream is not None and not (settings.base_url or upstream.base_url):
+            raise SettingsError(f"{where}.base_url: required for kind {settings.kind!r}")
+        unknown = sorted(set(settings.options) - cls.option_names)
+        if unknown:
+            known = ", ".join(sorted(cls.option_names)) or "none"
+            raise SettingsError(f"{where}.options.{unknown[0]}: not an option of kind "
+                                f"{settings.kind!r} (known: {known})")
 
     @property
     def configured(self) -> bool:
@@ -193,12 +213,10 @@ class Provider(abc.ABC):
         self.http = http
         self.clock = clock
         self.timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
+        self.validate(settings)
         upstream = UPSTREAMS.get(self.kind)
         self.base_url = (settings.base_url or (upstream.base_url if upstream else "")
                          ).rstrip("/")
-        if upstream is not None and not self.base_url:
-            raise SettingsError(f"providers.{settings.name}.base_url: required for kind "
-                                f"{self.kind!r}")
 
     def auth_headers(self) -> dict[str, str]:
         """The key in this kind's own header (none without a key)."""

@@ -76,16 +76,21 @@ class ReplicateProvider(Provider):
     is_async = True
     # RFC 7807: {"type", "title", "status", "detail"}
     error_paths = ("detail", "title")
+    option_names = frozenset({"wait_seconds"})
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        super().validate(settings)
+        wait = settings.options.get("wait_seconds", 0)
+        if isinstance(wait, bool) or not isinstance(wait, int) or \
+                not 0 <= wait <= MAX_WAIT_SECONDS:
+            raise SettingsError(f"providers.{settings.name}.options.wait_seconds: a whole "
+                                f"number of seconds, 0 (off) to {MAX_WAIT_SECONDS}")
 
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:
         super().__init__(settings, http, clock)
-        wait = self.settings.options.get("wait_seconds", 0)
-        if isinstance(wait, bool) or not isinstance(wait, int) or \
-                not 0 <= wait <= MAX_WAIT_SECONDS:
-            raise SettingsError(f"providers.{self.name}.options.wait_seconds: a whole number "
-                                f"of seconds, 0 (off) to {MAX_WAIT_SECONDS}")
-        self.wait_seconds = wait
+        self.wait_seconds: int = settings.options.get("wait_seconds", 0)
 
     def check(self, request: GenerationRequest, upstream_model: str,
               params: Mapping[str, Any]) -> None:

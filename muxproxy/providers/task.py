@@ -42,7 +42,7 @@ from muxproxy.providers.base import (
     UpstreamError,
 )
 from muxproxy.providers.payloads import as_dict, data_uri, unexpected
-from muxproxy.settings import ProviderSettings
+from muxproxy.settings import ProviderSettings, SettingsError
 
 PATH = "/api/v1/images/generations"
 RUNNING = frozenset({"pending", "processing"})
@@ -52,6 +52,14 @@ class TaskProvider(Provider):
     kind = "task"
     is_async = True
     error_paths = ("msg",)
+    option_names = frozenset({"base64_list"})
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        super().validate(settings)
+        if not isinstance(settings.options.get("base64_list", False), bool):
+            raise SettingsError(f"providers.{settings.name}.options.base64_list: expected "
+                                f"true or false, got {settings.options['base64_list']!r}")
 
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:

@@ -25,6 +25,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+from muxproxy.settings import SettingsError, file_path
 from muxproxy.storage.base import BlobNotFound, BlobStorage, check_key
 
 RECENT_BYTES = 16 * 1024 * 1024
@@ -33,6 +34,17 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class LocalStorage(BlobStorage):
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        if not url.startswith("file://") or not url.removeprefix("file://").strip("/"):
+            raise SettingsError("storage.url: expected file://relative/folder or "
+                                "file:///absolute/folder")
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStorage:
+        cls.check_url(url)
+        return cls(file_path(url))
+
     def __init__(self, root: str | Path, recent_bytes: int = RECENT_BYTES) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
