@@ -30,8 +30,8 @@ from muxproxy.providers.base import (
     Provider,
     SubmitOutcome,
     Submitted,
+    UpstreamError,
 )
-from muxproxy.providers.errors import UpstreamError
 from muxproxy.settings import ProviderSettings, SettingsError
 
 
