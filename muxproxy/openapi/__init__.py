@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from muxproxy import __version__
 from muxproxy.openapi import admin, modelmux, native, openai, ops
 from muxproxy.openapi.common import HEADERS
 from muxproxy.settings import Settings
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 def build_document(settings: Settings) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any, TypeVar
 
+from muxproxy.settings import SettingsError, file_path
 from muxproxy.storage.base import (
     CHUNK_BYTES,
     BlobInfo,
@@ -42,6 +43,17 @@ _READ = os.O_RDONLY | os.O_CLOEXEC
 
 
 class LocalStorage(BlobStorage):
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        if not url.startswith("file://") or not url.removeprefix("file://").strip("/"):
+            raise SettingsError("storage.url: expected file://relative/folder or "
+                                "file:///absolute/folder")
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStorage:
+        cls.check_url(url)
+        return cls(file_path(url))
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
