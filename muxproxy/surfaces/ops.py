@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -11,7 +10,6 @@ from starlette.routing import Route
 from muxproxy.app_state import AppState
 from muxproxy.http import JSONResponse
 from muxproxy.logs import get_logger
-from muxproxy.openapi import build_document
 
 log = get_logger("muxproxy.ops")
 
@@ -46,11 +44,8 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    # Built once per app: the settings it describes do not change while it runs.
-    body = getattr(request.app.state, "openapi", None)
-    if body is None:
-        state: AppState = request.app.state.mux
-        body = request.app.state.openapi = orjson.dumps(build_document(state.settings))
+    # create_app's OpenApiDocument (muxproxy.openapi.document), built once per app.
+    body: bytes = request.app.state.openapi.body()
     return Response(body, media_type="application/json")
 
 
