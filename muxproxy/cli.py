@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from muxproxy import cli_keys
 from muxproxy.settings import SettingsError, load_settings
 
+# Descriptors beyond the connections: the database, image files, upstream and
+# webhook connections, and the health probes served past max_connections.
+_FD_HEADROOM = 1024
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="muxproxy", description=__doc__)
@@ -44,16 +48,25 @@ def _serve(settings: object, host: str | None, port: int | None) -> int:
     from uvicorn.config import STARTUP_FAILURE
 
     from muxproxy.app import begin_shutdown, create_app
+    from muxproxy.edge import EdgeLimits, raise_open_file_limit
+    from muxproxy.logs import get_logger
     from muxproxy.server import HttpProtocol, Server
     from muxproxy.settings import Settings
 
     assert isinstance(settings, Settings)
+    open_files = raise_open_file_limit()
     app = create_app(settings)
+    edge = EdgeLimits.from_settings(settings.server)
+    if open_files < edge.max_connections + _FD_HEADROOM:
+        get_logger("muxproxy.server").warning(
+            "open file limit below server.max_connections; raise LimitNOFILE",
+            open_files=open_files, max_connections=edge.max_connections)
     config = uvicorn.Config(
         app, host=host or settings.server.host, port=port or settings.server.port,
-        http=HttpProtocol, log_level="warning", access_log=False, proxy_headers=False,
+        http=HttpProtocol.bounded(edge), log_level="warning", access_log=False,
+        proxy_headers=False, timeout_keep_alive=math.ceil(edge.keepalive_timeout),
         timeout_graceful_shutdown=math.ceil(settings.server.graceful_shutdown_seconds))
-    server = Server(config, on_signal=lambda: begin_shutdown(app))
+    server = Server(config, on_signal=lambda: begin_shutdown(app), edge=edge)
     server.run()
     return 0 if server.started else STARTUP_FAILURE
 

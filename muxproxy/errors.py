@@ -86,6 +86,18 @@ class PayloadTooLarge(MuxError):
     type = "invalid_request_error"
 
 
+class RequestTimeout(MuxError):
+    status = 408
+    code = "request_timeout"
+    type = "invalid_request_error"
+
+
+class HeaderTooLarge(MuxError):
+    status = 431
+    code = "header_too_large"
+    type = "invalid_request_error"
+
+
 class UnsupportedMediaType(MuxError):
     status = 415
     code = "unsupported_media_type"

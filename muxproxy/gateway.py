@@ -32,7 +32,7 @@ from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evolve
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
-from muxproxy.pricing import check_capabilities, price
+from muxproxy.pricing import billed, check_capabilities, price
 from muxproxy.providers.base import Provider
 from muxproxy.providers.errors import Unsupported
 from muxproxy.ratelimit import RateLimiter
@@ -162,8 +162,10 @@ class Gateway:
             raise InvalidRequest(f"model {model.id!r} is not available: its providers ({names}) "
                                  "have no API key configured", param="model")
         route_index, route = found
-        request = submission.request
-        check_capabilities(model, request)
+        check_capabilities(model, submission.request)
+        # Priced and sent upstream at one explicit quality (see pricing.billed).
+        request = billed(model, submission.request)
+        submission = evolve(submission, request=request)
         if submission.callback_url is not None and self._check_callback is not None:
             await self._check_callback(submission.callback_url)
         await self._check_references(submission)

@@ -7,6 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# Quality names clients send, mapped to the tiers a price table may list.
+QUALITY_TIERS: Mapping[str, str] = {"low": "standard", "standard": "standard",
+                                    "medium": "medium", "hd": "high", "high": "high"}
+
 
 @dataclass(frozen=True)
 class ImageRef:

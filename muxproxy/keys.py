@@ -1,16 +1,24 @@
-"""API key administration shared by the admin API and the CLI."""
+"""What an API key's name, credits and limits may be: one set of rules for the admin
+API, the ``muxproxy keys`` CLI and the config file's ``[[keys]]``.
+
+Each check takes a value as JSON gives it (the CLI passes text it could not read
+as a number through unchanged) and raises :class:`InvalidRequest` naming the
+field, so every entry point refuses the same input with the same message.
+"""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Mapping
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from muxproxy.store import ApiKey, KeyLimits
-from muxproxy.store.accounts import LedgerEntry, UsageRow
+from muxproxy.errors import InvalidRequest
 
-KEY_PREFIX = "mux_"
+# A key's id is this prefix and 16 hex digits. Names may not begin with it, so an
+# id and a name can never be mistaken for one another.
+KEY_ID_PREFIX = "key_"
+MAX_NAME_CHARS = 100
+MAX_NOTE_CHARS = 500
 # Bounds that keep every sum inside SQLite's 64-bit integers: a credit amount
 # (initial credits, one top-up), a balance, and a per-key limit.
 MAX_CREDITS = 10**15
@@ -18,60 +26,95 @@ MAX_BALANCE = 10**18
 MAX_LIMIT = 10**9
 
 
-def new_secret() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
+def is_key_id(text: str) -> bool:
+    return text.startswith(KEY_ID_PREFIX)
 
 
-def key_view(key: ApiKey) -> dict[str, Any]:
-    return {"id": key.id, "name": key.name, "created_at": key.created_at,
-            "revoked_at": key.revoked_at, "balance": key.balance,
-            "unlimited": key.limits.unlimited, "rpm": key.limits.rpm_limit,
-            "max_concurrent": key.limits.max_concurrent,
-            "models": list(key.limits.allowed_models)
-            if key.limits.allowed_models is not None else None}
+def whole(value: Any, name: str, low: int, high: int) -> int:
+    """An integer (not a bool, not a float such as 1e309) from ``low`` to ``high``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be a whole number from {low} to {high}",
+                             param=name)
+    return value
 
 
-def ledger_view(entry: LedgerEntry) -> dict[str, Any]:
-    return {"id": entry.id, "kind": entry.kind.value, "amount": entry.amount,
-            "job_id": entry.job_id, "model": entry.model, "note": entry.note,
-            "created_at": entry.created_at}
+def check_name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_CHARS:
+        raise InvalidRequest(f"'name' is required (1-{MAX_NAME_CHARS} characters)",
+                             param="name")
+    if is_key_id(value):
+        raise InvalidRequest(f"'name' may not begin with {KEY_ID_PREFIX!r}: that is the form "
+                             "of a key id", param="name")
+    return value
 
 
-def usage_view(row: UsageRow) -> dict[str, Any]:
-    return {"day": row.day, "model": row.model, "jobs": row.jobs, "completed": row.completed,
-            "failed": row.failed, "credits": row.credits}
+def check_credits(value: Any) -> int:
+    return whole(value, "credits", 0, MAX_CREDITS)
 
 
-class LimitError(ValueError):
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+def check_amount(value: Any) -> int:
+    """Credits to add or to deduct: always a positive amount, so a slip of the sign
+    can never turn a top-up into a deduction (that is its own explicit operation)."""
+    return whole(value, "amount", 1, MAX_CREDITS)
 
 
-def apply_limits(limits: KeyLimits, changes: Mapping[str, Any]) -> KeyLimits:
-    """``changes`` may hold unlimited, rpm, max_concurrent, models; null clears a limit."""
-    result = limits
-    if "unlimited" in changes:
-        if not isinstance(changes["unlimited"], bool):
-            raise LimitError("'unlimited' must be true or false", "unlimited")
-        result = replace(result, unlimited=changes["unlimited"])
-    if "rpm" in changes:
-        result = replace(result, rpm_limit=_positive_or_null(changes["rpm"], "rpm"))
-    if "max_concurrent" in changes:
-        result = replace(result, max_concurrent=_positive_or_null(changes["max_concurrent"],
-                                                                  "max_concurrent"))
-    if "models" in changes:
-        models = changes["models"]
-        if models is not None and (not isinstance(models, list)
-                                   or not all(isinstance(m, str) and m for m in models)):
-            raise LimitError("'models' must be a list of model ids, or null", "models")
-        result = replace(result, allowed_models=tuple(models) if models is not None else None)
-    return result
+def check_balance(balance: int, change: int) -> None:
+    if abs(balance + change) > MAX_BALANCE:
+        raise InvalidRequest(f"the balance would pass {MAX_BALANCE} credits either way",
+                             param="amount")
+
+
+def check_note(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or len(value) > MAX_NOTE_CHARS):
+        raise InvalidRequest(f"'note' must be a string of at most {MAX_NOTE_CHARS} characters",
+                             param="note")
+    return value
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be true or false", param=name)
+    return value
 
 
 def _positive_or_null(value: Any, name: str) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                               or not 1 <= value <= MAX_LIMIT):
-        raise LimitError(f"'{name}' must be a whole number from 1 to {MAX_LIMIT}, or null",
-                         name)
+        raise InvalidRequest(f"'{name}' must be a whole number from 1 to {MAX_LIMIT}, or null",
+                             param=name)
     return value
+
+
+def _model_ids(value: Any, name: str) -> tuple[str, ...] | None:
+    if value is not None and (not isinstance(value, list)
+                              or not all(isinstance(m, str) and m for m in value)):
+        raise InvalidRequest(f"'{name}' must be a list of model ids, or null", param=name)
+    return tuple(value) if value is not None else None
+
+
+@dataclass(frozen=True)
+class LimitField:
+    """One per-key limit, as the admin API, the CLI and the OpenAPI document see it."""
+
+    #: The JSON field, the CLI option (with dashes) and the key view's field.
+    name: str
+    #: The :class:`~muxproxy.store.KeyLimits` attribute it sets.
+    attr: str
+    #: How the CLI reads it and the OpenAPI document describes it: a true/false
+    #: switch, a whole number (null clears it), or a list (null clears it).
+    kind: Literal["flag", "number", "list"]
+    check: Callable[[Any, str], Any]
+    help: str
+
+
+# A new per-key limit is one line here (plus its KeyLimits field and column).
+LIMIT_FIELDS: tuple[LimitField, ...] = (
+    LimitField("unlimited", "unlimited", "flag", _flag, "never refused for its balance"),
+    LimitField("rpm", "rpm_limit", "number", _positive_or_null,
+               "create requests per minute; null removes the limit"),
+    LimitField("max_concurrent", "max_concurrent", "number", _positive_or_null,
+               "unfinished jobs at once; null removes the limit"),
+    LimitField("models", "allowed_models", "list", _model_ids,
+               "the only model ids the key may use; null: all"),
+)
+LIMIT_NAMES = frozenset(f.name for f in LIMIT_FIELDS)

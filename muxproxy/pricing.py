@@ -6,12 +6,11 @@ from collections.abc import Mapping
 
 from muxproxy import images
 from muxproxy.errors import InvalidRequest
-from muxproxy.generation import GenerationRequest
+from muxproxy.generation import QUALITY_TIERS, GenerationRequest
+from muxproxy.jobs import evolve
 from muxproxy.settings import ModelSettings
 
-# Quality names clients send, mapped to the tiers a price table may list.
-QUALITY_TIERS: Mapping[str, str] = {"low": "standard", "standard": "standard",
-                                    "medium": "medium", "hd": "high", "high": "high"}
+__all__ = ["QUALITY_TIERS", "billed", "check_capabilities", "price", "resolution_of"]
 
 
 def resolution_of(request: GenerationRequest) -> str:
@@ -24,24 +23,47 @@ def resolution_of(request: GenerationRequest) -> str:
     return "1k" if area <= 1_600_000 else "2k" if area <= 6_000_000 else "4k"
 
 
-def price(model: ModelSettings, request: GenerationRequest) -> int:
-    """Credits for the whole request (all ``n`` images).
-
-    Raises InvalidRequest for a resolution or quality the model's table lacks.
-    """
+def _entry(model: ModelSettings, request: GenerationRequest) -> int | Mapping[str, int]:
+    """The price per image, or its quality tiers, at the request's resolution."""
     table = model.credits
     if isinstance(table, int):
-        return table * request.n
+        return table
     resolution = resolution_of(request)
     entry = table.get(resolution)
     if entry is None:
         raise InvalidRequest(f"model {model.id!r} does not offer resolution {resolution!r}; "
                              f"choose one of {', '.join(table)}", param="resolution")
+    return entry
+
+
+def billed(model: ModelSettings, request: GenerationRequest) -> GenerationRequest:
+    """The request with the quality it is priced at, to be sent upstream as is.
+
+    A quality left out or ``auto`` lets the upstream pick, up to its dearest tier;
+    so it becomes the model's ``default_quality``, else the dearest tier of its
+    price entry. Price and work then agree, and the bill is never the lesser.
+    """
+    if request.quality not in (None, "auto"):
+        return request
+    quality = model.default_quality
+    if not quality:
+        entry = _entry(model, request)
+        if isinstance(entry, int):
+            return request
+        quality = max(entry, key=entry.__getitem__)
+    return evolve(request, quality=quality)
+
+
+def price(model: ModelSettings, request: GenerationRequest) -> int:
+    """Credits for the whole request (all ``n`` images), at its :func:`billed` quality.
+
+    Raises InvalidRequest for a resolution or quality the model's table lacks.
+    """
+    entry = _entry(model, request)
     if isinstance(entry, int):
         return entry * request.n
-    quality = request.quality
-    if quality is None or quality == "auto":
-        return next(iter(entry.values())) * request.n
+    quality = billed(model, request).quality
+    assert quality is not None  # billed() names one for every table with tiers
     tier = QUALITY_TIERS.get(quality, quality)
     if tier not in entry:
         raise InvalidRequest(f"model {model.id!r} does not offer quality {quality!r}; "

@@ -10,10 +10,14 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from muxproxy import keys as key_rules
+from muxproxy.errors import InvalidRequest
+from muxproxy.generation import QUALITY_TIERS
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -29,6 +33,14 @@ class ServerSettings:
     public_url: str = "http://127.0.0.1:8080"
     secret: str = ""
     graceful_shutdown_seconds: float = 10.0
+    # The HTTP edge's bounds (see muxproxy/edge.py): the request head's size, the
+    # time to receive the head and then the body, an idle kept-alive connection's
+    # life, and the open connections beyond which only /healthz and /readyz answer.
+    max_header_bytes: int = 64 * 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 120.0
+    keepalive_timeout_seconds: float = 5.0
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,9 @@ class ModelSettings:
     # Allowed values; empty means the providers decide.
     resolutions: tuple[str, ...] = ()
     aspect_ratios: tuple[str, ...] = ()
+    # The quality a request that omits it (or sends "auto") is priced at and sent
+    # upstream with; "" means the dearest tier of the price entry.
+    default_quality: str = ""
 
 
 @dataclass(frozen=True)
@@ -293,9 +308,7 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
             raise SettingsError(f"{where}: expected a table")
         _no_unknown(item, {"name", "key", "credits", "unlimited", "rpm", "max_concurrent",
                            "models"}, where)
-        name, key = item.get("name"), item.get("key")
-        if not isinstance(name, str) or not name:
-            raise SettingsError(f"{where}.name: required")
+        name, key = _key_rule(key_rules.check_name, item.get("name"), where), item.get("key")
         if not isinstance(key, str) or len(key) < 8:
             raise SettingsError(f"{where}.key: required, at least 8 characters")
         models = item.get("models")
@@ -303,7 +316,8 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
             models = _strings(item, "models", where)
         keys.append(ApiKeySettings(
             name=name, key=key,
-            credits=_coerce(item.get("credits", 0), 0, f"{where}.credits"),
+            credits=_key_rule(key_rules.check_credits,
+                              _coerce(item.get("credits", 0), 0, f"{where}.credits"), where),
             unlimited=_coerce(item.get("unlimited", False), False, f"{where}.unlimited"),
             rpm=_optional_positive(item, "rpm", where),
             max_concurrent=_optional_positive(item, "max_concurrent", where),
@@ -315,10 +329,17 @@ def _optional_positive(table: Mapping[str, Any], name: str, where: str) -> int |
     value = table.get(name)
     if value is None:
         return None
-    number = _coerce(value, 0, f"{where}.{name}")
-    if number < 1:
-        raise SettingsError(f"{where}.{name}: must be at least 1")
-    return int(number)
+    number: int = _key_rule(lambda v: key_rules.whole(v, name, 1, key_rules.MAX_LIMIT),
+                            _coerce(value, 0, f"{where}.{name}"), where)
+    return number
+
+
+def _key_rule(check: Callable[[Any], Any], value: Any, where: str) -> Any:
+    """A ``[[keys]]`` value through the rule the admin API and the CLI apply."""
+    try:
+        return check(value)
+    except InvalidRequest as exc:
+        raise SettingsError(f"{where}.{exc.param}: {exc.message}") from None
 
 
 def _providers(raw: Any) -> dict[str, ProviderSettings]:
@@ -358,8 +379,8 @@ def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Mo
         where = f'models."{model_id}"'
         if not isinstance(table, Mapping):
             raise SettingsError(f"{where}: expected a table")
-        _no_unknown(table, {"routes", "description", "credits", "resolutions", "aspect_ratios"},
-                    where)
+        _no_unknown(table, {"routes", "description", "credits", "resolutions", "aspect_ratios",
+                            "default_quality"}, where)
         routes_raw = table.get("routes")
         if not isinstance(routes_raw, list) or not routes_raw:
             raise SettingsError(f"{where}.routes: at least one route is required")
@@ -381,12 +402,29 @@ def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Mo
         description = table.get("description", "")
         if not isinstance(description, str):
             raise SettingsError(f"{where}.description: expected a string")
+        credits = _credits(table.get("credits", 0), f"{where}.credits")
         result[model_id] = ModelSettings(
-            id=model_id, routes=tuple(routes), description=description,
-            credits=_credits(table.get("credits", 0), f"{where}.credits"),
+            id=model_id, routes=tuple(routes), description=description, credits=credits,
             resolutions=tuple(r.lower() for r in _strings(table, "resolutions", where)),
-            aspect_ratios=_strings(table, "aspect_ratios", where))
+            aspect_ratios=_strings(table, "aspect_ratios", where),
+            default_quality=_default_quality(table.get("default_quality", ""), credits, where))
     return result
+
+
+def _default_quality(value: Any, credits: Credits, where: str) -> str:
+    """A quality clients may name, and a tier of every entry of the price table that
+    has tiers: a request is never priced at a tier its upstream may exceed."""
+    if value == "":
+        return ""
+    if value not in QUALITY_TIERS:
+        raise SettingsError(f"{where}.default_quality: expected one of "
+                            f"{', '.join(QUALITY_TIERS)}, got {value!r}")
+    tier = QUALITY_TIERS[value]
+    for resolution, entry in (credits.items() if isinstance(credits, Mapping) else ()):
+        if isinstance(entry, Mapping) and tier not in entry:
+            raise SettingsError(f"{where}.default_quality: {value!r} is not a tier of "
+                                f"{where}.credits.{resolution} ({', '.join(entry)})")
+    return str(value)
 
 
 def _strings(table: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
@@ -442,6 +480,7 @@ def _check(settings: Settings) -> None:
     default_model = settings.surfaces.default_model
     if default_model and default_model not in settings.models:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")
+    _check_server(settings.server)
     _check_webhooks(settings.webhooks)
     _check_limits(settings.limits)
     _check_faults(settings)
@@ -457,6 +496,17 @@ def _check_faults(settings: Settings) -> None:
         raise SettingsError("storage.retention_days: must not be negative (0 keeps forever)")
     if settings.storage.sweep_interval_seconds <= 0:
         raise SettingsError("storage.sweep_interval_seconds: must be positive")
+
+
+def _check_server(server: ServerSettings) -> None:
+    if server.max_header_bytes < 1024:
+        raise SettingsError("server.max_header_bytes: must be at least 1024")
+    if server.max_connections < 1:
+        raise SettingsError("server.max_connections: must be at least 1")
+    for name in ("header_timeout_seconds", "body_timeout_seconds",
+                 "keepalive_timeout_seconds"):
+        if getattr(server, name) <= 0:
+            raise SettingsError(f"server.{name}: must be positive")
 
 
 def _check_limits(limits: LimitSettings) -> None:

@@ -23,7 +23,9 @@ async def status_of(gw: RunningGateway, key: str) -> int:
 async def test_admin_revoke_refuses_the_next_request(config: dict[str, Any]) -> None:
     async with run_gateway(merge(config, {"admin": {"token": ADMIN}})) as gw:
         assert await status_of(gw, KEY_A) == 404  # authenticated (and now cached)
-        async with gw.http.post(f"{gw.url}/admin/keys/alpha/revoke",
+        alpha = await gw.state.store.get_key("alpha")
+        assert alpha is not None
+        async with gw.http.post(f"{gw.url}/admin/keys/{alpha.id}/revoke",
                                 headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
             assert resp.status == 200, await resp.text()
         assert await status_of(gw, KEY_A) == 401

@@ -359,7 +359,9 @@ async def test_admin_and_webhook_endpoints_refuse_bad_bodies(client: Client) -> 
     status, body = await client.send(hooks.path, data=json.dumps(
         {"task_id": "x" * 5000}).encode())
     assert_error("native", status, body, 413)
-    key = "alpha"
+    alpha = await client.gateway.state.store.get_key("alpha")
+    assert alpha is not None
+    key = alpha.id  # the admin API addresses keys by id
     for amount in (0, 10**16, -(10**16), 2**63 - 1, "5", 1.0, None):
         status, body = await client.send(f"/admin/keys/{key}/topup", token=ADMIN_TOKEN,
                                          json_body={"amount": amount})

@@ -4,12 +4,17 @@ balance always equals the ledger."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from typing import Any
 
 import pytest
+from pytest_aiohttp import AiohttpServer
 
+from tests.fakes.gemini import FakeGemini, running
+from tests.fakes.openai import FakeOpenAI
 from tests.support.gateway import RunningGateway, merge, run_gateway
+from tests.support.provider_calls import serve
 
 PAYER = "payer-key-000000001"
 PRICED: dict[str, Any] = {
@@ -140,3 +145,58 @@ async def test_credit_metrics(billed: RunningGateway) -> None:
     assert 'muxproxy_credits_charged_total{model="priced-broken"} 7.0' in text
     assert 'muxproxy_credits_refunded_total{model="priced-broken"} 7.0' in text
     assert 'muxproxy_requests_refused_total{reason="credits"} 1.0' in text
+
+
+# --- the quality a request is billed at is the one sent upstream ----------------------
+
+QUALITY_PAYER = "quality-payer-0000001"
+
+
+async def _job_credits(gw: RunningGateway, body: dict[str, Any]) -> int:
+    task_id = await gw.submit(body, key=QUALITY_PAYER)
+    assert (await gw.wait_terminal(task_id, key=QUALITY_PAYER))["state"] == "completed"
+    job = await gw.state.store.get_job(task_id)
+    assert job is not None
+    return job.credits
+
+
+async def test_quality_left_to_the_upstream_is_billed_and_sent_at_the_default_tier(
+        config: dict[str, Any], aiohttp_server: AiohttpServer) -> None:
+    fake = await serve(FakeOpenAI(), aiohttp_server)
+    merged = merge(config, {
+        "providers": {"openai": {"kind": "openai", "base_url": fake.base_url,
+                                 "api_key": fake.key}},
+        "models": {
+            "gpt-image-2": {"credits": {"1k": {"standard": 2, "medium": 10, "high": 18}},
+                            "default_quality": "high",
+                            "routes": [{"provider": "openai", "model": "gpt-image-2"}]},
+            "dall-e-3": {"credits": {"1k": {"standard": 8, "high": 12}},
+                         "default_quality": "hd",
+                         "routes": [{"provider": "openai", "model": "dall-e-3"}]}}})
+    merged["keys"] = [{"name": "quality-payer", "key": QUALITY_PAYER, "credits": 1000}]
+    async with run_gateway(merged) as gw:
+        billed = [await _job_credits(gw, {"model": model, "prompt": "p", **quality})
+                  for model in ("gpt-image-2", "dall-e-3")
+                  for quality in ({}, {"quality": "auto"}, {"quality": "low"})]
+    sent = [call.json.get("quality") for call in fake.calls("/v1/images/generations")]
+    assert billed == [18, 18, 2, 12, 12, 8]
+    assert sent == ["high", "high", "low", "hd", "hd", "standard"]
+
+
+async def test_a_provider_without_quality_is_billed_its_price_and_sent_none(
+        config: dict[str, Any]) -> None:
+    async with running(FakeGemini()) as fake:
+        merged = merge(config, {
+            "providers": {"gemini": {"kind": "gemini", "base_url": fake.url,
+                                     "api_key": fake.api_key}},
+            "models": {"nano-banana-pro": {
+                "credits": {"1k": 10, "2k": 20},
+                "routes": [{"provider": "gemini", "model": "gemini-3-pro-image-preview"}]}}})
+        merged["keys"] = [{"name": "quality-payer", "key": QUALITY_PAYER, "credits": 1000}]
+        async with run_gateway(merged) as gw:
+            billed = [await _job_credits(gw, {"model": "nano-banana-pro", "prompt": "p",
+                                              **fields})
+                      for fields in ({}, {"quality": "auto"}, {"resolution": "2k"})]
+    assert billed == [10, 10, 20]
+    assert len(fake.bodies) == 3
+    assert all("quality" not in json.dumps(body) for body in fake.bodies)

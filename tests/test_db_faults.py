@@ -46,9 +46,9 @@ CALLS: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
      {"Idempotency-Key": "held-lock-1"}),
     ("openai", "/v1/images/generations", {"model": "demo-image", "prompt": PROMPT}, {}),
     ("modelmux", "/api/v1/generations", {"model": "demo-image", "prompt": PROMPT}, {}),
-    ("admin", "/admin/keys/alpha/topup", {"amount": 5}, {}),
+    ("admin", "/admin/keys/{alpha}/topup", {"amount": 5}, {}),
     ("admin", "/admin/keys", {"name": "charlie"}, {}),
-    ("admin", "/admin/keys/bravo/revoke", {}, {}),
+    ("admin", "/admin/keys/{bravo}/revoke", {}, {}),
 ]
 
 
@@ -69,6 +69,8 @@ async def test_a_held_write_lock_answers_503_with_retry_after(
         gw: RunningGateway, surface: str, path: str, body: dict[str, Any],
         headers: dict[str, str]) -> None:
     auth = f"Bearer {ADMIN if surface == 'admin' else KEY_A}"
+    # The admin API addresses keys by id.
+    path = path.format(**{k.name: k.id for k in await gw.state.store.list_keys()})
     jobs_before = await gw.state.store.list_jobs("alpha")
     with write_lock(gw):
         async with gw.http.post(gw.url + path, json=body,

@@ -102,7 +102,9 @@ async def test_json_generation_flow(gateway: RunningGateway) -> None:
 async def test_prices_follow_the_seed_table(gateway: RunningGateway) -> None:
     cases = [({"model": "nano-banana"}, 5, "1k"),
              ({"model": "nano-banana-2", "resolution": "4K"}, 5, "4k"),
-             ({"model": "gpt-image-2"}, 2, "1k"),
+             # Quality left to the upstream is billed at the dearest tier it may use.
+             ({"model": "gpt-image-2"}, 18, "1k"),
+             ({"model": "gpt-image-2", "quality": "low"}, 2, "1k"),
              ({"model": "gpt-image-2", "resolution": "2k", "quality": "high"}, 40, "2k"),
              ({"model": "gpt-image-2", "resolution": "4k", "quality": "medium"}, 32, "4k")]
     for body, credits, resolution in cases:

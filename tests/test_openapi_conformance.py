@@ -395,8 +395,10 @@ async def test_admin_api(api: Api) -> None:
     await api.call("GET", one, f"/admin/keys/{key_id}", admin=True)
     await api.accepted("PATCH", one, {"rpm": None, "unlimited": True},
                        path=f"/admin/keys/{key_id}", admin=True)
-    await api.accepted("POST", one + "/topup", {"amount": -10, "note": "refund"},
+    await api.accepted("POST", one + "/topup", {"amount": 5, "note": "bonus"},
                        path=f"/admin/keys/{key_id}/topup", admin=True)
+    await api.accepted("POST", one + "/deduct", {"amount": 15, "note": "refund"},
+                       path=f"/admin/keys/{key_id}/deduct", admin=True)
     ledger = await api.call("GET", one + "/ledger", f"/admin/keys/{key_id}/ledger",
                             params={"limit": "5"}, admin=True)
     assert ledger.body["ledger_sum"] == 90

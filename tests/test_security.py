@@ -51,6 +51,7 @@ ADMIN_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/admin/keys/alpha", {}),
     ("PATCH", "/admin/keys/alpha", {"json": {"unlimited": True}}),
     ("POST", "/admin/keys/alpha/topup", {"json": {"amount": 10**9}}),
+    ("POST", "/admin/keys/alpha/deduct", {"json": {"amount": 10**9}}),
     ("POST", "/admin/keys/alpha/revoke", {}),
     ("GET", "/admin/keys/alpha/ledger", {}),
     ("GET", "/admin/keys/alpha/usage", {}),
@@ -115,7 +116,9 @@ async def test_every_surface_answers_401_without_a_valid_key(secure: dict[str, A
         async with gateway.http.get(f"{gateway.url}/v1/models",
                                     headers={"Authorization": f"Bearer {KEY_C}"}) as resp:
             assert resp.status == 200  # charlie's key works until it is revoked
-        async with gateway.http.post(f"{gateway.url}/admin/keys/charlie/revoke",
+        charlie = await gateway.state.store.get_key("charlie")
+        assert charlie is not None
+        async with gateway.http.post(f"{gateway.url}/admin/keys/{charlie.id}/revoke",
                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
             assert resp.status == 200
         wrong = []

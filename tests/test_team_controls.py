@@ -102,7 +102,9 @@ async def test_revoked_key_is_refused_at_once(config: dict[str, Any]) -> None:
         status, body, _ = await post(gw, {"model": "demo-image", "prompt": "before"})
         assert status == 200
         task_id = body["data"]["taskId"]
-        async with gw.http.post(f"{gw.url}/admin/keys/limited/revoke",
+        limited = await gw.state.store.get_key("limited")
+        assert limited is not None
+        async with gw.http.post(f"{gw.url}/admin/keys/{limited.id}/revoke",
                                 headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
             assert resp.status == 200
             assert (await resp.json())["revoked_at"] is not None

@@ -16,7 +16,7 @@ from muxproxy.clock import ManualClock
 from muxproxy.errors import InvalidRequest
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.jobs import evolve
-from muxproxy.pricing import price, resolution_of
+from muxproxy.pricing import billed, price, resolution_of
 from muxproxy.settings import ModelSettings
 
 
@@ -87,7 +87,9 @@ GPT = ModelSettings(id="gpt-image-2", routes=(), credits={
 
 
 @pytest.mark.parametrize(("fields", "credits"), [
-    ({}, 2),
+    # Quality left to the upstream: the dearest tier it may render.
+    ({}, 18),
+    ({"quality": "auto", "resolution": "2k"}, 40),
     ({"quality": "high"}, 18),
     ({"quality": "hd"}, 18),
     ({"quality": "low"}, 2),
@@ -98,6 +100,20 @@ GPT = ModelSettings(id="gpt-image-2", routes=(), credits={
 def test_price_by_resolution_and_quality(fields: dict[str, object], credits: int) -> None:
     request = GenerationRequest(prompt="x", **fields)  # type: ignore[arg-type]
     assert price(GPT, request) == credits
+
+
+def test_default_quality_prices_and_names_what_the_upstream_gets() -> None:
+    model = replace(GPT, default_quality="medium")
+    for quality in (None, "auto"):
+        request = GenerationRequest(prompt="x", quality=quality, resolution="4k")
+        assert billed(model, request).quality == "medium"
+        assert price(model, request) == 32
+    assert billed(GPT, GenerationRequest(prompt="x")).quality == "high"
+    explicit = GenerationRequest(prompt="x", quality="low")
+    assert billed(model, explicit) is explicit
+    assert price(model, explicit) == 2
+    flat = ModelSettings(id="flat", routes=(), credits=3)
+    assert billed(flat, GenerationRequest(prompt="x")).quality is None
 
 
 def test_price_refuses_what_the_table_lacks() -> None:

@@ -33,26 +33,30 @@ AUTH = {401: "the admin API is disabled (no admin.token), or the token is wrong.
         500: "unexpected server error."}
 BODY = {400: "malformed JSON, an unknown field, or an invalid value (param names it).",
         413: "the body is over 64 KiB."}
-FOUND = {404: "no key with this id or name."}
+FOUND = {404: "no key with this id (keys are addressed by id, not by name)."}
+
+
+def limit_schema(field: keys.LimitField) -> Schema:
+    help = field.help[0].upper() + field.help[1:] + "."
+    if field.kind == "flag":
+        return {"type": "boolean", "description": help}
+    if field.kind == "number":
+        return nullable(integer(help, minimum=1, maximum=keys.MAX_LIMIT))
+    return nullable({"type": "array", "items": string(minLength=1), "description": help})
 
 
 def limit_fields() -> dict[str, Schema]:
-    positive = nullable(integer("null removes the limit.", minimum=1, maximum=keys.MAX_LIMIT))
-    return {"unlimited": {"type": "boolean", "description": "Never refused for its balance."},
-            "rpm": positive, "max_concurrent": positive,
-            "models": nullable({"type": "array", "items": string(minLength=1),
-                                "description": "The models the key may use; null: all."})}
+    return {field.name: limit_schema(field) for field in keys.LIMIT_FIELDS}
 
 
 def schemas() -> dict[str, Schema]:
     key = obj({
-        "id": string(), "name": string(), "created_at": millis("When it was made"),
+        "id": string(f"{keys.KEY_ID_PREFIX} and 16 hex digits; addresses the key.",
+                     pattern=f"^{keys.KEY_ID_PREFIX}"),
+        "name": string(), "created_at": millis("When it was made"),
         "revoked_at": nullable(integer()), "balance": integer("Credits."),
-        "unlimited": {"type": "boolean"}, "rpm": nullable(integer()),
-        "max_concurrent": nullable(integer()),
-        "models": nullable({"type": "array", "items": string()}),
-    }, ["id", "name", "created_at", "revoked_at", "balance", "unlimited", "rpm",
-        "max_concurrent", "models"])
+        **limit_fields(),
+    }, ["id", "name", "created_at", "revoked_at", "balance", *(f.name for f in keys.LIMIT_FIELDS)])
     entry = obj({"id": integer(), "kind": choice([k.value for k in LedgerKind]),
                  "amount": integer(), "job_id": nullable(string()),
                  "model": nullable(string()), "note": nullable(string()),
@@ -66,8 +70,10 @@ def schemas() -> dict[str, Schema]:
         SHAPE: obj({"error": string(), "code": string()}, ["error", "code"]),
         "AdminKey": key,
         "AdminKeyCreate": obj({
-            "name": string("1-100 characters, not only spaces; unique.", minLength=1,
-                           maxLength=100),
+            "name": {**string(f"1-{keys.MAX_NAME_CHARS} characters, not only spaces, not "
+                              f"beginning with {keys.KEY_ID_PREFIX!r} (the form of an id); "
+                              "unique.", minLength=1, maxLength=keys.MAX_NAME_CHARS),
+                     "not": {"pattern": f"^{keys.KEY_ID_PREFIX}"}},
             "credits": integer("Initial credits.", minimum=0, maximum=keys.MAX_CREDITS),
             **limit_fields()}, ["name"]),
         "AdminKeyCreated": obj({"key": ref("AdminKey"),
@@ -75,11 +81,10 @@ def schemas() -> dict[str, Schema]:
                                ["key", "secret"]),
         "AdminKeyList": obj({"keys": {"type": "array", "items": ref("AdminKey")}}, ["keys"]),
         "AdminLimits": obj(limit_fields()),
-        "AdminTopup": obj({
-            "amount": {**integer("Credits to add (negative: remove).",
-                                 minimum=-keys.MAX_CREDITS, maximum=keys.MAX_CREDITS),
-                       "not": {"const": 0}},
-            "note": nullable(string(maxLength=500))}, ["amount"], closed=False),
+        "AdminCredits": obj({
+            "amount": integer("Credits to add (topup) or take back (deduct); always positive.",
+                              minimum=1, maximum=keys.MAX_CREDITS),
+            "note": nullable(string(maxLength=keys.MAX_NOTE_CHARS))}, ["amount"]),
         "AdminLedger": obj({"key": ref("AdminKey"),
                             "entries": {"type": "array", "items": entry},
                             "ledger_sum": integer("The sum of all entries: the balance.")},
@@ -91,7 +96,7 @@ def schemas() -> dict[str, Schema]:
 
 
 def part(settings: Settings) -> Part:
-    key_param = path_param("key", "The key's id or name.")
+    key_param = path_param("key", "The key's id (find it by name with GET /admin/keys?name=).")
 
     def op(summary: str, operation_id: str, ok: dict[str, Any],
            reasons: dict[int, str], **kw: Any) -> dict[str, Any]:
@@ -105,8 +110,12 @@ def part(settings: Settings) -> Part:
                        {"201": answer("The key and its secret.", ref("AdminKeyCreated"))},
                        {**BODY, 409: "a key with this name exists."},
                        body=json_body(ref("AdminKeyCreate"))),
-            "get": op("List the API keys", "adminListKeys",
-                      {"200": answer("Every key, revoked ones too.", ref("AdminKeyList"))}, {}),
+            "get": op("List the API keys, or find one by name", "adminListKeys",
+                      {"200": answer("Every key, revoked ones too; with name, the key so "
+                                     "named, if any.", ref("AdminKeyList"))},
+                      {400: "name over 100 characters, or an unknown query parameter."},
+                      parameters=[query("name", string(maxLength=keys.MAX_NAME_CHARS),
+                                        "Only the key with exactly this name.")]),
         },
         "/admin/keys/{key}": {
             "get": op("One API key", "adminGetKey", one_key, FOUND,
@@ -115,8 +124,11 @@ def part(settings: Settings) -> Part:
                         parameters=[key_param], body=json_body(ref("AdminLimits"))),
         },
         "/admin/keys/{key}/topup": {"post": op(
-            "Add or remove credits", "adminTopup", one_key, {**BODY, **FOUND},
-            parameters=[key_param], body=json_body(ref("AdminTopup")))},
+            "Add credits", "adminTopup", one_key, {**BODY, **FOUND},
+            parameters=[key_param], body=json_body(ref("AdminCredits")))},
+        "/admin/keys/{key}/deduct": {"post": op(
+            "Take credits back (the balance may go below zero)", "adminDeduct", one_key,
+            {**BODY, **FOUND}, parameters=[key_param], body=json_body(ref("AdminCredits")))},
         "/admin/keys/{key}/revoke": {"post": op(
             "Revoke a key", "adminRevokeKey", one_key, FOUND, parameters=[key_param])},
         "/admin/keys/{key}/ledger": {"get": op(

@@ -42,7 +42,9 @@ def resolution() -> Schema:
 
 
 def quality() -> Schema:
-    return nullable(choice(sorted(validation.QUALITIES)))
+    return nullable(choice(sorted(validation.QUALITIES),
+                           "Left out or auto: the model's default_quality (else its dearest "
+                           "tier), which is both billed and sent upstream."))
 
 
 def output_format() -> Schema:

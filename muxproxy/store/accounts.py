@@ -28,6 +28,7 @@ class Billing(StrEnum):
 
 class LedgerKind(StrEnum):
     TOPUP = "topup"
+    DEDUCT = "deduct"  # credits an administrator took back
     HOLD = "hold"
     RELEASE = "release"
     CHARGE = "charge"
@@ -146,7 +147,7 @@ class AccountStore(abc.ABC):
     @abc.abstractmethod
     async def topup(self, key_id: str, amount: int, *, now: int,
                     note: str | None = None) -> ApiKey:
-        """Add (or, negative, remove) credits, as a ledger row."""
+        """Add (or, negative, remove) credits, as a ``topup`` (or ``deduct``) ledger row."""
 
     @abc.abstractmethod
     async def ledger(self, key_id: str, *, limit: int = 100,

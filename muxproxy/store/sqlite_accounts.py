@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 import aiosqlite
 
 from muxproxy.jobs import IdempotencyClaim, JobState, RowLike
+from muxproxy.keys import KEY_ID_PREFIX
 from muxproxy.store.accounts import (
     NO_LIMITS,
     ApiKey,
@@ -133,7 +134,7 @@ class AccountsMixin:
         def upsert(db: sqlite3.Connection) -> RowLike:
             existing = db.execute("SELECT id FROM api_keys WHERE name = ?", (name,)).fetchone()
             if existing is None:
-                key_id = f"key_{secrets.token_hex(8)}"
+                key_id = f"{KEY_ID_PREFIX}{secrets.token_hex(8)}"
                 db.execute(
                     "INSERT INTO api_keys (id, name, key_hash, created_at, unlimited, rpm_limit,"
                     " max_concurrent, allowed_models) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -155,7 +156,7 @@ class AccountsMixin:
 
     async def create_key(self: Connected, name: str, key_hash: str, *, now: int,
                          limits: KeyLimits = NO_LIMITS, credits: int = 0) -> ApiKey:
-        key_id = f"key_{secrets.token_hex(8)}"
+        key_id = f"{KEY_ID_PREFIX}{secrets.token_hex(8)}"
 
         def create(db: sqlite3.Connection) -> RowLike:
             try:
@@ -212,7 +213,8 @@ class AccountsMixin:
                                (key_id, key_id)).fetchone()
             if found is None:
                 raise KeyNotFound(key_id)
-            ledger_row(db, found["id"], LedgerKind.TOPUP, amount, now, note=note)
+            kind = LedgerKind.TOPUP if amount > 0 else LedgerKind.DEDUCT
+            ledger_row(db, found["id"], kind, amount, now, note=note)
             row: RowLike = db.execute("SELECT * FROM api_keys WHERE id = ?",
                                       (found["id"],)).fetchone()
             return row

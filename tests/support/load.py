@@ -234,7 +234,15 @@ class Load:
 
     async def _admin(self, http: aiohttp.ClientSession, key: str) -> None:
         name = "alpha" if key == KEY_A else "bravo"
-        async with http.get(f"{self.url}/admin/keys/{name}/ledger",
-                            headers=self._headers(self.admin_token)) as resp:
+        headers = self._headers(self.admin_token)
+        # The admin API addresses keys by id; a name is looked up first.
+        async with http.get(f"{self.url}/admin/keys", params={"name": name},
+                            headers=headers) as resp:
+            found = (await resp.json())["keys"] if resp.status == 200 else []
+        if len(found) != 1:
+            self.problems.append(f"admin lookup of {name}: {resp.status}, {len(found)} keys")
+            return
+        async with http.get(f"{self.url}/admin/keys/{found[0]['id']}/ledger",
+                            headers=headers) as resp:
             if resp.status != 200:
                 self.problems.append(f"admin ledger: {resp.status}")

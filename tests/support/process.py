@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -26,12 +27,15 @@ def free_port() -> int:
 class GatewayProcess:
     """``log``: a file that gets everything the process writes (stdout and stderr,
     appended across restarts); without it output is discarded but for the stderr
-    of a failed start."""
+    of a failed start. ``open_files``: the soft RLIMIT_NOFILE the process starts
+    with (a shell's or systemd's usual 1024, say); None inherits this one's."""
 
-    def __init__(self, config: Path, port: int, log: Path | None = None) -> None:
+    def __init__(self, config: Path, port: int, log: Path | None = None,
+                 open_files: int | None = None) -> None:
         self.config = config
         self.port = port
         self.log = log
+        self.open_files = open_files
         self.url = f"http://127.0.0.1:{port}"
         self.proc: asyncio.subprocess.Process | None = None
         self._log_file: IO[bytes] | None = None
@@ -52,7 +56,8 @@ class GatewayProcess:
             out, err = asyncio.subprocess.DEVNULL, asyncio.subprocess.PIPE
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "muxproxy.cli", "serve", "--config", str(self.config),
-            env=env, cwd=self.config.parent, stdout=out, stderr=err)
+            env=env, cwd=self.config.parent, stdout=out, stderr=err,
+            preexec_fn=None if self.open_files is None else self._limit_open_files)
         async with aiohttp.ClientSession() as http, asyncio.timeout(20):
             while True:
                 if self.proc.returncode is not None:
@@ -64,6 +69,11 @@ class GatewayProcess:
                 except aiohttp.ClientConnectionError:
                     pass
                 await asyncio.sleep(0.05)
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(self.open_files, hard), hard))
 
     async def _stderr(self) -> str:
         if self.proc is not None and self.proc.stderr is not None:
@@ -98,9 +108,9 @@ class GatewayProcess:
 
 
 @asynccontextmanager
-async def gateway_process(config: Path, port: int | None = None, *, log: Path | None = None
-                          ) -> AsyncIterator[GatewayProcess]:
-    process = GatewayProcess(config, port or free_port(), log)
+async def gateway_process(config: Path, port: int | None = None, *, log: Path | None = None,
+                          open_files: int | None = None) -> AsyncIterator[GatewayProcess]:
+    process = GatewayProcess(config, port or free_port(), log, open_files)
     try:
         await process.start()
         yield process
