@@ -88,6 +88,16 @@ DEFAULT = SURFACES[0]
 CREATES: Mapping[str, Surface] = {path: s for s in SURFACES for path in s.creates}
 
 
+def surface_for(path: str) -> Surface:
+    """The surface whose prefix ``path`` falls under, else the default one: who
+    answers for a request refused before it reaches the router (its head, at the
+    edge), as its mount would."""
+    for surface in SURFACES:
+        if surface.prefix is not None and path.startswith(surface.prefix):
+            return surface
+    return DEFAULT
+
+
 def mounts(surfaces: Sequence[Surface] = SURFACES) -> list[BaseRoute]:
     """The app's routes: one mount per surface prefix, then the rest in one mount
     that answers in the default surface's shape."""
