@@ -15,12 +15,10 @@ from enum import Enum
 
 from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match, Mount, Route
-from starlette.types import Scope
+from starlette.routing import BaseRoute, Match, Mount, Route, Router
+from starlette.types import Receive, Scope, Send
 
 from muxproxy.app_state import AppState
 from muxproxy.errors import MuxError, status_error
@@ -62,13 +60,14 @@ class Surface:
     replay: Replayer | None = None
 
 
-# In the OpenAPI document's order.
+# In the OpenAPI document's order; the first prefix a path starts with wins (the
+# hot native routes are matched first).
 SURFACES: tuple[Surface, ...] = (
     Surface(SurfaceName.NATIVE, native.routes, native.render_error, Access.API_KEY,
-            native_doc.part, creates=frozenset({"/api/v1/images/generations"}),
-            replay=native.replay),
+            native_doc.part, prefix="/api/v1/images/generations",
+            creates=frozenset({"/api/v1/images/generations"}), replay=native.replay),
     Surface(SurfaceName.CALLBACKS, callbacks.routes, native.render_error, Access.API_KEY,
-            native_doc.callbacks_part),
+            native_doc.callbacks_part, prefix="/api/v1/webhooks/"),
     Surface(SurfaceName.OPENAI, openai.routes, openai.render_error, Access.API_KEY,
             openai_doc.part, prefix="/v1/",
             creates=frozenset({"/v1/images/generations", "/v1/images/edits"}),
@@ -80,7 +79,7 @@ SURFACES: tuple[Surface, ...] = (
             admin_doc.part, prefix="/admin/"),
     Surface(SurfaceName.OPS, ops.routes, native.render_error, Access.OPEN, ops_doc.part),
     Surface(SurfaceName.FILES, files.routes, native.render_error, Access.OPEN,
-            ops_doc.files_part),
+            ops_doc.files_part, prefix="/files/"),
 )
 # What answers anything outside every surface's prefix.
 DEFAULT = SURFACES[0]
@@ -99,8 +98,10 @@ def surface_for(path: str) -> Surface:
 
 
 def mounts(surfaces: Sequence[Surface] = SURFACES) -> list[BaseRoute]:
-    """The app's routes: one mount per surface prefix, then the rest in one mount
-    that answers in the default surface's shape."""
+    """The app's routes: one mount per surface prefix, then the rest (routes at the
+    root, and every unknown path) in one mount that answers in the default
+    surface's shape. Being last and taking every path, it also keeps Starlette's
+    slash redirects from sending ``/admin`` to ``/admin/``."""
     rest = [route for s in surfaces if s.prefix is None for route in s.routes]
     return [*(SurfaceMount(s.prefix, s.routes, s.render_error)
               for s in surfaces if s.prefix is not None),
@@ -108,42 +109,47 @@ def mounts(surfaces: Sequence[Surface] = SURFACES) -> list[BaseRoute]:
 
 
 class SurfaceMount(Mount):
-    """A surface's routes, with its error shape for a path under its prefix that no
-    route serves (404) or a method none allows (405, with every allowed method in
-    Allow): Starlette's per-Mount exception handler. Unlike a plain Mount, the
-    prefix is a plain string start (``/api/v1/generations`` is itself a route) and
-    the routes keep their full paths, which metrics use as labels."""
+    """A surface's routes, with its own handler for the router's HTTP exceptions: a
+    path under its prefix that no route serves (404), or a method none allows (405,
+    with every allowed method in Allow), answers in the surface's shape. Unlike a
+    plain Mount, the prefix is a plain string start (``/api/v1/generations`` is
+    itself a route) and the routes keep their full paths, which metrics use as
+    labels. The handler is a plain ``except`` rather than an ExceptionMiddleware:
+    the hot path pays for nothing it does not use."""
 
     def __init__(self, prefix: str, routes: Sequence[Route], render: ErrorRenderer) -> None:
-        handler = _http_error(render, routes)
-        super().__init__(prefix, routes=routes, middleware=[
-            Middleware(ExceptionMiddleware, handlers={HTTPException: handler})])
+        self._router = Router(routes=routes)
+        super().__init__(prefix, app=self._router)
         self.prefix = prefix
+        self.render = render
+        self._routes = routes
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         # The path as Starlette's router matches it (without a root_path).
         if scope["type"] == "http" and get_route_path(scope).startswith(self.prefix):
-            return Match.FULL, {"endpoint": self.app}
+            return Match.FULL, {}
         return Match.NONE, {}
 
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._router.app(scope, receive, send)  # the router without its stack
+        except HTTPException as exc:
+            # Only the router's own 404 and 405 get here, before any answer began:
+            # every endpoint renders its errors itself.
+            await self.http_error(Request(scope), exc)(scope, receive, send)
 
-def _http_error(render: ErrorRenderer, routes: Sequence[Route]
-                ) -> Callable[[Request, Exception], Awaitable[Response]]:
-    async def handle(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
+    def http_error(self, request: Request, exc: HTTPException) -> Response:
         error: MuxError = status_error(exc.status_code, exc.detail or "error")
         if exc.status_code == 404:
             error = status_error(404, f"no route for {request.method} {request.url.path}")
         elif exc.status_code == 405:
             error = status_error(405, f"method {request.method} not allowed here")
-        response = render(error)
+        response = self.render(error)
         if exc.status_code == 405:
             # Every method some route serves at this path: Starlette's own 405 names
             # only the first route's, and a path may have one route per method.
-            allowed = {method for route in routes
+            allowed = {method for route in self._routes
                        if route.matches(request.scope)[0] is not Match.NONE
                        for method in route.methods or ()}
             response.headers["Allow"] = ", ".join(sorted(allowed))
         return response
-
-    return handle
