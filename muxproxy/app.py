@@ -80,7 +80,8 @@ async def _start(settings: Settings, clock: Clock, metrics: Metrics,
     try:
         for key in settings.keys:
             limits = KeyLimits(unlimited=key.unlimited, rpm_limit=key.rpm,
-                               max_concurrent=key.max_concurrent, allowed_models=key.models)
+                               max_concurrent=key.max_concurrent, allowed_models=key.models,
+                               webhook_allow_networks=key.webhook_allow_networks)
             await store.upsert_key(key.name, hash_key(key.key), now=now_ms(clock),
                                    limits=limits, initial_credits=key.credits)
         storage = open_storage(settings.storage.url)

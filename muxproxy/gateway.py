@@ -98,7 +98,7 @@ class Gateway:
                  providers: Mapping[str, Provider], signer: UrlSigner, clock: Clock,
                  metrics: Metrics, dispatcher: Dispatcher, events: JobEvents,
                  shutdown: Shutdown, *,
-                 check_callback: Callable[[str], Awaitable[None]] | None = None,
+                 check_callback: Callable[[str, Sequence[str]], Awaitable[None]] | None = None,
                  check_reference: Callable[[str, str, str], Awaitable[None]] | None = None
                  ) -> None:
         self.settings = settings
@@ -131,8 +131,9 @@ class Gateway:
         return self.model(model_id)
 
     def admit(self, key: ApiKey) -> None:
-        """The key's rate of create requests, checked before any work (429 with
-        Retry-After). Polls and downloads are not counted: they cost nothing upstream."""
+        """The key's rate of create (and webhook redeliver) requests, checked before
+        any work (429 with Retry-After). Polls and downloads are not counted: they cost
+        nothing upstream."""
         rpm = key.limits.rpm_limit
         if rpm is not None and (wait := self.limiter.acquire(key.id, rpm)) is not None:
             self._refuse("rate_limit")
@@ -167,7 +168,8 @@ class Gateway:
         request = billed(model, submission.request)
         submission = evolve(submission, request=request)
         if submission.callback_url is not None and self._check_callback is not None:
-            await self._check_callback(submission.callback_url)
+            await self._check_callback(submission.callback_url,
+                                       key.limits.webhook_allow_networks)
         await self._check_references(submission)
         credits = price(model, request)
         try:

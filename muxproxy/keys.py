@@ -8,6 +8,7 @@ field, so every entry point refuses the same input with the same message.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,6 +25,8 @@ MAX_NOTE_CHARS = 500
 MAX_CREDITS = 10**15
 MAX_BALANCE = 10**18
 MAX_LIMIT = 10**9
+# Networks one key may be granted for its callbacks.
+MAX_NETWORKS = 32
 
 
 def is_key_id(text: str) -> bool:
@@ -92,6 +95,26 @@ def _model_ids(value: Any, name: str) -> tuple[str, ...] | None:
     return tuple(value) if value is not None else None
 
 
+def _networks(value: Any, name: str) -> tuple[str, ...]:
+    """CIDR strings, each normalised (``10.1.2.3/16`` is ``10.1.0.0/16``); null or []
+    takes the grant back."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_NETWORKS:
+        raise InvalidRequest(f"'{name}' must be a list of at most {MAX_NETWORKS} networks "
+                             "(CIDR), or null", param=name)
+    networks = []
+    for item in value:
+        try:
+            if not isinstance(item, str):
+                raise TypeError(item)
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"'{name}': {str(item)[:60]!r} is not a network (CIDR such "
+                                 "as '10.20.0.0/16')", param=name) from None
+    return tuple(dict.fromkeys(networks))
+
+
 @dataclass(frozen=True)
 class LimitField:
     """One per-key limit, as the admin API, the CLI and the OpenAPI document see it."""
@@ -116,5 +139,8 @@ LIMIT_FIELDS: tuple[LimitField, ...] = (
                "unfinished jobs at once; null removes the limit"),
     LimitField("models", "allowed_models", "list", _model_ids,
                "the only model ids the key may use; null: all"),
+    LimitField("webhook_allow_networks", "webhook_allow_networks", "list", _networks,
+               "private networks (CIDR) this key's callbacks may reach, for this key only; "
+               "null: public addresses only"),
 )
 LIMIT_NAMES = frozenset(f.name for f in LIMIT_FIELDS)

@@ -117,7 +117,14 @@ class WebhookSettings:
     retry_after_max_seconds: float = 300.0
     max_concurrency: int = 16
     max_per_host: int = 4
-    # Networks a callback may reach although they are not public (CIDR strings).
+    # Slots one key's deliveries may hold at once, so one tenant's slow receivers
+    # cannot take every slot.
+    max_per_key: int = 4
+    # Attempts kept per delivery (the oldest are pruned as new ones are recorded).
+    max_attempts_kept: int = 50
+    # Networks any key's callbacks may reach although they are not public (CIDR
+    # strings). Every tenant gets them: on a shared install grant a network to one
+    # key instead ([[keys]] webhook_allow_networks).
     allow_networks: tuple[str, ...] = ()
 
 
@@ -138,11 +145,20 @@ class ApiKeySettings:
     rpm: int | None = None
     max_concurrent: int | None = None
     models: tuple[str, ...] | None = None
+    # Networks (CIDR) this key's callbacks may reach although they are not public,
+    # on top of webhooks.allow_networks; other keys' callbacks still may not.
+    webhook_allow_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class AdminSettings:
     # The admin API (/admin/) answers only to this bearer token; empty disables it.
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    # /metrics answers only to this bearer token; empty leaves it open.
     token: str = ""
 
 
@@ -199,6 +215,7 @@ class Settings:
     jobs: JobSettings = field(default_factory=JobSettings)
     surfaces: SurfaceSettings = field(default_factory=SurfaceSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LogSettings = field(default_factory=LogSettings)
     keys: tuple[ApiKeySettings, ...] = ()
@@ -221,7 +238,7 @@ def load_settings(path: str | os.PathLike[str], env: Mapping[str, str] | None = 
 def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     data = _expand(raw, env, "")
     known = {"server", "database", "storage", "limits", "jobs", "surfaces", "admin",
-             "webhooks", "logging", "keys",
+             "metrics", "webhooks", "logging", "keys",
              "providers", "models"}
     _no_unknown(data, known, "")
     providers = _providers(data.get("providers", {}))
@@ -233,6 +250,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         jobs=_section(JobSettings, data, "jobs"),
         surfaces=_section(SurfaceSettings, data, "surfaces"),
         admin=_section(AdminSettings, data, "admin"),
+        metrics=_section(MetricsSettings, data, "metrics"),
         webhooks=_section(WebhookSettings, data, "webhooks"),
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),
@@ -307,7 +325,7 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
         if not isinstance(item, Mapping):
             raise SettingsError(f"{where}: expected a table")
         _no_unknown(item, {"name", "key", "credits", "unlimited", "rpm", "max_concurrent",
-                           "models"}, where)
+                           "models", "webhook_allow_networks"}, where)
         name, key = _key_rule(key_rules.check_name, item.get("name"), where), item.get("key")
         if not isinstance(key, str) or len(key) < 8:
             raise SettingsError(f"{where}.key: required, at least 8 characters")
@@ -321,8 +339,19 @@ def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:
             unlimited=_coerce(item.get("unlimited", False), False, f"{where}.unlimited"),
             rpm=_optional_positive(item, "rpm", where),
             max_concurrent=_optional_positive(item, "max_concurrent", where),
-            models=models))
+            models=models,
+            webhook_allow_networks=_networks(item, "webhook_allow_networks", where)))
     return tuple(keys)
+
+
+def _networks(table: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
+    networks = _strings(table, name, where)
+    for i, network in enumerate(networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise SettingsError(f"{where}.{name}[{i}]: not a network: {network!r}") from None
+    return networks
 
 
 def _optional_positive(table: Mapping[str, Any], name: str, where: str) -> int | None:
@@ -524,7 +553,8 @@ def _check_limits(limits: LimitSettings) -> None:
 
 
 def _check_webhooks(hooks: WebhookSettings) -> None:
-    for name in ("quick_attempts", "max_concurrency", "max_per_host"):
+    for name in ("quick_attempts", "max_concurrency", "max_per_host", "max_per_key",
+                 "max_attempts_kept"):
         if getattr(hooks, name) < 1:
             raise SettingsError(f"webhooks.{name}: must be at least 1")
     for name in ("quick_backoff_seconds", "background_interval_seconds",

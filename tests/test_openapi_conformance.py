@@ -22,7 +22,7 @@ from starlette.routing import Mount
 
 from tests.support.gateway import KEY_A, RunningGateway, base_config, merge, run_gateway
 from tests.support.openapi import Contract
-from tests.support.webhooks import LOOPBACK, Receiver
+from tests.support.webhooks import LOOPBACK, Receiver, until
 
 ADMIN_TOKEN = "admin-token-0123456789"
 POOR_KEY = "test-key-poor-0003"
@@ -233,6 +233,9 @@ async def test_webhook_endpoints(api: Api) -> None:
                               params={"task_id": slow_id})
         assert sent.body["data"]["attempts"], sent.body
         await api.accepted("POST", "/api/v1/webhooks/redeliver", {"task_id": slow_id})
+        await receiver.wait_hits(2)
+        registry = api.gateway.state.metrics.registry
+        await until(lambda: registry.get_sample_value("muxproxy_webhooks_in_flight") == 0)
         again = await api.call("POST", "/api/v1/webhooks/redeliver",
                                params={"task_id": slow_id})
         assert again.status == 200

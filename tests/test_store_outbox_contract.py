@@ -18,7 +18,7 @@ from muxproxy.store import Store
 from muxproxy.store.schema import MIGRATIONS
 from muxproxy.store.sqlite import SqliteStore, _statements
 from muxproxy.surfaces import SurfaceName
-from muxproxy.webhooks.outbox import Attempt, DeliveryStatus, Verdict
+from muxproxy.webhooks.outbox import Attempt, DeliveryPending, DeliveryStatus, Verdict
 from tests.test_store_contract import store
 
 __all__ = ["store"]  # the backend fixture, shared with the job-store contract
@@ -220,3 +220,29 @@ async def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
         await store.aclose()
     with sqlite3.connect(tmp_path / "old.db") as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_claim_leaves_out_keys_at_their_limit(store: Store) -> None:
+    for job_id, key_id in (("a1", "key_a"), ("b1", "key_b")):
+        job = await new_job(store, job_id, key_id=key_id)
+        job = await store.transition(job, JobState.PENDING, JobState.PROCESSING, now=T0)
+        await store.transition(job, JobState.PROCESSING, JobState.COMPLETED, now=T0 + 1,
+                               completed_at=T0 + 1)
+    assert await store.next_delivery_due(skip_keys=["key_a", "key_b"]) is None
+    claimed = await store.claim_deliveries(T0 + 10, 10, "me", T0 + 40_000,
+                                           skip_keys=["key_a"])
+    assert [d.job_id for d in claimed] == ["b1"]
+
+
+async def test_redeliver_refuses_a_pending_delivery_and_attempts_are_pruned(
+        store: Store) -> None:
+    job = await finished(store, "a", at=T0)
+    with pytest.raises(DeliveryPending):
+        await store.redeliver(job, now=T0 + 1)  # the first delivery is still pending
+    for n in range(1, 6):
+        [d] = await store.claim_deliveries(T0 + n * 1_000, 1, "me", T0 + 10**9)
+        await store.record_attempt(d.id, "me", Attempt(started_at=T0, latency_ms=n),
+                                   verdict(DeliveryStatus.PENDING, T0 + (n + 1) * 1_000),
+                                   now=T0 + n, keep=2)
+    assert [a.number for a in await store.list_attempts(d.id)] == [4, 5]
+    assert (await store.get_delivery("a")) is not None

@@ -38,7 +38,8 @@ async def test_a_retry_due_during_a_claim_is_sent(config: dict[str, Any],
     claim = SqliteStore.claim_deliveries
 
     async def claim_late(self: SqliteStore, now: int, limit: int, owner: str,
-                         lease_until: int, skip_hosts: Sequence[str] = ()) -> list[Delivery]:
+                         lease_until: int, skip_hosts: Sequence[str] = (),
+                         skip_keys: Sequence[str] = ()) -> list[Delivery]:
         if hold_next_claim.is_set():
             hold_next_claim.clear()
             # The pass began with the attempt in flight; by the time its claim runs
@@ -49,7 +50,7 @@ async def test_a_retry_due_during_a_claim_is_sent(config: dict[str, Any],
             assert pending.next_attempt_at is not None
             clock.set(pending.next_attempt_at / 1000 + 0.001)
             now, lease_until = now_ms(clock), now_ms(clock) + 60_000
-        return await claim(self, now, limit, owner, lease_until, skip_hosts)
+        return await claim(self, now, limit, owner, lease_until, skip_hosts, skip_keys)
 
     monkeypatch.setattr(SqliteStore, "claim_deliveries", claim_late)
     app = web.Application()

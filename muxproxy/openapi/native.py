@@ -164,11 +164,14 @@ def callbacks_part(settings: Settings) -> Part:
             body=json_body(obj({"task_id": string(minLength=1)}, ["task_id"], closed=False),
                            required=False),
             description="Re-arms the delivery with a fresh retry window and the same "
-                        "webhook-id. The task id comes from the query or the JSON body.",
+                        "webhook-id. The task id comes from the query or the JSON body. "
+                        "Counts against the key's rate limit; one redelivery at a time.",
             responses={"200": answer("The delivery, re-armed.", ref("WebhookDelivery")),
                        **errors(SHAPE, {
                            400: "no task id, or a malformed body.", **READ_ERRORS,
-                           409: "the task has not ended yet.",
+                           409: "the task has not ended yet, or its delivery is still "
+                                "pending.",
+                           429: "the key's rate limit is reached.",
                            413: f"the body is over {callbacks.MAX_BODY_BYTES} bytes."})})},
         "/api/v1/webhooks/secret": {
             "post": operation(

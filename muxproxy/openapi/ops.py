@@ -64,8 +64,12 @@ def part(settings: Settings) -> Part:
                                      unready)})},
         "/metrics": {"get": operation(
             "Prometheus metrics", TAG, operation_id="metrics", security=NO_AUTH,
+            description="Open, unless metrics.token is set: then it takes "
+                        "'Authorization: Bearer TOKEN'.",
             responses={"200": answer("Metrics in the Prometheus text format.", string(),
-                                     media_type="text/plain")})},
+                                     media_type="text/plain"),
+                       **errors("NativeError", {401: "metrics.token is set and the "
+                                                     "request did not send it."})})},
         "/openapi.json": {"get": operation(
             "This document", TAG, operation_id="openapi", security=NO_AUTH,
             responses={"200": answer("The OpenAPI 3.1 document.", {"type": "object"})})},

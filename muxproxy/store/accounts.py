@@ -41,6 +41,8 @@ class KeyLimits:
     rpm_limit: int | None = None
     max_concurrent: int | None = None
     allowed_models: tuple[str, ...] | None = None
+    # Private networks (CIDR) this key's callbacks may reach; see webhooks.ssrf.
+    webhook_allow_networks: tuple[str, ...] = ()
 
 
 NO_LIMITS = KeyLimits()

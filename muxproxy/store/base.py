@@ -191,15 +191,20 @@ class Store(AccountStore):
 
     @abc.abstractmethod
     async def claim_deliveries(self, now: int, limit: int, owner: str, lease_until: int,
-                               skip_hosts: Sequence[str] = ()) -> list[Delivery]:
+                               skip_hosts: Sequence[str] = (),
+                               skip_keys: Sequence[str] = ()) -> list[Delivery]:
         """Atomically lease up to ``limit`` pending deliveries due by ``now`` (unleased,
-        or with a lapsed lease), earliest first, leaving out ``skip_hosts``."""
+        or with a lapsed lease), earliest first, leaving out ``skip_hosts`` and the
+        deliveries of ``skip_keys``."""
 
     @abc.abstractmethod
     async def record_attempt(self, delivery_id: str, owner: str, attempt: Attempt,
-                             verdict: Verdict, *, now: int) -> Delivery | None:
+                             verdict: Verdict, *, now: int,
+                             keep: int | None = None) -> Delivery | None:
         """Append ``attempt`` (numbered next) and apply ``verdict``, releasing the lease,
-        in one transaction; None, and nothing written, if ``owner`` lost the lease."""
+        in one transaction; None, and nothing written, if ``owner`` lost the lease.
+        With ``keep``, only the newest ``keep`` attempts stay (older ones are pruned
+        in the same transaction)."""
 
     @abc.abstractmethod
     async def release_delivery(self, delivery_id: str, owner: str) -> None:
@@ -212,10 +217,12 @@ class Store(AccountStore):
     @abc.abstractmethod
     async def redeliver(self, job: Job, *, now: int) -> Delivery:
         """Arm a terminal job's delivery again, due at ``now`` with a fresh retry window
-        (created if the job has none), keeping its id and attempt history."""
+        (created if the job has none), keeping its id and attempt history.
+        :class:`DeliveryPending` while the delivery is still pending."""
 
     @abc.abstractmethod
-    async def next_delivery_due(self, skip_hosts: Sequence[str] = ()) -> int | None:
+    async def next_delivery_due(self, skip_hosts: Sequence[str] = (),
+                                skip_keys: Sequence[str] = ()) -> int | None:
         """The earliest ``next_attempt_at`` among unleased pending deliveries."""
 
     @abc.abstractmethod

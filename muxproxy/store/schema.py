@@ -223,4 +223,76 @@ CREATE TABLE store_probe (
     at INTEGER NOT NULL
 )
 """,
+    # 6: private networks one key's callbacks may reach (a JSON list of CIDRs, or NULL).
+    """
+ALTER TABLE api_keys ADD COLUMN webhook_allow_networks TEXT
+""",
+    # 7: counts for /metrics, kept by triggers in the transactions that change the
+    # rows, so a scrape reads a few rows whatever the size of the tables.
+    """
+CREATE TABLE job_counts (
+    model    TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    n        INTEGER NOT NULL,
+    PRIMARY KEY (model, provider, state)
+) WITHOUT ROWID
+;
+INSERT INTO job_counts (model, provider, state, n)
+    SELECT model, provider, state, COUNT(*) FROM jobs GROUP BY model, provider, state
+;
+CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs
+BEGIN
+    INSERT INTO job_counts (model, provider, state, n)
+        VALUES (NEW.model, NEW.provider, NEW.state, 1)
+        ON CONFLICT (model, provider, state) DO UPDATE SET n = n + 1;
+END
+;
+CREATE TRIGGER job_counts_update AFTER UPDATE OF model, provider, state ON jobs
+WHEN OLD.model IS NOT NEW.model OR OLD.provider IS NOT NEW.provider
+    OR OLD.state IS NOT NEW.state
+BEGIN
+    UPDATE job_counts SET n = n - 1
+        WHERE model = OLD.model AND provider = OLD.provider AND state = OLD.state;
+    INSERT INTO job_counts (model, provider, state, n)
+        VALUES (NEW.model, NEW.provider, NEW.state, 1)
+        ON CONFLICT (model, provider, state) DO UPDATE SET n = n + 1;
+END
+;
+CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs
+BEGIN
+    UPDATE job_counts SET n = n - 1
+        WHERE model = OLD.model AND provider = OLD.provider AND state = OLD.state;
+END
+;
+CREATE TABLE webhook_counts (
+    status TEXT PRIMARY KEY,
+    n      INTEGER NOT NULL
+) WITHOUT ROWID
+;
+INSERT INTO webhook_counts (status, n)
+    SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status
+;
+CREATE TRIGGER webhook_counts_insert AFTER INSERT ON webhook_deliveries
+BEGIN
+    INSERT INTO webhook_counts (status, n) VALUES (NEW.status, 1)
+        ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END
+;
+CREATE TRIGGER webhook_counts_update AFTER UPDATE OF status ON webhook_deliveries
+WHEN OLD.status IS NOT NEW.status
+BEGIN
+    UPDATE webhook_counts SET n = n - 1 WHERE status = OLD.status;
+    INSERT INTO webhook_counts (status, n) VALUES (NEW.status, 1)
+        ON CONFLICT (status) DO UPDATE SET n = n + 1;
+END
+;
+CREATE TRIGGER webhook_counts_delete AFTER DELETE ON webhook_deliveries
+BEGIN
+    UPDATE webhook_counts SET n = n - 1 WHERE status = OLD.status;
+END
+;
+CREATE INDEX webhook_deliveries_pending_age ON webhook_deliveries (created_at)
+    WHERE status = 'pending'
+""",
 )

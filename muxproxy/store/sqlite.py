@@ -462,8 +462,11 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
         return await self._in_writer(take_back)
 
     async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:
-        sql = "SELECT model, provider, state, COUNT(*) FROM jobs GROUP BY model, provider, state"
-        return {(r[0], r[1], r[2]): int(r[3]) for r in await self._fetch(sql)}
+        # Kept by triggers (schema.py, job_counts): a few rows, read on the loop's thread
+        # so it neither scans the jobs table nor queues behind the aiosqlite reader.
+        sql = "SELECT model, provider, state, n FROM job_counts WHERE n > 0"
+        rows = await self._in_reader(lambda db: db.execute(sql).fetchall())
+        return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
 
 class _Failed:

@@ -44,6 +44,8 @@ class Connected(Protocol):
     async def _in_writer(self, fn: Callable[[sqlite3.Connection], T], *,
                          transaction: bool = True) -> T: ...
 
+    async def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
 
 # The helpers below run inside a write transaction, in the writer's thread (see
 # SqliteStore._in_writer): plain sqlite3 calls, no thread hop per statement.
@@ -114,18 +116,32 @@ def settle(db: sqlite3.Connection, rows: Iterable[RowLike], now: int) -> None:
 
 
 def _key(row: RowLike) -> ApiKey:
-    models = row["allowed_models"]
+    models, networks = row["allowed_models"], row["webhook_allow_networks"]
     return ApiKey(id=row["id"], name=row["name"], created_at=row["created_at"],
                   revoked_at=row["revoked_at"], balance=row["balance"],
                   limits=KeyLimits(unlimited=bool(row["unlimited"]), rpm_limit=row["rpm_limit"],
                                    max_concurrent=row["max_concurrent"],
-                                   allowed_models=tuple(json.loads(models)) if models else None))
+                                   allowed_models=tuple(json.loads(models)) if models else None,
+                                   webhook_allow_networks=tuple(json.loads(networks))
+                                   if networks else ()))
+
+
+# The api_keys columns that hold a key's limits, in _limit_values' order.
+_LIMIT_COLUMNS = ("unlimited", "rpm_limit", "max_concurrent", "allowed_models",
+                  "webhook_allow_networks")
 
 
 def _limit_values(limits: KeyLimits) -> tuple[Any, ...]:
     models = json.dumps(list(limits.allowed_models)) if limits.allowed_models is not None \
         else None
-    return int(limits.unlimited), limits.rpm_limit, limits.max_concurrent, models
+    networks = json.dumps(list(limits.webhook_allow_networks)) \
+        if limits.webhook_allow_networks else None
+    return int(limits.unlimited), limits.rpm_limit, limits.max_concurrent, models, networks
+
+
+_INSERT_KEY = (f"INSERT INTO api_keys (id, name, key_hash, created_at, "  # noqa: S608
+               f"{', '.join(_LIMIT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_SET_LIMITS = ", ".join(f"{column} = ?" for column in _LIMIT_COLUMNS)
 
 
 class AccountsMixin:
@@ -136,18 +152,15 @@ class AccountsMixin:
             if existing is None:
                 key_id = f"{KEY_ID_PREFIX}{secrets.token_hex(8)}"
                 db.execute(
-                    "INSERT INTO api_keys (id, name, key_hash, created_at, unlimited, rpm_limit,"
-                    " max_concurrent, allowed_models) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _INSERT_KEY,
                     (key_id, name, key_hash, now, *_limit_values(limits)))
                 if initial_credits:
                     ledger_row(db, key_id, LedgerKind.TOPUP, initial_credits, now,
                                note="initial credits from config")
             else:
                 key_id = existing["id"]
-                db.execute(
-                    "UPDATE api_keys SET key_hash = ?, unlimited = ?, rpm_limit = ?, "
-                    "max_concurrent = ?, allowed_models = ? WHERE id = ?",
-                    (key_hash, *_limit_values(limits), key_id))
+                db.execute(f"UPDATE api_keys SET key_hash = ?, {_SET_LIMITS} WHERE id = ?",  # noqa: S608
+                           (key_hash, *_limit_values(limits), key_id))
             row: RowLike = db.execute("SELECT * FROM api_keys WHERE id = ?",
                                       (key_id,)).fetchone()
             return row
@@ -161,8 +174,7 @@ class AccountsMixin:
         def create(db: sqlite3.Connection) -> RowLike:
             try:
                 db.execute(
-                    "INSERT INTO api_keys (id, name, key_hash, created_at, unlimited, rpm_limit,"
-                    " max_concurrent, allowed_models) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _INSERT_KEY,
                     (key_id, name, key_hash, now, *_limit_values(limits)))
             except sqlite3.IntegrityError:
                 raise KeyExists(name) from None
@@ -175,7 +187,10 @@ class AccountsMixin:
         return _key(await self._in_writer(create))
 
     async def key_by_hash(self: Connected, key_hash: str) -> ApiKey | None:
-        row = await self._fetch_one("SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,))
+        # On the loop's thread, one indexed lookup: a key check never waits in the
+        # aiosqlite reader's queue behind slower reads (usage, ledgers, listings).
+        row = await self._in_reader(lambda db: db.execute(
+            "SELECT * FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone())
         return _key(row) if row else None
 
     async def get_key(self: Connected, key_id: str) -> ApiKey | None:
@@ -189,8 +204,7 @@ class AccountsMixin:
 
     async def update_key(self: Connected, key_id: str, limits: KeyLimits) -> ApiKey:
         async with self._write() as db, db.execute(
-                "UPDATE api_keys SET unlimited = ?, rpm_limit = ?, max_concurrent = ?, "
-                "allowed_models = ? WHERE id = ? OR name = ? RETURNING *",
+                f"UPDATE api_keys SET {_SET_LIMITS} WHERE id = ? OR name = ? RETURNING *",  # noqa: S608
                 (*_limit_values(limits), key_id, key_id)) as cur:
             row = await cur.fetchone()
         if row is None:

@@ -16,6 +16,7 @@ from muxproxy.webhooks.outbox import (
     Attempt,
     Backlog,
     Delivery,
+    DeliveryPending,
     DeliveryStatus,
     SigningSecret,
     Verdict,
@@ -71,10 +72,11 @@ class SqliteOutbox:
         return [Attempt.from_row(r) for r in rows]
 
     async def claim_deliveries(self, now: int, limit: int, owner: str, lease_until: int,
-                               skip_hosts: Sequence[str] = ()) -> list[Delivery]:
+                               skip_hosts: Sequence[str] = (),
+                               skip_keys: Sequence[str] = ()) -> list[Delivery]:
         if limit <= 0:
             return []
-        skip = _not_in("host", skip_hosts)
+        skip = _not_in("host", skip_hosts) + _not_in("key_id", skip_keys)
         sql = f"""
             UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ?
             WHERE id IN (
@@ -83,14 +85,15 @@ class SqliteOutbox:
                 AND (lease_owner IS NULL OR lease_until < ?) {skip}
                 ORDER BY next_attempt_at LIMIT ?)
             RETURNING *"""  # noqa: S608 - constant fragments and placeholders only
-        args = (owner, lease_until, now, now, *skip_hosts, limit)
+        args = (owner, lease_until, now, now, *skip_hosts, *skip_keys, limit)
         rows = await self._in_writer(lambda db: db.execute(sql, args).fetchall(),
                                      transaction=False)
         return sorted((Delivery.from_row(r) for r in rows),
                       key=lambda d: d.next_attempt_at or 0)
 
     async def record_attempt(self, delivery_id: str, owner: str, attempt: Attempt,
-                             verdict: Verdict, *, now: int) -> Delivery | None:
+                             verdict: Verdict, *, now: int,
+                             keep: int | None = None) -> Delivery | None:
         def record(db: sqlite3.Connection) -> Any:
             held = db.execute("SELECT attempts FROM webhook_deliveries "
                               "WHERE id = ? AND lease_owner = ?", (delivery_id, owner)).fetchone()
@@ -102,6 +105,9 @@ class SqliteOutbox:
                 "status_code, error, response) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (delivery_id, number, attempt.started_at, attempt.latency_ms,
                  attempt.status_code, attempt.error, attempt.response))
+            if keep is not None:
+                db.execute("DELETE FROM webhook_attempts WHERE delivery_id = ? AND number <= ?",
+                           (delivery_id, number - keep))
             delivered = now if verdict.status is DeliveryStatus.DELIVERED else None
             return db.execute(
                 "UPDATE webhook_deliveries SET attempts = ?, "
@@ -132,28 +138,38 @@ class SqliteOutbox:
     async def redeliver(self, job: Job, *, now: int) -> Delivery:
         if job.callback_url is None or not job.is_terminal:
             raise ValueError(f"job {job.id} has no callback to deliver")
+        # A pending delivery (waiting, or in flight) is left alone: one redelivery at
+        # a time, and no resetting of its retry window.
         sql = _INSERT + """
             ON CONFLICT (job_id) DO UPDATE SET status = 'pending', round_attempts = 0,
                 next_attempt_at = excluded.next_attempt_at, window_ends_at = NULL,
                 last_error = NULL, updated_at = excluded.updated_at
+            WHERE webhook_deliveries.status != 'pending'
             RETURNING *"""
-        async with self._write() as db, db.execute(
-                sql, _new_row(job, job.callback_url, now)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
+        args = _new_row(job, job.callback_url, now)
+        row = await self._in_writer(lambda db: db.execute(sql, args).fetchone())
+        if row is None:
+            current = await self.get_delivery(job.id)
+            assert current is not None
+            raise DeliveryPending(current)
         return Delivery.from_row(row)
 
-    async def next_delivery_due(self, skip_hosts: Sequence[str] = ()) -> int | None:
+    async def next_delivery_due(self, skip_hosts: Sequence[str] = (),
+                                skip_keys: Sequence[str] = ()) -> int | None:
         sql = (f"SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE {_PENDING} "  # noqa: S608
-               f"AND lease_owner IS NULL {_not_in('host', skip_hosts)}")
-        row = await self._fetch_one(sql, tuple(skip_hosts))
+               f"AND lease_owner IS NULL {_not_in('host', skip_hosts)} "
+               f"{_not_in('key_id', skip_keys)}")
+        row = await self._fetch_one(sql, (*skip_hosts, *skip_keys))
         return int(row[0]) if row and row[0] is not None else None
 
     async def delivery_backlog(self) -> Backlog:
-        sql = f"SELECT COUNT(*), MIN(created_at) FROM webhook_deliveries WHERE {_PENDING}"  # noqa: S608
-        row = await self._fetch_one(sql)
+        # The count is kept by triggers and the oldest found on a partial index: two
+        # lookups, whatever the size of the backlog (they run on every scrape).
+        sql = (f"SELECT (SELECT n FROM webhook_counts WHERE {_PENDING}), "  # noqa: S608
+               f"(SELECT MIN(created_at) FROM webhook_deliveries WHERE {_PENDING})")
+        row = await self._in_reader(lambda db: db.execute(sql).fetchone())
         assert row is not None
-        return Backlog(pending=int(row[0]),
+        return Backlog(pending=int(row[0] or 0),
                        oldest_created_at=int(row[1]) if row[1] is not None else None)
 
     async def set_signing_secret(self, key_id: str, secret: str, *,
@@ -186,4 +202,4 @@ def _new_row(job: Job, url: str, now: int) -> tuple[Any, ...]:
 def _not_in(column: str, values: Sequence[str]) -> str:
     if not values:
         return ""
-    return f"AND {column} NOT IN ({', '.join('?' for _ in values)})"
+    return f" AND {column} NOT IN ({', '.join('?' for _ in values)})"

@@ -2,7 +2,8 @@
 
 - ``GET /api/v1/webhooks/deliveries?task_id=``: a task's delivery and every attempt.
 - ``POST /api/v1/webhooks/redeliver`` (``{"task_id"}``): send the callback again now,
-  with a fresh retry window and the same ``webhook-id``.
+  with a fresh retry window and the same ``webhook-id``. It counts against the key's
+  rate limit, and is refused (409) while the delivery is still pending.
 - ``POST|GET|DELETE /api/v1/webhooks/secret``: opt the key in to Standard Webhooks
   signatures (the secret is shown once, on POST), look, or opt out.
 
@@ -25,7 +26,7 @@ from muxproxy.jobs import Job
 from muxproxy.store import ApiKey
 from muxproxy.surfaces.native import ok, render_error
 from muxproxy.webhooks import signing
-from muxproxy.webhooks.outbox import Attempt, Delivery, DeliveryStatus
+from muxproxy.webhooks.outbox import Attempt, Delivery, DeliveryPending, DeliveryStatus
 
 MAX_BODY_BYTES = 4096
 
@@ -56,6 +57,8 @@ async def list_deliveries(request: Request) -> Response:
 async def redeliver(request: Request) -> Response:
     state: AppState = request.app.state.mux
     key = await state.auth.authenticate(request)
+    # Each redelivery is an outgoing POST the key asks for: it spends its rate.
+    state.gateway.admit(key)
     task_id = request.query_params.get("task_id")
     if task_id is None:
         body = parse_json_object(await read_body(request, MAX_BODY_BYTES))
@@ -64,7 +67,12 @@ async def redeliver(request: Request) -> Response:
     if not job.is_terminal:
         raise Conflict(f"this task is still {job.state.value}: its callback is sent when it "
                        "ends")
-    delivery = await state.relay.redeliver(job)
+    try:
+        delivery = await state.relay.redeliver(job)
+    except DeliveryPending as exc:
+        raise Conflict("this task's callback is still pending (status 'pending', attempt "
+                       f"{exc.delivery.attempts + 1} due): redeliver once it has been "
+                       "delivered or given up") from None
     return ok(delivery_view(delivery, await state.store.list_attempts(delivery.id)))
 
 

@@ -104,6 +104,14 @@ class Verdict:
     reason: str | None = None
 
 
+class DeliveryPending(Exception):
+    """A redelivery was asked for while the delivery is still pending: one at a time."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        super().__init__(f"delivery {delivery.id} is still pending")
+        self.delivery = delivery
+
+
 @dataclass(frozen=True)
 class Backlog:
     pending: int

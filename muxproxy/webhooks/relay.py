@@ -4,9 +4,10 @@ The loop is "wait for a wake-up, a timer or stop", like the scheduler's: a job
 turning terminal wakes it (a :class:`~muxproxy.events.JobEvents` subscriber), the
 timer is the earliest ``next_attempt_at``, and ``start`` picks up what a previous
 process left. Each claimed delivery runs as its own task, at most
-``max_concurrency`` at once and ``max_per_host`` per receiver, each attempt bounded
-by ``attempt_timeout_seconds``: a slow receiver only ever holds its own slots, and
-the job pipeline never waits for a receiver.
+``max_concurrency`` at once, ``max_per_host`` per receiver and ``max_per_key`` per
+API key, each attempt bounded by ``attempt_timeout_seconds``: a slow receiver, or
+one tenant's many silent ones, only ever holds its own slots, and the job pipeline
+never waits for a receiver.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class WebhookRelay:
         # released) its attempt, and its delivery may be claimed again meanwhile.
         self._attempting: set[str] = set()
         self._per_host: Counter[str] = Counter()
+        self._per_key: Counter[str] = Counter()
 
     async def start(self) -> None:
         await self.sender.start()
@@ -132,6 +134,13 @@ class WebhookRelay:
     def _busy_hosts(self) -> list[str]:
         return [h for h, n in self._per_host.items() if n >= self.settings.max_per_host]
 
+    def _busy_keys(self) -> list[str]:
+        return [k for k, n in self._per_key.items() if n >= self.settings.max_per_key]
+
+    def _at_limit(self, delivery: Delivery) -> bool:
+        return (self._per_host[delivery.host] >= self.settings.max_per_host
+                or self._per_key[delivery.key_id] >= self.settings.max_per_key)
+
     async def _tick(self) -> None:
         free = self.settings.max_concurrency - len(self._running)
         if free <= 0 or self._stopping:
@@ -139,11 +148,11 @@ class WebhookRelay:
         now = now_ms(self.clock)
         lease = int((self.settings.attempt_timeout_seconds + LEASE_MARGIN_SECONDS) * 1000)
         claimed = await self.store.claim_deliveries(now, free, self.owner, now + lease,
-                                                    self._busy_hosts())
+                                                    self._busy_hosts(), self._busy_keys())
         for delivery in claimed:
             if delivery.id in self._attempting:
                 continue  # our own lease, lapsed on a clock jump; the attempt is running
-            if self._per_host[delivery.host] >= self.settings.max_per_host:
+            if self._at_limit(delivery):
                 await self.store.release_delivery(delivery.id, self.owner)
                 continue
             self._spawn(delivery)
@@ -153,11 +162,12 @@ class WebhookRelay:
         sweep = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
         if len(self._running) >= self.settings.max_concurrency:
             return sweep  # a finishing attempt wakes the loop
-        due = await self.store.next_delivery_due(self._busy_hosts())
+        due = await self.store.next_delivery_due(self._busy_hosts(), self._busy_keys())
         return sweep if due is None else min(sweep, due)
 
     def _spawn(self, delivery: Delivery) -> None:
         self._per_host[delivery.host] += 1
+        self._per_key[delivery.key_id] += 1
         self.metrics.webhooks_in_flight.inc()
         self._attempting.add(delivery.id)
         task = asyncio.create_task(self._deliver(delivery), name=f"webhook-{delivery.id}")
@@ -169,6 +179,9 @@ class WebhookRelay:
         self._per_host[delivery.host] -= 1
         if self._per_host[delivery.host] <= 0:
             del self._per_host[delivery.host]
+        self._per_key[delivery.key_id] -= 1
+        if self._per_key[delivery.key_id] <= 0:
+            del self._per_key[delivery.key_id]
         self.metrics.webhooks_in_flight.dec()
         self._wake.set()
 
@@ -194,8 +207,9 @@ class WebhookRelay:
                           status_code=reply.status, error=reply.error, response=reply.preview)
         verdict = self._verdict(delivery, reply, started)
         try:
-            updated = await self.store.record_attempt(delivery.id, self.owner, attempt,
-                                                      verdict, now=now_ms(self.clock))
+            updated = await self.store.record_attempt(
+                delivery.id, self.owner, attempt, verdict, now=now_ms(self.clock),
+                keep=self.settings.max_attempts_kept)
         except Exception:
             log.exception("could not record a webhook attempt")
             await self.store.release_delivery(delivery.id, self.owner)
@@ -213,7 +227,10 @@ class WebhookRelay:
         secret = await self.store.signing_secret(delivery.key_id)
         headers = signing.headers(delivery.id, int(self.clock.now()), body,
                                   secret.secret if secret is not None else None)
-        return await self.sender.post(delivery.url, body, headers)
+        # The key's grant as it is now: a network taken back is refused from then on.
+        key = await self.store.get_key(delivery.key_id)
+        allow = key.limits.webhook_allow_networks if key is not None else ()
+        return await self.sender.post(delivery.url, body, headers, allow)
 
     def _verdict(self, delivery: Delivery, reply: Reply, started: int) -> Verdict:
         window = self.settings.retry_window_seconds

@@ -45,31 +45,47 @@ class Sender:
         self.guard = guard
         self.timeout = timeout_seconds
         self.max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._started = False
+        # One session per set of extra networks granted (keys with a grant): the
+        # address checks live in a connector, so a key's grant never reaches the
+        # connections other keys' callbacks use.
+        self._sessions: dict[tuple[str, ...], aiohttp.ClientSession] = {}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self.guard.resolver, self.guard.policy),
-            socket_factory=_socket_factory(self.guard.policy), limit=self.max_connections)
-        self._session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
-            headers={"User-Agent": USER_AGENT})
+        self._started = True
+        self._session_for(())
+
+    def _session_for(self, allow: tuple[str, ...]) -> aiohttp.ClientSession:
+        session = self._sessions.get(allow)
+        if session is None:
+            policy = self.guard.policy.widened(allow)
+            connector = aiohttp.TCPConnector(
+                resolver=GuardedResolver(self.guard.resolver, policy),
+                socket_factory=_socket_factory(policy), limit=self.max_connections)
+            session = self._sessions[allow] = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+                headers={"User-Agent": USER_AGENT})
+        return session
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = list(self._sessions.values()), {}
+        self._started = False
+        for session in sessions:
+            await session.close()
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Reply:
-        if self._session is None:
+    async def post(self, url: str, body: bytes, headers: dict[str, str],
+                   allow: tuple[str, ...] = ()) -> Reply:
+        """POST once; ``allow`` holds the networks granted to the delivery's key."""
+        if not self._started:
             raise RuntimeError("sender is not started")
+        session = self._session_for(allow)
         started = time.perf_counter()
 
         def reply(**kw: Any) -> Reply:
             return Reply(latency_ms=round((time.perf_counter() - started) * 1000), **kw)
 
         try:
-            async with asyncio.timeout(self.timeout), self._session.post(
+            async with asyncio.timeout(self.timeout), session.post(
                     url, data=body, allow_redirects=False,
                     headers={"Content-Type": "application/json", **headers}) as resp:
                 return reply(status=resp.status, preview=await _preview(resp),

@@ -6,6 +6,10 @@ names through :class:`GuardedResolver` and creates every socket through
 :func:`guarded_socket_factory`, so neither a DNS answer that changes after submit
 (rebinding) nor an IP literal slips through. :meth:`CallbackGuard.check` runs the
 same policy at submit, so a bad URL is a 400 there rather than a silent drop.
+
+Private networks may be allowed for every key (``webhooks.allow_networks``) or for
+one key (its ``webhook_allow_networks``): a key's grant widens the policy for its
+own callbacks only, at submit and on the connection its deliveries use.
 """
 
 from __future__ import annotations
@@ -78,7 +82,14 @@ class AddressPolicy:
     """Which addresses a callback may reach: public ones, plus ``allow`` networks."""
 
     def __init__(self, allow: Sequence[str] = ()) -> None:
+        self.networks = tuple(allow)
         self.allow = tuple(ipaddress.ip_network(n, strict=False) for n in allow)
+
+    def widened(self, extra: Sequence[str]) -> AddressPolicy:
+        """This policy plus ``extra`` networks (one key's grant); itself when none."""
+        if not extra:
+            return self
+        return AddressPolicy((*self.networks, *extra))
 
     def refusal(self, address: str | IPAddress) -> str | None:
         """Why ``address`` is refused, or None when it may be dialled."""
@@ -148,10 +159,12 @@ class CallbackGuard:
             self._resolver = DefaultResolver()
         return self._resolver
 
-    async def check(self, url: str) -> None:
+    async def check(self, url: str, allow: Sequence[str] = ()) -> None:
         """Refuse (400) a callback URL whose host is, or resolves to, a refused
-        address. A name that does not resolve now is accepted: the connect-time
-        check decides, and a DNS hiccup should not fail the submit."""
+        address; ``allow`` adds the networks granted to the submitting key. A name
+        that does not resolve now is accepted: the connect-time check decides, and a
+        DNS hiccup should not fail the submit."""
+        policy = self.policy.widened(allow)
         parts = urlsplit(url)
         host = parts.hostname
         try:
@@ -174,7 +187,7 @@ class CallbackGuard:
                 return
             addresses = [r["host"] for r in results]
         for address in addresses:
-            reason = self.policy.refusal(address)
+            reason = policy.refusal(address)
             if reason is not None:
                 raise InvalidRequest(f"'callback_url' must reach a public address: {reason}",
                                      param="callback_url")

@@ -163,3 +163,38 @@ async def next_attempt(gateway: RunningGateway, clock: ManualClock, task_id: str
     assert before.next_attempt_at is not None, before
     clock.set(before.next_attempt_at / 1000 + 0.0005)
     return await wait_attempts(gateway, task_id, before.attempts + 1)
+
+
+class SilentReceiver:
+    """A loopback port that accepts connections and never answers: each attempt
+    to it holds a relay slot until the attempt times out."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> SilentReceiver:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.hang_up()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def hang_up(self) -> None:
+        """Close every connection held, so the attempts end at once."""
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.append(writer)
+
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/hook"
