@@ -11,9 +11,8 @@ Errors: ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -35,6 +34,7 @@ from muxproxy.http import (
     parse_json_object,
     read_body,
     surface,
+    unless_hung_up,
 )
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
@@ -313,7 +313,7 @@ async def answer(request: Request, state: AppState, job: Job, response_format: s
                  watch: EndWatch | None = None) -> Response:
     waiting = state.gateway.wait(job, wait_seconds(state.settings), watch=watch)
     try:
-        ended = await _unless_hung_up(request, waiting)
+        ended = await unless_hung_up(request, waiting)
     except StillRunning as exc:
         response = render_error(exc)
     else:
@@ -326,31 +326,6 @@ async def answer(request: Request, state: AppState, job: Job, response_format: s
             response = JSONResponse(await images_response(state, ended, response_format))
     response.headers[JOB_HEADER] = job.id
     return response
-
-
-async def _unless_hung_up(request: Request, waiting: Coroutine[Any, Any, Job]) -> Job | None:
-    """What ``waiting`` returns, or None if the client hangs up first (the wait is
-    then cancelled, leaving nothing subscribed)."""
-    wait = asyncio.ensure_future(waiting)
-    gone = asyncio.ensure_future(_disconnect(request))
-    try:
-        await asyncio.wait({wait, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not wait.done():
-            wait.cancel()
-            await asyncio.wait({wait})
-    return None if wait.cancelled() else wait.result()
-
-
-async def _disconnect(request: Request) -> None:
-    # The body is read: the next ASGI message is the disconnect, if it ever comes.
-    try:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-    except Exception:
-        log.warning("could not watch for a client disconnect", exc_info=True)
-        await asyncio.Event().wait()
 
 
 async def _response_format(request: Request, state: AppState) -> str:
