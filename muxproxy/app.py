@@ -6,14 +6,15 @@ scheduler) is opened in the lifespan and closed in reverse order.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from muxproxy import __version__
 from muxproxy.app_state import AppState
 from muxproxy.auth import Authenticator, hash_key
 from muxproxy.breaker import CircuitBreaker
@@ -26,6 +27,7 @@ from muxproxy.metrics import Metrics
 from muxproxy.middleware import RequestContext
 from muxproxy.openapi.document import OpenApiDocument
 from muxproxy.providers import build_providers
+from muxproxy.providers.base import Provider
 from muxproxy.readiness import Readiness
 from muxproxy.references import ReferenceFetcher
 from muxproxy.retention import RetentionSweep
@@ -34,8 +36,8 @@ from muxproxy.scheduler import Scheduler
 from muxproxy.settings import Settings
 from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
-from muxproxy.storage import open_storage
-from muxproxy.store import KeyLimits, open_store
+from muxproxy.storage import BlobStorage, open_storage
+from muxproxy.store import KeyLimits, Store, open_store
 from muxproxy.surfaces.registry import SURFACES, mounts
 from muxproxy.webhooks.relay import WebhookRelay
 from muxproxy.webhooks.ssrf import AddressPolicy, CallbackGuard
@@ -74,53 +76,85 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
 async def _start(settings: Settings, clock: Clock, metrics: Metrics,
                  resolver: AbstractResolver | None) -> AppState:
-    store = open_store(settings.database.url,
-                       busy_timeout_seconds=settings.database.busy_timeout_seconds)
-    await store.open()
+    """Open everything. Each closer is registered before its step runs, so a step
+    that fails closes what the steps before it (and its own half) opened, in
+    reverse order; :func:`_stop` runs the same closers."""
+    closers = AsyncExitStack()
     try:
-        for key in settings.keys:
-            limits = KeyLimits(unlimited=key.unlimited, rpm_limit=key.rpm,
-                               max_concurrent=key.max_concurrent, allowed_models=key.models,
-                               webhook_allow_networks=key.webhook_allow_networks)
-            await store.upsert_key(key.name, hash_key(key.key), now=now_ms(clock),
-                                   limits=limits, initial_credits=key.credits)
-        storage = open_storage(settings.storage.url)
-        http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
-            headers={"User-Agent": "muxproxy/0.1"})
+        return await _open(settings, clock, metrics, resolver, closers)
     except BaseException:
-        await store.aclose()
+        await closers.aclose()
         raise
+
+
+async def _open(settings: Settings, clock: Clock, metrics: Metrics,
+                resolver: AbstractResolver | None, closers: AsyncExitStack) -> AppState:
+    store, storage = await _open_backends(settings, clock, closers)
+    # Client-named images are fetched on a session of their own, behind the address
+    # guard; provider calls and their result links stay on ``http``.
+    fetcher = ReferenceFetcher(settings.limits, resolver)
+    closers.push_async_callback(fetcher.aclose)
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+        headers={"User-Agent": f"muxproxy/{__version__}"})
+    closers.push_async_callback(http.close)
     providers = build_providers(dict(settings.providers), http, clock)
+    closers.push_async_callback(_close_providers, providers)
+    shutdown = Shutdown(settings.server.graceful_shutdown_seconds)
     signer = UrlSigner(settings.server.secret, settings.server.public_url,
                        settings.storage.url_ttl_seconds, clock)
     events = JobEvents()
     breakers = {name: CircuitBreaker(ps.circuit_threshold, ps.circuit_cooldown_seconds, clock)
                 for name, ps in settings.providers.items()}
-    # Client-named images are fetched on a session of their own, behind the address
-    # guard; provider calls and their result links stay on ``http``.
-    fetcher = ReferenceFetcher(settings.limits, resolver)
     runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events,
                        breakers, fetcher)
     scheduler = Scheduler(store, providers, runner, clock, settings.jobs, metrics)
     guard = CallbackGuard(AddressPolicy(settings.webhooks.allow_networks), resolver)
-    shutdown = Shutdown(settings.server.graceful_shutdown_seconds)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
                       scheduler, events, shutdown, check_callback=guard.check,
                       check_reference=fetcher.check)
     relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_links)
     events.subscribe(relay.on_job)
-    state = AppState(settings=settings, clock=clock, metrics=metrics, store=store,
-                     storage=storage, http=http, providers=providers, signer=signer,
-                     auth=Authenticator(store), gateway=gateway, runner=runner,
-                     scheduler=scheduler, events=events, breakers=breakers,
-                     relay=relay, shutdown=shutdown,
-                     retention=RetentionSweep(settings.storage, store, storage, clock),
-                     readiness=Readiness(store, storage, clock))
+    retention = RetentionSweep(settings.storage, store, storage, clock)
+    # Stopped with what is left of the grace period since the signal (all of it
+    # without one), so these ask the shutdown when they run.
+    closers.push_async_callback(lambda: relay.stop(shutdown.remaining()))
     await relay.start()
+    closers.push_async_callback(lambda: scheduler.stop(shutdown.remaining()))
     await scheduler.start()
-    state.retention.start()
-    return state
+    closers.push_async_callback(retention.stop)
+    retention.start()
+    return AppState(settings=settings, clock=clock, metrics=metrics, store=store,
+                    storage=storage, http=http, providers=providers, signer=signer,
+                    auth=Authenticator(store), gateway=gateway, runner=runner,
+                    scheduler=scheduler, events=events, breakers=breakers,
+                    relay=relay, shutdown=shutdown, retention=retention,
+                    readiness=Readiness(store, storage, clock), closers=closers)
+
+
+async def _open_backends(settings: Settings, clock: Clock, closers: AsyncExitStack
+                         ) -> tuple[Store, BlobStorage]:
+    store = open_store(settings.database.url,
+                       busy_timeout_seconds=settings.database.busy_timeout_seconds)
+    closers.push_async_callback(store.aclose)
+    await store.open()
+    for key in settings.keys:
+        limits = KeyLimits(unlimited=key.unlimited, rpm_limit=key.rpm,
+                           max_concurrent=key.max_concurrent, allowed_models=key.models,
+                           webhook_allow_networks=key.webhook_allow_networks)
+        await store.upsert_key(key.name, hash_key(key.key), now=now_ms(clock),
+                               limits=limits, initial_credits=key.credits)
+    storage = open_storage(settings.storage.url)
+    closers.push_async_callback(storage.aclose)
+    return store, storage
+
+
+async def _close_providers(providers: Mapping[str, Provider]) -> None:
+    for provider in providers.values():
+        try:
+            await provider.aclose()
+        except Exception:
+            log.warning("provider close failed", provider=provider.name, exc_info=True)
 
 
 def begin_shutdown(app: Starlette) -> None:
@@ -136,16 +170,6 @@ def begin_shutdown(app: Starlette) -> None:
 
 
 async def _stop(state: AppState) -> None:
-    await state.retention.stop()
-    # What is left of the grace period since the signal (all of it without one).
-    await state.scheduler.stop(state.shutdown.remaining())
-    await state.relay.stop(state.shutdown.remaining())
-    for provider in state.providers.values():
-        try:
-            await provider.aclose()
-        except Exception:
-            log.warning("provider close failed", provider=provider.name, exc_info=True)
-    await state.http.close()
-    await state.runner.fetcher.aclose()
-    await state.storage.aclose()
-    await state.store.aclose()
+    """Close what :func:`_start` opened, in reverse: the loops, then the providers and
+    HTTP sessions, then storage and the store."""
+    await state.closers.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import aiohttp
@@ -46,3 +47,5 @@ class AppState:
     shutdown: Shutdown
     retention: RetentionSweep
     readiness: Readiness
+    # What _stop closes: every closer _start registered, run in reverse.
+    closers: AsyncExitStack

@@ -17,7 +17,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from muxproxy.clock import Clock
-from muxproxy.providers.errors import UpstreamError
+from muxproxy.providers.base import UpstreamError
 
 
 def provider_fault(exc: UpstreamError) -> bool:

@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli_keys.add_parser(commands)
     args = parser.parse_args(argv)
 
+    # Every command loads through here: load_settings runs every check, the provider
+    # kinds' and backends' own included, so serve refuses what check-config refuses,
+    # before it opens or binds anything.
     try:
         settings = load_settings(args.config or os.environ.get("MUXPROXY_CONFIG", "config.toml"))
     except SettingsError as exc:

@@ -10,7 +10,7 @@ import binascii
 import aiohttp
 
 from muxproxy import images
-from muxproxy.providers.errors import UpstreamError
+from muxproxy.providers.base import UpstreamError
 
 
 async def download(http: aiohttp.ClientSession, url: str, *, max_bytes: int,

@@ -27,7 +27,7 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from muxproxy import images
+from muxproxy import __version__, images
 from muxproxy.errors import InvalidRequest
 from muxproxy.faults import BadReference
 from muxproxy.settings import LimitSettings
@@ -44,7 +44,7 @@ MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NUMERIC = re.compile(r"^(?:0[xX][0-9a-fA-F]*|[0-9]+)$")
 _CHUNK = 64 * 1024
-USER_AGENT = "muxproxy-references/0.1"
+USER_AGENT = f"muxproxy-references/{__version__}"
 
 
 def host_address(host: str) -> IPAddress | None:

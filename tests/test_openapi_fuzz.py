@@ -20,7 +20,7 @@ import pytest
 import requests
 import schemathesis
 from aiohttp.abc import AbstractResolver, ResolveResult
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -73,6 +73,13 @@ class NoDns(AbstractResolver):
         pass
 
 
+def reaches_the_wire(case: schemathesis.Case[Any]) -> bool:
+    """False when requests would leave out part of the case: a query parameter whose
+    value is an empty list is not sent, so a negative case whose violation is such a
+    parameter reaches the gateway as a valid request."""
+    return not any(value == [] for value in (case.query or {}).values())
+
+
 def fuzz(document: Mapping[str, Any], base_url: str, method: str, path: str) -> None:
     schema = schemathesis.openapi.from_dict(dict(document))
     operation = schema.find_operation_by_label(f"{method.upper()} {path}")
@@ -91,6 +98,7 @@ def fuzz(document: Mapping[str, Any], base_url: str, method: str, path: str) -> 
                       phases=[Phase.explicit, Phase.generate, Phase.shrink])
             @given(case=operation.as_strategy(generation_mode=mode))
             def run(case: schemathesis.Case[Any]) -> None:
+                assume(reaches_the_wire(case))
                 response = case.call(base_url=base_url, session=session, headers=auth,
                                      timeout=60)
                 case.validate_response(response, checks=CHECKS, headers=auth,

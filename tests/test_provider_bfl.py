@@ -4,7 +4,6 @@ whole jobs through the task API."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,28 @@ from muxproxy.providers.base import (
     Finished,
     Handle,
     ImageLink,
-    PollOutcome,
     Reference,
     Running,
     Submitted,
+    Unsupported,
+    UpstreamError,
 )
 from muxproxy.providers.bfl import BflProvider, family_for, pixel_size
-from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.settings import ProviderSettings
 from tests.fakes.bfl import FakeBFL, running
 from tests.fakes.images import solid
-from tests.support.gateway import base_config, merge, run_gateway
+from tests.support.gateway import run_gateway
+from tests.support.provider_calls import (
+    b64,
+    call_for,
+    gateway_config,
+    handle_for,
+    poll_until_done,
+    provider_for,
+    run_job,
+    submit,
+    submit_error,
+)
 
 
 @pytest.fixture
@@ -42,42 +52,17 @@ async def fake() -> AsyncIterator[FakeBFL]:
 
 def provider(fake: FakeBFL, http: aiohttp.ClientSession, key: str | None = None
              ) -> BflProvider:
-    settings = ProviderSettings(name="bfl", kind="bfl", base_url=fake.url,
-                                api_key=fake.api_key if key is None else key,
-                                timeout_seconds=5)
-    return BflProvider(settings, http, SystemClock())
+    return provider_for(BflProvider, http, base_url=fake.url,
+                        key=fake.api_key if key is None else key, name="bfl")
 
 
 def call(request: GenerationRequest, model: str = "flux-2-pro",
          images: tuple[Reference, ...] = (), params: dict[str, Any] | None = None) -> Call:
-    return Call(job_id="job-1", request=request, upstream_model=model, params=params or {},
-                images=images, mask=None)
+    return call_for(request, model, images, params)
 
 
 def handle(submitted: Submitted, model: str = "flux-2-pro") -> Handle:
-    return Handle(job_id="job-1", upstream_id=submitted.upstream_id, upstream_model=model,
-                  state=submitted.state)
-
-
-async def submit(bfl: BflProvider, c: Call) -> Submitted:
-    outcome = await bfl.submit(c)
-    assert isinstance(outcome, Submitted)
-    return outcome
-
-
-async def poll_until_done(bfl: BflProvider, h: Handle, limit: int = 20) -> Finished:
-    """Poll like the runner: keep the state a Running hands back."""
-    for _ in range(limit):
-        outcome: PollOutcome = await bfl.poll(h)
-        if isinstance(outcome, Finished):
-            return outcome
-        if outcome.state is not None:
-            h = Handle(h.job_id, h.upstream_id, h.upstream_model, outcome.state)
-    raise AssertionError("never finished")
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    return handle_for(submitted, model)
 
 
 async def test_flux2_body_sizes_references_and_passthrough(
@@ -240,27 +225,22 @@ async def test_one_moderated_image_fails_the_fan_out(fake: FakeBFL,
 async def test_submit_errors(fake: FakeBFL, http: aiohttp.ClientSession, script: str,
                              status: int, transient: bool, fragment: str) -> None:
     fake.script = [script]
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http).submit(call(GenerationRequest(prompt="p")))
-    error = caught.value
+    error = await submit_error(provider(fake, http), call(GenerationRequest(prompt="p")))
     assert (error.status, error.transient) == (status, transient)
     assert fragment in error.message
 
 
 async def test_validation_error_keeps_bfls_message(fake: FakeBFL,
                                                    http: aiohttp.ClientSession) -> None:
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http).submit(call(GenerationRequest(prompt="p"),
-                                               params={"width": 1000}))
-    error = caught.value
+    error = await submit_error(provider(fake, http),
+                               call(GenerationRequest(prompt="p"), params={"width": 1000}))
     assert (error.status, error.transient, error.code) == (422, False, "invalid_request")
     assert error.message == "bfl: width: Input should be a multiple of 16"
 
 
 async def test_wrong_key_is_permanent(fake: FakeBFL, http: aiohttp.ClientSession) -> None:
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http, key="nope").submit(call(GenerationRequest(prompt="p")))
-    error = caught.value
+    error = await submit_error(provider(fake, http, key="nope"),
+                               call(GenerationRequest(prompt="p")))
     assert (error.status, error.transient) == (403, False)
     assert error.message == "bfl: Not authenticated - Invalid Authentication"
 
@@ -326,16 +306,13 @@ async def test_cancel_makes_no_call(fake: FakeBFL, http: aiohttp.ClientSession) 
 # -- whole jobs through the native task API ------------------------------------------
 
 
-def gateway_config(tmp_path: Path, fake: FakeBFL, key: str | None = None) -> dict[str, Any]:
-    return merge(base_config(tmp_path), {
-        "providers": {"bfl": {"kind": "bfl", "base_url": fake.url,
-                              "api_key": key or fake.api_key, "timeout_seconds": 5}},
-        "models": {
-            "flux-2-pro": {"routes": [{"provider": "bfl", "model": "flux-2-pro",
-                                       "params": {"safety_tolerance": 2}}]},
-            "flux-kontext-pro": {"routes": [{"provider": "bfl", "model": "flux-kontext-pro"}]},
-        },
-    })
+def bfl_config(tmp_path: Path, fake: FakeBFL, key: str | None = None) -> dict[str, Any]:
+    return gateway_config(
+        tmp_path, {"kind": "bfl", "base_url": fake.url, "api_key": key or fake.api_key,
+                   "timeout_seconds": 5},
+        {"flux-2-pro": {"model": "flux-2-pro", "params": {"safety_tolerance": 2}},
+         "flux-kontext-pro": "flux-kontext-pro"},
+        name="bfl")
 
 
 async def download(session: aiohttp.ClientSession, url: str) -> bytes:
@@ -345,7 +322,7 @@ async def download(session: aiohttp.ClientSession, url: str) -> bytes:
 
 
 async def test_job_completes_with_the_sample_image(tmp_path: Path, fake: FakeBFL) -> None:
-    async with run_gateway(gateway_config(tmp_path, fake)) as gateway:
+    async with run_gateway(bfl_config(tmp_path, fake)) as gateway:
         task = await gateway.wait_terminal(await gateway.submit(
             {"model": "flux-2-pro", "prompt": "a barn owl", "size": "1024x768"}))
         assert task["state"] == "completed", task
@@ -357,7 +334,7 @@ async def test_job_completes_with_the_sample_image(tmp_path: Path, fake: FakeBFL
 
 
 async def test_two_images_polled_on_another_host(tmp_path: Path, fake: FakeBFL) -> None:
-    async with run_gateway(gateway_config(tmp_path, fake)) as gateway:
+    async with run_gateway(bfl_config(tmp_path, fake)) as gateway:
         task = await gateway.wait_terminal(await gateway.submit(
             {"model": "flux-kontext-pro", "prompt": "two cats", "n": 2,
              "aspect_ratio": "4:3"}))
@@ -376,9 +353,7 @@ async def test_two_images_polled_on_another_host(tmp_path: Path, fake: FakeBFL) 
 async def test_failed_task_fails_the_job(tmp_path: Path, fake: FakeBFL, outcome: str,
                                          fragment: str) -> None:
     fake.script = [outcome]
-    async with run_gateway(gateway_config(tmp_path, fake)) as gateway:
-        task = await gateway.wait_terminal(
-            await gateway.submit({"model": "flux-2-pro", "prompt": "p"}))
+    task = await run_job(bfl_config(tmp_path, fake), {"model": "flux-2-pro", "prompt": "p"})
     assert task["state"] == "failed"
     assert fragment in task["failMsg"]
     assert fake.submits == 1
@@ -386,7 +361,7 @@ async def test_failed_task_fails_the_job(tmp_path: Path, fake: FakeBFL, outcome:
 
 async def test_rate_limited_submit_is_retried(tmp_path: Path, fake: FakeBFL) -> None:
     fake.script = ["http_429"]
-    async with run_gateway(gateway_config(tmp_path, fake)) as gateway:
+    async with run_gateway(bfl_config(tmp_path, fake)) as gateway:
         task = await gateway.wait_terminal(
             await gateway.submit({"model": "flux-2-pro", "prompt": "p"}))
         assert task["state"] == "completed", task
@@ -395,9 +370,8 @@ async def test_rate_limited_submit_is_retried(tmp_path: Path, fake: FakeBFL) -> 
 
 
 async def test_wrong_key_fails_the_job(tmp_path: Path, fake: FakeBFL) -> None:
-    async with run_gateway(gateway_config(tmp_path, fake, key="wrong-key")) as gateway:
-        task = await gateway.wait_terminal(
-            await gateway.submit({"model": "flux-2-pro", "prompt": "p"}))
+    task = await run_job(bfl_config(tmp_path, fake, key="wrong-key"),
+                         {"model": "flux-2-pro", "prompt": "p"})
     assert task["state"] == "failed"
     assert task["failMsg"] == "bfl: Not authenticated - Invalid Authentication"
     assert fake.submits == 1

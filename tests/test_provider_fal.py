@@ -11,77 +11,53 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.providers.base import (
-    Call,
     Finished,
-    Handle,
     ImageLink,
     Reference,
     Running,
-    Submitted,
+    Unsupported,
+    UpstreamError,
 )
-from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.providers.fal import FalProvider, plan
-from muxproxy.settings import ProviderSettings
 from tests.fakes.fal import FakeFal
-from tests.fakes.scripted import eventually, png, serve
-from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
+from tests.fakes.scripted import png
+from tests.support.gateway import run_gateway
+from tests.support.provider_calls import (
+    accepted_job,
+    arrange,
+    call_for,
+    gateway_config,
+    handle_for,
+    job_end,
+    provider_for,
+    run_job,
+    served,
+    submit,
+    upstream_id_of,
+)
 
 
 @pytest.fixture
 async def fal(aiohttp_server: AiohttpServer) -> FakeFal:
-    fake = FakeFal()
-    await serve(fake, aiohttp_server)
-    return fake
+    return await served(FakeFal(), aiohttp_server)
 
 
 def adapter(fake: FakeFal, http: aiohttp.ClientSession) -> FalProvider:
-    settings = ProviderSettings(name="fal", kind="fal", base_url=fake.url, api_key=fake.key)
-    return FalProvider(settings, http, SystemClock())
-
-
-def fal_call(model: str, request: GenerationRequest, images: tuple[Reference, ...] = (),
-             params: dict[str, Any] | None = None) -> Call:
-    return Call(job_id="job-1", request=request, upstream_model=model, params=params or {},
-                images=images, mask=None)
-
-
-async def submit(provider: FalProvider, call: Call) -> Submitted:
-    outcome = await provider.submit(call)
-    assert isinstance(outcome, Submitted)
-    return outcome
-
-
-def handle_for(submitted: Submitted, model: str) -> Handle:
-    return Handle(job_id="job-1", upstream_id=submitted.upstream_id, upstream_model=model,
-                  state=submitted.state)
+    return provider_for(FalProvider, http, base_url=fake.url, key=fake.key, name="fal")
 
 
 def fal_config(tmp_path: Path, fake: FakeFal, *, key: str | None = None,
                jobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return merge(base_config(tmp_path), {
-        "jobs": jobs or {},
-        "providers": {"fal": {"kind": "fal", "base_url": fake.url,
-                              "api_key": key or fake.key, "timeout_seconds": 5}},
-        "models": {
-            "nano-banana": {"routes": [{"provider": "fal", "model": "fal-ai/nano-banana"}]},
-            "nano-banana-pro": {"routes": [{"provider": "fal",
-                                            "model": "fal-ai/nano-banana-pro"}]},
-            "nano-banana-edit": {"routes": [{"provider": "fal",
-                                             "model": "fal-ai/nano-banana/edit"}]},
-            "flux-dev": {"routes": [{"provider": "fal", "model": "fal-ai/flux/dev",
-                                     "params": {"seed": 7, "enable_safety_checker": True}}]},
-        },
-    })
-
-
-async def upstream_id_of(gateway: RunningGateway, task_id: str) -> str:
-    async def recorded() -> str | None:
-        job = await gateway.state.store.get_job(task_id)
-        return job.upstream_id if job is not None else None
-    return await eventually(recorded)
+    return gateway_config(
+        tmp_path, {"kind": "fal", "base_url": fake.url, "api_key": key or fake.key,
+                   "timeout_seconds": 5},
+        {"nano-banana": "fal-ai/nano-banana", "nano-banana-pro": "fal-ai/nano-banana-pro",
+         "nano-banana-edit": "fal-ai/nano-banana/edit",
+         "flux-dev": {"model": "fal-ai/flux/dev",
+                      "params": {"seed": 7, "enable_safety_checker": True}}},
+        name="fal", **(jobs or {}))
 
 
 # -- the input dialects --------------------------------------------------------------
@@ -138,7 +114,7 @@ async def test_sub_path_app_polls_the_returned_urls(fal: FakeFal,
                                                     http: aiohttp.ClientSession) -> None:
     provider = adapter(fal, http)
     model = "fal-ai/flux/dev"
-    submitted = await submit(provider, fal_call(model, GenerationRequest(prompt="fox", n=2),
+    submitted = await submit(provider, call_for(GenerationRequest(prompt="fox", n=2), model,
                                                 params={"seed": 7}))
     assert submitted.state["status_url"] == \
         f"{fal.url}/fal-ai/flux/requests/{submitted.upstream_id}/status"
@@ -155,7 +131,7 @@ async def test_sub_path_app_polls_the_returned_urls(fal: FakeFal,
     assert (fal.counts["submit"], fal.counts["status"], fal.counts["result"]) == (1, 3, 1)
     # The sub-path status URL a client might build does not exist upstream.
     async with http.get(f"{fal.url}/fal-ai/flux/dev/requests/{submitted.upstream_id}/status",
-                        headers=provider.headers) as resp:
+                        headers=provider.auth_headers()) as resp:
         assert resp.status in (404, 405)
 
 
@@ -167,7 +143,7 @@ async def test_byte_references_go_as_data_uris(fal: FakeFal,
         ImageRef(url="https://cdn.example/a.png"), ImageRef(blob="inputs/x/image0.png")))
     refs = (Reference(url="https://cdn.example/a.png", data=None, content_type=None),
             Reference(url=None, data=image, content_type="image/png"))
-    submitted = await submit(provider, fal_call("fal-ai/nano-banana", request, refs))
+    submitted = await submit(provider, call_for(request, "fal-ai/nano-banana", refs))
     sent = fal.requests[submitted.upstream_id]
     assert sent.app == "fal-ai/nano-banana/edit"
     assert sent.input["image_urls"] == [
@@ -178,7 +154,8 @@ async def test_flagged_images_are_dropped(fal: FakeFal, http: aiohttp.ClientSess
     fal.nsfw = True
     fal.queued_polls = fal.running_polls = 0
     provider = adapter(fal, http)
-    submitted = await submit(provider, fal_call("fal-ai/flux/dev", GenerationRequest(prompt="p")))
+    submitted = await submit(provider, call_for(GenerationRequest(prompt="p"),
+                                                "fal-ai/flux/dev"))
     with pytest.raises(UpstreamError) as caught:
         await provider.poll(handle_for(submitted, "fal-ai/flux/dev"))
     assert (caught.value.code, caught.value.transient) == ("content_filtered", False)
@@ -186,7 +163,8 @@ async def test_flagged_images_are_dropped(fal: FakeFal, http: aiohttp.ClientSess
 
 async def test_cancel_puts_the_cancel_url(fal: FakeFal, http: aiohttp.ClientSession) -> None:
     provider = adapter(fal, http)
-    submitted = await submit(provider, fal_call("fal-ai/flux/dev", GenerationRequest(prompt="p")))
+    submitted = await submit(provider, call_for(GenerationRequest(prompt="p"),
+                                                "fal-ai/flux/dev"))
     await provider.cancel(handle_for(submitted, "fal-ai/flux/dev"))
     assert fal.requests[submitted.upstream_id].canceled
     assert fal.counts["cancel"] == 1
@@ -213,9 +191,7 @@ async def test_completes_through_the_gateway(tmp_path: Path, fal: FakeFal) -> No
 
 async def test_data_uri_results_are_stored(tmp_path: Path, fal: FakeFal) -> None:
     fal.data_uris = True
-    async with run_gateway(fal_config(tmp_path, fal)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "flux-dev", "prompt": "a fox"}))
+    task = await run_job(fal_config(tmp_path, fal), {"model": "flux-dev", "prompt": "a fox"})
     assert task["state"] == "completed", task
     [sent] = fal.requests.values()
     assert sent.input["seed"] == 7 and sent.input["enable_safety_checker"] is True
@@ -250,12 +226,9 @@ async def test_uploaded_references_count_at_submit(tmp_path: Path, fal: FakeFal)
 ], ids=["bad-key", "422-at-submit", "completed-with-error", "422-at-result"])
 async def test_permanent_failures(tmp_path: Path, fal: FakeFal, setup: dict[str, Any],
                                   body: dict[str, Any], fail_msg: str, fail_code: str) -> None:
-    key = setup.pop("key", None)
-    for name, value in setup.items():
-        setattr(fal, name, value)
-    async with run_gateway(fal_config(tmp_path, fal, key=key)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "nano-banana", "prompt": "a fox", **body}))
+    key = arrange(fal, setup)
+    task = await run_job(fal_config(tmp_path, fal, key=key),
+                         {"model": "nano-banana", "prompt": "a fox", **body})
     assert task["state"] == "failed"
     assert task["failMsg"].startswith(fail_msg), task
     assert task["failCode"] == fail_code
@@ -264,9 +237,7 @@ async def test_permanent_failures(tmp_path: Path, fal: FakeFal, setup: dict[str,
 
 async def test_submit_500_is_retried(tmp_path: Path, fal: FakeFal) -> None:
     fal.fail("submit", 500, {"detail": "Internal Server Error"})
-    async with run_gateway(fal_config(tmp_path, fal)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "nano-banana", "prompt": "a fox"}))
+    task = await run_job(fal_config(tmp_path, fal), {"model": "nano-banana", "prompt": "a fox"})
     assert task["state"] == "completed", task
     assert fal.counts["submit"] == 2
     assert len(fal.requests) == 1
@@ -275,9 +246,7 @@ async def test_submit_500_is_retried(tmp_path: Path, fal: FakeFal) -> None:
 async def test_429_on_a_poll_keeps_polling(tmp_path: Path, fal: FakeFal) -> None:
     fal.fail("status", 429, {"detail": "Too many requests"}, times=2,
              headers={"Retry-After": "0"})
-    async with run_gateway(fal_config(tmp_path, fal)) as gateway:
-        task_id = await gateway.submit({"model": "nano-banana", "prompt": "a fox"})
-        task = await gateway.wait_terminal(task_id)
+    task = await run_job(fal_config(tmp_path, fal), {"model": "nano-banana", "prompt": "a fox"})
     assert task["state"] == "completed", task
     assert fal.counts["submit"] == 1
     assert fal.counts["status"] >= 5     # two 429s, 202 queued, in progress, completed
@@ -286,14 +255,9 @@ async def test_429_on_a_poll_keeps_polling(tmp_path: Path, fal: FakeFal) -> None
 async def test_deadline_cancels_upstream(tmp_path: Path, fal: FakeFal) -> None:
     fal.hold = True
     config = fal_config(tmp_path, fal, jobs={"deadline_seconds": 0.5})
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "nano-banana", "prompt": "a fox"}))
-        assert (task["state"], task["failCode"]) == ("failed", "deadline_exceeded")
-
-        async def canceled() -> bool:
-            return fal.counts["cancel"] == 1
-        await eventually(canceled)
+    task = await run_job(config, {"model": "nano-banana", "prompt": "a fox"},
+                         until=lambda: fal.counts["cancel"] == 1)
+    assert (task["state"], task["failCode"]) == ("failed", "deadline_exceeded")
     [request] = fal.requests.values()
     assert request.canceled
 
@@ -301,15 +265,13 @@ async def test_deadline_cancels_upstream(tmp_path: Path, fal: FakeFal) -> None:
 async def test_restart_mid_job_resumes_polling(tmp_path: Path, fal: FakeFal) -> None:
     fal.hold = True
     config = fal_config(tmp_path, fal)
-    async with run_gateway(config) as gateway:
-        task_id = await gateway.submit({"model": "flux-dev", "prompt": "a fox"})
-        request_id = await upstream_id_of(gateway, task_id)
+    async with accepted_job(config, {"model": "flux-dev", "prompt": "a fox"}) as (
+            gateway, task_id, request_id):
         assert fal.counts["submit"] == 1
         assert (await gateway.task(task_id))["state"] == "processing"
     fal.hold = False
     polls_before = fal.counts["status"]
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(task_id)
+    task = await job_end(config, task_id)
     assert task["state"] == "completed", task
     assert fal.counts["submit"] == 1
     assert fal.counts["status"] > polls_before

@@ -3,7 +3,6 @@ blocks, error classification, refusals, and whole jobs through the task API."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,20 +10,21 @@ from typing import Any
 import aiohttp
 import pytest
 
-from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.providers.base import Call, Finished, ImageData, Reference
-from muxproxy.providers.errors import Unsupported, UpstreamError
-from muxproxy.providers.gemini import (
-    GeminiProvider,
-    image_size_for,
-    limits_for,
-    nearest_aspect_ratio,
-)
-from muxproxy.settings import ProviderSettings
+from muxproxy.providers.base import Call, Finished, ImageData, Reference, Unsupported, UpstreamError
+from muxproxy.providers.gemini import GeminiProvider, image_size_for, limits_for
+from muxproxy.providers.sizes import nearest_ratio as nearest_aspect_ratio
 from tests.fakes.gemini import FakeGemini, running
 from tests.fakes.images import solid
-from tests.support.gateway import base_config, merge, run_gateway
+from tests.support.gateway import run_gateway
+from tests.support.provider_calls import (
+    b64,
+    call_for,
+    gateway_config,
+    provider_for,
+    run_job,
+    submit_error,
+)
 
 FLASH = "gemini-2.5-flash-image"
 PRO = "gemini-3-pro-image-preview"
@@ -40,20 +40,13 @@ async def fake() -> AsyncIterator[FakeGemini]:
 
 def provider(fake: FakeGemini, http: aiohttp.ClientSession, key: str | None = None
              ) -> GeminiProvider:
-    settings = ProviderSettings(name="gemini", kind="gemini", base_url=fake.url,
-                                api_key=fake.api_key if key is None else key,
-                                timeout_seconds=5)
-    return GeminiProvider(settings, http, SystemClock())
+    return provider_for(GeminiProvider, http, base_url=fake.url,
+                        key=fake.api_key if key is None else key, name="gemini")
 
 
 def call(request: GenerationRequest, model: str = FLASH,
          images: tuple[Reference, ...] = (), params: dict[str, Any] | None = None) -> Call:
-    return Call(job_id="job-1", request=request, upstream_model=model, params=params or {},
-                images=images, mask=None)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    return call_for(request, model, images, params)
 
 
 async def test_request_carries_prompt_references_and_image_config(
@@ -151,9 +144,7 @@ async def test_blocks_arrive_as_200_and_fail_permanently(
         fake: FakeGemini, http: aiohttp.ClientSession, behaviour: str, code: str,
         fragments: list[str]) -> None:
     fake.script = [behaviour]
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http).submit(call(GenerationRequest(prompt="p"), PRO))
-    error = caught.value
+    error = await submit_error(provider(fake, http), call(GenerationRequest(prompt="p"), PRO))
     assert (error.transient, error.code) == (False, code)
     assert error.message.startswith("gemini: ")
     for fragment in fragments:
@@ -170,9 +161,7 @@ async def test_error_classification(fake: FakeGemini, http: aiohttp.ClientSessio
                                     behaviour: str, status: int, transient: bool,
                                     fragment: str) -> None:
     fake.script = [behaviour]
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http).submit(call(GenerationRequest(prompt="p")))
-    error = caught.value
+    error = await submit_error(provider(fake, http), call(GenerationRequest(prompt="p")))
     assert (error.status, error.transient) == (status, transient)
     assert fragment in error.message
 
@@ -187,9 +176,8 @@ async def test_rate_limit_retry_delay_is_kept(fake: FakeGemini,
 
 
 async def test_wrong_key_is_permanent(fake: FakeGemini, http: aiohttp.ClientSession) -> None:
-    with pytest.raises(UpstreamError) as caught:
-        await provider(fake, http, key="nope").submit(call(GenerationRequest(prompt="p")))
-    error = caught.value
+    error = await submit_error(provider(fake, http, key="nope"),
+                               call(GenerationRequest(prompt="p")))
     assert (error.status, error.transient, error.code) == (400, False, "invalid_argument")
     assert "API key not valid. Please pass a valid API key." in error.message
 
@@ -234,20 +222,16 @@ async def test_check_accepts(fake: FakeGemini, http: aiohttp.ClientSession, mode
 # -- whole jobs through the native task API ------------------------------------------
 
 
-def gateway_config(tmp_path: Path, fake: FakeGemini, key: str | None = None
-                   ) -> dict[str, Any]:
-    return merge(base_config(tmp_path), {
-        "providers": {"gemini": {"kind": "gemini", "base_url": fake.url,
-                                 "api_key": key or fake.api_key, "timeout_seconds": 5}},
-        "models": {
-            "nano-banana": {"routes": [{"provider": "gemini", "model": FLASH}]},
-            "nano-banana-pro": {"routes": [{"provider": "gemini", "model": PRO}]},
-        },
-    })
+def gemini_config(tmp_path: Path, fake: FakeGemini, key: str | None = None
+                  ) -> dict[str, Any]:
+    return gateway_config(
+        tmp_path, {"kind": "gemini", "base_url": fake.url, "api_key": key or fake.api_key,
+                   "timeout_seconds": 5},
+        {"nano-banana": FLASH, "nano-banana-pro": PRO}, name="gemini")
 
 
 async def test_job_completes_with_the_final_image(tmp_path: Path, fake: FakeGemini) -> None:
-    async with run_gateway(gateway_config(tmp_path, fake)) as gateway:
+    async with run_gateway(gemini_config(tmp_path, fake)) as gateway:
         task_id = await gateway.submit({"model": "nano-banana-pro", "prompt": "a lighthouse",
                                         "aspect_ratio": "3:4", "resolution": "2k"})
         task = await gateway.wait_terminal(task_id)
@@ -269,9 +253,8 @@ async def test_job_completes_with_the_final_image(tmp_path: Path, fake: FakeGemi
 async def test_blocked_job_fails_with_the_reason(tmp_path: Path, fake: FakeGemini,
                                                  behaviour: str, fragment: str) -> None:
     fake.script = [behaviour]
-    async with run_gateway(gateway_config(tmp_path, fake)) as gateway:
-        task = await gateway.wait_terminal(
-            await gateway.submit({"model": "nano-banana", "prompt": "something"}))
+    task = await run_job(gemini_config(tmp_path, fake),
+                         {"model": "nano-banana", "prompt": "something"})
     assert task["state"] == "failed"
     assert fragment in task["failMsg"]
     assert "resultUrls" not in task
@@ -279,9 +262,8 @@ async def test_blocked_job_fails_with_the_reason(tmp_path: Path, fake: FakeGemin
 
 
 async def test_wrong_key_fails_the_job(tmp_path: Path, fake: FakeGemini) -> None:
-    async with run_gateway(gateway_config(tmp_path, fake, key="wrong-key")) as gateway:
-        task = await gateway.wait_terminal(
-            await gateway.submit({"model": "nano-banana", "prompt": "x"}))
+    task = await run_job(gemini_config(tmp_path, fake, key="wrong-key"),
+                         {"model": "nano-banana", "prompt": "x"})
     assert task["state"] == "failed"
     assert "API key not valid" in task["failMsg"]
     assert fake.calls == 1
@@ -289,7 +271,7 @@ async def test_wrong_key_fails_the_job(tmp_path: Path, fake: FakeGemini) -> None
 
 async def test_transient_failures_are_retried(tmp_path: Path, fake: FakeGemini) -> None:
     fake.script = ["unavailable", "rate_limited"]
-    async with run_gateway(gateway_config(tmp_path, fake)) as gateway:
+    async with run_gateway(gemini_config(tmp_path, fake)) as gateway:
         task = await gateway.wait_terminal(
             await gateway.submit({"model": "nano-banana", "prompt": "x", "n": 1}))
         assert task["state"] == "completed", task
@@ -308,7 +290,7 @@ IMAGE = b64(solid((9, 9, 9)))
 ])
 async def test_refused_with_400_before_any_call(tmp_path: Path, fake: FakeGemini,
                                                 fields: dict[str, Any], fragment: str) -> None:
-    async with run_gateway(gateway_config(tmp_path, fake)) as gateway, gateway.http.post(
+    async with run_gateway(gemini_config(tmp_path, fake)) as gateway, gateway.http.post(
             f"{gateway.url}/api/v1/images/generations", headers=gateway.headers(),
             json={"model": "nano-banana", "prompt": "x", **fields}) as resp:
         body = await resp.json()

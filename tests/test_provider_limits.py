@@ -12,8 +12,7 @@ from pytest_aiohttp import AiohttpServer
 
 from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest
-from muxproxy.providers.base import Call
-from muxproxy.providers.errors import UpstreamError
+from muxproxy.providers.base import Call, UpstreamError
 from muxproxy.providers.fal import FalProvider
 from muxproxy.providers.openai_compatible import OpenAICompatibleProvider
 from muxproxy.settings import ProviderSettings

@@ -13,8 +13,14 @@ from pytest_aiohttp import AiohttpServer
 from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.providers import provider_class
-from muxproxy.providers.base import Finished, ImageData, ImageLink, Reference
-from muxproxy.providers.errors import Unsupported, UpstreamError
+from muxproxy.providers.base import (
+    Finished,
+    ImageData,
+    ImageLink,
+    Reference,
+    Unsupported,
+    UpstreamError,
+)
 from muxproxy.providers.openai import OpenAIProvider
 from muxproxy.providers.openai_compatible import OpenAICompatibleProvider, form_value
 from muxproxy.settings import ProviderSettings, SettingsError
@@ -26,6 +32,7 @@ from tests.support.provider_calls import (
     gateway_config,
     make_call,
     make_provider,
+    run_job,
     serve,
 )
 
@@ -398,9 +405,8 @@ async def test_e2e_edit_sends_the_uploaded_image(tmp_path: Path, fake: FakeOpenA
 
 
 async def test_e2e_permanent_failure(tmp_path: Path, fake: FakeOpenAI) -> None:
-    async with run_gateway(_config(tmp_path, fake)) as gw:
-        task = await gw.wait_terminal(await gw.submit(
-            {"model": "gpt-image-2", "prompt": "a forbidden thing"}))
+    task = await run_job(_config(tmp_path, fake),
+                         {"model": "gpt-image-2", "prompt": "a forbidden thing"})
     assert task["state"] == "failed"
     assert task["failCode"] == "moderation_blocked"
     assert "rejected as a result of our safety system" in task["failMsg"]
@@ -411,9 +417,7 @@ async def test_e2e_permanent_failure(tmp_path: Path, fake: FakeOpenAI) -> None:
 async def test_e2e_transient_then_success(tmp_path: Path, fake: FakeOpenAI,
                                           status: int) -> None:
     fake.fail(status, times=2, headers={"Retry-After": "1"})
-    async with run_gateway(_config(tmp_path, fake)) as gw:
-        task = await gw.wait_terminal(await gw.submit({"model": "gpt-image-2",
-                                                       "prompt": "a fox"}))
+    task = await run_job(_config(tmp_path, fake), {"model": "gpt-image-2", "prompt": "a fox"})
     assert task["state"] == "completed", task
     assert len(fake.calls(GENERATIONS)) == 3
 

@@ -11,15 +11,25 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.providers.base import Call, Finished, Handle, ImageLink, Running, Submitted
-from muxproxy.providers.errors import Unsupported
+from muxproxy.providers.base import Finished, Handle, ImageLink, Running, Submitted, Unsupported
 from muxproxy.providers.replicate import ReplicateProvider, build_input
-from muxproxy.settings import ProviderSettings, SettingsError
+from muxproxy.settings import SettingsError
 from tests.fakes.replicate import VERSIONS, FakeReplicate
-from tests.fakes.scripted import eventually, png, serve
-from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
+from tests.fakes.scripted import png
+from tests.support.gateway import run_gateway
+from tests.support.provider_calls import (
+    accepted_job,
+    arrange,
+    call_for,
+    gateway_config,
+    handle_for,
+    job_end,
+    provider_for,
+    run_job,
+    served,
+    upstream_id_of,
+)
 
 SCHNELL = "black-forest-labs/flux-schnell"
 PRO = "black-forest-labs/flux-1.1-pro"
@@ -28,44 +38,23 @@ KONTEXT = "black-forest-labs/flux-kontext-pro"
 
 @pytest.fixture
 async def replicate(aiohttp_server: AiohttpServer) -> FakeReplicate:
-    fake = FakeReplicate()
-    await serve(fake, aiohttp_server)
-    return fake
+    return await served(FakeReplicate(), aiohttp_server)
 
 
 def adapter(fake: FakeReplicate, http: aiohttp.ClientSession,
             **options: Any) -> ReplicateProvider:
-    settings = ProviderSettings(name="replicate", kind="replicate", base_url=f"{fake.url}/v1",
-                                api_key=fake.key, options=options)
-    return ReplicateProvider(settings, http, SystemClock())
-
-
-def call(model: str, request: GenerationRequest) -> Call:
-    return Call(job_id="job-1", request=request, upstream_model=model, params={}, images=(),
-                mask=None)
+    return provider_for(ReplicateProvider, http, base_url=f"{fake.url}/v1", key=fake.key,
+                        name="replicate", **options)
 
 
 def replicate_config(tmp_path: Path, fake: FakeReplicate, *, key: str | None = None,
                      jobs: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
-    return merge(base_config(tmp_path), {
-        "jobs": jobs or {},
-        "providers": {"replicate": {"kind": "replicate", "base_url": f"{fake.url}/v1",
-                                    "api_key": key or fake.key, "timeout_seconds": 5,
-                                    "options": options}},
-        "models": {
-            "flux-schnell": {"routes": [{"provider": "replicate", "model": SCHNELL,
-                                         "params": {"go_fast": True}}]},
-            "flux-1.1-pro": {"routes": [{"provider": "replicate", "model": PRO}]},
-            "flux-kontext-pro": {"routes": [{"provider": "replicate", "model": KONTEXT}]},
-        },
-    })
-
-
-async def upstream_id_of(gateway: RunningGateway, task_id: str) -> str:
-    async def recorded() -> str | None:
-        job = await gateway.state.store.get_job(task_id)
-        return job.upstream_id if job is not None else None
-    return await eventually(recorded)
+    return gateway_config(
+        tmp_path, {"kind": "replicate", "base_url": f"{fake.url}/v1",
+                   "api_key": key or fake.key, "timeout_seconds": 5, "options": options},
+        {"flux-schnell": {"model": SCHNELL, "params": {"go_fast": True}},
+         "flux-1.1-pro": PRO, "flux-kontext-pro": KONTEXT},
+        name="replicate", **(jobs or {}))
 
 
 # -- the input dialects --------------------------------------------------------------
@@ -110,13 +99,12 @@ async def test_wait_seconds_is_checked(replicate: FakeReplicate,
 async def test_output_list_or_string(replicate: FakeReplicate, http: aiohttp.ClientSession,
                                      model: str, n: int) -> None:
     provider = adapter(replicate, http)
-    submitted = await provider.submit(call(model, GenerationRequest(prompt="fox", n=n)))
+    submitted = await provider.submit(call_for(GenerationRequest(prompt="fox", n=n), model))
     assert isinstance(submitted, Submitted)
     prediction = replicate.predictions[submitted.upstream_id]
     assert submitted.state == {"get": prediction["urls"]["get"],
                                "cancel": prediction["urls"]["cancel"]}
-    handle = Handle(job_id="job-1", upstream_id=submitted.upstream_id, upstream_model=model,
-                    state=submitted.state)
+    handle = handle_for(submitted, model)
     assert await provider.poll(handle) == Running()
     finished = await provider.poll(handle)
     assert isinstance(finished, Finished)
@@ -130,7 +118,8 @@ async def test_version_pinned_model(replicate: FakeReplicate,
                                     http: aiohttp.ClientSession) -> None:
     [(version, model)] = VERSIONS.items()
     provider = adapter(replicate, http)
-    submitted = await provider.submit(call(f"{model}:{version}", GenerationRequest(prompt="p")))
+    submitted = await provider.submit(call_for(GenerationRequest(prompt="p"),
+                                               f"{model}:{version}"))
     assert isinstance(submitted, Submitted)
     assert replicate.predictions[submitted.upstream_id]["version"] == version
     # Without stored URLs the adapter falls back to /predictions/{id}.
@@ -161,9 +150,9 @@ async def test_list_output_completes(tmp_path: Path, replicate: FakeReplicate) -
 async def test_string_output_with_reference(tmp_path: Path, replicate: FakeReplicate) -> None:
     image = png(16, 16)
     encoded = base64.b64encode(image).decode()
-    async with run_gateway(replicate_config(tmp_path, replicate)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "flux-kontext-pro", "prompt": "make it blue", "image_base64": encoded}))
+    task = await run_job(replicate_config(tmp_path, replicate),
+                         {"model": "flux-kontext-pro", "prompt": "make it blue",
+                          "image_base64": encoded})
     assert task["state"] == "completed", task
     assert len(task["resultUrls"]) == 1
     [prediction] = replicate.predictions.values()
@@ -187,9 +176,8 @@ async def test_prefer_wait_finishes_without_polling(tmp_path: Path,
 async def test_prefer_wait_that_runs_out_falls_back_to_polling(
         tmp_path: Path, replicate: FakeReplicate) -> None:
     replicate.wait_finishes = False
-    async with run_gateway(replicate_config(tmp_path, replicate, wait_seconds=1)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "flux-schnell", "prompt": "a fox"}))
+    task = await run_job(replicate_config(tmp_path, replicate, wait_seconds=1),
+                         {"model": "flux-schnell", "prompt": "a fox"})
     assert task["state"] == "completed", task
     assert replicate.counts["create"] == 1 and replicate.counts["get"] >= 2
 
@@ -206,12 +194,9 @@ async def test_prefer_wait_that_runs_out_falls_back_to_polling(
 async def test_permanent_failures(tmp_path: Path, replicate: FakeReplicate,
                                   setup: dict[str, Any], body: dict[str, Any], fail_msg: str,
                                   fail_code: str) -> None:
-    key = setup.pop("key", None)
-    for name, value in setup.items():
-        setattr(replicate, name, value)
-    async with run_gateway(replicate_config(tmp_path, replicate, key=key)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "flux-schnell", "prompt": "a fox", **body}))
+    key = arrange(replicate, setup)
+    task = await run_job(replicate_config(tmp_path, replicate, key=key),
+                         {"model": "flux-schnell", "prompt": "a fox", **body})
     assert task["state"] == "failed"
     assert task["failMsg"].startswith(fail_msg), task
     assert task["failCode"] == fail_code
@@ -220,9 +205,8 @@ async def test_permanent_failures(tmp_path: Path, replicate: FakeReplicate,
 
 async def test_failed_inside_prefer_wait(tmp_path: Path, replicate: FakeReplicate) -> None:
     replicate.fail_with = "CUDA out of memory"
-    async with run_gateway(replicate_config(tmp_path, replicate, wait_seconds=10)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "flux-schnell", "prompt": "a fox"}))
+    task = await run_job(replicate_config(tmp_path, replicate, wait_seconds=10),
+                         {"model": "flux-schnell", "prompt": "a fox"})
     assert (task["state"], task["failMsg"]) == ("failed", "replicate: CUDA out of memory")
     assert replicate.counts["get"] == 0
 
@@ -231,9 +215,8 @@ async def test_throttled_create_is_retried(tmp_path: Path, replicate: FakeReplic
     replicate.fail("create", 429, {"title": "Request was throttled.", "status": 429,
                                    "detail": "Request was throttled. Expected available in "
                                              "0 seconds."}, headers={"Retry-After": "0"})
-    async with run_gateway(replicate_config(tmp_path, replicate)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "flux-schnell", "prompt": "a fox"}))
+    task = await run_job(replicate_config(tmp_path, replicate),
+                         {"model": "flux-schnell", "prompt": "a fox"})
     assert task["state"] == "completed", task
     assert replicate.counts["create"] == 2
     assert len(replicate.predictions) == 1
@@ -244,9 +227,8 @@ async def test_errors_on_polls_keep_polling(tmp_path: Path, replicate: FakeRepli
                                 "detail": "try again"})
     replicate.fail("get", 429, {"title": "Request was throttled.", "status": 429,
                                 "detail": "slow down"}, headers={"Retry-After": "0"})
-    async with run_gateway(replicate_config(tmp_path, replicate)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "flux-schnell", "prompt": "a fox"}))
+    task = await run_job(replicate_config(tmp_path, replicate),
+                         {"model": "flux-schnell", "prompt": "a fox"})
     assert task["state"] == "completed", task
     assert replicate.counts["create"] == 1
     assert replicate.counts["get"] >= 4
@@ -255,14 +237,9 @@ async def test_errors_on_polls_keep_polling(tmp_path: Path, replicate: FakeRepli
 async def test_deadline_cancels_upstream(tmp_path: Path, replicate: FakeReplicate) -> None:
     replicate.hold = True
     config = replicate_config(tmp_path, replicate, jobs={"deadline_seconds": 0.5})
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "flux-schnell", "prompt": "a fox"}))
-        assert (task["state"], task["failCode"]) == ("failed", "deadline_exceeded")
-
-        async def canceled() -> bool:
-            return replicate.counts["cancel"] == 1
-        await eventually(canceled)
+    task = await run_job(config, {"model": "flux-schnell", "prompt": "a fox"},
+                         until=lambda: replicate.counts["cancel"] == 1)
+    assert (task["state"], task["failCode"]) == ("failed", "deadline_exceeded")
     [prediction] = replicate.predictions.values()
     assert prediction["status"] == "canceled"
 
@@ -271,14 +248,12 @@ async def test_restart_mid_job_resumes_polling(tmp_path: Path,
                                                replicate: FakeReplicate) -> None:
     replicate.hold = True
     config = replicate_config(tmp_path, replicate)
-    async with run_gateway(config) as gateway:
-        task_id = await gateway.submit({"model": "flux-1.1-pro", "prompt": "a fox"})
-        prediction_id = await upstream_id_of(gateway, task_id)
+    async with accepted_job(config, {"model": "flux-1.1-pro", "prompt": "a fox"}) as (
+            _, task_id, prediction_id):
         assert replicate.counts["create"] == 1
     replicate.hold = False
     polls_before = replicate.counts["get"]
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(task_id)
+    task = await job_end(config, task_id)
     assert task["state"] == "completed", task
     assert replicate.counts["create"] == 1
     assert replicate.counts["get"] > polls_before

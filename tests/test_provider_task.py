@@ -15,54 +15,45 @@ from pytest_aiohttp import AiohttpServer
 
 from muxproxy.clock import SystemClock
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.providers.base import Call, Finished, Reference
-from muxproxy.providers.errors import UpstreamError
+from muxproxy.providers.base import Finished, Reference, UpstreamError
 from muxproxy.providers.task import TaskProvider
 from muxproxy.settings import ProviderSettings, SettingsError
-from tests.fakes.scripted import eventually, png, serve
+from tests.fakes.scripted import png
 from tests.fakes.task import FakeTask
-from tests.support.gateway import KEY_A, RunningGateway, base_config, merge, run_gateway
+from tests.support.gateway import KEY_A, base_config, merge, run_gateway
+from tests.support.provider_calls import (
+    accepted_job,
+    arrange,
+    call_for,
+    gateway_config,
+    job_end,
+    provider_for,
+    run_job,
+    served,
+    upstream_id_of,
+)
 
 
 @pytest.fixture
 async def upstream(aiohttp_server: AiohttpServer) -> FakeTask:
-    fake = FakeTask()
-    await serve(fake, aiohttp_server)
-    return fake
+    return await served(FakeTask(), aiohttp_server)
 
 
 def adapter(fake: FakeTask, http: aiohttp.ClientSession, **options: Any) -> TaskProvider:
-    settings = ProviderSettings(name="apimodels", kind="task", base_url=fake.url,
-                                api_key=fake.key, options=options)
-    return TaskProvider(settings, http, SystemClock())
+    return provider_for(TaskProvider, http, base_url=fake.url, key=fake.key,
+                        name="apimodels", **options)
 
 
 def task_config(tmp_path: Path, base_url: str, key: str, *,
                 jobs: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
-    def route(model: str) -> dict[str, Any]:
-        return {"routes": [{"provider": "apimodels", "model": model}]}
-
-    return merge(base_config(tmp_path), {
-        "jobs": jobs or {},
-        "providers": {"apimodels": {"kind": "task", "base_url": base_url, "api_key": key,
-                                    "timeout_seconds": 5, "options": options}},
-        "models": {
-            "gpt-image-2-lite": route("gpt-image-2-lite"),
-            "gemini-3-pro-image": route("gemini-3-pro-image"),
-            "grok-4.2-image": route("grok-image/grok-4.2-image"),
-            "not-upstream": route("no-such-model"),
-            "remote-demo": route("demo-image-async"),
-            "remote-sync-demo": route("demo-image"),
-            "remote-failing": route("demo-failing"),
-        },
-    })
-
-
-async def upstream_id_of(gateway: RunningGateway, task_id: str) -> str:
-    async def recorded() -> str | None:
-        job = await gateway.state.store.get_job(task_id)
-        return job.upstream_id if job is not None else None
-    return await eventually(recorded)
+    return gateway_config(
+        tmp_path, {"kind": "task", "base_url": base_url, "api_key": key,
+                   "timeout_seconds": 5, "options": options},
+        {"gpt-image-2-lite": "gpt-image-2-lite", "gemini-3-pro-image": "gemini-3-pro-image",
+         "grok-4.2-image": "grok-image/grok-4.2-image", "not-upstream": "no-such-model",
+         "remote-demo": "demo-image-async", "remote-sync-demo": "demo-image",
+         "remote-failing": "demo-failing"},
+        name="apimodels", **(jobs or {}))
 
 
 # -- the adapter ------------------------------------------------------------------------
@@ -77,9 +68,8 @@ async def test_request_fields(upstream: FakeTask, http: aiohttp.ClientSession) -
     refs = (Reference(url="https://cdn.example/a.png", data=None, content_type=None),
             Reference(url=None, data=first, content_type="image/png"),
             Reference(url=None, data=second, content_type="image/png"))
-    outcome = await adapter(upstream, http).submit(Call(
-        job_id="j", request=request, upstream_model="gpt-image-2-lite",
-        params={"quality": "medium"}, images=refs,
+    outcome = await adapter(upstream, http).submit(call_for(
+        request, "gpt-image-2-lite", refs, params={"quality": "medium"},
         mask=Reference(url=None, data=mask, content_type="image/png")))
     assert isinstance(outcome, Finished) and len(outcome.images) == 2
     [body] = upstream.bodies
@@ -96,10 +86,9 @@ async def test_one_url_goes_as_image_url(upstream: FakeTask,
                                          http: aiohttp.ClientSession) -> None:
     request = GenerationRequest(prompt="storm clouds", aspect_ratio="16:9", resolution="2k",
                                 images=(ImageRef(url="https://cdn.example/p.jpg"),))
-    await adapter(upstream, http).submit(Call(
-        job_id="j", request=request, upstream_model="gemini-3-pro-image", params={},
-        images=(Reference(url="https://cdn.example/p.jpg", data=None, content_type=None),),
-        mask=None))
+    await adapter(upstream, http).submit(call_for(
+        request, "gemini-3-pro-image",
+        (Reference(url="https://cdn.example/p.jpg", data=None, content_type=None),)))
     assert upstream.bodies == [{"model": "gemini-3-pro-image", "prompt": "storm clouds",
                                 "aspect_ratio": "16:9", "resolution": "2k",
                                 "image_url": "https://cdn.example/p.jpg"}]
@@ -109,9 +98,8 @@ async def test_error_code_in_a_200_body(upstream: FakeTask,
                                         http: aiohttp.ClientSession) -> None:
     upstream.fail("submit", 200, {"code": 503, "msg": "upstream channel busy", "data": None})
     with pytest.raises(UpstreamError) as caught:
-        await adapter(upstream, http).submit(Call(
-            job_id="j", request=GenerationRequest(prompt="p"),
-            upstream_model="gemini-3-pro-image", params={}, images=(), mask=None))
+        await adapter(upstream, http).submit(call_for(GenerationRequest(prompt="p"),
+                                                      "gemini-3-pro-image"))
     assert caught.value.transient
     assert caught.value.message == "apimodels: upstream channel busy"
 
@@ -164,12 +152,9 @@ async def test_sync_model_completes_at_submit(tmp_path: Path, upstream: FakeTask
 ], ids=["failed", "failed-at-submit", "402", "401", "400"])
 async def test_permanent_failures(tmp_path: Path, upstream: FakeTask, setup: dict[str, Any],
                                   model: str, fail_msg: str, fail_code: str) -> None:
-    key = setup.pop("key", upstream.key)
-    for name, value in setup.items():
-        setattr(upstream, name, value)
-    async with run_gateway(task_config(tmp_path, upstream.url, key)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": model, "prompt": "a cat"}))
+    key = arrange(upstream, setup) or upstream.key
+    task = await run_job(task_config(tmp_path, upstream.url, key),
+                         {"model": model, "prompt": "a cat"})
     assert (task["state"], task["failMsg"], task["failCode"]) == \
         ("failed", fail_msg, fail_code)
     assert upstream.counts["submit"] == 1
@@ -177,9 +162,8 @@ async def test_permanent_failures(tmp_path: Path, upstream: FakeTask, setup: dic
 
 async def test_submit_500_then_ok(tmp_path: Path, upstream: FakeTask) -> None:
     upstream.fail("submit", 500, {"code": 500, "msg": "Internal Server Error", "data": None})
-    async with run_gateway(task_config(tmp_path, upstream.url, upstream.key)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "gemini-3-pro-image", "prompt": "a cat"}))
+    task = await run_job(task_config(tmp_path, upstream.url, upstream.key),
+                         {"model": "gemini-3-pro-image", "prompt": "a cat"})
     assert task["state"] == "completed", task
     assert upstream.counts["submit"] == 2
     assert len(upstream.tasks) == 1
@@ -188,9 +172,8 @@ async def test_submit_500_then_ok(tmp_path: Path, upstream: FakeTask) -> None:
 async def test_429_on_a_poll_keeps_polling(tmp_path: Path, upstream: FakeTask) -> None:
     upstream.fail("poll", 429, {"code": 429, "msg": "Too Many Requests", "data": None},
                   times=2, headers={"Retry-After": "0"})
-    async with run_gateway(task_config(tmp_path, upstream.url, upstream.key)) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "gemini-3-pro-image", "prompt": "a cat"}))
+    task = await run_job(task_config(tmp_path, upstream.url, upstream.key),
+                         {"model": "gemini-3-pro-image", "prompt": "a cat"})
     assert task["state"] == "completed", task
     assert upstream.counts["submit"] == 1
     assert upstream.counts["poll"] >= 4
@@ -200,9 +183,7 @@ async def test_deadline_fails_the_job_without_a_cancel_call(tmp_path: Path,
                                                             upstream: FakeTask) -> None:
     upstream.hold = True
     config = task_config(tmp_path, upstream.url, upstream.key, jobs={"deadline_seconds": 0.5})
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(await gateway.submit(
-            {"model": "gemini-3-pro-image", "prompt": "a cat"}))
+    task = await run_job(config, {"model": "gemini-3-pro-image", "prompt": "a cat"})
     assert (task["state"], task["failCode"]) == ("failed", "deadline_exceeded")
     # The task API has no cancel: only submits and polls ever reached the upstream.
     assert set(upstream.counts) == {"submit", "poll"}
@@ -211,14 +192,12 @@ async def test_deadline_fails_the_job_without_a_cancel_call(tmp_path: Path,
 async def test_restart_mid_job_resumes_polling(tmp_path: Path, upstream: FakeTask) -> None:
     upstream.hold = True
     config = task_config(tmp_path, upstream.url, upstream.key)
-    async with run_gateway(config) as gateway:
-        task_id = await gateway.submit({"model": "gemini-3-pro-image", "prompt": "a cat"})
-        upstream_id = await upstream_id_of(gateway, task_id)
+    async with accepted_job(config, {"model": "gemini-3-pro-image", "prompt": "a cat"}) as (
+            _, task_id, upstream_id):
         assert upstream.counts["submit"] == 1
     upstream.hold = False
     polls_before = upstream.counts["poll"]
-    async with run_gateway(config) as gateway:
-        task = await gateway.wait_terminal(task_id)
+    task = await job_end(config, task_id)
     assert task["state"] == "completed", task
     assert upstream.counts["submit"] == 1
     assert upstream.counts["poll"] > polls_before

@@ -13,8 +13,14 @@ from pytest_aiohttp import AiohttpServer
 
 from muxproxy.generation import GenerationRequest
 from muxproxy.providers import provider_class
-from muxproxy.providers.base import Finished, ImageData, ImageLink, Reference
-from muxproxy.providers.errors import Unsupported, UpstreamError
+from muxproxy.providers.base import (
+    Finished,
+    ImageData,
+    ImageLink,
+    Reference,
+    Unsupported,
+    UpstreamError,
+)
 from muxproxy.providers.xai import XAIProvider
 from tests.fakes.openai import make_image
 from tests.fakes.xai import FakeXAI
@@ -25,6 +31,7 @@ from tests.support.provider_calls import (
     gateway_config,
     make_call,
     make_provider,
+    run_job,
     serve,
 )
 
@@ -231,10 +238,10 @@ async def test_e2e_success(tmp_path: Path, fake: FakeXAI) -> None:
 
 async def test_e2e_mask_inpainting(tmp_path: Path, fake: FakeXAI) -> None:
     mask = make_image((255, 255, 255))
-    async with run_gateway(_config(tmp_path, fake)) as gw:
-        task = await gw.wait_terminal(await gw.submit(
-            {"model": "grok-imagine/grok-imagine-image", "prompt": "a golden retriever",
-             "image": b64(PNG), "mask": b64(mask), "size": "1024x1024"}))
+    task = await run_job(_config(tmp_path, fake),
+                         {"model": "grok-imagine/grok-imagine-image",
+                          "prompt": "a golden retriever", "image": b64(PNG),
+                          "mask": b64(mask), "size": "1024x1024"})
     assert task["state"] == "completed", task
     [call] = fake.calls(EDITS)
     assert call.json["image"]["url"] == f"data:image/png;base64,{b64(PNG)}"
@@ -242,9 +249,8 @@ async def test_e2e_mask_inpainting(tmp_path: Path, fake: FakeXAI) -> None:
 
 
 async def test_e2e_permanent_failure(tmp_path: Path, fake: FakeXAI) -> None:
-    async with run_gateway(_config(tmp_path, fake, key="xai-wrong-key-99")) as gw:
-        task = await gw.wait_terminal(await gw.submit(
-            {"model": "grok-imagine/grok-imagine-image", "prompt": "a cat"}))
+    task = await run_job(_config(tmp_path, fake, key="xai-wrong-key-99"),
+                         {"model": "grok-imagine/grok-imagine-image", "prompt": "a cat"})
     assert task["state"] == "failed"
     assert "Incorrect API key provided" in task["failMsg"]
     assert len(fake.calls(GENERATIONS)) == 1
@@ -253,9 +259,8 @@ async def test_e2e_permanent_failure(tmp_path: Path, fake: FakeXAI) -> None:
 async def test_e2e_transient_then_success(tmp_path: Path, fake: FakeXAI) -> None:
     fake.fail(500)
     fake.fail(429, headers={"Retry-After": "1"})
-    async with run_gateway(_config(tmp_path, fake)) as gw:
-        task = await gw.wait_terminal(await gw.submit(
-            {"model": "grok-imagine/grok-imagine-image", "prompt": "a cat"}))
+    task = await run_job(_config(tmp_path, fake),
+                         {"model": "grok-imagine/grok-imagine-image", "prompt": "a cat"})
     assert task["state"] == "completed", task
     assert len(fake.calls(GENERATIONS)) == 3
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,3 +62,66 @@ async def test_a_write_does_not_follow_a_planted_symlink(tmp_path: Path) -> None
         await storage.put("results/linked/j-0.png", PNG, "image/png")
     assert victim.read_bytes() == b"untouched"
     assert os.listdir(outside) == ["victim.png"]
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_read_stopped_early_closes_its_file(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.put("results/20261123/j-0.png", PNG * 500, "image/png")
+    before = open_files()
+    stream = storage.open_read("results/20261123/j-0.png")
+    assert open_files() == before  # nothing opened before the first chunk
+    first = await anext(stream)
+    assert first == (PNG * 500)[:len(first)] and open_files() == before + 1
+    await stream.aclose()
+    assert open_files() == before
+
+
+async def test_a_cancelled_streamed_write_leaves_no_file(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    written, never = asyncio.Event(), asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        yield PNG
+        written.set()
+        await never.wait()
+        yield PNG
+
+    before = open_files()
+    task = asyncio.create_task(storage.put_stream("inputs/20261123/j-image0.png", stalls(),
+                                                  "image/png"))
+    await written.wait()
+    assert (tmp_path / "inputs" / "20261123" / "j-image0.png").exists()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not (tmp_path / "inputs" / "20261123" / "j-image0.png").exists()
+    assert open_files() == before
+
+
+async def test_reads_do_not_follow_a_symlink_out_of_the_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(PNG)
+    (root / "results" / "evil").mkdir(parents=True)
+    os.symlink(outside / "secret.png", root / "results" / "evil" / "0.png")
+    storage = LocalStorage(root)
+    assert not await storage.exists("results/evil/0.png")
+    with pytest.raises(BlobNotFound):
+        await storage.stat("results/evil/0.png")
+    with pytest.raises(BlobNotFound):
+        await anext(storage.open_read("results/evil/0.png"))
+    with pytest.raises(BlobNotFound):
+        storage.local_path("results/evil/0.png")
+
+
+async def test_check_fails_when_the_probe_cannot_be_written(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.check()
+    (tmp_path / "health").rmdir()
+    (tmp_path / "health").write_bytes(b"a file where the probe's folder goes")
+    with pytest.raises(NotADirectoryError):
+        await storage.check()

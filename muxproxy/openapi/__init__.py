@@ -10,4 +10,6 @@ surface names its part in :mod:`muxproxy.surfaces.registry`, and
 
 from __future__ import annotations
 
-VERSION = "0.1.0"
+from muxproxy import __version__
+
+VERSION = __version__

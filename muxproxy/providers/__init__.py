@@ -1,19 +1,20 @@
 """Upstream providers, chosen by ``kind`` from a table of names.
 
 Each kind lives in its own module and is imported only when a configured provider
-uses it.
+uses it. A kind judges its own settings when the config loads
+(:meth:`Provider.validate <muxproxy.providers.base.Provider.validate>`).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 
 import aiohttp
 
 from muxproxy.clock import Clock
 from muxproxy.providers.base import Provider
-from muxproxy.settings import ProviderSettings, SettingsError
+from muxproxy.settings import ProviderSettings
+from muxproxy.settings_checks import choose
 
 KINDS: dict[str, str] = {
     "demo": "muxproxy.providers.demo:DemoProvider",
@@ -28,18 +29,21 @@ KINDS: dict[str, str] = {
 }
 
 
-def provider_class(kind: str) -> type[Provider]:
-    try:
-        target = KINDS[kind]
-    except KeyError:
-        raise SettingsError(f"unknown provider kind {kind!r}; known: {', '.join(sorted(KINDS))}"
-                            ) from None
-    module_name, _, attr = target.partition(":")
-    cls: type[Provider] = getattr(importlib.import_module(module_name), attr)
+def provider_class(kind: str, where: str = "") -> type[Provider]:
+    cls: type[Provider] = choose(KINDS, kind, where, "provider kind")
     return cls
+
+
+def validate_provider(settings: ProviderSettings) -> None:
+    """Refuse, naming the key, a provider whose kind is unknown or cannot work with
+    its settings."""
+    provider_class(settings.kind, f"providers.{settings.name}.kind").validate(settings)
 
 
 def build_providers(settings: Mapping[str, ProviderSettings] | None,
                     http: aiohttp.ClientSession, clock: Clock) -> dict[str, Provider]:
-    return {name: provider_class(ps.kind)(ps, http, clock)
-            for name, ps in (settings or {}).items()}
+    providers = {}
+    for name, ps in (settings or {}).items():
+        validate_provider(ps)
+        providers[name] = provider_class(ps.kind)(ps, http, clock)
+    return providers

@@ -9,6 +9,12 @@ Every failure leaves a provider as :class:`UpstreamError`, already classified as
 transient (retry, maybe on another route) or permanent (fail the job). Lower-level
 exceptions (aiohttp, JSON, KeyError on an odd body) are mapped once, in
 :meth:`Provider.call`, and never leak past this layer.
+
+What adapters share beyond the interface: each kind's default base URL and auth
+header (``UPSTREAMS``), one error-body reader (:meth:`Provider.upstream_error`,
+with :mod:`muxproxy.providers.wire`), one ``Retry-After`` parser
+(:func:`muxproxy.backoff.parse_retry_after`) and one size fitter
+(:mod:`muxproxy.providers.sizes`). An adapter keeps only its upstream's dialect.
 """
 
 from __future__ import annotations
@@ -16,20 +22,70 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 import aiohttp
 import orjson
 
+from muxproxy.backoff import parse_retry_after
 from muxproxy.clock import Clock
 from muxproxy.generation import GenerationRequest
-from muxproxy.providers.errors import UpstreamError
-from muxproxy.settings import ProviderSettings
+from muxproxy.providers.wire import message_at, read_error, read_limited
+from muxproxy.settings import ProviderSettings, SettingsError
+
+
+class UpstreamError(Exception):
+    """A failed upstream call, classified. ``message`` is safe to show the client."""
+
+    def __init__(self, message: str, *, transient: bool, code: str | None = None,
+                 status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.transient = transient
+        self.code = code or ("upstream_unavailable" if transient else "upstream_error")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Unsupported(Exception):
+    """The request asks for something this provider cannot do (a 400 before any call)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a kind's API lives unless ``base_url`` says otherwise, and how it
+    takes the key: ``header: scheme KEY`` (the key alone when ``scheme`` is empty)."""
+
+    base_url: str = ""
+    header: str = "Authorization"
+    scheme: str = "Bearer"
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        if not key:
+            return {}
+        return {self.header: f"{self.scheme} {key}" if self.scheme else key}
+
+
+# By kind. An empty ``base_url``: the provider's own must be configured.
+UPSTREAMS: Mapping[str, Upstream] = {
+    "openai": Upstream("https://api.openai.com/v1"),
+    "openai-compatible": Upstream(),
+    "xai": Upstream("https://api.x.ai/v1"),
+    "gemini": Upstream("https://generativelanguage.googleapis.com/v1beta",
+                       header="x-goog-api-key", scheme=""),
+    "fal": Upstream("https://queue.fal.run", scheme="Key"),
+    "replicate": Upstream("https://api.replicate.com/v1"),
+    "bfl": Upstream("https://api.bfl.ai", header="x-key", scheme=""),
+    "task": Upstream(),
+}
 
 
 @dataclass(frozen=True)
@@ -114,6 +170,26 @@ class Provider(abc.ABC):
     is_async: ClassVar[bool] = False
     #: False for upstreams that work without a key (the demo, local servers).
     needs_key: ClassVar[bool] = True
+    #: The ``options`` keys this kind reads; a config naming any other is refused.
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        """Refuse settings this kind cannot work with: a :class:`SettingsError`
+        naming the key. Runs when the config loads, before anything is opened, so
+        nothing is first found wrong at start or at the first call. Kinds with
+        options, or that need a ``base_url``, extend it."""
+        where = f"providers.{settings.name}"
+        if settings.base_url and not settings.base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{where}.base_url: must start with http:// or https://")
+        upstream = UPSTREAMS.get(settings.kind)
+        if upstream is not None and not (settings.base_url or upstream.base_url):
+            raise SettingsError(f"{where}.base_url: required for kind {settings.kind!r}")
+        unknown = sorted(set(settings.options) - cls.option_names)
+        if unknown:
+            known = ", ".join(sorted(cls.option_names)) or "none"
+            raise SettingsError(f"{where}.options.{unknown[0]}: not an option of kind "
+                                f"{settings.kind!r} (known: {known})")
 
     @property
     def configured(self) -> bool:
@@ -126,6 +202,10 @@ class Provider(abc.ABC):
     def api_key(self) -> str:
         return self.settings.api_key or ""
 
+    #: Where this upstream's error bodies keep their message, as dotted paths into
+    #: the JSON; the first found is shown (see :meth:`upstream_error`).
+    error_paths: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:
         self.settings = settings
@@ -133,6 +213,15 @@ class Provider(abc.ABC):
         self.http = http
         self.clock = clock
         self.timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
+        self.validate(settings)
+        upstream = UPSTREAMS.get(self.kind)
+        self.base_url = (settings.base_url or (upstream.base_url if upstream else "")
+                         ).rstrip("/")
+
+    def auth_headers(self) -> dict[str, str]:
+        """The key in this kind's own header (none without a key)."""
+        upstream = UPSTREAMS.get(self.kind)
+        return upstream.auth_headers(self.api_key) if upstream else {}
 
     def check(self, request: GenerationRequest, upstream_model: str,  # noqa: B027
               params: Mapping[str, Any]) -> None:
@@ -155,10 +244,12 @@ class Provider(abc.ABC):
                    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One upstream HTTP request with errors mapped to :class:`UpstreamError`.
 
-        Non-2xx responses are yielded as they are: the adapter reads the provider's
-        error body and calls :meth:`error_for`. Transport failures become transient.
+        The key goes in this kind's auth header; ``headers`` add to it. Non-2xx
+        responses are yielded as they are: the adapter reads the provider's error
+        body (:meth:`upstream_error`). Transport failures become transient.
         """
         kwargs.setdefault("timeout", self.timeout)
+        kwargs["headers"] = {**self.auth_headers(), **kwargs.get("headers", {})}
         try:
             async with self.http.request(method, url, **kwargs) as response:
                 yield response
@@ -170,6 +261,14 @@ class Provider(abc.ABC):
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"{self.name}: connection failed: {type(exc).__name__}",
                                 transient=True, code="upstream_unavailable") from None
+
+    async def call_json(self, method: str, url: str, **kwargs: Any) -> Any:
+        """One upstream request whose 2xx answer is JSON (:meth:`read_json`); any
+        other answer raises :meth:`upstream_error`."""
+        async with self.call(method, url, **kwargs) as response:
+            if not ok(response):
+                raise await self.upstream_error(response)
+            return await self.read_json(response)
 
     async def reference_bytes(self, ref: Reference) -> tuple[bytes, str]:
         """The bytes of a reference image. The runner fetched every URL already,
@@ -208,6 +307,11 @@ class Provider(abc.ABC):
                                 f"{response.status})", transient=True,
                                 status=response.status) from None
 
+    async def upstream_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
+        """A non-2xx answer, classified, with the message found at ``error_paths``."""
+        body = await read_error(response)
+        return self.error_for(response, message_at(body.json, self.error_paths) or "")
+
     def error_for(self, response: aiohttp.ClientResponse, message: str,
                   code: str | None = None) -> UpstreamError:
         """Classify an HTTP error: 408/409/429/5xx are transient, other 4xx permanent."""
@@ -216,36 +320,11 @@ class Provider(abc.ABC):
         return UpstreamError(f"{self.name}: {message}" if message else
                              f"{self.name}: HTTP {status}",
                              transient=transient, code=code, status=status,
-                             retry_after=retry_after(response.headers.get("Retry-After")))
+                             retry_after=self.retry_after(response, "Retry-After"))
+
+    def retry_after(self, response: aiohttp.ClientResponse, header: str) -> float | None:
+        return parse_retry_after(response.headers.get(header), self.clock.now())
 
 
-# Enough of an error body to find the provider's message; a longer one is not read.
-MAX_ERROR_BODY = 64 * 1024
-
-
-async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytearray | None:
-    """The body, or None as soon as it proves longer than ``limit`` bytes (the rest
-    is never read, so an endless or huge body costs at most ``limit`` of memory)."""
-    if (response.content_length or 0) > limit:
-        return None
-    data = bytearray()
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        data += chunk
-        if len(data) > limit:
-            return None
-    return data
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
+def ok(response: aiohttp.ClientResponse) -> bool:
+    return 200 <= response.status < 300

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +34,6 @@ import aiohttp
 from muxproxy import images
 from muxproxy.generation import GenerationRequest
 from muxproxy.providers.base import (
-    MAX_ERROR_BODY,
     Call,
     Finished,
     Handle,
@@ -47,14 +44,17 @@ from muxproxy.providers.base import (
     Running,
     SubmitOutcome,
     Submitted,
-    read_limited,
+    Unsupported,
+    UpstreamError,
 )
-from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.providers.fanout import all_or_nothing
+from muxproxy.providers.sizes import PixelBox, fit, ratio_size, reduced_ratio
+from muxproxy.providers.wire import Answer, message_at, read_answer, read_error
 
 PASSTHROUGH = frozenset({"seed", "safety_tolerance", "output_format", "prompt_upsampling",
                          "raw", "guidance", "steps", "image_prompt_strength"})
-_MAX_MP = 4 * 1024 * 1024
+# FLUX.2: multiples of 16, up to 4 MP.
+_FLUX2_PIXELS = PixelBox(multiple=16, min_side=64, max_side=4096, max_area=4 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,7 @@ class Family:
 
     by_ratio: bool
     image_fields: tuple[str, ...]
-    multiple: int = 16
-    min_side: int = 64
-    max_side: int = 4096
-    max_area: int = _MAX_MP
+    pixels: PixelBox = _FLUX2_PIXELS
     image_urls: bool = True  # whether references may be sent as URLs
 
 
@@ -77,8 +74,9 @@ def _inputs(count: int) -> tuple[str, ...]:
 FLUX2 = Family(by_ratio=False, image_fields=_inputs(8))
 KONTEXT = Family(by_ratio=True, image_fields=_inputs(4))
 ULTRA = Family(by_ratio=True, image_fields=("image_prompt",), image_urls=False)
-FLUX1 = Family(by_ratio=False, image_fields=("image_prompt",), multiple=32, min_side=256,
-               max_side=1440, max_area=1440 * 1440, image_urls=False)
+FLUX1 = Family(by_ratio=False, image_fields=("image_prompt",),
+               pixels=PixelBox(multiple=32, min_side=256, max_side=1440,
+                               max_area=1440 * 1440), image_urls=False)
 
 # By model name prefix, first match wins; unknown models are taken as FLUX.2.
 FAMILIES: tuple[tuple[str, Family], ...] = (
@@ -101,36 +99,26 @@ def pixel_size(request: GenerationRequest, family: Family) -> tuple[int, int] | 
     if request.size is None and ratio is None and request.resolution is None:
         return None
     if request.size is not None:
-        width, height = float(request.size[0]), float(request.size[1])
-    else:
-        # Not images.pixel_size: it clamps each side to 4096 on its own, which bends
-        # wide ratios at 4k; here the ratio is kept and the whole is scaled to fit.
-        r = images.parse_ratio(ratio) if ratio else None
-        area = float(images.RESOLUTIONS[request.resolution or "1k"] ** 2)
-        width, height = math.sqrt(area * (r or 1.0)), math.sqrt(area / (r or 1.0))
-    scale = min(1.0, family.max_side / max(width, height),
-                math.sqrt(family.max_area / (width * height)))
-    m = family.multiple
-
-    def fit(side: float) -> int:
-        return max(family.min_side, min(family.max_side // m * m, round(side * scale / m) * m))
-
-    return fit(width), fit(height)
+        return fit(*request.size, family.pixels)
+    # Not images.pixel_size: it clamps each side to 4096 on its own, which bends
+    # wide ratios at 4k; here the ratio is kept and the whole is scaled to fit.
+    r = images.parse_ratio(ratio) if ratio else None
+    return fit(*ratio_size(r or 1.0, request.resolution), family.pixels)
 
 
 def ratio_of(request: GenerationRequest) -> str | None:
     if request.aspect_ratio and request.aspect_ratio != "auto":
         return request.aspect_ratio
     if request.size is not None:
-        width, height = request.size
-        g = math.gcd(width, height)
-        return f"{width // g}:{height // g}"
+        return reduced_ratio(*request.size)
     return None
 
 
 class BflProvider(Provider):
     kind = "bfl"
     is_async = True
+    # ``{"detail": "..."}`` or 422 ``{"detail": [{"loc", "msg", "type"}]}``.
+    error_paths = ("detail",)
 
     def check(self, request: GenerationRequest, upstream_model: str,
               params: Mapping[str, Any]) -> None:
@@ -145,14 +133,10 @@ class BflProvider(Provider):
             raise Unsupported(f"{upstream_model} makes png or jpeg images, not "
                               f"{request.output_format!r}", param="output_format")
 
-    @property
-    def _headers(self) -> dict[str, str]:
-        return {"x-key": self.api_key}
-
     async def submit(self, call: Call) -> SubmitOutcome:
         self.check(call.request, call.upstream_model, call.params)
         body = await self._body(call)
-        url = f"{self.settings.base_url.rstrip('/')}/v1/{call.upstream_model}"
+        url = f"{self.base_url}/v1/{call.upstream_model}"
         seed = body.get("seed")
         bodies = [body if i == 0 or not isinstance(seed, int) else {**body, "seed": seed + i}
                   for i in range(call.request.n)]
@@ -183,10 +167,7 @@ class BflProvider(Provider):
         return base64.b64encode(data).decode("ascii")
 
     async def _submit_one(self, url: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        async with self.call("POST", url, json=body, headers=self._headers) as response:
-            if response.status >= 300:
-                raise self._error(response, await _body_of(response, MAX_ERROR_BODY))
-            data = await self.read_json(response)
+        data = await self.call_json("POST", url, json=body)
         task_id = data.get("id") if isinstance(data, dict) else None
         polling_url = data.get("polling_url") if isinstance(data, dict) else None
         if not isinstance(task_id, str) or not isinstance(polling_url, str):
@@ -219,12 +200,13 @@ class BflProvider(Provider):
 
     async def _poll_one(self, task: Mapping[str, Any]) -> dict[str, Any] | None:
         """The task's result once Ready, None while it is still pending."""
-        async with self.call("GET", task["polling_url"], headers=self._headers) as response:
-            body = await _body_of(response, self.settings.max_response_bytes)
+        async with self.call("GET", task["polling_url"]) as response:
+            answer = await read_answer(response, self.settings.max_response_bytes)
+            body = answer.json
             # A terminal status is believed whatever the HTTP status says.
             status = body.get("status") if isinstance(body, dict) else None
             if response.status >= 300 and status not in _FAILURES:
-                raise self._error(response, body)
+                raise self._error(response, answer)
             if not isinstance(status, str):
                 raise UpstreamError(f"{self.name}: unexpected polling response (HTTP "
                                     f"{response.status})", transient=True)
@@ -253,12 +235,15 @@ class BflProvider(Provider):
     async def cancel(self, handle: Handle) -> None:
         """BFL offers no way to cancel a generation task; it finishes and is billed."""
 
-    def _error(self, response: aiohttp.ClientResponse, body: Any) -> UpstreamError:
-        message = _detail_message(body) if isinstance(body, dict) else None
+    async def upstream_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
+        return self._error(response, await read_error(response))
+
+    def _error(self, response: aiohttp.ClientResponse, answer: Answer) -> UpstreamError:
+        message = message_at(answer.json, self.error_paths)
         if message is None:
             message = f"HTTP {response.status}"
-            if isinstance(body, str) and body.strip():
-                message += f": {' '.join(body.split())[:300]}"
+            if answer.snippet:
+                message += f": {answer.snippet}"
         return self.error_for(response, message, code=_CODES.get(response.status))
 
 
@@ -273,35 +258,6 @@ _FAILURES: Mapping[str, tuple[str, str]] = {
 }
 _CODES: Mapping[int, str] = {401: "upstream_auth", 403: "upstream_auth",
                              402: "upstream_credits", 422: "invalid_request"}
-
-
-async def _body_of(response: aiohttp.ClientResponse, limit: int) -> Any:
-    """The body as JSON when it is JSON, else as text (error pages from proxies);
-    empty text when it is longer than ``limit`` bytes."""
-    raw = await read_limited(response, limit)
-    if raw is None:
-        return ""
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return raw.decode("utf-8", "replace")
-
-
-def _detail_message(body: Mapping[str, Any]) -> str | None:
-    """BFL's ``{"detail": "..."}`` or 422 ``{"detail": [{"loc", "msg", "type"}]}``."""
-    detail = body.get("detail")
-    if isinstance(detail, str):
-        return detail
-    if isinstance(detail, list):
-        messages = []
-        for item in detail:
-            if not isinstance(item, dict):
-                continue
-            loc = ".".join(str(p) for p in item.get("loc") or () if p != "body")
-            msg = str(item.get("msg") or item.get("type") or "invalid")
-            messages.append(f"{loc}: {msg}" if loc else msg)
-        return "; ".join(messages) or None
-    return None
 
 
 def _details(details: Any) -> str:

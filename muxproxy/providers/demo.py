@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import math
 import random
 import textwrap
 from typing import Any
@@ -29,16 +30,37 @@ from muxproxy.providers.base import (
     Provider,
     SubmitOutcome,
     Submitted,
+    UpstreamError,
 )
-from muxproxy.providers.errors import UpstreamError
+from muxproxy.settings import ProviderSettings, SettingsError
 
 
 class DemoProvider(Provider):
     needs_key = False
     kind = "demo"
     is_async = True
+    option_names = frozenset({"delay_seconds", "failure_rate", "failure_kind", "async"})
     #: Submits seen, for tests and the curious.
     calls = 0
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        super().validate(settings)
+        where, options = f"providers.{settings.name}.options", settings.options
+        delay = _number(options.get("delay_seconds", 0))
+        if delay is None or delay < 0:
+            raise SettingsError(f"{where}.delay_seconds: expected a number of seconds >= 0, "
+                                f"got {options['delay_seconds']!r}")
+        rate = _number(options.get("failure_rate", 0))
+        if rate is None or not 0 <= rate <= 1:
+            raise SettingsError(f"{where}.failure_rate: expected a number from 0 to 1, "
+                                f"got {options['failure_rate']!r}")
+        if options.get("failure_kind", "permanent") not in ("permanent", "transient"):
+            raise SettingsError(f"{where}.failure_kind: expected 'permanent' or 'transient', "
+                                f"got {options['failure_kind']!r}")
+        if not isinstance(options.get("async", False), bool):
+            raise SettingsError(f"{where}.async: expected true or false, "
+                                f"got {options['async']!r}")
 
     @property
     def _delay(self) -> float:
@@ -70,6 +92,17 @@ class DemoProvider(Provider):
         rendered = await asyncio.to_thread(_render_all, spec)
         return Finished(images=tuple(ImageData(data, ctype) for data, ctype in rendered),
                         revised_prompt=spec["prompt"])
+
+
+def _number(value: Any) -> float | None:
+    """A finite number as ``float()`` reads it (a ``${VAR}`` gives a string), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _spec(call: Call) -> dict[str, Any]:

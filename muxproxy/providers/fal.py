@@ -29,8 +29,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import aiohttp
-
 from muxproxy import images
 from muxproxy.generation import GenerationRequest
 from muxproxy.pricing import resolution_of
@@ -44,17 +42,13 @@ from muxproxy.providers.base import (
     Running,
     SubmitOutcome,
     Submitted,
+    Unsupported,
+    UpstreamError,
+    ok,
 )
-from muxproxy.providers.errors import Unsupported, UpstreamError
-from muxproxy.providers.payloads import (
-    as_dict,
-    error_body,
-    nearest_ratio,
-    reference_url,
-    unexpected,
-)
+from muxproxy.providers.payloads import as_dict, reference_url, unexpected
+from muxproxy.providers.sizes import nearest_ratio
 
-DEFAULT_BASE_URL = "https://queue.fal.run"
 RUNNING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
 FLUX_PRESETS: Mapping[str, str] = {
     "1:1": "square_hd", "4:3": "landscape_4_3", "16:9": "landscape_16_9",
@@ -114,14 +108,8 @@ class Plan:
 class FalProvider(Provider):
     kind = "fal"
     is_async = True
-
-    @property
-    def base_url(self) -> str:
-        return (self.settings.base_url or DEFAULT_BASE_URL).rstrip("/")
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Key {self.api_key}"}
+    # ``{"detail": "..."}``, or on 422 a list of ``{loc, msg, type}``.
+    error_paths = ("detail",)
 
     def check(self, request: GenerationRequest, upstream_model: str,
               params: Mapping[str, Any]) -> None:
@@ -135,11 +123,8 @@ class FalProvider(Provider):
             urls = [await reference_url(self, ref) for ref in call.images]
             body[target.image_field] = urls[0] if target.image_field == "image_url" else urls
         body.update(call.params)
-        async with self.call("POST", f"{self.base_url}/{target.app.id}", json=body,
-                             headers=self.headers) as response:
-            if not _ok(response):
-                raise await self._error(response)
-            data = as_dict(await self.read_json(response))
+        data = as_dict(await self.call_json("POST", f"{self.base_url}/{target.app.id}",
+                                            json=body))
         request_id = data.get("request_id")
         if not isinstance(request_id, str) or not request_id:
             raise unexpected(self, "no request_id")
@@ -151,10 +136,7 @@ class FalProvider(Provider):
     async def poll(self, handle: Handle) -> PollOutcome:
         urls = self._urls(handle)
         # While queued fal may answer 202 rather than 200: any 2xx carries a status.
-        async with self.call("GET", urls["status_url"], headers=self.headers) as response:
-            if not _ok(response):
-                raise await self._error(response)
-            status = as_dict(await self.read_json(response))
+        status = as_dict(await self.call_json("GET", urls["status_url"]))
         state = status.get("status")
         if state in RUNNING:
             return Running()
@@ -166,17 +148,13 @@ class FalProvider(Provider):
             raise UpstreamError(f"{self.name}: {error}", transient=False,
                                 code=error_type if isinstance(error_type, str)
                                 else "generation_failed")
-        async with self.call("GET", urls["response_url"], headers=self.headers) as response:
-            if not _ok(response):
-                raise await self._error(response)
-            return self._finished(as_dict(await self.read_json(response)))
+        return self._finished(as_dict(await self.call_json("GET", urls["response_url"])))
 
     async def cancel(self, handle: Handle) -> None:
-        async with self.call("PUT", self._urls(handle)["cancel_url"],
-                             headers=self.headers) as response:
+        async with self.call("PUT", self._urls(handle)["cancel_url"]) as response:
             # 400 means the request already finished: nothing left to stop.
-            if not _ok(response) and response.status != 400:
-                raise await self._error(response)
+            if not ok(response) and response.status != 400:
+                raise await self.upstream_error(response)
 
     def _finished(self, result: dict[str, Any]) -> Finished:
         raw = result.get("images")
@@ -197,9 +175,6 @@ class FalProvider(Provider):
                                 transient=False,
                                 code="content_filtered" if any(flagged) else "no_image")
         return Finished(images=links, revised_prompt=description)
-
-    async def _error(self, response: aiohttp.ClientResponse) -> UpstreamError:
-        return self.error_for(response, _detail(await error_body(response)))
 
     def _fallback_urls(self, app: App, request_id: str) -> dict[str, str]:
         base = f"{self.base_url}/{app.root}/requests/{request_id}"
@@ -268,23 +243,3 @@ def _banana_size(request: GenerationRequest, app: App) -> dict[str, Any]:
     elif request.resolution not in (None, "1k"):
         raise Unsupported(f"fal app {app.id} makes 1K images only", param="resolution")
     return out
-
-
-def _ok(response: aiohttp.ClientResponse) -> bool:
-    return 200 <= response.status < 300
-
-
-def _detail(body: Any) -> str:
-    """fal's error text: ``{"detail": "..."}`` or, on 422, a list of ``{loc, msg, type}``."""
-    detail = as_dict(body).get("detail")
-    if isinstance(detail, str):
-        return detail
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            entry = as_dict(item)
-            loc = ".".join(str(p) for p in entry.get("loc", []) if p != "body")
-            msg = str(entry.get("msg", "invalid input"))
-            parts.append(f"{loc}: {msg}" if loc else msg)
-        return "; ".join(parts)
-    return ""

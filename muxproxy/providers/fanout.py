@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from muxproxy.providers.errors import UpstreamError
+from muxproxy.providers.base import UpstreamError
 
 T = TypeVar("T")
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,21 +31,22 @@ import aiohttp
 
 from muxproxy.generation import GenerationRequest
 from muxproxy.providers.base import (
-    MAX_ERROR_BODY,
     Call,
     Finished,
     ImageData,
     Provider,
     SubmitOutcome,
-    read_limited,
+    Unsupported,
+    UpstreamError,
 )
-from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.providers.fanout import all_or_nothing
+from muxproxy.providers.payloads import as_dict
+from muxproxy.providers.sizes import nearest_ratio, nearest_resolution
+from muxproxy.providers.wire import clip, read_error
 
 ASPECT_RATIOS: tuple[str, ...] = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16",
                                   "16:9", "21:9")
 IMAGE_SIZES: Mapping[str, str] = {"1k": "1K", "2k": "2K", "4k": "4K"}
-_SIDES: Mapping[str, int] = {"1k": 1024, "2k": 2048, "4k": 4096}
 
 # Why a candidate came back without an image, in words a client can act on.
 FINISH_REASONS: Mapping[str, str] = {
@@ -89,22 +88,11 @@ def limits_for(model: str) -> ModelLimits:
     return MODELS[max(matches, key=len)] if matches else DEFAULT_LIMITS
 
 
-def nearest_aspect_ratio(width: int, height: int, choices: tuple[str, ...]) -> str:
-    """The supported ratio closest to ``width:height`` (compared on a log scale)."""
-    target = math.log(width / height)
-
-    def distance(ratio: str) -> float:
-        w, h = ratio.split(":")
-        return abs(math.log(float(w) / float(h)) - target)
-
-    return min(choices, key=distance)
-
-
 def aspect_ratio_for(request: GenerationRequest, limits: ModelLimits) -> str | None:
     if request.aspect_ratio and request.aspect_ratio != "auto":
         return request.aspect_ratio
     if request.size is not None:
-        return nearest_aspect_ratio(*request.size, limits.aspect_ratios)
+        return nearest_ratio(*request.size, limits.aspect_ratios)
     return None
 
 
@@ -116,9 +104,7 @@ def image_size_for(request: GenerationRequest, limits: ModelLimits) -> str | Non
     if request.resolution:
         return IMAGE_SIZES[request.resolution]
     if request.size is not None:
-        area = math.log(request.size[0] * request.size[1])
-        best = min(limits.resolutions, key=lambda r: abs(math.log(_SIDES[r] ** 2) - area))
-        return IMAGE_SIZES[best]
+        return IMAGE_SIZES[nearest_resolution(*request.size, limits.resolutions)]
     return None
 
 
@@ -149,7 +135,7 @@ class GeminiProvider(Provider):
     async def submit(self, call: Call) -> SubmitOutcome:
         self.check(call.request, call.upstream_model, call.params)
         body = await self._body(call)
-        url = f"{self.settings.base_url.rstrip('/')}/models/{call.upstream_model}:generateContent"
+        url = f"{self.base_url}/models/{call.upstream_model}:generateContent"
         results = await all_or_nothing([self._generate(url, body)
                                         for _ in range(call.request.n)])
         texts = [text for _, text in results if text]
@@ -179,12 +165,7 @@ class GeminiProvider(Provider):
         return body
 
     async def _generate(self, url: str, body: dict[str, Any]) -> tuple[ImageData, str | None]:
-        headers = {"x-goog-api-key": self.api_key}
-        async with self.call("POST", url, json=body, headers=headers) as response:
-            if response.status >= 300:
-                raise await self._error(response)
-            data = await self.read_json(response)
-        return self.parse(data)
+        return self.parse(await self.call_json("POST", url, json=body))
 
     def parse(self, data: Any) -> tuple[ImageData, str | None]:
         """The result image and the model's text from a 200 answer, or why there is none."""
@@ -226,20 +207,17 @@ class GeminiProvider(Provider):
         message = f"{self.name}: no image: {why} (finishReason {reason})"
         said = candidate.get("finishMessage") or text
         if said:
-            message += f"; Gemini said: {_clip(said)}"
+            message += f"; Gemini said: {clip(said)}"
         return UpstreamError(message, transient=False,
                              code="content_blocked" if reason in _MODERATION else "no_image")
 
-    async def _error(self, response: aiohttp.ClientResponse) -> UpstreamError:
+    async def upstream_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
         """Gemini's ``{"error": {"code", "message", "status", "details"}}`` classified by
         HTTP status; a RetryInfo ``retryDelay`` stands in for a missing Retry-After."""
-        raw = await read_limited(response, MAX_ERROR_BODY) or b""
-        try:
-            error = json.loads(raw).get("error")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            error = None
+        body = await read_error(response)
+        error = as_dict(body.json).get("error")
         if not isinstance(error, dict):
-            snippet = _clip(raw.decode("utf-8", "replace")) if raw else ""
+            snippet = body.snippet
             return self.error_for(response, f"HTTP {response.status}"
                                   + (f": {snippet}" if snippet else ""))
         status = error.get("status")
@@ -258,8 +236,3 @@ def _retry_delay(details: Any) -> float | None:
             if match:
                 return float(match.group(1))
     return None
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"

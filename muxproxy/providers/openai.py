@@ -18,21 +18,24 @@ the low tier, hd the high one). A model not in the table gets no rules.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from muxproxy import images
 from muxproxy.generation import GenerationRequest
-from muxproxy.providers.errors import Unsupported
+from muxproxy.providers.base import Unsupported
 from muxproxy.providers.openai_compatible import (
     OpenAICompatibleProvider,
     options,
     require_image_for_mask,
 )
+from muxproxy.providers.sizes import PixelBox, fit, nearest_size, ratio_size
 
 MAX_EDGE, MAX_PIXELS, MAX_RATIO = 3840, 3840 * 2160, 3.0
+# gpt-image-2's free sizes, rounded down so that they never pass its limits.
+FREE_SIZES = PixelBox(multiple=16, min_side=16, max_side=MAX_EDGE, max_area=MAX_PIXELS,
+                      round_down=True)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,6 @@ def family_of(model: str) -> Family | None:
 class OpenAIProvider(OpenAICompatibleProvider):
     kind = "openai"
     needs_key = True
-    default_base_url = "https://api.openai.com/v1"
 
     def fields(self, request: GenerationRequest, model: str,
                params: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,18 +197,12 @@ def _size(family: Family, model: str, request: GenerationRequest) -> str | None:
 
 def _nearest(sizes: tuple[tuple[int, int], ...], ratio: float, model: str,
              ratio_name: str) -> tuple[int, int]:
-    """The size closest in ratio among those of the same orientation, largest first."""
-    same = [s for s in sizes if _orientation(s[0] / s[1]) == _orientation(ratio)]
-    if not same:
+    size = nearest_size(sizes, ratio)
+    if size is None:
         raise Unsupported(f"{model} has no size for aspect ratio {ratio_name} "
                           f"(sizes: {', '.join(f'{w}x{h}' for w, h in sizes)})",
                           param="aspect_ratio")
-    return min(same, key=lambda s: (abs(math.log(s[0] / s[1] / ratio)), -s[0] * s[1]))
-
-
-def _orientation(ratio: float) -> int:
-    log = math.log(ratio)
-    return 0 if abs(log) < 0.05 else 1 if log > 0 else -1
+    return size
 
 
 def _free_size(model: str, ratio: float, resolution: str | None,
@@ -214,15 +210,7 @@ def _free_size(model: str, ratio: float, resolution: str | None,
     if not 1 / MAX_RATIO <= ratio <= MAX_RATIO:
         raise Unsupported(f"{model} supports aspect ratios from 1:3 to 3:1, not {ratio_name}",
                           param="aspect_ratio")
-    side = images.RESOLUTIONS.get(resolution or "1k", 1024)
-    area = min(side * side, MAX_PIXELS)
-    width, height = math.sqrt(area * ratio), math.sqrt(area / ratio)
-    scale = min(1.0, MAX_EDGE / max(width, height))
-    return _floor16(width * scale), _floor16(height * scale)
-
-
-def _floor16(value: float) -> int:
-    return max(16, int(value + 1e-6) // 16 * 16)
+    return fit(*ratio_size(ratio, resolution), FREE_SIZES)
 
 
 def _check_free_size(model: str, width: int, height: int) -> None:

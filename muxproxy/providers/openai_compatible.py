@@ -16,12 +16,11 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import aiohttp
 
 from muxproxy import images
-from muxproxy.clock import Clock
 from muxproxy.generation import GenerationRequest
 from muxproxy.providers.base import (
     Call,
@@ -31,10 +30,10 @@ from muxproxy.providers.base import (
     Output,
     Provider,
     SubmitOutcome,
-    retry_after,
+    Unsupported,
+    UpstreamError,
 )
-from muxproxy.providers.errors import Unsupported, UpstreamError
-from muxproxy.settings import ProviderSettings, SettingsError
+from muxproxy.providers.wire import message_at, read_error
 
 # Options a client may set through ``request.extra``; route params may set them too
 # (and win, being the operator's fixed choice).
@@ -42,23 +41,16 @@ OPTIONS = frozenset({"style", "background", "user", "moderation", "output_compre
                      "input_fidelity", "response_format"})
 # Fields the adapter owns; a route param cannot replace them.
 RESERVED = frozenset({"model", "prompt", "image", "image[]", "images", "mask", "stream"})
-# Enough of an error body to find the message; the rest is not read.
-MAX_ERROR_BODY = 64 * 1024
+# Where these APIs put the message and the code: ``{"error": {"message", "code"}}``,
+# ``{"code", "error": "..."}`` (xAI), a plain ``{"message"}`` or ``{"detail"}``.
+MESSAGE_PATHS = ("error.message", "error", "message", "detail")
+CODE_PATHS = ("error.code", "code")
 
 
 class OpenAICompatibleProvider(Provider):
     needs_key = False
     kind = "openai-compatible"
-    #: Used when the provider's ``base_url`` is not configured.
-    default_base_url: ClassVar[str] = ""
-
-    def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
-                 clock: Clock) -> None:
-        super().__init__(settings, http, clock)
-        self.base_url = (settings.base_url or self.default_base_url).rstrip("/")
-        if not self.base_url:
-            raise SettingsError(f"providers.{settings.name}.base_url: required for kind "
-                                f"{self.kind!r}")
+    error_paths = MESSAGE_PATHS
 
     def check(self, request: GenerationRequest, upstream_model: str,
               params: Mapping[str, Any]) -> None:
@@ -91,14 +83,7 @@ class OpenAICompatibleProvider(Provider):
         else:
             url = f"{self.base_url}/images/generations"
             payload = {"json": body}
-        async with self.call("POST", url, headers=self.auth_headers(), **payload) as response:
-            if not 200 <= response.status < 300:
-                raise await self.upstream_error(response)
-            result = await self.read_json(response)
-        return self.finished(result)
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return self.finished(await self.call_json("POST", url, **payload))
 
     async def edit_payload(self, call: Call, body: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the edits request: OpenAI's multipart form.
@@ -127,9 +112,9 @@ class OpenAICompatibleProvider(Provider):
         the status, ``x-should-retry`` overrides the status (as the OpenAI SDK obeys
         it), and ``retry-after-ms`` is preferred to ``Retry-After``.
         """
-        message, code = error_details(await _error_body(response))
-        blocked = code == "moderation_blocked"
-        error = self.error_for(response, message or f"HTTP {response.status}",
+        body = (await read_error(response)).json
+        blocked = message_at(body, CODE_PATHS) == "moderation_blocked"
+        error = self.error_for(response, message_at(body, self.error_paths) or "",
                                code="moderation_blocked" if blocked else None)
         override = {"false": False, "true": True}.get(response.headers.get("x-should-retry", ""))
         transient = False if blocked else error.transient if override is None else override
@@ -137,7 +122,7 @@ class OpenAICompatibleProvider(Provider):
             error = UpstreamError(error.message, transient=transient, status=error.status,
                                   retry_after=error.retry_after,
                                   code="moderation_blocked" if blocked else None)
-        retry_ms = retry_after(response.headers.get("retry-after-ms"))
+        retry_ms = self.retry_after(response, "retry-after-ms")
         if retry_ms is not None:
             error.retry_after = retry_ms / 1000
         return error
@@ -147,7 +132,7 @@ class OpenAICompatibleProvider(Provider):
         items = result.get("data") if isinstance(result, dict) else None
         if not isinstance(items, list):
             # Some compatible servers answer 200 with an error body.
-            message, _ = error_details(result)
+            message = message_at(result, self.error_paths)
             raise UpstreamError(f"{self.name}: {message or 'response without a data list'}",
                                 transient=False, code="upstream_error")
         outputs: list[Output] = []
@@ -194,33 +179,3 @@ def form_value(value: Any) -> str:
     if isinstance(value, int | float):
         return str(value)
     return json.dumps(value)
-
-
-async def _error_body(response: aiohttp.ClientResponse) -> Any:
-    """The error body as JSON, or None (HTML from a proxy, a cut connection...)."""
-    raw = bytearray()
-    try:
-        async for chunk in response.content.iter_chunked(16 * 1024):
-            raw += chunk
-            if len(raw) > MAX_ERROR_BODY:
-                return None
-        return json.loads(raw)
-    except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError):
-        return None
-
-
-def error_details(body: Any) -> tuple[str | None, str | None]:
-    """(message, code) from the error bodies these APIs send:
-    ``{"error": {"message", "code", ...}}``, ``{"code", "error": "..."}``
-    (xAI), and the plain ``{"message"}`` / ``{"detail"}`` of other servers."""
-    if not isinstance(body, dict):
-        return None, None
-    error = body.get("error")
-    if isinstance(error, dict):
-        message, code = error.get("message"), error.get("code")
-    elif isinstance(error, str):
-        message, code = error, body.get("code")
-    else:
-        message, code = body.get("message", body.get("detail")), body.get("code")
-    return (message if isinstance(message, str) and message else None,
-            code if isinstance(code, str) else None)

@@ -39,18 +39,14 @@ from muxproxy.providers.base import (
     Running,
     SubmitOutcome,
     Submitted,
+    Unsupported,
+    UpstreamError,
+    ok,
 )
-from muxproxy.providers.errors import Unsupported, UpstreamError
-from muxproxy.providers.payloads import (
-    as_dict,
-    error_body,
-    nearest_ratio,
-    reference_url,
-    unexpected,
-)
+from muxproxy.providers.payloads import as_dict, reference_url, unexpected
+from muxproxy.providers.sizes import nearest_ratio
 from muxproxy.settings import ProviderSettings, SettingsError
 
-DEFAULT_BASE_URL = "https://api.replicate.com/v1"
 RUNNING = frozenset({"starting", "processing"})
 RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
 CUSTOM_SIZE = range(256, 1441)
@@ -78,24 +74,23 @@ def dialect(model: str) -> Dialect:
 class ReplicateProvider(Provider):
     kind = "replicate"
     is_async = True
+    # RFC 7807: {"type", "title", "status", "detail"}
+    error_paths = ("detail", "title")
+    option_names = frozenset({"wait_seconds"})
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        super().validate(settings)
+        wait = settings.options.get("wait_seconds", 0)
+        if isinstance(wait, bool) or not isinstance(wait, int) or \
+                not 0 <= wait <= MAX_WAIT_SECONDS:
+            raise SettingsError(f"providers.{settings.name}.options.wait_seconds: a whole "
+                                f"number of seconds, 0 (off) to {MAX_WAIT_SECONDS}")
 
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:
         super().__init__(settings, http, clock)
-        wait = self.settings.options.get("wait_seconds", 0)
-        if isinstance(wait, bool) or not isinstance(wait, int) or \
-                not 0 <= wait <= MAX_WAIT_SECONDS:
-            raise SettingsError(f"providers.{self.name}.options.wait_seconds: a whole number "
-                                f"of seconds, 0 (off) to {MAX_WAIT_SECONDS}")
-        self.wait_seconds = wait
-
-    @property
-    def base_url(self) -> str:
-        return (self.settings.base_url or DEFAULT_BASE_URL).rstrip("/")
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
+        self.wait_seconds: int = settings.options.get("wait_seconds", 0)
 
     def check(self, request: GenerationRequest, upstream_model: str,
               params: Mapping[str, Any]) -> None:
@@ -113,13 +108,8 @@ class ReplicateProvider(Provider):
             url, payload = f"{self.base_url}/predictions", {"version": version, "input": body}
         else:
             url, payload = f"{self.base_url}/models/{model}/predictions", {"input": body}
-        headers = self.headers
-        if self.wait_seconds:
-            headers["Prefer"] = f"wait={self.wait_seconds}"
-        async with self.call("POST", url, json=payload, headers=headers) as response:
-            if not _ok(response):
-                raise await self._error(response)
-            prediction = as_dict(await self.read_json(response))
+        headers = {"Prefer": f"wait={self.wait_seconds}"} if self.wait_seconds else {}
+        prediction = as_dict(await self.call_json("POST", url, json=payload, headers=headers))
         prediction_id = prediction.get("id")
         if not isinstance(prediction_id, str) or not prediction_id:
             raise unexpected(self, "no prediction id")
@@ -131,17 +121,12 @@ class ReplicateProvider(Provider):
         return Submitted(upstream_id=prediction_id, state=state)
 
     async def poll(self, handle: Handle) -> PollOutcome:
-        url = self._url(handle, "get")
-        async with self.call("GET", url, headers=self.headers) as response:
-            if not _ok(response):
-                raise await self._error(response)
-            return self._outcome(as_dict(await self.read_json(response)))
+        return self._outcome(as_dict(await self.call_json("GET", self._url(handle, "get"))))
 
     async def cancel(self, handle: Handle) -> None:
-        async with self.call("POST", self._url(handle, "cancel"),
-                             headers=self.headers) as response:
-            if not _ok(response):
-                raise await self._error(response)
+        async with self.call("POST", self._url(handle, "cancel")) as response:
+            if not ok(response):
+                raise await self.upstream_error(response)
 
     def _outcome(self, prediction: dict[str, Any]) -> Finished | Running:
         status = prediction.get("status")
@@ -167,11 +152,6 @@ class ReplicateProvider(Provider):
         base = f"{self.base_url}/predictions/{handle.upstream_id}"
         return base if which == "get" else f"{base}/{which}"
 
-    async def _error(self, response: aiohttp.ClientResponse) -> UpstreamError:
-        # RFC 7807: {"type", "title", "status", "detail"}
-        body = as_dict(await error_body(response))
-        message = body.get("detail") or body.get("title") or ""
-        return self.error_for(response, str(message))
 
 
 def build_input(request: GenerationRequest, model: str) -> dict[str, Any]:
@@ -209,7 +189,3 @@ def build_input(request: GenerationRequest, model: str) -> dict[str, Any]:
     if isinstance(seed, int) and not isinstance(seed, bool):
         body["seed"] = seed
     return body
-
-
-def _ok(response: aiohttp.ClientResponse) -> bool:
-    return 200 <= response.status < 300

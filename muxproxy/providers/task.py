@@ -39,9 +39,9 @@ from muxproxy.providers.base import (
     Running,
     SubmitOutcome,
     Submitted,
+    UpstreamError,
 )
-from muxproxy.providers.errors import UpstreamError
-from muxproxy.providers.payloads import as_dict, data_uri, error_body, unexpected
+from muxproxy.providers.payloads import as_dict, data_uri, unexpected
 from muxproxy.settings import ProviderSettings, SettingsError
 
 PATH = "/api/v1/images/generations"
@@ -51,23 +51,25 @@ RUNNING = frozenset({"pending", "processing"})
 class TaskProvider(Provider):
     kind = "task"
     is_async = True
+    error_paths = ("msg",)
+    option_names = frozenset({"base64_list"})
+
+    @classmethod
+    def validate(cls, settings: ProviderSettings) -> None:
+        super().validate(settings)
+        if not isinstance(settings.options.get("base64_list", False), bool):
+            raise SettingsError(f"providers.{settings.name}.options.base64_list: expected "
+                                f"true or false, got {settings.options['base64_list']!r}")
 
     def __init__(self, settings: ProviderSettings, http: aiohttp.ClientSession,
                  clock: Clock) -> None:
         super().__init__(settings, http, clock)
-        if not settings.base_url:
-            raise SettingsError(f"providers.{settings.name}.base_url: required for kind 'task'")
-        self.url = settings.base_url.rstrip("/") + PATH
+        self.url = self.base_url + PATH
         self.base64_list = bool(settings.options.get("base64_list", False))
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
 
     async def submit(self, call: Call) -> SubmitOutcome:
         body = await self._body(call)
-        async with self.call("POST", self.url, json=body, headers=self.headers) as response:
-            data = await self._data(response)
+        data = self._data(await self.call_json("POST", self.url, json=body))
         task_id = data.get("taskId")
         if not isinstance(task_id, str) or not task_id:
             raise unexpected(self, "no taskId")
@@ -77,9 +79,8 @@ class TaskProvider(Provider):
         return Submitted(upstream_id=task_id)
 
     async def poll(self, handle: Handle) -> PollOutcome:
-        async with self.call("GET", self.url, params={"task_id": handle.upstream_id},
-                             headers=self.headers) as response:
-            return self._outcome(await self._data(response))
+        envelope = await self.call_json("GET", self.url, params={"task_id": handle.upstream_id})
+        return self._outcome(self._data(envelope))
 
     async def _body(self, call: Call) -> dict[str, Any]:
         request = call.request
@@ -110,11 +111,10 @@ class TaskProvider(Provider):
         body.update(call.params)
         return body
 
-    async def _data(self, response: aiohttp.ClientResponse) -> dict[str, Any]:
-        if not 200 <= response.status < 300:
-            body = as_dict(await error_body(response))
-            raise self.error_for(response, str(body.get("msg") or ""))
-        envelope = as_dict(await self.read_json(response))
+    def _data(self, answer: Any) -> dict[str, Any]:
+        """The ``data`` of a 2xx ``{code, msg, data}`` answer, whose own ``code`` may
+        still say it failed."""
+        envelope = as_dict(answer)
         code = envelope.get("code")
         if isinstance(code, int) and not isinstance(code, bool) and code >= 400:
             raise UpstreamError(f"{self.name}: {envelope.get('msg') or f'error {code}'}",

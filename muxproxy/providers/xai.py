@@ -15,21 +15,19 @@
 
 from __future__ import annotations
 
-import base64
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from muxproxy import images
 from muxproxy.generation import GenerationRequest
 from muxproxy.pricing import resolution_of
-from muxproxy.providers.base import Call, Reference
-from muxproxy.providers.errors import Unsupported
+from muxproxy.providers.base import Call, Reference, Unsupported
 from muxproxy.providers.openai_compatible import (
     OpenAICompatibleProvider,
     options,
     require_image_for_mask,
 )
+from muxproxy.providers.payloads import data_uri
+from muxproxy.providers.sizes import nearest_ratio
 
 ASPECT_RATIOS = ("1:1", "3:4", "4:3", "9:16", "16:9", "2:3", "3:2", "1:2", "2:1", "9:19.5",
                  "19.5:9", "9:20", "20:9")
@@ -44,7 +42,6 @@ OPTIONS: Mapping[str, frozenset[str] | None] = {
 class XAIProvider(OpenAICompatibleProvider):
     kind = "xai"
     needs_key = True
-    default_base_url = "https://api.x.ai/v1"
 
     def fields(self, request: GenerationRequest, model: str,
                params: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,9 +91,7 @@ class XAIProvider(OpenAICompatibleProvider):
     async def _image_url(self, ref: Reference) -> dict[str, str]:
         if ref.url is not None and ref.url.startswith("https://"):
             return {"url": ref.url, "type": "image_url"}
-        data, content_type = await self.reference_bytes(ref)
-        encoded = base64.b64encode(data).decode("ascii")
-        return {"url": f"data:{content_type};base64,{encoded}", "type": "image_url"}
+        return {"url": data_uri(*await self.reference_bytes(ref)), "type": "image_url"}
 
 
 def _aspect_ratio(request: GenerationRequest) -> str | None:
@@ -108,11 +103,4 @@ def _aspect_ratio(request: GenerationRequest) -> str | None:
                           f"not {name}", param="aspect_ratio")
     if request.size is None:
         return None
-    width, height = request.size
-    return min(ASPECT_RATIOS, key=lambda r: abs(math.log(_ratio(r) * height / width)))
-
-
-def _ratio(name: str) -> float:
-    ratio = images.parse_ratio(name)
-    assert ratio is not None
-    return ratio
+    return nearest_ratio(*request.size, ASPECT_RATIOS)

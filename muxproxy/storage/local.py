@@ -6,39 +6,57 @@ names a key before its put() has returned (and keys are never reused). The
 folders (one a day, see :func:`~muxproxy.storage.base.blob_key`) are made once
 and remembered; each is checked, when first used, not to lead out of the root.
 
-Files are not fsynced one by one: that took 1-4 ms per image on the benchmark
-machine, on the path of every job, and the job table itself runs with SQLite's
-``synchronous = NORMAL`` (a power cut may lose the last moments of work). The
-same holds here: after a power cut the newest images may be missing or empty,
-and the operating system's writeback makes them durable within seconds otherwise.
+Files are not fsynced one by one: that cost milliseconds per image on the path of
+every job, and the job table itself runs with SQLite's ``synchronous = NORMAL`` (a
+power cut may lose the last moments of work). The same holds here: after a power
+cut the newest images may be missing or empty, and the operating system's
+writeback makes them durable within seconds otherwise.
 
-The blobs written last (up to ``RECENT_BYTES``) stay in memory too: a result is
-usually read back the moment its job completes (the OpenAI surface answers with
-its base64), and blobs are never rewritten under the same key.
+The content type is not kept: the gateway's keys name it by their extension.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
-from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from pathlib import Path
+from stat import S_ISREG
+from typing import Any, TypeVar
 
-from muxproxy.storage.base import BlobNotFound, BlobStorage, check_key
+from muxproxy.settings import SettingsError, file_path
+from muxproxy.storage.base import (
+    CHUNK_BYTES,
+    BlobInfo,
+    BlobNotFound,
+    BlobStorage,
+    check_key,
+    content_type_of,
+)
 
-RECENT_BYTES = 16 * 1024 * 1024
+T = TypeVar("T")
 # The last component may not be a symlink; the folders above it are checked once.
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_CLOEXEC
 
 
 class LocalStorage(BlobStorage):
-    def __init__(self, root: str | Path, recent_bytes: int = RECENT_BYTES) -> None:
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        if not url.startswith("file://") or not url.removeprefix("file://").strip("/"):
+            raise SettingsError("storage.url: expected file://relative/folder or "
+                                "file:///absolute/folder")
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStorage:
+        cls.check_url(url)
+        return cls(file_path(url))
+
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.recent_bytes = recent_bytes
-        self._recent: OrderedDict[str, bytes] = OrderedDict()
-        self._recent_size = 0
         self._folders: dict[str, str] = {}  # folder key -> its checked path
 
     def _path(self, key: str) -> Path:
@@ -49,27 +67,41 @@ class LocalStorage(BlobStorage):
         return path
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
+        # The whole blob in one thread hop: the path of every result image.
         check_key(key)
         await asyncio.to_thread(self._put, key, data)
-        self._remember(key, data)
 
     def _put(self, key: str, data: bytes) -> None:
-        folder, _, name = key.rpartition("/")
+        fd = self._create(key)
         try:
-            fd = os.open(f"{self._folder(folder, key)}/{name}", _CREATE, 0o644)
-        except FileNotFoundError:
-            # delete() removed the folder when it was left empty: make it again.
-            self._folders.pop(folder, None)
-            fd = os.open(f"{self._folder(folder, key)}/{name}", _CREATE, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
         except BaseException:
             os.close(fd)
             Path(self.root, key).unlink(missing_ok=True)
             raise
         os.close(fd)
+
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes],
+                         content_type: str) -> None:
+        check_key(key)
+        file = _ThreadFile()
+        try:
+            await file.run(lambda: file.opened(self._create(key)))
+            async for chunk in chunks:
+                await file.run(functools.partial(_write_all, file.fd, chunk))
+        except BaseException:
+            file.close(then=lambda: Path(self.root, key).unlink(missing_ok=True))
+            raise
+        file.close()
+
+    def _create(self, key: str) -> int:
+        folder, _, name = key.rpartition("/")
+        try:
+            return os.open(f"{self._folder(folder, key)}/{name}", _CREATE, 0o644)
+        except FileNotFoundError:
+            # delete() removed the folder when it was left empty: make it again.
+            self._folders.pop(folder, None)
+            return os.open(f"{self._folder(folder, key)}/{name}", _CREATE, 0o644)
 
     def _folder(self, folder: str, key: str) -> str:
         """The folder's path, made and checked the first time it is used."""
@@ -83,43 +115,55 @@ class LocalStorage(BlobStorage):
             known = self._folders[folder] = str(path)
         return known
 
-    def _remember(self, key: str, data: bytes) -> None:
-        if len(data) > self.recent_bytes // 4:
-            return
-        old = self._recent.pop(key, None)
-        if old is not None:
-            self._recent_size -= len(old)
-        self._recent[key] = data
-        self._recent_size += len(data)
-        while self._recent_size > self.recent_bytes:
-            _, dropped = self._recent.popitem(last=False)
-            self._recent_size -= len(dropped)
-
-    def _still_there(self, key: str) -> bool:
-        # One stat (microseconds), cheaper than a thread hop.
-        return os.path.isfile(f"{self.root}/{key}")
-
     async def get(self, key: str) -> bytes:
-        recent = self._recent.get(key)
-        # The copy in memory only saves a read: the file stays the truth, so a blob
-        # removed from the folder is gone here too. (The key was checked at put.)
-        if recent is not None and self._still_there(key):
-            return recent
         try:
             return await asyncio.to_thread(lambda: self._path(key).read_bytes())
         except (FileNotFoundError, IsADirectoryError):
             raise BlobNotFound(key) from None
 
+    async def open_read(self, key: str, start: int = 0, end: int | None = None
+                        ) -> AsyncGenerator[bytes, None]:
+        path = self._path(key)
+        file = _ThreadFile()
+        try:
+            try:
+                size = await file.run(functools.partial(_open_file, file, path))
+            except (FileNotFoundError, IsADirectoryError):
+                raise BlobNotFound(key) from None
+            offset, stop = start, size if end is None else min(end, size)
+            while offset < stop:
+                wanted = min(CHUNK_BYTES, stop - offset)
+                chunk = await file.run(functools.partial(os.pread, file.fd, wanted, offset))
+                if not chunk:
+                    break  # cut short since it was opened
+                offset += len(chunk)
+                yield chunk
+        finally:
+            file.close()
+
+    async def stat(self, key: str) -> BlobInfo:
+        try:
+            result = os.stat(self._path(key))
+        except FileNotFoundError:
+            raise BlobNotFound(key) from None
+        if not S_ISREG(result.st_mode):
+            raise BlobNotFound(key)
+        return BlobInfo(size=result.st_size, content_type=content_type_of(key))
+
     async def exists(self, key: str) -> bool:
         try:
+            check_key(key)
+            # A folder this store made and checked needs one lstat (the cache of the
+            # blobs written last asks on every read back); anything else is resolved.
+            folder, _, name = key.rpartition("/")
+            known = self._folders.get(folder)
+            if known is not None and S_ISREG(_mode(f"{known}/{name}")):
+                return True
             return self._path(key).is_file()
         except BlobNotFound:
             return False
 
     async def delete(self, key: str) -> None:
-        dropped = self._recent.pop(key, None)
-        if dropped is not None:
-            self._recent_size -= len(dropped)
         await asyncio.to_thread(self._delete, self._path(key))
 
     def _delete(self, path: Path) -> None:
@@ -133,3 +177,71 @@ class LocalStorage(BlobStorage):
     def local_path(self, key: str) -> str | None:
         path = self._path(key)
         return str(path) if path.is_file() else None
+
+
+def _open_file(file: _ThreadFile, path: Path) -> int:
+    """Open a regular file for reading; its size."""
+    result = os.fstat(file.opened(os.open(path, _READ)))
+    if not S_ISREG(result.st_mode):
+        raise IsADirectoryError(path)
+    return result.st_size
+
+
+def _mode(path: str) -> int:
+    """The file's mode, 0 when there is none; a symlink is not followed."""
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class _ThreadFile:
+    """A file descriptor whose calls each run in a worker thread.
+
+    When its user stops early (an error, a cancellation), it is closed once the
+    call in flight has ended, never under it: a closed descriptor's number may
+    already belong to another file that the call would then read or write.
+    """
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._step: asyncio.Future[Any] | None = None
+
+    @property
+    def fd(self) -> int:
+        assert self._fd is not None
+        return self._fd
+
+    def opened(self, fd: int) -> int:
+        self._fd = fd
+        return fd
+
+    async def run(self, call: Callable[[], T]) -> T:
+        step: asyncio.Future[T] = asyncio.get_running_loop().run_in_executor(None, call)
+        self._step = step
+        return await asyncio.shield(step)
+
+    def close(self, then: Callable[[], None] | None = None) -> None:
+        step = self._step
+        if step is None or step.done():
+            self._close(then)
+        else:
+            step.add_done_callback(lambda done: self._close(then, done))
+
+    def _close(self, then: Callable[[], None] | None,
+               step: asyncio.Future[Any] | None = None) -> None:
+        """Close the file, then run ``then`` (only if this opened a file at all)."""
+        if step is not None and not step.cancelled():
+            step.exception()  # seen: its caller has moved on
+        if self._fd is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        if then is not None:
+            then()

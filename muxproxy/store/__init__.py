@@ -1,8 +1,14 @@
-"""Job stores, chosen by the database URL's scheme."""
+"""Job stores, chosen by the database URL's scheme from a table of names.
+
+Each backend lives in its own module, imported only when a URL names it, so one
+with dependencies of its own (PostgreSQL next) costs nothing unless configured.
+"""
 
 from __future__ import annotations
 
-from muxproxy.settings import SettingsError, sqlite_path
+from typing import Protocol
+
+from muxproxy.settings_checks import choose
 from muxproxy.store.accounts import (
     ApiKey,
     Billing,
@@ -13,16 +19,37 @@ from muxproxy.store.accounts import (
     KeyNotFound,
 )
 from muxproxy.store.base import Recovery, StaleJob, Store
-from muxproxy.store.sqlite import SqliteStore
+
+# scheme -> "module:class"
+BACKENDS: dict[str, str] = {
+    "sqlite": "muxproxy.store.sqlite:SqliteStore",
+}
+
+
+class StoreBackend(Protocol):
+    """What a backend class offers beside the :class:`Store` interface."""
+
+    def check_url(self, url: str) -> None:
+        """Refuse a URL this backend cannot use (a SettingsError naming database.url)."""
+
+    def from_url(self, url: str, *, busy_timeout_seconds: float) -> Store:
+        """A store for ``url``, checked but not yet opened."""
+
+
+def store_backend(url: str) -> StoreBackend:
+    backend: StoreBackend = choose(BACKENDS, url.partition(":")[0], "database.url", "scheme")
+    return backend
+
+
+def check_store_url(url: str) -> None:
+    store_backend(url).check_url(url)
 
 
 def open_store(url: str, *, busy_timeout_seconds: float = 5.0) -> Store:
     """A store for ``url``, not yet opened. ``sqlite:///path`` today; ``postgresql://`` later."""
-    scheme = url.split(":", 1)[0]
-    if scheme == "sqlite":
-        return SqliteStore(sqlite_path(url), busy_timeout_ms=int(busy_timeout_seconds * 1000))
-    raise SettingsError(f"database.url: unsupported scheme {scheme!r}")
+    return store_backend(url).from_url(url, busy_timeout_seconds=busy_timeout_seconds)
 
 
 __all__ = ["ApiKey", "Billing", "ConcurrencyLimitReached", "InsufficientBalance", "KeyExists",
-           "KeyLimits", "KeyNotFound", "Recovery", "StaleJob", "Store", "open_store"]
+           "KeyLimits", "KeyNotFound", "Recovery", "StaleJob", "Store", "StoreBackend",
+           "check_store_url", "open_store", "store_backend"]

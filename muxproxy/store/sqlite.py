@@ -30,6 +30,7 @@ import aiosqlite
 import orjson
 
 from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob, RowLike
+from muxproxy.settings import SettingsError, sqlite_path
 from muxproxy.store.accounts import Billing
 from muxproxy.store.base import Recovery, StaleJob, Store
 from muxproxy.store.schema import MIGRATIONS
@@ -74,6 +75,17 @@ BUSY_TIMEOUT_MS = 5000
 
 
 class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        if not url.startswith("sqlite:///") or not sqlite_path(url).name:
+            raise SettingsError("database.url: expected sqlite:///relative/path.db or "
+                                "sqlite:////absolute/path.db")
+
+    @classmethod
+    def from_url(cls, url: str, *, busy_timeout_seconds: float) -> SqliteStore:
+        cls.check_url(url)
+        return cls(sqlite_path(url), busy_timeout_ms=int(busy_timeout_seconds * 1000))
+
     def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = str(path)
         self.busy_timeout_ms = busy_timeout_ms

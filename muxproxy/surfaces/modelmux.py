@@ -8,13 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from muxproxy import images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
 from muxproxy.clock import now_ms
+from muxproxy.downloads import serve_blob
 from muxproxy.errors import Expired, InvalidRequest, MuxError, NotFound
 from muxproxy.forms import FormLimits, parse_form
 from muxproxy.gateway import Submission
@@ -31,7 +32,6 @@ from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
 from muxproxy.pricing import resolution_of
 from muxproxy.retention import results_expired
-from muxproxy.storage import BlobNotFound
 from muxproxy.store import ApiKey
 from muxproxy.surfaces import SurfaceName
 from muxproxy.validation import UploadedImage
@@ -152,17 +152,11 @@ async def image(request: Request) -> Response:
     if results_expired(job, state.settings.storage, now_ms(state.clock)):
         raise Expired()
     stored = job.result.images[0]
-    headers = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff",
-               "Content-Disposition": f'inline; filename="{job.id}.'
-                                      f'{images.EXTENSIONS.get(stored.content_type, "bin")}"'}
-    try:
-        path = state.storage.local_path(stored.key)
-        if path is not None:
-            return FileResponse(path, media_type=stored.content_type, headers=headers)
-        data = await state.storage.get(stored.key)
-    except BlobNotFound:
-        raise NotFound("the image file is missing") from None
-    return Response(data, media_type=stored.content_type, headers=headers)
+    extension = images.EXTENSIONS.get(stored.content_type, "bin")
+    return await serve_blob(request, state.storage, stored.key,
+                            content_type=stored.content_type, render=render_error,
+                            missing="the image file is missing",
+                            filename=f"{job.id}.{extension}")
 
 
 async def _job(state: AppState, key: ApiKey, job_id: str) -> Job:

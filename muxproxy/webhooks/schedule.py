@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 from muxproxy.backoff import backoff
+
+# Re-exported: the relay reads a receiver's Retry-After as the providers do.
+from muxproxy.backoff import parse_retry_after as parse_retry_after
 from muxproxy.settings import WebhookSettings
 
 
@@ -40,22 +42,6 @@ def classify(status: int | None) -> Outcome:
 
 def honours_retry_after(status: int | None) -> bool:
     return status is not None and (status == 429 or 500 <= status < 600)
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds the receiver asks us to wait: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def retry_delay(round_attempt: int, settings: WebhookSettings,

@@ -15,11 +15,12 @@ from typing import Any
 
 import aiohttp
 
+from muxproxy import __version__
 from muxproxy.webhooks.ssrf import CallbackGuard, GuardedResolver, RefusedAddress
 from muxproxy.webhooks.ssrf import guarded_socket_factory as _socket_factory
 
 PREVIEW_BYTES = 512
-USER_AGENT = "muxproxy-webhooks/0.1"
+USER_AGENT = f"muxproxy-webhooks/{__version__}"
 
 
 @dataclass(frozen=True)

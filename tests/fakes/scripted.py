@@ -1,5 +1,9 @@
 """What the fake upstreams share: call counters, scripted HTTP failures, and a small
-CDN serving the images they "generate"."""
+CDN serving the images they "generate".
+
+These fakes answer over real HTTP as the providers' APIs do, to test adapters. To
+test the pipeline or a surface without any upstream, use
+:class:`muxproxy.testing.ScriptedProvider`, which answers from a function."""
 
 from __future__ import annotations
 

@@ -1,0 +1,104 @@
+"""Serving a stored image over HTTP, for every route that hands out image bytes
+(``/files`` and the ModelMux ``/image``): HEAD, one Range, the same headers, and
+every refusal, a bad Range included, in the calling surface's own error shape.
+
+A backend with files of its own is served by Starlette's ``FileResponse`` (it
+sends the file without reading it into memory, and handles If-Range and several
+ranges); any other backend is streamed in chunks from its ``open_read``, one range
+at most. When the caller gives ``redirect_ttl`` and the backend has a URL of its
+own for the blob (an object store's presigned GET), the answer is a 302 to it and
+the bytes never pass through the gateway.
+"""
+
+from __future__ import annotations
+
+import os
+
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    MalformedRangeHeader,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.responses import RangeNotSatisfiable as _Unsatisfiable
+
+from muxproxy.errors import InvalidRequest, NotFound, RangeNotSatisfiable
+from muxproxy.http import ErrorRenderer
+from muxproxy.storage import BlobNotFound, BlobStorage
+
+CACHE_CONTROL = "private, max-age=300"
+
+
+async def serve_blob(request: Request, storage: BlobStorage, key: str, *,
+                     content_type: str, render: ErrorRenderer, missing: str,
+                     filename: str | None = None,
+                     redirect_ttl: int | None = None) -> Response:
+    """The blob under ``key`` as the answer to ``request``. A missing blob raises
+    :class:`NotFound` with the message ``missing``; the caller's surface renders it
+    (``render`` is needed here only for the 416, which carries a header)."""
+    headers = {"Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
+    if filename is not None:
+        headers["Content-Disposition"] = f'inline; filename="{filename}"'
+    try:
+        if redirect_ttl is not None:
+            url = await storage.url_for(key, redirect_ttl)
+            if url is not None:
+                # Not kept by caches: the URL it points to expires on its own clock.
+                return RedirectResponse(url, status_code=302,
+                                        headers={"Cache-Control": "no-store"})
+        path = storage.local_path(key)
+        if path is not None:
+            # Stat once here: a file gone by now is a 404, not a failed stream.
+            stat = os.stat(path)
+            try:
+                _ranges(request, stat.st_size)  # FileResponse would refuse in plain text
+            except _Unsatisfiable:
+                return _past_the_end(stat.st_size, render)
+            return FileResponse(path, media_type=content_type, headers=headers,
+                                stat_result=stat)
+        size = (await storage.stat(key)).size
+    except (BlobNotFound, FileNotFoundError):
+        raise NotFound(missing) from None
+    return _stream(request, storage, key, size, content_type, headers, render)
+
+
+def _stream(request: Request, storage: BlobStorage, key: str, size: int,
+            content_type: str, headers: dict[str, str], render: ErrorRenderer) -> Response:
+    try:
+        ranges = _ranges(request, size)
+    except _Unsatisfiable:
+        return _past_the_end(size, render)
+    start, end, status = 0, size, 200
+    if len(ranges) == 1:  # several ranges get the whole blob, as HTTP allows
+        (start, end), status = ranges[0], 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers |= {"Accept-Ranges": "bytes", "Content-Length": str(end - start)}
+    if request.method == "HEAD":
+        return Response(b"", status_code=status, media_type=content_type, headers=headers)
+    return StreamingResponse(storage.open_read(key, start, end), status_code=status,
+                             media_type=content_type, headers=headers)
+
+
+def _ranges(request: Request, size: int) -> list[tuple[int, int]]:
+    """The byte ranges asked for, end exclusive; none for the whole blob. A Range
+    that cannot be read raises :class:`InvalidRequest` (its 400), one past the end
+    Starlette's ``RangeNotSatisfiable``."""
+    http_range = request.headers.get("range")
+    # With If-Range, FileResponse decides whether the range applies; a stream has
+    # no validator to compare it with, so it sends the whole blob.
+    if http_range is None or "if-range" in request.headers:
+        return []
+    try:
+        return FileResponse._parse_range_header(http_range, size)
+    except MalformedRangeHeader as exc:
+        raise InvalidRequest(f"malformed Range header: {exc.content}",
+                             param="Range") from None
+
+
+def _past_the_end(size: int, render: ErrorRenderer) -> Response:
+    response = render(RangeNotSatisfiable(
+        f"the Range header asks for bytes past the end of this {size}-byte file"))
+    response.headers["Content-Range"] = f"bytes */{size}"
+    return response
