@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from muxproxy.generation import GenerationRequest
+from muxproxy.surfaces import SurfaceName
 
 R = TypeVar("R")
 
@@ -107,7 +108,7 @@ class NewJob:
 
     id: str
     key_id: str
-    surface: str
+    surface: SurfaceName
     model: str
     request: GenerationRequest
     client_params: Mapping[str, Any]
@@ -147,7 +148,7 @@ class IdempotencyClaim:
 class Job:
     id: str
     key_id: str
-    surface: str
+    surface: SurfaceName
     model: str
     state: JobState
     request: GenerationRequest

@@ -18,6 +18,7 @@ from muxproxy.providers import build_providers
 from muxproxy.references import ReferenceFetcher
 from muxproxy.runner import JobRunner
 from muxproxy.storage import open_storage
+from muxproxy.surfaces import SurfaceName
 from muxproxy.testing import ManualClock, MemoryStore
 from tests.support.gateway import base_config, settings_from
 
@@ -29,7 +30,7 @@ async def test_a_priced_job_runs_to_its_end_on_the_memory_store(tmp_path: Path) 
     key = await store.create_key("payer", "digest", now=now_ms(clock), credits=10)
     start = now_ms(clock)
     await store.create_job(NewJob(
-        id="job-1", key_id=key.id, surface="native", model="demo-image",
+        id="job-1", key_id=key.id, surface=SurfaceName.NATIVE, model="demo-image",
         request=GenerationRequest(prompt="a red fox", size=(64, 64)),
         client_params={"prompt": "a red fox"}, provider="demo", upstream_model="demo-image",
         callback_url="https://hooks.example.com/cb", created_at=start,

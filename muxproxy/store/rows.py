@@ -12,6 +12,7 @@ import orjson
 
 from muxproxy.generation import GenerationRequest
 from muxproxy.jobs import Job, JobResult, JobState, RowLike
+from muxproxy.surfaces import SurfaceName
 
 # A job's columns that hold JSON.
 JSON_COLUMNS = frozenset({"params", "client_params", "upstream_state", "result"})
@@ -57,7 +58,7 @@ def job_from_row(row: RowLike) -> Job:
     return Job(
         id=row["id"],
         key_id=row["key_id"],
-        surface=row["surface"],
+        surface=SurfaceName(row["surface"]),
         model=row["model"],
         state=JobState(row["state"]),
         request=_request_of(row["params"]),
