@@ -33,8 +33,9 @@ from muxproxy.providers.base import (
     Reference,
     Running,
     Submitted,
+    Unsupported,
+    UpstreamError,
 )
-from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.references import Budget, ReferenceFetcher
 from muxproxy.routing import next_route
 from muxproxy.settings import Settings
