@@ -34,15 +34,16 @@ class RetryPolicy:
     ``poll_initial`` x 1.5**n seconds up to ``poll_cap``. An upstream's
     ``Retry-After`` makes a wait longer, never shorter (a retry's stays within ``cap``)."""
 
-    max_attempts: int = 3
-    base: float = 1.0
-    cap: float = 60.0
+    max_attempts: int
+    base: float
+    cap: float
+    poll_initial: float
+    poll_cap: float
     jitter: float = 0.2
-    poll_initial: float = 1.0
-    poll_cap: float = 15.0
 
     @classmethod
     def from_settings(cls, jobs: JobSettings) -> RetryPolicy:
+        """The defaults live in the settings; the jitter is the gateway's own."""
         return cls(max_attempts=jobs.max_attempts, base=jobs.retry_base_seconds,
                    cap=jobs.retry_cap_seconds, poll_initial=jobs.poll_initial_seconds,
                    poll_cap=jobs.poll_cap_seconds)
