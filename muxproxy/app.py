@@ -12,24 +12,20 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import aiohttp
 from aiohttp.abc import AbstractResolver
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Match, Route
 
 from muxproxy import __version__
 from muxproxy.app_state import AppState
 from muxproxy.auth import Authenticator, hash_key
 from muxproxy.breaker import CircuitBreaker
 from muxproxy.clock import Clock, SystemClock, now_ms
-from muxproxy.errors import MuxError, status_error
 from muxproxy.events import JobEvents
 from muxproxy.gateway import Gateway
 from muxproxy.idempotency import Idempotency
 from muxproxy.logs import configure_logging, get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.middleware import RequestContext
+from muxproxy.openapi.document import OpenApiDocument
 from muxproxy.providers import build_providers
 from muxproxy.providers.base import Provider
 from muxproxy.readiness import Readiness
@@ -42,35 +38,11 @@ from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage, open_storage
 from muxproxy.store import KeyLimits, Store, open_store
-from muxproxy.surfaces import admin, callbacks, files, modelmux, native, openai, ops
-from muxproxy.surfaces.shapes import renderer_for
+from muxproxy.surfaces.registry import SURFACES, mounts
 from muxproxy.webhooks.relay import WebhookRelay
 from muxproxy.webhooks.ssrf import AddressPolicy, CallbackGuard
 
 log = get_logger("muxproxy.app")
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    error: MuxError = status_error(exc.status_code, exc.detail or "error")
-    if exc.status_code == 404:
-        error = status_error(404, f"no route for {request.method} {request.url.path}")
-    elif exc.status_code == 405:
-        error = status_error(405, f"method {request.method} not allowed here")
-    response = renderer_for(request.url.path)(error)
-    if exc.status_code == 405:
-        response.headers["Allow"] = ", ".join(_allowed_methods(request))
-    return response
-
-
-def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's own 405 names only
-    the first route's, and a path may have one route per method)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
-            methods.update(route.methods or ())
-    return sorted(methods)
-
 
 def create_app(settings: Settings, *, clock: Clock | None = None,
                resolver: AbstractResolver | None = None) -> Starlette:
@@ -93,13 +65,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             log.info("muxproxy stopped")
             log_writer.flush()
 
-    return Starlette(
-        routes=[*native.routes, *callbacks.routes, *openai.routes, *modelmux.routes,
-                *admin.routes, *files.routes, *ops.routes],
+    app = Starlette(
+        routes=mounts(SURFACES),
         middleware=[Middleware(RequestContext, metrics=metrics), Middleware(Idempotency)],
-        exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
+    app.state.openapi = OpenApiDocument(settings)
+    return app
 
 
 async def _start(settings: Settings, clock: Clock, metrics: Metrics,
@@ -139,8 +111,9 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     scheduler = Scheduler(store, providers, runner, clock, settings.jobs, metrics)
     guard = CallbackGuard(AddressPolicy(settings.webhooks.allow_networks), resolver)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
-                      scheduler, check_callback=guard.check, check_reference=fetcher.check)
-    relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_urls)
+                      scheduler, events, shutdown, check_callback=guard.check,
+                      check_reference=fetcher.check)
+    relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_links)
     events.subscribe(relay.on_job)
     retention = RetentionSweep(settings.storage, store, storage, clock)
     # Stopped with what is left of the grace period since the signal (all of it

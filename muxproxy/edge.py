@@ -19,7 +19,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from muxproxy.errors import MuxError
 from muxproxy.settings import ServerSettings
-from muxproxy.surfaces.shapes import renderer_for
+from muxproxy.surfaces.registry import surface_for
 
 # Over max_connections a connection may only ask for these; a probe's request
 # head is tiny and sent at once, so it gets little room and little time.
@@ -76,7 +76,7 @@ def path_of(url: bytes) -> str:
 def error_answer(exc: MuxError, path: str) -> bytes:
     """A whole response, in the error shape of the surface ``path`` belongs to,
     that closes the connection."""
-    response = renderer_for(path)(exc)
+    response = surface_for(path).render_error(exc)
     parts = [STATUS_LINE[response.status_code]]
     for name, value in response.raw_headers:
         parts += [name, b": ", value, b"\r\n"]

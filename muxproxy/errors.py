@@ -128,6 +128,16 @@ class WaitTimeout(MuxError):
     type = "timeout_error"
 
 
+class StillRunning(WaitTimeout):
+    """A wait for a job's end gave up first: its time ran out, or the gateway is
+    stopping (``stopping``). The job itself goes on."""
+
+    def __init__(self, message: str, *, job_id: str, stopping: bool) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.stopping = stopping
+
+
 class ServiceUnavailable(MuxError):
     status = 503
     code = "unavailable"

@@ -1,5 +1,8 @@
-"""The surfaces' one entry point: validate against the model's route, store inputs,
-create the job, wake the scheduler; and render a job's result links."""
+"""The service layer: the one entry point of every surface (HTTP today; streaming,
+MCP and a console next). It submits jobs (validated against the model's route, inputs
+stored, the scheduler woken), waits for a job's end, hands out a job's result images
+as bytes or as signed links, and looks jobs up for their key. Surfaces only parse,
+call these, and render."""
 
 from __future__ import annotations
 
@@ -13,14 +16,18 @@ from muxproxy import images
 from muxproxy.clock import Clock, now_ms
 from muxproxy.errors import (
     Conflict,
+    Expired,
     Forbidden,
     InsufficientCredits,
+    InternalError,
     InvalidRequest,
     NotFound,
     RateLimited,
     ServiceUnavailable,
+    StillRunning,
     StoreUnavailable,
 )
+from muxproxy.events import EndWatch, JobEvents
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evolve
 from muxproxy.logs import get_logger
@@ -29,12 +36,15 @@ from muxproxy.pricing import billed, check_capabilities, price
 from muxproxy.providers.base import Provider
 from muxproxy.providers.errors import Unsupported
 from muxproxy.ratelimit import RateLimiter
+from muxproxy.retention import results_expired
 from muxproxy.routing import next_route
 from muxproxy.settings import ModelSettings, Settings
+from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
-from muxproxy.storage import BlobStorage, blob_key
+from muxproxy.storage import BlobNotFound, BlobStorage, blob_key
 from muxproxy.store import ApiKey, ConcurrencyLimitReached, InsufficientBalance, Store
 from muxproxy.store.accounts import IdempotencySuperseded
+from muxproxy.surfaces import SurfaceName
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.gateway")
@@ -79,11 +89,15 @@ class Dispatcher(Protocol):
     def wake(self) -> None:
         """A job was queued: look for work."""
 
+    def running(self, job_id: str) -> bool:
+        """Whether a step of the job runs in this process now."""
+
 
 class Gateway:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
                  providers: Mapping[str, Provider], signer: UrlSigner, clock: Clock,
-                 metrics: Metrics, dispatcher: Dispatcher, *,
+                 metrics: Metrics, dispatcher: Dispatcher, events: JobEvents,
+                 shutdown: Shutdown, *,
                  check_callback: Callable[[str, Sequence[str]], Awaitable[None]] | None = None,
                  check_reference: Callable[[str, str, str], Awaitable[None]] | None = None
                  ) -> None:
@@ -95,6 +109,8 @@ class Gateway:
         self.clock = clock
         self.metrics = metrics
         self.dispatcher = dispatcher
+        self.events = events
+        self.shutdown = shutdown
         self.limiter = RateLimiter(clock)
         self._check_callback = check_callback
         self._check_reference = check_reference
@@ -128,13 +144,14 @@ class Gateway:
         self.metrics.refused.labels(reason).inc()
         log.info("request refused", reason=reason)
 
-    async def submit(self, key: ApiKey, surface: str, submission: Submission, *,
+    async def submit(self, key: ApiKey, surface: SurfaceName, submission: Submission, *,
                      before_start: Callable[[Job], None] | None = None,
                      idempotency: IdempotencyClaim | None = None) -> Job:
         """Store the job and start it (or queue it). ``before_start`` is called with
-        the stored job before it can run: a caller that waits for its end subscribes
-        there, and cannot miss it. ``idempotency`` is bound to the job as it is
-        stored."""
+        the stored job before it can run: a caller that will :meth:`wait` for its end
+        passes a :meth:`watch` there, and cannot miss it. ``idempotency`` is bound to
+        the job as it is stored. Refusals are :class:`~muxproxy.errors.MuxError`
+        (400 to 503), raised before anything is stored."""
         self.admit(key)
         model = self.model(submission.model)
         if not key.may_use(model.id):
@@ -272,6 +289,60 @@ class Gateway:
                     log.warning("could not remove a refused upload", key=ref.blob,
                                 exc_info=True)
 
+    def watch(self) -> EndWatch:
+        """A wait for the end of a job about to be submitted: pass it to
+        :meth:`submit` as ``before_start``, then to :meth:`wait`; :meth:`EndWatch.close`
+        it when done (a caller cancelled before the job was stored leaves nothing)."""
+        return EndWatch(self.events)
+
+    async def wait(self, job: Job, timeout: float, *, watch: EndWatch | None = None) -> Job:
+        """The job once it has ended (completed or failed).
+
+        Raises :class:`~muxproxy.errors.StillRunning` (a 504) if ``timeout`` seconds
+        pass first, or if the gateway stops first: at once when no step of the job
+        runs here, else just before the grace period ends. The job goes on either way.
+        To give up early (a client hung up), cancel the task awaiting this: nothing
+        stays subscribed. ``watch`` is the one given to :meth:`submit`; without it
+        the job is read again once subscribed, so an end in between is not missed.
+        """
+        ended = watch.ended if watch is not None else self.events.waiter(job.id)
+        try:
+            if watch is None:
+                job = await self.store.get_job(job.id) or job
+                if job.is_terminal:
+                    return job
+            if ended.done():
+                return ended.result()
+            return await self._until_end(job, ended, timeout)
+        finally:
+            self.events.discard(job.id, ended)
+
+    async def _until_end(self, job: Job, ended: asyncio.Future[Job], timeout: float) -> Job:
+        stopping = asyncio.ensure_future(self._stop_answer_due(job.id))
+        try:
+            watched: set[asyncio.Future[Any]] = {ended, stopping}
+            done, _ = await asyncio.wait(watched, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if ended in done:
+            return ended.result()
+        poll = f"poll GET /api/v1/images/generations?task_id={job.id}"
+        if stopping in done:
+            raise StillRunning(f"the gateway is restarting before the image is ready; job "
+                               f"{job.id} continues after the restart: {poll}",
+                               job_id=job.id, stopping=True)
+        raise StillRunning(f"the image is not ready after {timeout:g} seconds; job {job.id} "
+                           f"continues: {poll}", job_id=job.id, stopping=False)
+
+    async def _stop_answer_due(self, job_id: str) -> None:
+        """Returns when a waiting caller must answer because the gateway stops: at
+        once if no step of its job is running (no new one starts until the restart),
+        else just before the grace period ends, in case the running step finishes it."""
+        await self.shutdown.started.wait()
+        if self.dispatcher.running(job_id):
+            await self.shutdown.answer_due()
+
     async def job_for(self, key: ApiKey, job_id: str) -> Job:
         """The caller's own job; another key's job is indistinguishable from none."""
         job = await self.store.get_job(job_id, key_id=key.id) if job_id else None
@@ -279,14 +350,34 @@ class Gateway:
             raise NotFound("task not found")
         return job
 
-    def result_urls(self, job: Job) -> list[str]:
+    async def list_jobs(self, key: ApiKey, *, limit: int = 50,
+                        before: int | None = None) -> list[Job]:
+        """The caller's jobs, newest first; ``before`` (a ``created_at``, in ms) pages."""
+        return await self.store.list_jobs(key.id, limit=limit, before=before)
+
+    def result_links(self, job: Job) -> list[str]:
+        """Signed links to the job's result images (none before it completes); each
+        call signs afresh, valid ``storage.url_ttl_seconds``."""
         if job.result is None:
             return []
-        return [self.result_url(image) for image in job.result.images]
+        return [self.result_link(image) for image in job.result.images]
 
-    def result_url(self, image: StoredImage) -> str:
+    def result_link(self, image: StoredImage) -> str:
         """The signed link to a stored result image."""
         return self.signer.url(image.key)
+
+    async def result_images(self, job: Job) -> list[bytes]:
+        """The bytes of the job's result images, in order (none before it completes).
+        Raises :class:`~muxproxy.errors.Expired` once ``storage.retention_days``
+        deleted them, and an internal error if one is missing from storage."""
+        if job.result is None or not job.result.images:
+            return []
+        if results_expired(job, self.settings.storage, now_ms(self.clock)):
+            raise Expired()
+        try:
+            return [await self.storage.get(image.key) for image in job.result.images]
+        except BlobNotFound:
+            raise InternalError("a result image is missing from storage") from None
 
 
 def _with_uploads(submission: Submission) -> GenerationRequest:

@@ -3,9 +3,10 @@ one place where domain errors turn into each surface's error body."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -23,6 +24,7 @@ IDEMPOTENCY_SCOPE_KEY = "muxproxy.idempotency"
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 ErrorRenderer = Callable[[MuxError], Response]
+T = TypeVar("T")
 
 
 class JSONResponse(_StarletteJSON):
@@ -98,6 +100,31 @@ def surface(render: ErrorRenderer) -> Callable[[Endpoint], Endpoint]:
         return wrapped
 
     return decorate
+
+
+async def unless_hung_up(request: Request, waiting: Coroutine[Any, Any, T]) -> T | None:
+    """What ``waiting`` returns, or None if the client hangs up first (``waiting`` is
+    then cancelled). The request's body must have been read already."""
+    wait = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({wait, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not wait.done():
+            wait.cancel()
+            await asyncio.wait({wait})
+    return None if wait.cancelled() else wait.result()
+
+
+async def _disconnect(request: Request) -> None:
+    # The body is read: the next ASGI message is the disconnect, if it ever comes.
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:
+        log.warning("could not watch for a client disconnect", exc_info=True)
+        await asyncio.Event().wait()
 
 
 def with_retry_after(response: Response, exc: MuxError) -> Response:

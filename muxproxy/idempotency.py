@@ -32,12 +32,10 @@ from muxproxy.jobs import IdempotencyClaim
 from muxproxy.logs import get_logger
 from muxproxy.middleware import header
 from muxproxy.store import ApiKey
-from muxproxy.surfaces.shapes import renderer_for, replayer_for
+from muxproxy.surfaces.registry import CREATES
 
 log = get_logger("muxproxy.idempotency")
 
-CREATE_PATHS = frozenset({"/api/v1/images/generations", "/api/v1/generations",
-                          "/v1/images/generations", "/v1/images/edits"})
 # How long a reservation with no job yet answers 409 to a retry in the same
 # process. A create step (validation, storing uploads, the insert) takes well under
 # a second; a reservation older than this belongs to a request that never finished
@@ -52,7 +50,7 @@ class Idempotency:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         idem_key = None
         if scope["type"] == "http" and scope["method"] == "POST" \
-                and scope["path"] in CREATE_PATHS:
+                and scope["path"] in CREATES:
             idem_key = header(scope, b"idempotency-key")
         if idem_key is None:
             await self.app(scope, receive, send)
@@ -123,18 +121,20 @@ async def _replay(scope: Scope, receive: Receive, send: Send, state: AppState, k
                   job_id: str) -> None:
     """The surface's answer for the bound job, as it stands now."""
     request = Request(scope, receive)
+    surface = CREATES[scope["path"]]
+    assert surface.replay is not None
     try:
         job = await state.gateway.job_for(key, job_id)
-        response = await replayer_for(scope["path"])(request, state, job)
+        response = await surface.replay(request, state, job)
     except MuxError as exc:
-        response = renderer_for(scope["path"])(exc)
+        response = surface.render_error(exc)
     response.headers["idempotent-replayed"] = "true"
     response.headers["x-muxproxy-job-id"] = job_id
     await response(scope, receive, send)
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: MuxError) -> None:
-    await renderer_for(scope["path"])(exc)(scope, receive, send)
+    await CREATES[scope["path"]].render_error(exc)(scope, receive, send)
 
 
 async def request_digest(path: str, content_type: str, body: bytes, limit: int) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from muxproxy.generation import GenerationRequest
+from muxproxy.surfaces import SurfaceName
 
 R = TypeVar("R")
 
@@ -123,7 +124,7 @@ class NewJob:
 
     id: str
     key_id: str
-    surface: str
+    surface: SurfaceName
     model: str
     request: GenerationRequest
     client_params: Mapping[str, Any]
@@ -163,7 +164,7 @@ class IdempotencyClaim:
 class Job:
     id: str
     key_id: str
-    surface: str
+    surface: SurfaceName
     model: str
     state: JobState
     request: GenerationRequest
@@ -222,7 +223,7 @@ class Job:
         return cls(
             id=row["id"],
             key_id=row["key_id"],
-            surface=row["surface"],
+            surface=SurfaceName(row["surface"]),
             model=row["model"],
             state=JobState(row["state"]),
             request=_request(row["params"]),

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from typing import Any
 
 import structlog
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from muxproxy.logs import get_logger
@@ -66,6 +66,6 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 def _route_name(scope: Scope) -> str:
-    route: Any = scope.get("route")
-    path = getattr(route, "path", None)
-    return str(path) if path else "unmatched"
+    # A surface's mount is no route: a path under it that nothing serves is unmatched.
+    route = scope.get("route")
+    return route.path if isinstance(route, Route) else "unmatched"

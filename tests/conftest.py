@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,21 @@ import aiohttp
 import pytest
 
 from tests.support.gateway import RunningGateway, base_config, run_gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def children_import_this_checkout() -> Iterator[None]:
+    """Gateway and CLI processes the tests start import muxproxy from this checkout,
+    wherever the environment's installed copy points (another worktree, say)."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), before) if p)
+    yield
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
 
 
 @pytest.fixture

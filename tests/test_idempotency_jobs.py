@@ -25,6 +25,7 @@ from muxproxy.store import sqlite as sqlite_store
 from muxproxy.store.accounts import IdempotencySuperseded, LedgerKind
 from muxproxy.store.schema import MIGRATIONS
 from muxproxy.store.sqlite import SqliteStore
+from muxproxy.surfaces import SurfaceName
 from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
 from tests.support.images import png_bytes
 from tests.support.process import free_port, gateway_process
@@ -316,7 +317,7 @@ async def test_409_only_while_the_first_request_creates_its_job(tmp_path: Path) 
         # ...and the request it overtook could not bind a second job to the key.
         with pytest.raises(IdempotencySuperseded):
             await store.create_job(NewJob(
-                id="overtaken", key_id=key.id, surface="native", model="paid",
+                id="overtaken", key_id=key.id, surface=SurfaceName.NATIVE, model="paid",
                 request=GenerationRequest(prompt="late"), client_params={},
                 provider="slow", upstream_model="p", callback_url=None,
                 created_at=now_ms(clock), deadline_at=now_ms(clock) + 60_000,
@@ -392,7 +393,7 @@ async def test_upgrading_keeps_bound_jobs_and_drops_stored_bodies(
     old = SqliteStore(path)
     await old.open()
     await old.create_job(NewJob(
-        id="job-1", key_id="k", surface="native", model="m",
+        id="job-1", key_id="k", surface=SurfaceName.NATIVE, model="m",
         request=GenerationRequest(prompt="p"), client_params={}, provider="demo",
         upstream_model="m", callback_url=None, created_at=1, deadline_at=2))
     await old.aclose()

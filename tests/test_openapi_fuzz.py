@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from muxproxy.openapi import build_document
+from muxproxy.openapi.document import build_document
 from muxproxy.settings import load_settings
 from tests.support.gateway import KEY_A, base_config, merge, run_gateway, settings_from
 

@@ -16,6 +16,7 @@ from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest
 from muxproxy.jobs import Job, JobState, NewJob
 from muxproxy.store import ApiKey, Store
+from muxproxy.surfaces import SurfaceName
 from tests.support.gateway import KEY_A, RunningGateway, merge, run_gateway
 from tests.support.wait import eventually
 
@@ -121,7 +122,8 @@ async def test_a_caller_waiting_for_the_end_subscribes_before_the_job_can_run(
 
         submission = Submission(model="demo-image", client_params={},
                                 request=GenerationRequest(prompt="a fox"))
-        job = await state.gateway.submit(key, "openai", submission, before_start=before_start)
+        job = await state.gateway.submit(key, SurfaceName.OPENAI, submission,
+                                         before_start=before_start)
         assert seen == [(JobState.PENDING, False)]
         finished = await asyncio.wait_for(ended[0], 20)
         assert (finished.id, finished.state) == (job.id, JobState.COMPLETED)
@@ -148,12 +150,12 @@ async def test_a_failing_before_start_still_starts_the_job_it_was_told_of(
             raise RuntimeError("the caller's hook broke")
 
         with pytest.raises(RuntimeError, match="hook broke"):
-            await state.gateway.submit(key, "openai", _submission("one"),
+            await state.gateway.submit(key, SurfaceName.OPENAI, _submission("one"),
                                        before_start=failing)
         [first] = await state.store.list_jobs(key.id)
         # Stored, so it runs: the provider's only slot is not left taken by a job
         # that never starts, and the next job gets it in turn.
-        second = await state.gateway.submit(key, "openai", _submission("two"))
+        second = await state.gateway.submit(key, SurfaceName.OPENAI, _submission("two"))
         await _finishes(state.store, first.id, clock)
         await _finishes(state.store, second.id, clock)
 
@@ -181,7 +183,8 @@ async def test_a_caller_that_gives_up_while_its_job_is_created_leaves_no_wait_be
             watch(job)
 
         submitting = asyncio.ensure_future(
-            state.gateway.submit(key, "openai", _submission("gone"), before_start=before_start))
+            state.gateway.submit(key, SurfaceName.OPENAI, _submission("gone"),
+                                 before_start=before_start))
         await asyncio.sleep(0)  # the shielded creation is under way
         submitting.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -226,7 +229,7 @@ async def test_a_due_job_left_on_an_unusable_provider_waits_for_a_sweep_quietly(
         key = await _key(gateway)
         now = now_ms(clock)
         await store.create_job(NewJob(
-            id="left-behind", key_id=key.id, surface="native", model="demo-image",
+            id="left-behind", key_id=key.id, surface=SurfaceName.NATIVE, model="demo-image",
             request=GenerationRequest(prompt="old"), client_params={},
             provider="elsewhere", upstream_model="gpt-image-1", callback_url=None,
             created_at=now, deadline_at=now + 600_000))

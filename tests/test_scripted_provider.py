@@ -34,6 +34,7 @@ from muxproxy.runner import JobRunner
 from muxproxy.settings import Settings, parse_settings
 from muxproxy.storage import BlobStorage, open_storage
 from muxproxy.store import Store, open_store
+from muxproxy.surfaces import SurfaceName
 from muxproxy.testing import ManualClock, ScriptedProvider
 from muxproxy.testing.scripted import Handler
 from tests.fakes.images import solid
@@ -61,7 +62,7 @@ class Pipeline:
     async def create(self, provider: ScriptedProvider, request: GenerationRequest) -> str:
         now = now_ms(self.clock)
         job = await self.store.create_job(NewJob(
-            id="job-1", key_id="key-a", surface="native", model="scripted-image",
+            id="job-1", key_id="key-a", surface=SurfaceName.NATIVE, model="scripted-image",
             request=request, client_params={"prompt": request.prompt},
             provider=provider.name, upstream_model="scripted-v1", callback_url=None,
             created_at=now, deadline_at=now + 600_000))

@@ -17,7 +17,7 @@ from muxproxy.auth import hash_key
 from muxproxy.clock import ManualClock
 from muxproxy.signing import UrlSigner
 from muxproxy.store.sqlite import SqliteStore
-from muxproxy.surfaces import admin, callbacks, modelmux, native, openai
+from muxproxy.surfaces.registry import SURFACES, Access
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, merge, run_gateway
 from tests.support.images import png_bytes
 from tests.support.webhooks import LOOPBACK, Receiver
@@ -91,11 +91,12 @@ def test_the_tables_cover_every_route() -> None:
         return {(m, p.split("?")[0].replace(JOB, "{id}").replace("/demo-image", "/{model:path}")
                  .replace("/alpha", "/{key}")) for m, p, _ in table}
 
-    def served(*modules: Any) -> set[tuple[str, str]]:
-        return {(m, r.path) for mod in modules for r in mod.routes for m in r.methods - {"HEAD"}}
+    def served(access: Access) -> set[tuple[str, str]]:
+        return {(m, r.path) for s in SURFACES if s.access is access for r in s.routes
+                for m in (r.methods or set()) - {"HEAD"}}
 
-    assert listed(PROTECTED) == served(native, openai, modelmux, callbacks)
-    assert listed(ADMIN_ROUTES) == served(admin)
+    assert listed(PROTECTED) == served(Access.API_KEY)
+    assert listed(ADMIN_ROUTES) == served(Access.ADMIN)
 
 
 NO_KEY: dict[str, dict[str, str]] = {

@@ -15,6 +15,7 @@ from muxproxy.jobs import IdempotencyClaim, IllegalTransition, Job, JobState, Le
 from muxproxy.store import StaleJob, Store
 from muxproxy.store.accounts import IdempotencyRecord, IdempotencySuperseded
 from muxproxy.store.sqlite import SqliteStore
+from muxproxy.surfaces import SurfaceName
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
     "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
@@ -39,7 +40,7 @@ def new_job(job_id: str, *, key_id: str = "key-a", provider: str = "demo", creat
     request = GenerationRequest(prompt="a red fox", n=2, size=(512, 256), output_format="png",
                                 images=(ImageRef(url="https://example.com/a.png"),),
                                 extra={"style": "vivid"})
-    return NewJob(id=job_id, key_id=key_id, surface="native", model="demo-image",
+    return NewJob(id=job_id, key_id=key_id, surface=SurfaceName.NATIVE, model="demo-image",
                   request=request, client_params={"prompt": "a red fox"}, provider=provider,
                   upstream_model="demo-image", callback_url=callback, created_at=created,
                   deadline_at=deadline, credits=credits, max_concurrent=max_concurrent)

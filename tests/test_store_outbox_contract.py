@@ -17,6 +17,7 @@ from muxproxy.jobs import Job, JobState, NewJob
 from muxproxy.store import Store
 from muxproxy.store.schema import MIGRATIONS
 from muxproxy.store.sqlite import SqliteStore, _statements
+from muxproxy.surfaces import SurfaceName
 from muxproxy.webhooks.outbox import Attempt, DeliveryPending, DeliveryStatus, Verdict
 from tests.test_store_contract import store
 
@@ -29,7 +30,7 @@ HOOK = "https://hooks.example.com/muxproxy?token=abc"
 async def new_job(store: Store, job_id: str, *, callback: str | None = HOOK,
                   key_id: str = "key_a", deadline: int = T0 + 600_000) -> Job:
     return await store.create_job(NewJob(
-        id=job_id, key_id=key_id, surface="native", model="m",
+        id=job_id, key_id=key_id, surface=SurfaceName.NATIVE, model="m",
         request=GenerationRequest(prompt="p"), client_params={"prompt": "p"},
         provider="demo", upstream_model="demo-image", callback_url=callback, created_at=T0,
         deadline_at=deadline))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from muxproxy.settings import SettingsError, parse_settings
-from muxproxy.surfaces.waits import wait_seconds
+from muxproxy.surfaces.openai import wait_seconds
 from tests.support.gateway import base_config, merge
 
 

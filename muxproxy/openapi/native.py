@@ -115,13 +115,6 @@ def part(settings: Settings) -> Part:
             "failMsg": nullable(string()),
         }, ["taskId", "state"])),
         "NativeTask": envelope(task_view()),
-        "WebhookDelivery": envelope(delivery_view()),
-        "WebhookSecretCreated": envelope(obj({
-            "secret": string("The Standard Webhooks signing secret (whsec_...); shown once."),
-            "createTime": millis("When it was made")}, ["secret", "createTime"])),
-        "WebhookSecretState": envelope(obj({
-            "enabled": {"type": "boolean"}, "createTime": nullable(integer())},
-            ["enabled", "createTime"])),
     }
     task_id = query("task_id", string(minLength=1), "The task id from the create call.",
                     required=True)
@@ -140,6 +133,24 @@ def part(settings: Settings) -> Part:
                 responses={"200": answer("The task.", ref("NativeTask")),
                            **errors(SHAPE, {400: "'task_id' is missing.", **READ_ERRORS})}),
         },
+    }
+    return Part(paths=paths, schemas=schemas)
+
+
+def callbacks_part(settings: Settings) -> Part:
+    """The callback management routes: the native shape, under its tag."""
+    schemas: dict[str, Schema] = {
+        "WebhookDelivery": envelope(delivery_view()),
+        "WebhookSecretCreated": envelope(obj({
+            "secret": string("The Standard Webhooks signing secret (whsec_...); shown once."),
+            "createTime": millis("When it was made")}, ["secret", "createTime"])),
+        "WebhookSecretState": envelope(obj({
+            "enabled": {"type": "boolean"}, "createTime": nullable(integer())},
+            ["enabled", "createTime"])),
+    }
+    task_id = query("task_id", string(minLength=1), "The task id from the create call.",
+                    required=True)
+    paths: dict[str, dict[str, Any]] = {
         "/api/v1/webhooks/deliveries": {"get": operation(
             "A task's callback delivery and its attempts", TAG,
             operation_id="getWebhookDelivery", security=API_KEY, parameters=[task_id],

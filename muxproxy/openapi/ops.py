@@ -73,6 +73,12 @@ def part(settings: Settings) -> Part:
         "/openapi.json": {"get": operation(
             "This document", TAG, operation_id="openapi", security=NO_AUTH,
             responses={"200": answer("The OpenAPI 3.1 document.", {"type": "object"})})},
+    }
+    return Part(paths=paths)
+
+
+def files_part(settings: Settings) -> Part:
+    paths: dict[str, dict[str, Any]] = {
         "/files/{token}/{name}": {
             "get": _download("Download an image by its signed link", "downloadFile"),
             "head": _download("Check a signed link", "headFile"),

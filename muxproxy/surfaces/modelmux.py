@@ -33,6 +33,7 @@ from muxproxy.jobs import Job, JobState
 from muxproxy.pricing import resolution_of
 from muxproxy.retention import results_expired
 from muxproxy.store import ApiKey
+from muxproxy.surfaces import SurfaceName
 from muxproxy.validation import UploadedImage
 
 FIELDS = frozenset({"prompt", "model", "resolution", "quality", "aspectRatio"})
@@ -69,7 +70,7 @@ async def create(request: Request) -> Response:
     v.unknown_fields(body, FIELDS)
     if len(uploads) > limits.max_reference_images:
         raise InvalidRequest(f"at most {limits.max_reference_images} reference images")
-    job = await state.gateway.submit(key, "modelmux", submission(body, uploads, state),
+    job = await state.gateway.submit(key, SurfaceName.MODELMUX, submission(body, uploads, state),
                                      idempotency=idempotency_claim(request))
     return JSONResponse(created_view(job))
 
@@ -79,7 +80,7 @@ async def replay(request: Request, state: AppState, job: Job) -> Response:
     as it stands now, with a fresh link to its image."""
     data = created_view(job)
     if job.state is JobState.COMPLETED:
-        urls = state.gateway.result_urls(job)
+        urls = state.gateway.result_links(job)
         data["outputUrl"] = urls[0] if urls else None
     elif job.state is JobState.FAILED:
         data["errorMessage"] = job.fail_msg
@@ -116,7 +117,7 @@ async def status(request: Request) -> Response:
     state: AppState = request.app.state.mux
     key = await state.auth.authenticate(request)
     job = await _job(state, key, request.path_params["id"])
-    urls = state.gateway.result_urls(job)
+    urls = state.gateway.result_links(job)
     return JSONResponse(generation_view(job, urls[0] if urls else None))
 
 

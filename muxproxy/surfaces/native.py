@@ -24,6 +24,7 @@ from muxproxy.http import (
 )
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
+from muxproxy.surfaces import SurfaceName
 from muxproxy.validation import UploadedImage
 
 FIELDS = frozenset({
@@ -50,7 +51,7 @@ async def create_task(request: Request) -> Response:
     if media_type(request) != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
     body = parse_json_object(await read_body(request, state.settings.limits.max_body_bytes))
-    job = await state.gateway.submit(key, "native", parse_submission(body, state),
+    job = await state.gateway.submit(key, SurfaceName.NATIVE, parse_submission(body, state),
                                      idempotency=idempotency_claim(request))
     return ok(created_view(job, []))
 
@@ -58,7 +59,7 @@ async def create_task(request: Request) -> Response:
 async def replay(request: Request, state: AppState, job: Job) -> Response:
     """A create call's retry (same Idempotency-Key): the job the first call created,
     as it stands now, with fresh result links."""
-    return ok(created_view(job, state.gateway.result_urls(job)))
+    return ok(created_view(job, state.gateway.result_links(job)))
 
 
 def created_view(job: Job, result_urls: list[str]) -> dict[str, Any]:
@@ -79,7 +80,7 @@ async def get_task(request: Request) -> Response:
     if not task_id:
         raise InvalidRequest("'task_id' query parameter is required", param="task_id")
     job = await state.gateway.job_for(key, task_id)
-    return ok(task_view(job, state.gateway.result_urls(job)))
+    return ok(task_view(job, state.gateway.result_links(job)))
 
 
 def task_view(job: Job, result_urls: list[str]) -> dict[str, Any]:

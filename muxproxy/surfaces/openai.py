@@ -22,16 +22,7 @@ from starlette.routing import Route
 from muxproxy import images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
-from muxproxy.clock import now_ms
-from muxproxy.errors import (
-    Expired,
-    InternalError,
-    InvalidRequest,
-    MuxError,
-    NotFound,
-    UpstreamFailed,
-    WaitTimeout,
-)
+from muxproxy.errors import InvalidRequest, MuxError, NotFound, StillRunning, UpstreamFailed
 from muxproxy.events import EndWatch
 from muxproxy.forms import FormLimits, Part, parse_form
 from muxproxy.gateway import Submission
@@ -43,15 +34,15 @@ from muxproxy.http import (
     parse_json_object,
     read_body,
     surface,
+    unless_hung_up,
 )
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.jobs import Job, JobState
 from muxproxy.logs import get_logger
-from muxproxy.retention import results_expired
-from muxproxy.settings import ModelSettings
-from muxproxy.storage import BlobNotFound
+from muxproxy.scheduler import SWEEP_SECONDS
+from muxproxy.settings import ModelSettings, Settings
 from muxproxy.store import ApiKey
-from muxproxy.surfaces.waits import Disconnected, Stopping, wait_for, wait_seconds
+from muxproxy.surfaces import SurfaceName
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.openai")
@@ -292,51 +283,47 @@ def _describe_files(files: Sequence[Part]) -> dict[str, Any]:
     return described
 
 
+def wait_seconds(settings: Settings) -> float:
+    """``surfaces.openai_wait_seconds``, or by default the job's whole life: its
+    deadline, plus the time the scheduler may take to notice a deadline passed."""
+    return settings.surfaces.openai_wait_seconds or \
+        settings.jobs.deadline_seconds + SWEEP_SECONDS + 1
+
+
 async def run(request: Request, state: AppState, key: ApiKey, submission: Submission,
               response_format: str) -> Response:
     """Create the job, wait for it, and answer with its images or its failure."""
-    watch = EndWatch(state.events)
+    watch = state.gateway.watch()
     try:
-        job = await state.gateway.submit(key, "openai", submission, before_start=watch,
+        job = await state.gateway.submit(key, SurfaceName.OPENAI, submission,
+                                         before_start=watch,
                                          idempotency=idempotency_claim(request))
-    except BaseException:
+        return await answer(request, state, job, response_format, watch)
+    finally:
         watch.close()
-        raise
-    outcome = await wait_for(request, state, job, watch.ended, wait_seconds(state.settings))
-    return await answer(state, job, outcome, response_format)
 
 
 async def replay(request: Request, state: AppState, job: Job) -> Response:
     """A create call's retry (same Idempotency-Key): waits for the job the first
     call created, like the first call did, and answers with its result."""
-    response_format = await _response_format(request, state)
-    waiter = state.events.waiter(job.id)  # before the read: an end in between is seen
-    current = await state.store.get_job(job.id) or job
-    if current.is_terminal:
-        state.events.discard(job.id, waiter)
-        outcome: Job | Disconnected | Stopping | None = current
-    else:
-        outcome = await wait_for(request, state, current, waiter, wait_seconds(state.settings))
-    return await answer(state, current, outcome, response_format)
+    return await answer(request, state, job, await _response_format(request, state))
 
 
-async def answer(state: AppState, job: Job, outcome: Job | Disconnected | Stopping | None,
-                 response_format: str) -> Response:
-    if outcome is None:
-        response = render_error(WaitTimeout(
-            f"the image is not ready after {wait_seconds(state.settings):g} seconds; job "
-            f"{job.id} continues: poll GET /api/v1/images/generations?task_id={job.id}"))
-    elif isinstance(outcome, Stopping):
-        response = render_error(WaitTimeout(
-            f"the gateway is restarting before the image is ready; job {job.id} continues "
-            f"after the restart: poll GET /api/v1/images/generations?task_id={job.id}"))
-    elif isinstance(outcome, Disconnected):
-        log.info("client disconnected while waiting; the job continues", job_id=job.id)
-        return Response(status_code=499)
-    elif outcome.state is JobState.FAILED:
-        response = render_error(failure(outcome))
+async def answer(request: Request, state: AppState, job: Job, response_format: str,
+                 watch: EndWatch | None = None) -> Response:
+    waiting = state.gateway.wait(job, wait_seconds(state.settings), watch=watch)
+    try:
+        ended = await unless_hung_up(request, waiting)
+    except StillRunning as exc:
+        response = render_error(exc)
     else:
-        response = JSONResponse(await images_response(state, outcome, response_format))
+        if ended is None:
+            log.info("client disconnected while waiting; the job continues", job_id=job.id)
+            return Response(status_code=499)
+        if ended.state is JobState.FAILED:
+            response = render_error(failure(ended))
+        else:
+            response = JSONResponse(await images_response(state, ended, response_format))
     response.headers[JOB_HEADER] = job.id
     return response
 
@@ -369,18 +356,13 @@ def failure(job: Job) -> MuxError:
 async def images_response(state: AppState, job: Job, response_format: str) -> dict[str, Any]:
     assert job.result is not None
     result = job.result
-    data = []
-    for stored in result.images:
-        if response_format == "b64_json":
-            if results_expired(job, state.settings.storage, now_ms(state.clock)):
-                raise Expired()
-            try:
-                blob = await state.storage.get(stored.key)
-            except BlobNotFound:
-                raise InternalError("a result image is missing from storage") from None
-            item: dict[str, Any] = {"b64_json": base64.b64encode(blob).decode("ascii")}
-        else:
-            item = {"url": state.gateway.result_url(stored)}
+    if response_format == "b64_json":
+        items = [{"b64_json": base64.b64encode(blob).decode("ascii")}
+                 for blob in await state.gateway.result_images(job)]
+    else:
+        items = [{"url": url} for url in state.gateway.result_links(job)]
+    data: list[dict[str, Any]] = []
+    for item in items:
         if result.revised_prompt is not None:
             item["revised_prompt"] = result.revised_prompt
         data.append(item)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,7 +14,6 @@ from muxproxy.errors import Unauthorized
 from muxproxy.http import JSONResponse
 from muxproxy.logs import get_logger
 from muxproxy.metrics import SharedScrape
-from muxproxy.openapi import build_document
 from muxproxy.surfaces import native
 
 log = get_logger("muxproxy.ops")
@@ -73,11 +71,8 @@ async def _collect(state: AppState) -> None:
 
 
 async def openapi(request: Request) -> Response:
-    # Built once per app: the settings it describes do not change while it runs.
-    body = getattr(request.app.state, "openapi", None)
-    if body is None:
-        state: AppState = request.app.state.mux
-        body = request.app.state.openapi = orjson.dumps(build_document(state.settings))
+    # create_app's OpenApiDocument (muxproxy.openapi.document), built once per app.
+    body: bytes = request.app.state.openapi.body()
     return Response(body, media_type="application/json")
 
 
