@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+
+from muxproxy.settings import JobSettings
 
 
 def backoff(attempt: int, base: float, cap: float, jitter: float = 0.0,
@@ -21,6 +24,45 @@ def backoff(attempt: int, base: float, cap: float, jitter: float = 0.0,
 def poll_delay(polls: int, initial: float, cap: float) -> float:
     """Seconds until poll number ``polls + 1``: starts fast, grows by half each time."""
     return min(cap, initial * (1.5 ** max(0, polls)))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a job tries again. A transient upstream error is retried until
+    ``max_attempts`` attempts have failed, ``base`` x 1, 2, 4 ... seconds apart up to
+    ``cap``, spread by +/- ``jitter``; a job the upstream runs is polled every
+    ``poll_initial`` x 1.5**n seconds up to ``poll_cap``. An upstream's
+    ``Retry-After`` makes a wait longer, never shorter (a retry's stays within ``cap``)."""
+
+    max_attempts: int
+    base: float
+    cap: float
+    poll_initial: float
+    poll_cap: float
+    jitter: float = 0.2
+
+    @classmethod
+    def from_settings(cls, jobs: JobSettings) -> RetryPolicy:
+        """The defaults live in the settings; the jitter is the gateway's own."""
+        return cls(max_attempts=jobs.max_attempts, base=jobs.retry_base_seconds,
+                   cap=jobs.retry_cap_seconds, poll_initial=jobs.poll_initial_seconds,
+                   poll_cap=jobs.poll_cap_seconds)
+
+
+def next_delay(policy: RetryPolicy, attempt: int, retry_after: float | None = None,
+               rand: Callable[[], float] = random.random) -> float | None:
+    """Seconds before trying again once ``attempt`` attempts (1-based) have failed,
+    or None: they are all spent, give up (or fall back to the next route)."""
+    if attempt >= policy.max_attempts:
+        return None
+    delay = max(retry_after or 0.0,
+                backoff(attempt, policy.base, policy.cap, policy.jitter, rand))
+    return min(delay, policy.cap)
+
+
+def next_poll(policy: RetryPolicy, polls: int, retry_after: float | None = None) -> float:
+    """Seconds until poll number ``polls + 1`` of a job the upstream runs."""
+    return max(retry_after or 0.0, poll_delay(polls, policy.poll_initial, policy.poll_cap))
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -33,8 +33,7 @@ from muxproxy.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evo
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.pricing import billed, check_capabilities, price
-from muxproxy.providers.base import Provider
-from muxproxy.providers.errors import Unsupported
+from muxproxy.providers.base import Provider, Unsupported
 from muxproxy.ratelimit import RateLimiter
 from muxproxy.retention import results_expired
 from muxproxy.routing import next_route

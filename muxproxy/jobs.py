@@ -15,9 +15,9 @@ R = TypeVar("R")
 
 def evolve(record: R, **changes: Any) -> R:
     """``dataclasses.replace()`` for the frozen records on the path of every request
-    and job step, without its introspection of the fields on every call (it cost
-    more than the SQL UPDATE of a step). Only for dataclasses without
-    ``__post_init__`` or ``__slots__``; the names in ``changes`` are not checked."""
+    and job step, without its introspection of the fields on every call. Only for
+    dataclasses without ``__post_init__`` or ``__slots__``; the names in
+    ``changes`` are not checked."""
     copy: R = object.__new__(type(record))
     copy.__dict__.update(record.__dict__, **changes)
     return copy

@@ -126,9 +126,8 @@ class Metrics:
 class SharedScrape:
     """Scrapes that arrive together share one collection and rendering.
 
-    A scrape is CPU on the event loop (about 2 ms with a few dozen routes and
-    models); twenty scrapers polling in a loop would otherwise queue forty
-    milliseconds of it ahead of every key check. A scrape joins the one being
+    A scrape is CPU on the event loop; twenty scrapers polling in a loop would
+    otherwise queue twenty of them ahead of every key check. A scrape joins the one being
     prepared, if any; a new one yields once first so that the scrapes ready at the
     same moment join it. Each answer is collected after its request arrived."""
 

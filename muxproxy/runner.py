@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from muxproxy import images
-from muxproxy.backoff import backoff, poll_delay
+from muxproxy.backoff import RetryPolicy, next_delay, next_poll
 from muxproxy.breaker import CircuitBreaker, provider_fault
 from muxproxy.clock import Clock, now_ms
 from muxproxy.events import JobEvents
@@ -33,8 +33,9 @@ from muxproxy.providers.base import (
     Reference,
     Running,
     Submitted,
+    Unsupported,
+    UpstreamError,
 )
-from muxproxy.providers.errors import Unsupported, UpstreamError
 from muxproxy.references import Budget, ReferenceFetcher
 from muxproxy.routing import next_route
 from muxproxy.settings import Settings
@@ -58,6 +59,7 @@ class JobRunner:
         self.metrics = metrics
         self.events = events
         self.breakers = breakers
+        self.retry = RetryPolicy.from_settings(settings.jobs)
         self.fetcher = fetcher
 
     async def run(self, job: Job, owner: str) -> bool:
@@ -130,7 +132,6 @@ class JobRunner:
     async def _advance(self, job: Job, owner: str, outcome: Any,
                        result: JobResult | None) -> bool:
         now = now_ms(self.clock)
-        jobs = self.settings.jobs
         if result is not None:
             done = await self._move(job, owner, JobState.COMPLETED, result=result.to_json(),
                                     completed_at=now, fail_code=None, fail_msg=None)
@@ -138,12 +139,12 @@ class JobRunner:
                 await self.ended(done)
             return done is not None
         if isinstance(outcome, Submitted):
-            delay = poll_delay(0, jobs.poll_initial_seconds, jobs.poll_cap_seconds)
+            delay = next_poll(self.retry, 0)
             await self._move(job, owner, JobState.PROCESSING, upstream_id=outcome.upstream_id,
                              upstream_state=dict(outcome.state), polls=0,
                              run_after=now + int(delay * 1000))
         elif isinstance(outcome, Running):
-            delay = poll_delay(job.polls + 1, jobs.poll_initial_seconds, jobs.poll_cap_seconds)
+            delay = next_poll(self.retry, job.polls + 1)
             changes: dict[str, Any] = {"polls": job.polls + 1,
                                        "run_after": now + int(delay * 1000)}
             if outcome.state is not None:
@@ -152,7 +153,6 @@ class JobRunner:
         return False
 
     async def _on_error(self, job: Job, owner: str, exc: UpstreamError) -> bool:
-        jobs = self.settings.jobs
         now = now_ms(self.clock)
         log.info("upstream error", provider=job.provider, transient=exc.transient,
                  code=exc.code, message=exc.message, status=exc.status)
@@ -161,21 +161,16 @@ class JobRunner:
         if job.upstream_id is not None:
             # The upstream has the job: keep polling (a 429 on a poll is not a
             # reason to give up or to submit elsewhere); the deadline bounds it.
-            delay = max(exc.retry_after or 0.0,
-                        poll_delay(job.polls + 1, jobs.poll_initial_seconds,
-                                   jobs.poll_cap_seconds))
+            delay = next_poll(self.retry, job.polls + 1, exc.retry_after)
             await self._move(job, owner, JobState.PROCESSING, polls=job.polls + 1,
                              run_after=now + int(delay * 1000))
             return False
         attempts = job.attempts + 1
-        if attempts < jobs.max_attempts:
-            delay = max(exc.retry_after or 0.0,
-                        backoff(attempts, jobs.retry_base_seconds, jobs.retry_cap_seconds,
-                                jitter=0.2))
-            delay = min(delay, jobs.retry_cap_seconds)
+        retry_in = next_delay(self.retry, attempts, exc.retry_after)
+        if retry_in is not None:
             await self._move(job, owner, JobState.PROCESSING, attempts=attempts,
                              fail_code=exc.code, fail_msg=exc.message,
-                             run_after=now + int(delay * 1000))
+                             run_after=now + int(retry_in * 1000))
             return False
         if await self._fall_back(job, owner):
             return False

@@ -1,10 +1,9 @@
 """The in-process scheduler: claims due jobs within each provider's concurrency
 limit and runs them.
 
-The loop is "wait for a wake-up, a timer or stop": submits wake it at once; the
-timer is the earliest ``run_after`` in the store (next poll, next retry) or the
-earliest lease to lapse, capped so deadlines are swept regularly. Every pass logs
-its exception and carries on.
+The loop is the shared :class:`~muxproxy.worker.WorkerLoop`: submits wake it at
+once; the timer is the earliest ``run_after`` in the store (next poll, next retry)
+or the earliest lease to lapse, capped so deadlines are swept regularly.
 
 A step's lease covers the provider's timeout plus ``jobs.lease_margin_seconds``,
 yet a step may make several calls (references, the upstream, the result's
@@ -17,10 +16,6 @@ again when it lapses, and the next claim takes it up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import secrets
-import socket
 from collections.abc import Mapping
 
 import structlog
@@ -33,35 +28,29 @@ from muxproxy.providers.base import Provider
 from muxproxy.runner import JobRunner
 from muxproxy.settings import JobSettings
 from muxproxy.store import Store
-from muxproxy.wakeup import wait_for_wake
+from muxproxy.worker import WorkerLoop
 
 log = get_logger("muxproxy.scheduler")
 
 SWEEP_SECONDS = 1.0
 
 
-class Scheduler:
+class Scheduler(WorkerLoop[Job, bool]):
     def __init__(self, store: Store, providers: Mapping[str, Provider], runner: JobRunner,
                  clock: Clock, settings: JobSettings, metrics: Metrics) -> None:
+        super().__init__(clock, log, name="scheduler", label="scheduler",
+                         sweep_seconds=SWEEP_SECONDS)
         self.store = store
         self.providers = providers
         self.runner = runner
-        self.clock = clock
         self.settings = settings
         self.metrics = metrics
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._wake = asyncio.Event()
-        self._stopping = False
         self._draining = False
-        self._loop: asyncio.Task[None] | None = None
-        self._running: dict[asyncio.Task[bool], Job] = {}
         self._leases: dict[str, int] = {}  # job id -> lease_until, for steps running here
         self._in_flight = dict.fromkeys(providers, 0)
         # Whether due jobs of a provider may be waiting for a slot (then a new job
         # queues behind them rather than take a slot that frees up).
         self._queued = dict.fromkeys(providers, False)
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._next_sweep = 0
 
     async def start(self) -> None:
@@ -71,10 +60,7 @@ class Scheduler:
                      retried=recovery.retried, failed=len(recovery.failed))
         for job in recovery.failed:
             await self.runner.ended(job)
-        self._loop = asyncio.create_task(self._run(), name="muxproxy-scheduler")
-
-    def wake(self) -> None:
-        self._wake.set()
+        self._start_loop()
 
     def reserve(self, provider: str) -> Lease | None:
         """A slot for a job about to be created, when ``provider`` has one free and
@@ -95,8 +81,8 @@ class Scheduler:
 
     def launch(self, job: Job) -> None:
         """Run a job created with a lease from :meth:`reserve`."""
-        self._in_flight[job.provider] -= 1  # _spawn counts it again
-        self._spawn(job)
+        self._in_flight[job.provider] -= 1  # _run_step counts it again
+        self._run_step(job)
 
     def drain(self) -> None:
         """Stop claiming jobs now (a shutdown began); steps already running go on
@@ -108,38 +94,7 @@ class Scheduler:
         """Is a step of this job running in this process now?"""
         return job_id in self._leases
 
-    async def stop(self, grace_seconds: float = 10.0) -> None:
-        """Stop claiming; give running steps ``grace_seconds``, then cancel them and
-        hand their leases back so the next start resumes them."""
-        self._stopping = True
-        self._wake.set()
-        if self._loop is not None:
-            await self._loop
-        if self._running:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace_seconds):
-                    await self._idle.wait()
-        for task in list(self._running):
-            task.cancel()
-        leftovers = list(self._running.items())
-        await asyncio.gather(*(t for t, _ in leftovers), return_exceptions=True)
-        for _, job in leftovers:
-            await self._release(job)
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
-
-    async def _run(self) -> None:
-        while not self._stopping:
-            try:
-                await self._tick()
-                wake_at = await self._next_wake()
-            except Exception:
-                log.exception("scheduler pass failed")
-                wake_at = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
-            await wait_for_wake(self._wake, self.clock, wake_at)
-
-    async def _tick(self) -> None:
+    async def _pass(self) -> None:
         now = now_ms(self.clock)
         # Deadlines are swept once per SWEEP_SECONDS, not on every wake-up: a busy
         # gateway wakes per submit and per finished step, and a running step already
@@ -173,7 +128,7 @@ class Scheduler:
                 # A step still running here whose lease lapsed anyway (the loop was
                 # held up past it): the claim has renewed it; never run it twice.
                 if job.id not in self._leases:
-                    self._spawn(job)
+                    self._run_step(job)
 
     def _full(self, provider: str) -> bool:
         """Are all of the provider's slots taken?"""
@@ -204,20 +159,17 @@ class Scheduler:
         sweep = self._next_sweep
         if self._draining:
             return sweep  # due jobs wait for the next start: no hurry
-        # Providers that cannot serve are looked at on sweeps only (see _tick): a job
+        # Providers that cannot serve are looked at on sweeps only (see _pass): a job
         # of theirs that is due must not make every pass until then come at once.
         free = [n for n, p in self.providers.items() if p.configured and not self._full(n)]
         due = await self.store.next_due(free)
         return sweep if due is None else min(sweep, due)
 
-    def _spawn(self, job: Job) -> None:
+    def _run_step(self, job: Job) -> None:
         self._leases[job.id] = job.lease_until or 0
         self._in_flight[job.provider] += 1
         self.metrics.jobs_in_flight.labels(job.provider).inc()
-        self._idle.clear()
-        task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
-        self._running[task] = job
-        task.add_done_callback(lambda t: self._done(t, job))
+        self._spawn(job, f"job-{job.id}")
 
     async def _execute(self, job: Job) -> bool:
         """One step of ``job``; True when it left the job terminal."""
@@ -240,15 +192,12 @@ class Scheduler:
             log.warning("could not hand a job's lease back; it is taken up again when "
                         "the lease lapses", job_id=job.id, error=type(exc).__name__)
 
-    def _done(self, task: asyncio.Task[bool], job: Job) -> None:
-        self._running.pop(task, None)
+    def _finished(self, task: asyncio.Task[bool], job: Job) -> None:
         self._leases.pop(job.id, None)
         provider = job.provider
         was_full = self._full(provider)
         self._in_flight[provider] -= 1
         self.metrics.jobs_in_flight.labels(provider).dec()
-        if not self._running:
-            self._idle.set()
         # A pass is needed when the step set the job's next run (its time may come
         # before the timer's), or when due jobs may wait for the slot it frees: the
         # last pass left them out while the provider was full. A job that finished

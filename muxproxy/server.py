@@ -51,7 +51,7 @@ class Server(uvicorn.Server):
         await super().startup(sockets)
         # Everything made so far (modules, settings, the app) lives as long as the
         # process: keep it out of the cyclic collector's passes, which otherwise
-        # walk it again and again under load (a tenth of the CPU, measured), and
+        # walk it again and again under load (docs/performance.md), and
         # let the young generation grow larger before it is collected.
         gc.collect()
         gc.freeze()

@@ -12,7 +12,7 @@ from pytest_aiohttp import AiohttpServer
 
 from muxproxy.breaker import Circuit, CircuitBreaker, provider_fault
 from muxproxy.clock import ManualClock
-from muxproxy.providers.errors import UpstreamError
+from muxproxy.providers.base import UpstreamError
 from tests.fakes.scripted import serve
 from tests.fakes.task import FakeTask
 from tests.support.gateway import RunningGateway, base_config, merge, run_gateway

@@ -298,7 +298,7 @@ class Provider(abc.ABC):
                                 status=response.status)
         try:
             try:
-                # orjson: several times faster on the megabytes of a b64_json image.
+                # orjson first: faster on the megabytes of a b64_json image.
                 return orjson.loads(raw)
             except orjson.JSONDecodeError:
                 return json.loads(raw)  # what orjson refuses (NaN, huge integers)

@@ -1,4 +1,4 @@
-"""The ModelMux-style generations API (seed 000): submit returns a ``historyId`` at
+"""The ModelMux-style generations API (docs/modelmux-api.md): submit returns a ``historyId`` at
 once; poll ``GET /api/v1/generations/{id}``; fetch the bytes from ``.../image``.
 Errors: ``{"error": "...", "code": "..."}``.
 """

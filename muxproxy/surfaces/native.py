@@ -1,4 +1,4 @@
-"""The native task API (seeds 001/002/004): submit returns a ``taskId``; poll by
+"""The native task API (docs/native-api.md): submit returns a ``taskId``; poll by
 ``task_id``; errors as ``{"code", "msg", "data": null}`` with the same HTTP status."""
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def parse_submission(body: dict[str, Any], state: AppState) -> Submission:
     model = v.string(body, "model", required=True, max_len=200)
     assert model is not None
     state.gateway.model(model)
-    # Reference images in the order the client's fields came in: seed 002 sends
+    # Reference images in the order the client's fields came in: a client may send
     # "image 1" as image_base64 and "image 2" in image_urls.
     images: list[ImageRef | UploadedImage] = []
     for name in body:

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible images API (seed 003 and OpenAI's Images API), for the
+"""The OpenAI-compatible images API (docs/openai-api.md), for the
 official SDKs pointed at ``base_url=<gateway>/v1``.
 
 ``POST /v1/images/*`` creates a job like any surface, then waits for it (bounded by
@@ -381,7 +381,7 @@ async def images_response(state: AppState, job: Job, response_format: str) -> di
 
 
 def usage(job: Job) -> dict[str, Any]:
-    """Token counts in OpenAI's and seed 003's names (the gateway does not meter
+    """Token counts in OpenAI's names (the gateway does not meter
     tokens: zeros), and the job's price in credits."""
     return {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
             "output_tokens": 0, "total_tokens": 0, "prompt_tokens": 0, "completion_tokens": 0,

@@ -1,6 +1,6 @@
 """The webhook relay: a background loop that delivers the outbox.
 
-The loop is "wait for a wake-up, a timer or stop", like the scheduler's: a job
+The loop is the scheduler's (:class:`~muxproxy.worker.WorkerLoop`): a job
 turning terminal wakes it (a :class:`~muxproxy.events.JobEvents` subscriber), the
 timer is the earliest ``next_attempt_at``, and ``start`` picks up what a previous
 process left. Each claimed delivery runs as its own task, at most
@@ -13,10 +13,7 @@ never waits for a receiver.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import secrets
-import socket
 from collections import Counter
 from collections.abc import Callable
 
@@ -28,7 +25,6 @@ from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.settings import WebhookSettings
 from muxproxy.store import Store
-from muxproxy.wakeup import wait_for_wake
 from muxproxy.webhooks import signing
 from muxproxy.webhooks.outbox import Attempt, Delivery, DeliveryStatus, Verdict
 from muxproxy.webhooks.payload import callback_body
@@ -41,6 +37,7 @@ from muxproxy.webhooks.schedule import (
 )
 from muxproxy.webhooks.sender import Reply, Sender
 from muxproxy.webhooks.ssrf import CallbackGuard
+from muxproxy.worker import WorkerLoop
 
 log = get_logger("muxproxy.webhooks")
 
@@ -48,24 +45,20 @@ SWEEP_SECONDS = 5.0
 LEASE_MARGIN_SECONDS = 30.0
 
 
-class WebhookRelay:
+class WebhookRelay(WorkerLoop[Delivery, None]):
     def __init__(self, settings: WebhookSettings, store: Store, clock: Clock,
                  metrics: Metrics, guard: CallbackGuard,
                  result_urls: Callable[[Job], list[str]],
                  rand: Callable[[], float] = random.random) -> None:
+        super().__init__(clock, log, name="webhooks", label="webhook relay",
+                         sweep_seconds=SWEEP_SECONDS)
         self.settings = settings
         self.store = store
-        self.clock = clock
         self.metrics = metrics
         self.guard = guard
         self.result_urls = result_urls
         self.rand = rand
         self.sender = Sender(guard, settings.attempt_timeout_seconds, settings.max_concurrency)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._loop: asyncio.Task[None] | None = None
-        self._running: dict[asyncio.Task[None], Delivery] = {}
         # Deliveries whose attempt has not been recorded yet. Not the same as the
         # ids in ``_running``: a task stays there a moment after it recorded (and
         # released) its attempt, and its delivery may be claimed again meanwhile.
@@ -78,10 +71,7 @@ class WebhookRelay:
         recovered = await self.store.recover_deliveries(self.owner)
         if recovered:
             log.info("took back webhook deliveries after restart", count=recovered)
-        self._loop = asyncio.create_task(self._run(), name="muxproxy-webhooks")
-
-    def wake(self) -> None:
-        self._wake.set()
+        self._start_loop()
 
     def on_job(self, job: Job) -> None:
         """JobEvents subscriber: a terminal job may have just queued a callback."""
@@ -97,18 +87,7 @@ class WebhookRelay:
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop claiming; let attempts in flight finish within ``grace_seconds``, then
         cancel them and hand their leases back (the next start sends them again)."""
-        self._stopping = True
-        self._wake.set()
-        if self._loop is not None:
-            await self._loop
-        if self._running:
-            await asyncio.wait(list(self._running), timeout=grace_seconds)
-        leftovers = list(self._running.items())
-        for task, _ in leftovers:
-            task.cancel()
-        await asyncio.gather(*(t for t, _ in leftovers), return_exceptions=True)
-        for _, delivery in leftovers:
-            await self.store.release_delivery(delivery.id, self.owner)
+        await super().stop(grace_seconds)
         await self.sender.aclose()
         await self.guard.aclose()
 
@@ -121,16 +100,6 @@ class WebhookRelay:
 
     # -- the loop -------------------------------------------------------------
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            try:
-                await self._tick()
-                wake_at = await self._next_wake()
-            except Exception:
-                log.exception("webhook relay pass failed")
-                wake_at = now_ms(self.clock) + int(SWEEP_SECONDS * 1000)
-            await wait_for_wake(self._wake, self.clock, wake_at)
-
     def _busy_hosts(self) -> list[str]:
         return [h for h, n in self._per_host.items() if n >= self.settings.max_per_host]
 
@@ -141,7 +110,7 @@ class WebhookRelay:
         return (self._per_host[delivery.host] >= self.settings.max_per_host
                 or self._per_key[delivery.key_id] >= self.settings.max_per_key)
 
-    async def _tick(self) -> None:
+    async def _pass(self) -> None:
         free = self.settings.max_concurrency - len(self._running)
         if free <= 0 or self._stopping:
             return
@@ -153,9 +122,9 @@ class WebhookRelay:
             if delivery.id in self._attempting:
                 continue  # our own lease, lapsed on a clock jump; the attempt is running
             if self._at_limit(delivery):
-                await self.store.release_delivery(delivery.id, self.owner)
+                await self._release(delivery)
                 continue
-            self._spawn(delivery)
+            self._send(delivery)
 
     async def _next_wake(self) -> int:
         """When to look again (ms): the next due delivery, or a sweep."""
@@ -165,17 +134,14 @@ class WebhookRelay:
         due = await self.store.next_delivery_due(self._busy_hosts(), self._busy_keys())
         return sweep if due is None else min(sweep, due)
 
-    def _spawn(self, delivery: Delivery) -> None:
+    def _send(self, delivery: Delivery) -> None:
         self._per_host[delivery.host] += 1
         self._per_key[delivery.key_id] += 1
         self.metrics.webhooks_in_flight.inc()
         self._attempting.add(delivery.id)
-        task = asyncio.create_task(self._deliver(delivery), name=f"webhook-{delivery.id}")
-        self._running[task] = delivery
-        task.add_done_callback(lambda t: self._done(t, delivery))
+        self._spawn(delivery, f"webhook-{delivery.id}")
 
-    def _done(self, task: asyncio.Task[None], delivery: Delivery) -> None:
-        self._running.pop(task, None)
+    def _finished(self, task: asyncio.Task[None], delivery: Delivery) -> None:
         self._per_host[delivery.host] -= 1
         if self._per_host[delivery.host] <= 0:
             del self._per_host[delivery.host]
@@ -185,9 +151,12 @@ class WebhookRelay:
         self.metrics.webhooks_in_flight.dec()
         self._wake.set()
 
+    async def _release(self, delivery: Delivery) -> None:
+        await self.store.release_delivery(delivery.id, self.owner)
+
     # -- one attempt ------------------------------------------------------------
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _execute(self, delivery: Delivery) -> None:
         try:
             await self._attempt_and_record(delivery)
         finally:
@@ -212,7 +181,7 @@ class WebhookRelay:
                 keep=self.settings.max_attempts_kept)
         except Exception:
             log.exception("could not record a webhook attempt")
-            await self.store.release_delivery(delivery.id, self.owner)
+            await self._release(delivery)
             return
         if updated is None:
             log.warning("webhook delivery changed hands during an attempt")
