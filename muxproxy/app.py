@@ -17,22 +17,22 @@ from starlette.middleware import Middleware
 from muxproxy import __version__
 from muxproxy.app_state import AppState
 from muxproxy.auth import Authenticator, hash_key
-from muxproxy.breaker import CircuitBreaker
 from muxproxy.clock import Clock, SystemClock, now_ms
-from muxproxy.events import JobEvents
 from muxproxy.gateway import Gateway
 from muxproxy.idempotency import Idempotency
 from muxproxy.logs import configure_logging, get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.middleware import RequestContext
 from muxproxy.openapi.document import OpenApiDocument
+from muxproxy.pipeline.breaker import CircuitBreaker
+from muxproxy.pipeline.events import JobEvents
+from muxproxy.pipeline.retention import RetentionSweep
+from muxproxy.pipeline.runner import JobRunner
+from muxproxy.pipeline.scheduler import Scheduler
 from muxproxy.providers import build_providers
 from muxproxy.providers.base import Provider
 from muxproxy.readiness import Readiness
 from muxproxy.references import ReferenceFetcher
-from muxproxy.retention import RetentionSweep
-from muxproxy.runner import JobRunner
-from muxproxy.scheduler import Scheduler
 from muxproxy.settings import Settings
 from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner

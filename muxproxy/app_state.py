@@ -9,16 +9,16 @@ from dataclasses import dataclass
 import aiohttp
 
 from muxproxy.auth import Authenticator
-from muxproxy.breaker import CircuitBreaker
 from muxproxy.clock import Clock
-from muxproxy.events import JobEvents
 from muxproxy.gateway import Gateway
 from muxproxy.metrics import Metrics
+from muxproxy.pipeline.breaker import CircuitBreaker
+from muxproxy.pipeline.events import JobEvents
+from muxproxy.pipeline.retention import RetentionSweep
+from muxproxy.pipeline.runner import JobRunner
+from muxproxy.pipeline.scheduler import Scheduler
 from muxproxy.providers.base import Provider
 from muxproxy.readiness import Readiness
-from muxproxy.retention import RetentionSweep
-from muxproxy.runner import JobRunner
-from muxproxy.scheduler import Scheduler
 from muxproxy.settings import Settings
 from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner

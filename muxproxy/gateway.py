@@ -27,16 +27,16 @@ from muxproxy.errors import (
     StillRunning,
     StoreUnavailable,
 )
-from muxproxy.events import EndWatch, JobEvents
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evolve
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
+from muxproxy.pipeline.events import EndWatch, JobEvents
+from muxproxy.pipeline.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evolve
+from muxproxy.pipeline.retention import results_expired
 from muxproxy.pricing import billed, check_capabilities, price
+from muxproxy.providers import next_route
 from muxproxy.providers.base import Provider, Unsupported
 from muxproxy.ratelimit import RateLimiter
-from muxproxy.retention import results_expired
-from muxproxy.routing import next_route
 from muxproxy.settings import ModelSettings, Settings
 from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner

@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.responses import Response
 
 from muxproxy.errors import InternalError, InvalidRequest, MuxError, PayloadTooLarge
-from muxproxy.jobs import IdempotencyClaim
 from muxproxy.logs import get_logger
+from muxproxy.pipeline.jobs import IdempotencyClaim
 
 log = get_logger("muxproxy.http")
 

@@ -28,9 +28,9 @@ from muxproxy.clock import now_ms
 from muxproxy.errors import Conflict, InternalError, InvalidRequest, MuxError, Unprocessable
 from muxproxy.forms import FormLimits, parse_form
 from muxproxy.http import IDEMPOTENCY_SCOPE_KEY
-from muxproxy.jobs import IdempotencyClaim
 from muxproxy.logs import get_logger
 from muxproxy.middleware import header
+from muxproxy.pipeline.jobs import IdempotencyClaim
 from muxproxy.store import ApiKey
 from muxproxy.surfaces.registry import CREATES
 

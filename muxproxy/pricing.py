@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from muxproxy import images
 from muxproxy.errors import InvalidRequest
 from muxproxy.generation import QUALITY_TIERS, GenerationRequest
-from muxproxy.jobs import evolve
+from muxproxy.pipeline.jobs import evolve
 from muxproxy.settings import ModelSettings
 
 __all__ = ["QUALITY_TIERS", "billed", "check_capabilities", "price", "resolution_of"]

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from muxproxy.breaker import Circuit, CircuitBreaker, provider_fault
 from muxproxy.clock import ManualClock
+from muxproxy.pipeline.breaker import Circuit, CircuitBreaker, provider_fault
 from muxproxy.providers.base import UpstreamError
 from tests.fakes.scripted import serve
 from tests.fakes.task import FakeTask

@@ -14,7 +14,7 @@ from muxproxy.clock import ManualClock
 from muxproxy.errors import Expired, NotFound, StillRunning
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest
-from muxproxy.jobs import JobState
+from muxproxy.pipeline.jobs import JobState
 from muxproxy.store import ApiKey
 from muxproxy.surfaces import SurfaceName
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, merge, run_gateway

@@ -19,7 +19,7 @@ from muxproxy.auth import hash_key
 from muxproxy.clock import ManualClock, now_ms
 from muxproxy.generation import GenerationRequest
 from muxproxy.idempotency import CREATE_STEP_MS, request_digest
-from muxproxy.jobs import IdempotencyClaim, Job, NewJob
+from muxproxy.pipeline.jobs import IdempotencyClaim, Job, NewJob
 from muxproxy.store import Store
 from muxproxy.store import sqlite as sqlite_store
 from muxproxy.store.accounts import IdempotencySuperseded, LedgerKind

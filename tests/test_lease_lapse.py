@@ -9,7 +9,7 @@ import sqlite3
 from typing import Any
 
 from muxproxy.clock import ManualClock
-from muxproxy.jobs import Job
+from muxproxy.pipeline.jobs import Job
 from tests.support.gateway import RunningGateway, merge, run_gateway
 from tests.support.wait import eventually
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import aiohttp
 
-from muxproxy.breaker import CircuitBreaker
 from muxproxy.clock import now_ms
-from muxproxy.events import JobEvents
 from muxproxy.generation import GenerationRequest
-from muxproxy.jobs import JobState, NewJob
 from muxproxy.metrics import Metrics
+from muxproxy.pipeline.breaker import CircuitBreaker
+from muxproxy.pipeline.events import JobEvents
+from muxproxy.pipeline.jobs import JobState, NewJob
+from muxproxy.pipeline.runner import JobRunner
 from muxproxy.providers import build_providers
 from muxproxy.references import ReferenceFetcher
-from muxproxy.runner import JobRunner
 from muxproxy.storage import open_storage
 from muxproxy.surfaces import SurfaceName
 from muxproxy.testing import ManualClock, MemoryStore

@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from muxproxy.backoff import parse_retry_after
 from muxproxy.clock import ManualClock
+from muxproxy.pipeline.backoff import parse_retry_after
 from muxproxy.providers import KINDS, provider_class
 from muxproxy.providers.base import UPSTREAMS, Provider
 from muxproxy.providers.sizes import (

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from muxproxy.jobs import Job
+from muxproxy.pipeline.jobs import Job
 from tests.fakes.scripted import serve
 from tests.fakes.task import FakeTask
 from tests.support.gateway import RunningGateway, base_config, merge, run_gateway

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from muxproxy.backoff import RetryPolicy, next_delay, next_poll
+from muxproxy.pipeline.backoff import RetryPolicy, next_delay, next_poll
 from muxproxy.settings import JobSettings
 
 # Without jitter, so each wait is exact.

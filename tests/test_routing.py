@@ -8,8 +8,8 @@ from typing import Any
 
 import aiohttp
 
-from muxproxy.breaker import Circuit, CircuitBreaker
 from muxproxy.clock import ManualClock
+from muxproxy.pipeline.breaker import Circuit, CircuitBreaker
 from muxproxy.providers import build_providers
 from muxproxy.providers.demo import DemoProvider
 from muxproxy.providers.openai_compatible import OpenAICompatibleProvider

@@ -11,10 +11,10 @@ import pytest
 
 from muxproxy.auth import hash_key
 from muxproxy.clock import ManualClock, now_ms
-from muxproxy.events import EndWatch
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest
-from muxproxy.jobs import Job, JobState, NewJob
+from muxproxy.pipeline.events import EndWatch
+from muxproxy.pipeline.jobs import Job, JobState, NewJob
 from muxproxy.store import ApiKey, Store
 from muxproxy.surfaces import SurfaceName
 from tests.support.gateway import KEY_A, RunningGateway, merge, run_gateway

@@ -11,12 +11,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from muxproxy.breaker import CircuitBreaker
 from muxproxy.clock import now_ms
-from muxproxy.events import JobEvents
 from muxproxy.generation import GenerationRequest
-from muxproxy.jobs import Job, JobState, NewJob
 from muxproxy.metrics import Metrics
+from muxproxy.pipeline.breaker import CircuitBreaker
+from muxproxy.pipeline.events import JobEvents
+from muxproxy.pipeline.jobs import Job, JobState, NewJob
+from muxproxy.pipeline.runner import JobRunner
 from muxproxy.providers.base import (
     Call,
     Finished,
@@ -30,7 +31,6 @@ from muxproxy.providers.base import (
     UpstreamError,
 )
 from muxproxy.references import ReferenceFetcher
-from muxproxy.runner import JobRunner
 from muxproxy.settings import Settings, parse_settings
 from muxproxy.storage import BlobStorage, open_storage
 from muxproxy.store import Store, open_store

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from muxproxy.jobs import JobState
+from muxproxy.pipeline.jobs import JobState
 from muxproxy.store import (
     ConcurrencyLimitReached,
     InsufficientBalance,

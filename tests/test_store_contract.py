@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import IdempotencyClaim, IllegalTransition, Job, JobState, Lease, NewJob
+from muxproxy.pipeline.jobs import IdempotencyClaim, IllegalTransition, Job, JobState, Lease, NewJob
 from muxproxy.store import StaleJob, Store
 from muxproxy.store.accounts import IdempotencyRecord, IdempotencySuperseded
 from muxproxy.store.sqlite import SqliteStore

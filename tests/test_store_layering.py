@@ -7,7 +7,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from muxproxy.jobs import JobState
+from muxproxy.pipeline.jobs import JobState
 from muxproxy.store import Store
 from muxproxy.store.jobs import new_row
 from muxproxy.store.rows import NEW_JOB_DEFAULTS, job_from_row

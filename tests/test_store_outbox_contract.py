@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from muxproxy.generation import GenerationRequest
-from muxproxy.jobs import Job, JobState, NewJob
+from muxproxy.pipeline.jobs import Job, JobState, NewJob
 from muxproxy.store import Store
 from muxproxy.store.schema import MIGRATIONS
 from muxproxy.store.sqlite import SqliteStore, _statements

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from muxproxy import images
-from muxproxy.backoff import backoff, poll_delay
 from muxproxy.clock import ManualClock
 from muxproxy.errors import InvalidRequest
 from muxproxy.generation import GenerationRequest, ImageRef
-from muxproxy.jobs import evolve
+from muxproxy.pipeline.backoff import backoff, poll_delay
+from muxproxy.pipeline.jobs import evolve
 from muxproxy.pricing import billed, price, resolution_of
 from muxproxy.settings import ModelSettings
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from muxproxy.clock import ManualClock, now_ms
-from muxproxy.worker import WorkerLoop
+from muxproxy.pipeline.worker import WorkerLoop
 from tests.support.wait import eventually
 
 SWEEP = 5.0

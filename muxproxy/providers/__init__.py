@@ -13,7 +13,7 @@ import aiohttp
 
 from muxproxy.clock import Clock
 from muxproxy.providers.base import Provider
-from muxproxy.settings import ProviderSettings
+from muxproxy.settings import ModelSettings, ProviderSettings, RouteSettings
 from muxproxy.settings_checks import choose
 
 KINDS: dict[str, str] = {
@@ -47,3 +47,14 @@ def build_providers(settings: Mapping[str, ProviderSettings] | None,
         validate_provider(ps)
         providers[name] = provider_class(ps.kind)(ps, http, clock)
     return providers
+
+
+def next_route(model: ModelSettings, providers: Mapping[str, Provider],
+               after: int = -1) -> tuple[int, RouteSettings] | None:
+    """The first of a model's routes, after index ``after``, whose provider can work
+    (an upstream that needs a key and was given none cannot)."""
+    for index in range(after + 1, len(model.routes)):
+        route = model.routes[index]
+        if providers[route.provider].configured:
+            return index, route
+    return None

@@ -13,7 +13,7 @@ exceptions (aiohttp, JSON, KeyError on an odd body) are mapped once, in
 What adapters share beyond the interface: each kind's default base URL and auth
 header (``UPSTREAMS``), one error-body reader (:meth:`Provider.upstream_error`,
 with :mod:`muxproxy.providers.wire`), one ``Retry-After`` parser
-(:func:`muxproxy.backoff.parse_retry_after`) and one size fitter
+(:func:`muxproxy.pipeline.backoff.parse_retry_after`) and one size fitter
 (:mod:`muxproxy.providers.sizes`). An adapter keeps only its upstream's dialect.
 """
 
@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
-from muxproxy.backoff import parse_retry_after
 from muxproxy.clock import Clock
 from muxproxy.generation import GenerationRequest
+from muxproxy.pipeline.backoff import parse_retry_after
 from muxproxy.providers.wire import message_at, read_error, read_limited
 from muxproxy.settings import ProviderSettings, SettingsError
 

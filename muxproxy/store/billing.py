@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from muxproxy.jobs import Job, JobState, evolve
+from muxproxy.pipeline.jobs import Job, JobState, evolve
 from muxproxy.store.accounts import (
     Billing,
     ConcurrencyLimitReached,

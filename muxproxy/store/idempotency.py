@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 
-from muxproxy.jobs import IdempotencyClaim
+from muxproxy.pipeline.jobs import IdempotencyClaim
 from muxproxy.store.accounts import IdempotencyRecord
 from muxproxy.store.tx import Transactional, Tx
 

@@ -2,7 +2,7 @@
 with it, over a backend's primitives.
 
 Public methods enforce the job state machine; a transition that
-:data:`muxproxy.jobs.TRANSITIONS` does not allow, or whose expected state no longer
+:data:`muxproxy.pipeline.jobs.TRANSITIONS` does not allow, or whose expected state no longer
 holds, is refused here (and, where the database can, by the database too).
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from muxproxy.jobs import IllegalTransition, Job, JobState, NewJob, can_transition
+from muxproxy.pipeline.jobs import IllegalTransition, Job, JobState, NewJob, can_transition
 from muxproxy.store.accounts import Billing, IdempotencySuperseded
 from muxproxy.store.billing import SETTLES, check_concurrency, hold, moved
 from muxproxy.store.tx import Transactional, Tx

@@ -7,7 +7,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
-from muxproxy.jobs import Job
+from muxproxy.pipeline.jobs import Job
 from muxproxy.webhooks.outbox import Attempt, Backlog, Delivery, SigningSecret, Verdict
 
 

@@ -1,6 +1,6 @@
 """Rows to records, for every backend: a job's JSON columns may come back as text
 (SQLite) or already decoded (a driver that reads ``jsonb`` as a dict, the memory
-backend); both map to the same :class:`~muxproxy.jobs.Job`."""
+backend); both map to the same :class:`~muxproxy.pipeline.jobs.Job`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from muxproxy.generation import GenerationRequest
-from muxproxy.jobs import Job, JobResult, JobState, RowLike
+from muxproxy.pipeline.jobs import Job, JobResult, JobState, RowLike
 from muxproxy.surfaces import SurfaceName
 
 # A job's columns that hold JSON.

@@ -6,7 +6,7 @@ Never edit a released migration: add a new one.
 
 from __future__ import annotations
 
-from muxproxy.jobs import TRANSITIONS
+from muxproxy.pipeline.jobs import TRANSITIONS
 
 
 def _state_machine_trigger() -> str:

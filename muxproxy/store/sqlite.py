@@ -28,7 +28,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from muxproxy.jobs import Job, RowLike
+from muxproxy.pipeline.jobs import Job, RowLike
 from muxproxy.settings import SettingsError, sqlite_path
 from muxproxy.store.base import Store
 from muxproxy.store.rows import job_from_row

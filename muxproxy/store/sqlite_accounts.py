@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
-from muxproxy.jobs import RowLike
+from muxproxy.pipeline.jobs import RowLike
 from muxproxy.store.accounts import (
     ApiKey,
     KeyLimits,

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from muxproxy.jobs import Job
+from muxproxy.pipeline.jobs import Job
 from muxproxy.webhooks.outbox import (
     Attempt,
     Backlog,

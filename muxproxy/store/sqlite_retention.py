@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from muxproxy.jobs import Job, JobState
+from muxproxy.pipeline.jobs import Job, JobState
 from muxproxy.store.rows import job_from_row
 
 T = TypeVar("T")

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from muxproxy.jobs import IdempotencyClaim, IllegalTransition, Job, JobState
+from muxproxy.pipeline.jobs import IdempotencyClaim, IllegalTransition, Job, JobState
 from muxproxy.store.accounts import ApiKey, KeyExists, KeyLimits, LedgerKind
 from muxproxy.store.rows import JSON_COLUMNS, NEW_JOB_DEFAULTS, job_from_row
 from muxproxy.store.sqlite_accounts import INSERT_KEY, SET_LIMITS, key_from_row, limit_values

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from muxproxy.jobs import IdempotencyClaim, Job, JobState
+from muxproxy.pipeline.jobs import IdempotencyClaim, Job, JobState
 
 if TYPE_CHECKING:
     from muxproxy.store.accounts import ApiKey, KeyLimits, LedgerKind

@@ -22,7 +22,7 @@ from muxproxy.app_state import AppState
 from muxproxy.clock import now_ms
 from muxproxy.errors import Conflict, InvalidRequest, NotFound
 from muxproxy.http import parse_json_object, read_body, surface
-from muxproxy.jobs import Job
+from muxproxy.pipeline.jobs import Job
 from muxproxy.store import ApiKey
 from muxproxy.surfaces.native import ok, render_error
 from muxproxy.webhooks import signing

@@ -29,9 +29,9 @@ from muxproxy.http import (
     surface,
 )
 from muxproxy.http import with_retry_after as _retry_after
-from muxproxy.jobs import Job, JobState
+from muxproxy.pipeline.jobs import Job, JobState
+from muxproxy.pipeline.retention import results_expired
 from muxproxy.pricing import resolution_of
-from muxproxy.retention import results_expired
 from muxproxy.store import ApiKey
 from muxproxy.surfaces import SurfaceName
 from muxproxy.validation import UploadedImage

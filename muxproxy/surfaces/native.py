@@ -23,7 +23,7 @@ from muxproxy.http import (
     surface,
 )
 from muxproxy.http import with_retry_after as _retry_after
-from muxproxy.jobs import Job, JobState
+from muxproxy.pipeline.jobs import Job, JobState
 from muxproxy.surfaces import SurfaceName
 from muxproxy.validation import UploadedImage
 

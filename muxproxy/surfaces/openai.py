@@ -23,7 +23,6 @@ from muxproxy import images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
 from muxproxy.errors import InvalidRequest, MuxError, NotFound, StillRunning, UpstreamFailed
-from muxproxy.events import EndWatch
 from muxproxy.forms import FormLimits, Part, parse_form
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest, ImageRef
@@ -37,9 +36,10 @@ from muxproxy.http import (
     unless_hung_up,
 )
 from muxproxy.http import with_retry_after as _retry_after
-from muxproxy.jobs import Job, JobState
 from muxproxy.logs import get_logger
-from muxproxy.scheduler import SWEEP_SECONDS
+from muxproxy.pipeline.events import EndWatch
+from muxproxy.pipeline.jobs import Job, JobState
+from muxproxy.pipeline.scheduler import SWEEP_SECONDS
 from muxproxy.settings import ModelSettings, Settings
 from muxproxy.store import ApiKey
 from muxproxy.surfaces import SurfaceName

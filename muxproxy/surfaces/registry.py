@@ -23,13 +23,13 @@ from starlette.types import Receive, Scope, Send
 from muxproxy.app_state import AppState
 from muxproxy.errors import MuxError, status_error
 from muxproxy.http import ErrorRenderer
-from muxproxy.jobs import Job
 from muxproxy.openapi import admin as admin_doc
 from muxproxy.openapi import modelmux as modelmux_doc
 from muxproxy.openapi import native as native_doc
 from muxproxy.openapi import openai as openai_doc
 from muxproxy.openapi import ops as ops_doc
 from muxproxy.openapi.common import Part
+from muxproxy.pipeline.jobs import Job
 from muxproxy.settings import Settings
 from muxproxy.surfaces import SurfaceName, admin, callbacks, files, modelmux, native, openai, ops
 

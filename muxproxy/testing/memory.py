@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from muxproxy.jobs import TERMINAL, Job, JobState
+from muxproxy.pipeline.jobs import TERMINAL, Job, JobState
 from muxproxy.store.accounts import ApiKey, KeyNotFound, LedgerEntry, UsageRow
 from muxproxy.store.base import Store
 from muxproxy.store.rows import job_from_row

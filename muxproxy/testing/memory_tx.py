@@ -10,7 +10,14 @@ from typing import Any, TypeVar
 
 import orjson
 
-from muxproxy.jobs import TERMINAL, TRANSITIONS, IdempotencyClaim, IllegalTransition, Job, JobState
+from muxproxy.pipeline.jobs import (
+    TERMINAL,
+    TRANSITIONS,
+    IdempotencyClaim,
+    IllegalTransition,
+    Job,
+    JobState,
+)
 from muxproxy.store.accounts import (
     ApiKey,
     KeyExists,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from muxproxy.jobs import RowLike
+from muxproxy.pipeline.jobs import RowLike
 
 
 class DeliveryStatus(StrEnum):

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from muxproxy.jobs import Job, JobState
+from muxproxy.pipeline.jobs import Job, JobState
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/=_-]{256,}")
 

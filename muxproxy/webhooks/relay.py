@@ -1,7 +1,7 @@
 """The webhook relay: a background loop that delivers the outbox.
 
-The loop is the scheduler's (:class:`~muxproxy.worker.WorkerLoop`): a job
-turning terminal wakes it (a :class:`~muxproxy.events.JobEvents` subscriber), the
+The loop is the scheduler's (:class:`~muxproxy.pipeline.worker.WorkerLoop`): a job
+turning terminal wakes it (a :class:`~muxproxy.pipeline.events.JobEvents` subscriber), the
 timer is the earliest ``next_attempt_at``, and ``start`` picks up what a previous
 process left. Each claimed delivery runs as its own task, at most
 ``max_concurrency`` at once, ``max_per_host`` per receiver and ``max_per_key`` per
@@ -20,9 +20,10 @@ from collections.abc import Callable
 import structlog
 
 from muxproxy.clock import Clock, now_ms
-from muxproxy.jobs import Job
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
+from muxproxy.pipeline.jobs import Job
+from muxproxy.pipeline.worker import WorkerLoop
 from muxproxy.settings import WebhookSettings
 from muxproxy.store import Store
 from muxproxy.webhooks import signing
@@ -37,7 +38,6 @@ from muxproxy.webhooks.schedule import (
 )
 from muxproxy.webhooks.sender import Reply, Sender
 from muxproxy.webhooks.ssrf import CallbackGuard
-from muxproxy.worker import WorkerLoop
 
 log = get_logger("muxproxy.webhooks")
 

@@ -19,10 +19,10 @@ import random
 from collections.abc import Callable
 from enum import StrEnum
 
-from muxproxy.backoff import backoff
+from muxproxy.pipeline.backoff import backoff
 
 # Re-exported: the relay reads a receiver's Retry-After as the providers do.
-from muxproxy.backoff import parse_retry_after as parse_retry_after
+from muxproxy.pipeline.backoff import parse_retry_after as parse_retry_after
 from muxproxy.settings import WebhookSettings
 
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from muxproxy.jobs import Job, JobState
+from muxproxy.pipeline.jobs import Job, JobState
 from muxproxy.store import Store, open_store
 from muxproxy.store.accounts import LedgerEntry
 from muxproxy.webhooks.outbox import Delivery, DeliveryStatus

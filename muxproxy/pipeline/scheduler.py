@@ -1,7 +1,7 @@
 """The in-process scheduler: claims due jobs within each provider's concurrency
 limit and runs them.
 
-The loop is the shared :class:`~muxproxy.worker.WorkerLoop`: submits wake it at
+The loop is the shared :class:`~muxproxy.pipeline.worker.WorkerLoop`: submits wake it at
 once; the timer is the earliest ``run_after`` in the store (next poll, next retry)
 or the earliest lease to lapse, capped so deadlines are swept regularly.
 
@@ -21,16 +21,16 @@ from collections.abc import Mapping
 import structlog
 
 from muxproxy.clock import Clock, now_ms
-from muxproxy.jobs import Job, Lease
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
+from muxproxy.pipeline.jobs import Job, Lease
+from muxproxy.pipeline.runner import JobRunner
+from muxproxy.pipeline.worker import WorkerLoop
 from muxproxy.providers.base import Provider
-from muxproxy.runner import JobRunner
 from muxproxy.settings import JobSettings
 from muxproxy.store import Store
-from muxproxy.worker import WorkerLoop
 
-log = get_logger("muxproxy.scheduler")
+log = get_logger("muxproxy.pipeline.scheduler")
 
 SWEEP_SECONDS = 1.0
 

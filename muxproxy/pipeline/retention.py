@@ -19,13 +19,13 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 
 from muxproxy.clock import Clock, now_ms
-from muxproxy.jobs import Job
 from muxproxy.logs import get_logger
+from muxproxy.pipeline.jobs import Job
 from muxproxy.settings import StorageSettings
 from muxproxy.storage import BlobStorage
 from muxproxy.store import Store
 
-log = get_logger("muxproxy.retention")
+log = get_logger("muxproxy.pipeline.retention")
 
 DAY_MS = 86_400_000
 BATCH = 200

@@ -8,10 +8,10 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Callable
 
-from muxproxy.jobs import Job
 from muxproxy.logs import get_logger
+from muxproxy.pipeline.jobs import Job
 
-log = get_logger("muxproxy.events")
+log = get_logger("muxproxy.pipeline.events")
 
 
 class JobEvents:

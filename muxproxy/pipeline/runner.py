@@ -14,16 +14,17 @@ from typing import Any
 import aiohttp
 
 from muxproxy import images
-from muxproxy.backoff import RetryPolicy, next_delay, next_poll
-from muxproxy.breaker import CircuitBreaker, provider_fault
 from muxproxy.clock import Clock, now_ms
-from muxproxy.events import JobEvents
 from muxproxy.faults import InputMissing, JobFault, StorageFault
 from muxproxy.fetch import download
 from muxproxy.generation import ImageRef
-from muxproxy.jobs import Job, JobResult, JobState, StoredImage
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
+from muxproxy.pipeline.backoff import RetryPolicy, next_delay, next_poll
+from muxproxy.pipeline.breaker import CircuitBreaker, provider_fault
+from muxproxy.pipeline.events import JobEvents
+from muxproxy.pipeline.jobs import Job, JobResult, JobState, StoredImage
+from muxproxy.providers import next_route
 from muxproxy.providers.base import (
     Call,
     Finished,
@@ -37,12 +38,11 @@ from muxproxy.providers.base import (
     UpstreamError,
 )
 from muxproxy.references import Budget, ReferenceFetcher
-from muxproxy.routing import next_route
 from muxproxy.settings import Settings
 from muxproxy.storage import BlobNotFound, BlobStorage, blob_key
 from muxproxy.store import Billing, StaleJob, Store
 
-log = get_logger("muxproxy.runner")
+log = get_logger("muxproxy.pipeline.runner")
 
 
 class JobRunner:
