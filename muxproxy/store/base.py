@@ -1,5 +1,5 @@
 """The store interface: every backend (SQLite and memory now, PostgreSQL later)
-implements it and passes the contract suites (``tests/test_store_*contract.py``).
+implements it and passes the contract suites (``tests/contract/test_store_*contract.py``).
 
 :class:`Store` composes one class per concern. The rules (the job state machine,
 billing, the concurrency limit, callbacks on a job's end, the recovery policy and

@@ -11,7 +11,7 @@ import pytest
 
 from muxproxy.settings import SettingsError, load_settings, parse_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MINIMAL: dict[str, Any] = {"server": {"secret": "0123456789abcdef"}}
 
 

@@ -11,7 +11,7 @@ import pytest
 from muxproxy.store import InsufficientBalance
 from muxproxy.store.schema import MIGRATIONS
 from muxproxy.store.sqlite import SqliteStore
-from tests.test_store_contract import T0, new_job
+from tests.contract.test_store_contract import T0, new_job
 
 
 async def test_schema_is_versioned_and_wal(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from muxproxy.settings import parse_settings
 from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
 from tests.support.wait import eventually
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FLAKY = {
     "providers": {
         "flaky": {"kind": "demo", "circuit_threshold": 2, "circuit_cooldown_seconds": 60,

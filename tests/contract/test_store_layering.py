@@ -13,7 +13,7 @@ from muxproxy.store.jobs import new_row
 from muxproxy.store.rows import NEW_JOB_DEFAULTS, job_from_row
 from muxproxy.store.tx import run_inline
 from muxproxy.testing import ManualClock, MemoryStore
-from tests.test_store_contract import OWNER, T0, claim_one, new_job, store
+from tests.contract.test_store_contract import OWNER, T0, claim_one, new_job, store
 
 __all__ = ["store"]  # the backend fixture, shared with the job-store contract
 RESULT = {"images": [{"key": "results/a.png", "content_type": "image/png",

@@ -16,7 +16,7 @@ from muxproxy.store import (
     Store,
 )
 from muxproxy.store.accounts import LedgerKind
-from tests.test_store_contract import OWNER, T0, claim_one, new_job, store
+from tests.contract.test_store_contract import OWNER, T0, claim_one, new_job, store
 
 __all__ = ["store"]  # the backend fixture, shared with the job-store contract
 DAY = 86_400_000

@@ -19,7 +19,7 @@ from muxproxy.store.schema import MIGRATIONS
 from muxproxy.store.sqlite import SqliteStore, _statements
 from muxproxy.surfaces import SurfaceName
 from muxproxy.webhooks.outbox import Attempt, DeliveryPending, DeliveryStatus, Verdict
-from tests.test_store_contract import store
+from tests.contract.test_store_contract import store
 
 __all__ = ["store"]  # the backend fixture, shared with the job-store contract
 

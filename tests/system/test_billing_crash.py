@@ -10,7 +10,7 @@ import aiohttp
 from tests.support.audit import job, key_ledger, opened
 from tests.support.process import free_port, gateway_process
 from tests.support.wait import eventually
-from tests.test_restart import HEADERS, submit, wait_terminal
+from tests.system.test_restart import HEADERS, submit, wait_terminal
 
 KEY = HEADERS["Authorization"].removeprefix("Bearer ")
 

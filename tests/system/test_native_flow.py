@@ -207,7 +207,7 @@ async def test_logs_are_json_with_request_id_and_no_secrets(
 
     import orjson
 
-    from tests.test_native_errors import png_b64
+    from tests.system.test_native_errors import png_b64
 
     image = png_b64((64, 64))
     async with run_gateway(merge(config, {"logging": {"level": "debug"}})) as gw:
@@ -235,7 +235,7 @@ async def test_logs_are_json_with_request_id_and_no_secrets(
 async def test_reference_images_keep_the_clients_order(config: dict[str, Any]) -> None:
     """Seed 002: "combine the model from image 1 (image_base64) with the outfit from
     image 2 (image_urls)": the upstream must see them in that order."""
-    from tests.test_native_errors import png_b64
+    from tests.system.test_native_errors import png_b64
 
     async with ImageServer() as server, run_gateway(merge(config, ALLOW_LOOPBACK)) as gateway:
         calls = record_calls(gateway.state.providers["demo"])

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from muxproxy.store.sqlite import SqliteStore
-from tests.test_store_contract import new_job
+from tests.contract.test_store_contract import new_job
 
 
 async def test_write_waits_off_the_loop_while_another_process_holds_the_lock(
