@@ -6,12 +6,10 @@ connection and see the last committed state without waiting for writers.
 
 The busy paths (submit, poll, claim, transition, callbacks) run their statements
 right on the event loop, each as one plain function (:meth:`SqliteStore._in_writer`,
-:meth:`SqliteStore._in_reader`): a statement by primary key or on an index takes a
-few microseconds, and a WAL commit with ``synchronous = NORMAL`` does not fsync, so
-this blocks the loop far less than a hop to aiosqlite's thread costs (about 60 us
-of CPU and two GIL hand-overs, measured; up to the 5 ms switch interval of latency
-when the loop is busy). The writes made in one pass of the loop share one commit
-(group commit): a commit, about 50 us here, is paid once per batch, not per job.
+:meth:`SqliteStore._in_reader`): a statement by primary key or on an index, and a
+WAL commit with ``synchronous = NORMAL`` (no fsync), block the loop for less than
+a hop to aiosqlite's thread costs (docs/performance.md). The writes made in one
+pass of the loop share one commit (group commit), paid once per batch, not per job.
 What can block: a commit that triggers a WAL checkpoint (every ~4 MB of writes,
 one fsync). A write lock held by another process is not waited for on the loop
 (see ``_commit_batch``). The rest (admin, accounts, listing) still awaits

@@ -51,8 +51,8 @@ class SqliteTx(Tx):
         for column in _NEW_JSON:
             stored[column] = orjson.dumps(stored[column]).decode()
         self.db.execute(_insert_sql(tuple(stored)), tuple(stored.values()))
-        # The row as stored, without reading it back (RETURNING costs as much as the
-        # insert): what was written, and the columns' defaults.
+        # The row as stored, without reading it back: what was written, and the
+        # columns' defaults.
         return job_from_row(NEW_JOB_DEFAULTS | stored)
 
     async def update_job(self, job_id: str, expected: JobState | None, owner: str | None,
