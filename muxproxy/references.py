@@ -17,9 +17,6 @@ an address, a port or what the server answered beyond its status.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import re
-import socket
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,45 +29,18 @@ from muxproxy.errors import InvalidRequest
 from muxproxy.faults import BadReference
 from muxproxy.settings import LimitSettings
 from muxproxy.webhooks.ssrf import (
-    RESOLVE_TIMEOUT_SECONDS,
     AddressPolicy,
     GuardedResolver,
-    IPAddress,
     RefusedAddress,
+    addresses_of,
     guarded_socket_factory,
+    host_address,
 )
 
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_NUMERIC = re.compile(r"^(?:0[xX][0-9a-fA-F]*|[0-9]+)$")
 _CHUNK = 64 * 1024
 USER_AGENT = f"muxproxy-references/{__version__}"
-
-
-def host_address(host: str) -> IPAddress | None:
-    """The address a URL's host names literally, in every form a resolver takes:
-    dotted, IPv6, and the old inet_aton forms (``2130706433``, ``0177.0.0.1``,
-    ``127.1``, ``0x7f.1``). None for a name; ValueError for a number that is no
-    address."""
-    bare = host.strip("[]").rstrip(".")
-    try:
-        return ipaddress.ip_address(bare.split("%", 1)[0])
-    except ValueError:
-        pass
-    parts = bare.split(".")
-    if not all(_NUMERIC.match(part) for part in parts):
-        return None
-    try:
-        values = [int(p[2:] or "0", 16) if p[:2].lower() == "0x"
-                  else int(p, 8) if len(p) > 1 and p[0] == "0" else int(p) for p in parts]
-    except ValueError:  # 08, 09: not octal
-        values = []
-    *head, last = values or [-1]
-    if not values or len(values) > 4 or any(v > 255 for v in head) \
-            or last >= 256 ** (4 - len(head)):
-        raise ValueError(f"not an address: {host}")
-    return ipaddress.IPv4Address(
-        sum(v << (8 * (3 - i)) for i, v in enumerate(head)) + last)
 
 
 class Budget:
@@ -103,20 +73,12 @@ class ReferenceFetcher:
     async def check(self, url: str, label: str, param: str) -> None:
         """Refuse (400) a URL whose host is, or now resolves to, a refused address.
         A name that does not resolve now passes: the fetch decides, and fails the job."""
-        host = urlsplit(url).hostname or ""
         try:
-            literal = host_address(host)
+            addresses = await addresses_of(urlsplit(url).hostname or "", self._resolver)
         except ValueError:
             raise InvalidRequest(f"{label} has an invalid host", param=param) from None
-        if literal is not None:
-            addresses: list[str | IPAddress] = [literal]
-        else:
-            try:
-                async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
-                    found = await self._resolver.resolve(host, 0, socket.AF_UNSPEC)
-            except (OSError, TimeoutError):
-                return
-            addresses = [r["host"] for r in found]
+        if addresses is None:
+            return
         if any(self.policy.refusal(a) is not None for a in addresses):
             raise InvalidRequest(f"{label} must reach a public address", param=param)
 

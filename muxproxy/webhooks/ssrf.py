@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -56,6 +57,51 @@ RESOLVE_TIMEOUT_SECONDS = 5.0
 
 class RefusedAddress(OSError):
     """A callback would reach an address that is not public."""
+
+
+_NUMERIC = re.compile(r"^(?:0[xX][0-9a-fA-F]*|[0-9]+)$")
+
+
+def host_address(host: str) -> IPAddress | None:
+    """The address a URL's host names literally, in every form a resolver takes:
+    dotted, IPv6, and the old inet_aton forms (``2130706433``, ``0177.0.0.1``,
+    ``127.1``, ``0x7f.1``). None for a name; ValueError for a number that is no
+    address."""
+    bare = host.strip("[]").rstrip(".")
+    try:
+        return ipaddress.ip_address(bare.split("%", 1)[0])
+    except ValueError:
+        pass
+    parts = bare.split(".")
+    if not all(_NUMERIC.match(part) for part in parts):
+        return None
+    try:
+        values = [int(p[2:] or "0", 16) if p[:2].lower() == "0x"
+                  else int(p, 8) if len(p) > 1 and p[0] == "0" else int(p) for p in parts]
+    except ValueError:  # 08, 09: not octal
+        values = []
+    *head, last = values or [-1]
+    if not values or len(values) > 4 or any(v > 255 for v in head) \
+            or last >= 256 ** (4 - len(head)):
+        raise ValueError(f"not an address: {host}")
+    return ipaddress.IPv4Address(
+        sum(v << (8 * (3 - i)) for i, v in enumerate(head)) + last)
+
+
+async def addresses_of(host: str, resolver: AbstractResolver) -> list[str | IPAddress] | None:
+    """The addresses a URL's host reaches: itself when it is an address in any form
+    (:func:`host_address`), else what ``resolver`` answers now; None when the name
+    does not resolve now (the connect-time check decides then). ValueError for a
+    number that is no address."""
+    literal = host_address(host)
+    if literal is not None:
+        return [literal]
+    try:
+        async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
+            results = await resolver.resolve(host, 0, socket.AF_UNSPEC)
+    except (OSError, TimeoutError):
+        return None
+    return [r["host"] for r in results]
 
 
 def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -174,18 +220,12 @@ class CallbackGuard:
         if parts.scheme not in ("http", "https") or not host:
             raise InvalidRequest("'callback_url' must be an http(s) URL", param="callback_url")
         try:
-            literal: IPAddress | None = ipaddress.ip_address(host)
+            addresses = await addresses_of(host, self.resolver)
         except ValueError:
-            literal = None
-        if literal is not None:
-            addresses = [str(literal)]
-        else:
-            try:
-                async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
-                    results = await self.resolver.resolve(host, 0, socket.AF_UNSPEC)
-            except (OSError, TimeoutError):
-                return
-            addresses = [r["host"] for r in results]
+            raise InvalidRequest("'callback_url' has an invalid host",
+                                 param="callback_url") from None
+        if addresses is None:
+            return
         for address in addresses:
             reason = policy.refusal(address)
             if reason is not None:

@@ -16,8 +16,9 @@ from pytest_aiohttp import AiohttpServer
 
 from muxproxy.auth import hash_key
 from muxproxy.faults import BadReference
-from muxproxy.references import ReferenceFetcher, host_address
+from muxproxy.references import ReferenceFetcher
 from muxproxy.settings import LimitSettings
+from muxproxy.webhooks.ssrf import host_address
 from tests.fakes.scripted import serve
 from tests.fakes.task import FakeTask
 from tests.support.gateway import KEY_A, RunningGateway, base_config, merge, run_gateway

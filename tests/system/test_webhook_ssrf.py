@@ -69,7 +69,10 @@ async def test_refused_callback_urls_are_a_400_at_submit(config: dict[str, Any])
             for a in REFUSED if "%" not in a]
     urls += ["http://internal.test/hook", "http://localhost:8080/hook",
              "https://meta.test/latest/meta-data", "ftp://example.com/hook",
-             "file:///etc/passwd", "http:///nohost", "http://example.com:99999/"]
+             "file:///etc/passwd", "http:///nohost", "http://example.com:99999/",
+             # Read as addresses without asking the resolver (which knows none of them).
+             "http://2130706433/hook", "http://0177.0.0.1/hook", "http://127.1/hook",
+             "http://0x7f.0.0.1/hook", "http://10.0x10203/hook", "http://999.1/hook"]
     async with run_gateway(config, resolver=resolver) as gateway:
         for url in urls:
             async with gateway.http.post(
