@@ -82,7 +82,9 @@ class LimitSettings:
 
 @dataclass(frozen=True)
 class JobSettings:
-    deadline_seconds: float = 600.0
+    # Below 598 s: an OpenAI-surface call (deadline + 2 s) then ends before the official
+    # SDKs' default 600 s timeout, whose retry would otherwise meet a running job.
+    deadline_seconds: float = 570.0
     max_attempts: int = 3
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 60.0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import openai
 import pytest
 
-from muxproxy.settings import SettingsError, parse_settings
+from muxproxy.settings import Settings, SettingsError, load_settings, parse_settings
 from muxproxy.surfaces.openai import wait_seconds
 from tests.support.gateway import base_config, merge
 
@@ -34,3 +35,13 @@ def test_bad_values_name_the_key(tmp_path: Path, surfaces: dict[str, object],
                                  message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         parse_settings(merge(base_config(tmp_path), {"surfaces": surfaces}), {})
+
+
+def test_the_default_wait_ends_before_the_sdks_default_timeout() -> None:
+    # openai-python retries its own timeouts: a wait longer than its default would
+    # send that retry while the job still runs (a second job, without a key).
+    sdk_timeout = openai.DEFAULT_TIMEOUT.read
+    assert sdk_timeout is not None
+    shipped = load_settings(Path(__file__).parents[2] / "config.toml", {})
+    for settings in (Settings(), shipped):
+        assert wait_seconds(settings) < sdk_timeout
