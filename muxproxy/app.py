@@ -134,8 +134,7 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
 
 async def _open_backends(settings: Settings, clock: Clock, closers: AsyncExitStack
                          ) -> tuple[Store, BlobStorage]:
-    store = open_store(settings.database.url,
-                       busy_timeout_seconds=settings.database.busy_timeout_seconds)
+    store = open_store(settings.database.url, settings.database)
     closers.push_async_callback(store.aclose)
     await store.open()
     for key in settings.keys:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from muxproxy import cli_keys
-from muxproxy.settings import SettingsError, load_settings
+from muxproxy.settings import Settings, SettingsError, load_settings
 
 # Descriptors beyond the connections: the database, image files, upstream and
 # webhook connections, and the health probes served past max_connections.
@@ -26,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="override server.port")
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"))
+    migrate = commands.add_parser(
+        "migrate", help="bring the database's schema to this version and exit")
+    migrate.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"))
     cli_keys.add_parser(commands)
     args = parser.parse_args(argv)
 
@@ -39,11 +42,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "keys":
         return cli_keys.run(settings, args)
+    if args.command == "migrate":
+        return _migrate(settings)
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(settings.providers)} providers, "
               f"{len(settings.models)} models)")
         return 0
     return _serve(settings, args.host, args.port)
+
+
+def _migrate(settings: Settings) -> int:
+    """Open the store, which migrates it (under an advisory lock on PostgreSQL, so
+    replicas starting meanwhile wait), and close it. ``serve`` migrates the same way
+    at start; this runs it on its own, before a rollout."""
+    import asyncio
+
+    from muxproxy.errors import StoreUnavailable
+    from muxproxy.store import open_store
+
+    async def run() -> None:
+        store = open_store(settings.database.url, settings.database)
+        await store.open()
+        await store.aclose()
+
+    try:
+        asyncio.run(run())
+    except (StoreUnavailable, RuntimeError) as exc:
+        print(f"muxproxy: migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"database schema is current ({settings.database.url.partition(':')[0]})")
+    return 0
 
 
 def _serve(settings: object, host: str | None, port: int | None) -> int:

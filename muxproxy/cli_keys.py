@@ -107,7 +107,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _with_admin(settings: Settings, action: Action, args: argparse.Namespace) -> Any:
-    store = open_store(settings.database.url)
+    store = open_store(settings.database.url, settings.database)
     await store.open()
     try:
         return await action(KeyAdmin(store, SystemClock()), args)

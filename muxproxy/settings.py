@@ -44,6 +44,12 @@ class DatabaseSettings:
     # How long a write waits for a lock held by another process before it is
     # answered 503 with Retry-After.
     busy_timeout_seconds: float = 5.0
+    # PostgreSQL only (ignored by SQLite): connections in each process's pool, the
+    # longest a statement may run before it is cancelled (answered 503), and how long
+    # connecting, or waiting for a free pooled connection, may take.
+    pool_size: int = 10
+    statement_timeout_seconds: float = 30.0
+    connect_timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,11 @@ def check(settings: Settings) -> None:
 def _check_faults(settings: Settings) -> None:
     if settings.database.busy_timeout_seconds < 0:
         raise SettingsError("database.busy_timeout_seconds: must not be negative")
+    if settings.database.pool_size < 1:
+        raise SettingsError("database.pool_size: must be at least 1")
+    for name in ("statement_timeout_seconds", "connect_timeout_seconds"):
+        if getattr(settings.database, name) <= 0:
+            raise SettingsError(f"database.{name}: must be positive")
     if settings.storage.retention_days < 0:
         raise SettingsError("storage.retention_days: must not be negative (0 keeps forever)")
     if settings.storage.sweep_interval_seconds <= 0:

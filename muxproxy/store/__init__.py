@@ -1,13 +1,14 @@
 """Job stores, chosen by the database URL's scheme from a table of names.
 
 Each backend lives in its own module, imported only when a URL names it, so one
-with dependencies of its own (PostgreSQL next) costs nothing unless configured.
+with dependencies of its own (PostgreSQL's asyncpg) costs nothing unless configured.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from muxproxy.settings import DatabaseSettings
 from muxproxy.settings_checks import choose
 from muxproxy.store.accounts import (
     ApiKey,
@@ -23,6 +24,8 @@ from muxproxy.store.base import Recovery, StaleJob, Store
 # scheme -> "module:class"
 BACKENDS: dict[str, str] = {
     "sqlite": "muxproxy.store.sqlite:SqliteStore",
+    "postgresql": "muxproxy.store.postgres:PostgresStore",
+    "postgres": "muxproxy.store.postgres:PostgresStore",
 }
 
 
@@ -32,8 +35,9 @@ class StoreBackend(Protocol):
     def check_url(self, url: str) -> None:
         """Refuse a URL this backend cannot use (a SettingsError naming database.url)."""
 
-    def from_url(self, url: str, *, busy_timeout_seconds: float) -> Store:
-        """A store for ``url``, checked but not yet opened."""
+    def from_url(self, url: str, database: DatabaseSettings) -> Store:
+        """A store for ``url``, checked but not yet opened, with the ``database``
+        settings that apply to this backend."""
 
 
 def store_backend(url: str) -> StoreBackend:
@@ -45,9 +49,9 @@ def check_store_url(url: str) -> None:
     store_backend(url).check_url(url)
 
 
-def open_store(url: str, *, busy_timeout_seconds: float = 5.0) -> Store:
-    """A store for ``url``, not yet opened. ``sqlite:///path`` today; ``postgresql://`` later."""
-    return store_backend(url).from_url(url, busy_timeout_seconds=busy_timeout_seconds)
+def open_store(url: str, database: DatabaseSettings | None = None) -> Store:
+    """A store for ``url`` (``sqlite:///path`` or ``postgresql://...``), not yet opened."""
+    return store_backend(url).from_url(url, database or DatabaseSettings(url=url))
 
 
 __all__ = ["ApiKey", "Billing", "ConcurrencyLimitReached", "InsufficientBalance", "KeyExists",

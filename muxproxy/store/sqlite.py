@@ -27,7 +27,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 from muxproxy.pipeline.jobs import Job, RowLike
-from muxproxy.settings import SettingsError, sqlite_path
+from muxproxy.settings import DatabaseSettings, SettingsError, sqlite_path
 from muxproxy.store.base import Store
 from muxproxy.store.rows import job_from_row
 from muxproxy.store.schema import MIGRATIONS
@@ -66,9 +66,10 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
                                 "sqlite:////absolute/path.db")
 
     @classmethod
-    def from_url(cls, url: str, *, busy_timeout_seconds: float) -> SqliteStore:
+    def from_url(cls, url: str, database: DatabaseSettings) -> SqliteStore:
         cls.check_url(url)
-        return cls(sqlite_path(url), busy_timeout_ms=int(busy_timeout_seconds * 1000))
+        return cls(sqlite_path(url),
+                   busy_timeout_ms=int(database.busy_timeout_seconds * 1000))
 
     def __init__(self, path: str | Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = str(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,25 +18,48 @@ from muxproxy.store.accounts import IdempotencyRecord, IdempotencySuperseded
 from muxproxy.store.sqlite import SqliteStore
 from muxproxy.surfaces import SurfaceName
 from muxproxy.testing import MemoryStore
+from tests.support.postgres import fresh_database
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
-    "memory": lambda tmp: MemoryStore(),
+# name -> factory(a folder of the test's own, a fresh PostgreSQL database's URL)
+BACKENDS: dict[str, Callable[[Path, str], Store]] = {
+    "sqlite": lambda tmp, _: SqliteStore(tmp / "store.db"),
+    "memory": lambda tmp, _: MemoryStore(),
+    "postgres": lambda _, url: _postgres(url),
 }
+# Backends that need a PostgreSQL server (tests/support/postgres.py).
+ON_POSTGRES = ("postgres",)
 # Backends that keep their data when closed and opened again.
-DURABLE = ("sqlite",)
+DURABLE = ("sqlite", "postgres")
 T0 = 1_700_000_000_000
 OWNER = "worker-1"
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    backend = BACKENDS[request.param](tmp_path)
-    await backend.open()
-    try:
-        yield backend
-    finally:
-        await backend.aclose()
+    async with _database(request, request.param) as url:
+        backend = BACKENDS[request.param](tmp_path, url)
+        await backend.open()
+        try:
+            yield backend
+        finally:
+            await backend.aclose()
+
+
+@asynccontextmanager
+async def _database(request: pytest.FixtureRequest, backend: str) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for a backend on PostgreSQL; nothing for the others."""
+    if backend not in ON_POSTGRES:
+        yield ""
+        return
+    request.getfixturevalue("postgres_server")  # skips, or under CI fails, without one
+    async with fresh_database() as url:
+        yield url
+
+
+def _postgres(url: str) -> Store:
+    from muxproxy.store.postgres import PostgresStore
+
+    return PostgresStore(url, pool_size=4)
 
 
 def new_job(job_id: str, *, key_id: str = "key-a", provider: str = "demo", created: int = T0,
@@ -364,15 +388,16 @@ async def test_keys_upsert_and_lookup(store: Store) -> None:
     assert await store.key_by_hash("hash-2") == moved
 
 
-async def test_store_survives_reopen(tmp_path: Path) -> None:
-    for name in DURABLE:
+@pytest.mark.parametrize("name", DURABLE)
+async def test_store_survives_reopen(tmp_path: Path, request: pytest.FixtureRequest,
+                                     name: str) -> None:
+    async with _database(request, name) as url:
         factory = BACKENDS[name]
-        (tmp_path / name).mkdir()
-        first = factory(tmp_path / name)
+        first = factory(tmp_path, url)
         await first.open()
         await first.create_job(new_job("kept"))
         await first.aclose()
-        second = factory(tmp_path / name)
+        second = factory(tmp_path, url)
         await second.open()
         try:
             job = await second.get_job("kept")

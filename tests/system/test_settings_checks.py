@@ -19,9 +19,10 @@ from muxproxy.storage import check_storage_url
 from muxproxy.store import check_store_url
 from tests.support.gateway import free_socket
 
+DB = 'url = "sqlite:///{tmp}/state/muxproxy.db"'
 BASE = {
     "server": 'secret = "0123456789abcdef"',
-    "database": 'url = "sqlite:///{tmp}/state/muxproxy.db"',
+    "database": DB,
     "storage": 'url = "file://{tmp}/state/images"',
     "providers.p": 'kind = "demo"',
 }
@@ -56,8 +57,17 @@ BAD = [
     ("base_url without a scheme",
      {"providers.p": 'kind = "openai"\nbase_url = "api.openai.com/v1"'},
      "providers.p.base_url: must start with http:// or https://"),
-    ("database scheme", {"database": 'url = "postgresql://db.example/mux"'},
-     "database.url: unknown scheme 'postgresql'; known: sqlite"),
+    ("database scheme", {"database": 'url = "mysql://db.example/mux"'},
+     "database.url: unknown scheme 'mysql'; known: postgres, postgresql, sqlite"),
+    ("postgresql URL without its database",
+     {"database": 'url = "postgresql://user:pw@db.example:5432"'},
+     "database.url: expected postgresql://user:password@host:5432/db"),
+    ("database pool size", {"database": DB + '\npool_size = 0'},
+     "database.pool_size: must be at least 1"),
+    ("statement timeout", {"database": DB + '\nstatement_timeout_seconds = 0'},
+     "database.statement_timeout_seconds: must be positive"),
+    ("connect timeout", {"database": DB + '\nconnect_timeout_seconds = -1'},
+     "database.connect_timeout_seconds: must be positive"),
     ("sqlite URL without its path", {"database": 'url = "sqlite://muxproxy.db"'},
      "database.url: expected sqlite:///relative/path.db"),
     ("storage scheme", {"storage": 'url = "s3://bucket/images"'},
@@ -150,6 +160,8 @@ async def test_every_kind_judges_its_own_settings(kind: str) -> None:
     ("sqlite:///", "database.url: expected"),
     ("mysql://x", "database.url: unknown scheme 'mysql'"),
     ("data/muxproxy.db", "database.url: unknown scheme"),
+    ("postgresql:///mux", "database.url: expected postgresql://"),
+    ("postgres://host", "database.url: expected postgresql://"),
 ])
 def test_store_urls(url: str, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
@@ -183,6 +195,7 @@ print(" ".join(sorted(sys.modules)))
                 "muxproxy.providers.demo"}
     assert backends.isdisjoint(before)
     assert backends <= set(after)
+    assert {"asyncpg", "muxproxy.store.postgres"}.isdisjoint(after)
     for target in KINDS.values():
         module = target.partition(":")[0]
         assert module == "muxproxy.providers.demo" or module not in after
