@@ -137,6 +137,9 @@ class MemoryStore(Store):
     async def get_key(self, key_id: str) -> ApiKey | None:
         return await MemoryTx(self.t).key(key_id)
 
+    async def key_named(self, name: str) -> ApiKey | None:
+        return await MemoryTx(self.t).key_named(name)
+
     async def list_keys(self) -> list[ApiKey]:
         return sorted(self.t.keys.values(), key=lambda k: (k.created_at, k.name))
 
