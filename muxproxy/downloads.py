@@ -84,17 +84,19 @@ def _stream(request: Request, storage: BlobStorage, key: str, size: int,
 def _ranges(request: Request, size: int) -> list[tuple[int, int]]:
     """The byte ranges asked for, end exclusive; none for the whole blob. A Range
     that cannot be read raises :class:`InvalidRequest` (its 400), one past the end
-    Starlette's ``RangeNotSatisfiable``."""
+    Starlette's ``RangeNotSatisfiable``, whatever If-Range says: FileResponse would
+    refuse either in plain text."""
     http_range = request.headers.get("range")
-    # With If-Range, FileResponse decides whether the range applies; a stream has
-    # no validator to compare it with, so it sends the whole blob.
-    if http_range is None or "if-range" in request.headers:
+    if http_range is None:
         return []
     try:
-        return FileResponse._parse_range_header(http_range, size)
+        ranges = FileResponse._parse_range_header(http_range, size)
     except MalformedRangeHeader as exc:
         raise InvalidRequest(f"malformed Range header: {exc.content}",
                              param="Range") from None
+    # If-Range only chooses between the range and the whole blob: FileResponse
+    # compares it with its validators; a stream has none, so it sends the whole blob.
+    return [] if "if-range" in request.headers else ranges
 
 
 def _past_the_end(size: int, render: ErrorRenderer) -> Response:

@@ -8,8 +8,8 @@ their deletion when the job ends (a crash or a storage fault in between).
 
 The loop is "sweep, then wait ``sweep_interval_seconds``" on the app's clock, so
 tests drive it with a manual clock. A failing pass is logged and the loop
-carries on; a job whose blobs could not all be deleted is left unmarked and
-tried again on the next pass.
+carries on; a job whose blobs could not all be deleted is left unmarked, passed
+over for the rest of the pass, and tried again on the next one.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DAY_MS = 86_400_000
 BATCH = 200
 INPUTS, RESULTS = 1, 2  # the store's ``swept`` levels
 
-_Batch = Callable[[], Awaitable[list[Job]]]  # the next jobs to sweep
+_Batch = Callable[[tuple[int, str] | None], Awaitable[list[Job]]]  # the jobs after a cursor
 _Keys = Callable[[Job], list[str]]  # which of a job's blobs go
 
 
@@ -93,21 +93,26 @@ class RetentionSweep:
         if keep is not None:
             cutoff = now_ms(self.clock) - keep
             deleted += await self._drain(
-                lambda: self.store.expired_unswept(cutoff, BATCH), RESULTS,
+                lambda after: self.store.expired_unswept(cutoff, BATCH, after), RESULTS,
                 lambda job: [*input_keys(job), *result_keys(job)])
-        deleted += await self._drain(lambda: self.store.ended_unswept(BATCH), INPUTS,
-                                     input_keys)
+        deleted += await self._drain(lambda after: self.store.ended_unswept(BATCH, after),
+                                     INPUTS, input_keys)
         return deleted
 
     async def _drain(self, batch: _Batch, level: int, keys: _Keys) -> int:
         deleted = 0
+        after: tuple[int, str] | None = None
         while True:
-            jobs = await batch()
+            jobs = await batch(after)
             done, count = await self._delete(jobs, keys)
             deleted += count
             await self.store.mark_swept(done, level)
-            if len(jobs) < BATCH or not done:
-                return deleted  # the rest failed: next pass
+            if len(jobs) < BATCH:
+                return deleted
+            # Page on past the jobs that failed (they are tried again next pass):
+            # read from the top, a full batch of them would hide every job behind it.
+            last = jobs[-1]
+            after = (last.completed_at or 0, last.id)
 
     async def _delete(self, jobs: Iterable[Job], keys: _Keys) -> tuple[list[str], int]:
         done, deleted = [], 0

@@ -127,8 +127,8 @@ class AccountStore(Transactional):
         top-up), later only its hash and limits follow the file."""
 
         async def upsert(tx: Tx) -> ApiKey | None:
-            existing = await tx.key(name)
-            if existing is not None and existing.name == name:
+            existing = await tx.key_named(name)
+            if existing is not None:
                 return await tx.set_key(existing.id, limits, key_hash)
             key_id = new_key_id()
             await tx.insert_key(key_id, name, key_hash, now, limits)
@@ -158,7 +158,11 @@ class AccountStore(Transactional):
 
     @abc.abstractmethod
     async def get_key(self, key_id: str) -> ApiKey | None:
-        """By id or by name."""
+        """By id only: a legacy name may equal another key's id (see
+        :meth:`key_named`)."""
+
+    @abc.abstractmethod
+    async def key_named(self, name: str) -> ApiKey | None: ...
 
     @abc.abstractmethod
     async def list_keys(self) -> list[ApiKey]: ...

@@ -196,13 +196,17 @@ class JobStore(Transactional):
     # -- retention and health ------------------------------------------------------
 
     @abc.abstractmethod
-    async def ended_unswept(self, limit: int) -> list[Job]:
-        """Ended jobs whose blobs the retention sweep has not looked at yet, the
-        longest ended first."""
+    async def ended_unswept(self, limit: int, after: tuple[int, str] | None = None
+                            ) -> list[Job]:
+        """Ended jobs whose blobs the retention sweep has not looked at yet, in
+        (completed_at, id) order; with ``after``, only those past that pair, so a
+        sweep pages past the jobs it could not finish."""
 
     @abc.abstractmethod
-    async def expired_unswept(self, ended_before: int, limit: int) -> list[Job]:
-        """Jobs ended by ``ended_before`` whose results are not swept yet."""
+    async def expired_unswept(self, ended_before: int, limit: int,
+                              after: tuple[int, str] | None = None) -> list[Job]:
+        """Jobs ended by ``ended_before`` whose results are not swept yet, in the
+        order and with the ``after`` of :meth:`ended_unswept`."""
 
     @abc.abstractmethod
     async def mark_swept(self, job_ids: Sequence[str], level: int) -> None:

@@ -78,8 +78,11 @@ class AccountsMixin:
         return key_from_row(row) if row else None
 
     async def get_key(self: Connected, key_id: str) -> ApiKey | None:
-        row = await self._fetch_one("SELECT * FROM api_keys WHERE id = ? OR name = ?",
-                                    (key_id, key_id))
+        row = await self._fetch_one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+        return key_from_row(row) if row else None
+
+    async def key_named(self: Connected, name: str) -> ApiKey | None:
+        row = await self._fetch_one("SELECT * FROM api_keys WHERE name = ?", (name,))
         return key_from_row(row) if row else None
 
     async def list_keys(self: Connected) -> list[ApiKey]:
@@ -89,7 +92,7 @@ class AccountsMixin:
     async def revoke_key(self: Connected, key_id: str, *, now: int) -> ApiKey:
         async with self._write() as db, db.execute(
                 "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) "
-                "WHERE id = ? OR name = ? RETURNING *", (now, key_id, key_id)) as cur:
+                "WHERE id = ? RETURNING *", (now, key_id)) as cur:
             row = await cur.fetchone()
         if row is None:
             raise KeyNotFound(key_id)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from muxproxy.pipeline.jobs import Job, JobState
 from muxproxy.store.rows import job_from_row
 
 T = TypeVar("T")
 _UNSWEPT = (f"state IN ('{JobState.COMPLETED}', '{JobState.FAILED}') AND swept < 2")
-_ENDED = f"SELECT * FROM jobs WHERE {_UNSWEPT} AND swept = 0 ORDER BY completed_at LIMIT ?"  # noqa: S608
-_EXPIRED = (f"SELECT * FROM jobs WHERE {_UNSWEPT} AND swept IN (0, 1) "  # noqa: S608
-            f"AND completed_at <= ? ORDER BY completed_at LIMIT ?")
+_ENDED = f"SELECT * FROM jobs WHERE {_UNSWEPT} AND swept = 0"  # noqa: S608
+_EXPIRED = f"SELECT * FROM jobs WHERE {_UNSWEPT} AND swept IN (0, 1) AND completed_at <= ?"  # noqa: S608
+_AFTER = " AND (completed_at, id) > (?, ?)"
+_PAGE = " ORDER BY completed_at, id LIMIT ?"
 
 
 class SqliteRetention:
@@ -30,13 +31,20 @@ class SqliteRetention:
                          transaction: bool = True) -> T:
         raise NotImplementedError
 
-    async def ended_unswept(self, limit: int) -> list[Job]:
-        rows = await self._in_reader(lambda db: db.execute(_ENDED, (limit,)).fetchall())
-        return [job_from_row(r) for r in rows]
+    async def ended_unswept(self, limit: int, after: tuple[int, str] | None = None
+                            ) -> list[Job]:
+        return await self._unswept(_ENDED, (), limit, after)
 
-    async def expired_unswept(self, ended_before: int, limit: int) -> list[Job]:
-        rows = await self._in_reader(
-            lambda db: db.execute(_EXPIRED, (ended_before, limit)).fetchall())
+    async def expired_unswept(self, ended_before: int, limit: int,
+                              after: tuple[int, str] | None = None) -> list[Job]:
+        return await self._unswept(_EXPIRED, (ended_before,), limit, after)
+
+    async def _unswept(self, sql: str, args: tuple[Any, ...], limit: int,
+                       after: tuple[int, str] | None) -> list[Job]:
+        if after is not None:
+            sql, args = sql + _AFTER, (*args, *after)
+        query, values = sql + _PAGE, (*args, limit)
+        rows = await self._in_reader(lambda db: db.execute(query, values).fetchall())
         return [job_from_row(r) for r in rows]
 
     async def mark_swept(self, job_ids: Sequence[str], level: int) -> None:

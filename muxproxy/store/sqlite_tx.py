@@ -103,9 +103,12 @@ class SqliteTx(Tx):
                               (key_id,)).fetchone()
         return (row[0], bool(row[1])) if row else None
 
-    async def key(self, ref: str) -> ApiKey | None:
-        row = self.db.execute("SELECT * FROM api_keys WHERE id = ?", (ref,)).fetchone() \
-            or self.db.execute("SELECT * FROM api_keys WHERE name = ?", (ref,)).fetchone()
+    async def key(self, key_id: str) -> ApiKey | None:
+        row = self.db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return key_from_row(row) if row else None
+
+    async def key_named(self, name: str) -> ApiKey | None:
+        row = self.db.execute("SELECT * FROM api_keys WHERE name = ?", (name,)).fetchone()
         return key_from_row(row) if row else None
 
     async def insert_key(self, key_id: str, name: str, key_hash: str, now: int,
@@ -115,13 +118,13 @@ class SqliteTx(Tx):
         except sqlite3.IntegrityError:
             raise KeyExists(name) from None
 
-    async def set_key(self, ref: str, limits: KeyLimits,
+    async def set_key(self, key_id: str, limits: KeyLimits,
                       key_hash: str | None = None) -> ApiKey | None:
         sets, args = SET_LIMITS, [*limit_values(limits)]
         if key_hash is not None:
             sets, args = f"key_hash = ?, {sets}", [key_hash, *args]
-        row = self.db.execute(f"UPDATE api_keys SET {sets} WHERE id = ? OR name = ? "  # noqa: S608
-                              f"RETURNING *", (*args, ref, ref)).fetchone()
+        row = self.db.execute(f"UPDATE api_keys SET {sets} WHERE id = ? "  # noqa: S608
+                              f"RETURNING *", (*args, key_id)).fetchone()
         return key_from_row(row) if row else None
 
     async def add_ledger(self, key_id: str, kind: LedgerKind, amount: int, now: int, *,

@@ -81,8 +81,11 @@ class Tx(abc.ABC):
         """The key's balance and whether it is unlimited; None when there is no such key."""
 
     @abc.abstractmethod
-    async def key(self, ref: str) -> ApiKey | None:
-        """A key by id or by name."""
+    async def key(self, key_id: str) -> ApiKey | None:
+        """The key with that id (never one that merely has it as its name)."""
+
+    @abc.abstractmethod
+    async def key_named(self, name: str) -> ApiKey | None: ...
 
     @abc.abstractmethod
     async def insert_key(self, key_id: str, name: str, key_hash: str, now: int,
@@ -90,10 +93,10 @@ class Tx(abc.ABC):
         """:class:`KeyExists` if the name is taken."""
 
     @abc.abstractmethod
-    async def set_key(self, ref: str, limits: KeyLimits,
+    async def set_key(self, key_id: str, limits: KeyLimits,
                       key_hash: str | None = None) -> ApiKey | None:
-        """Replace the limits (and the hash, if given) of the key with that id or
-        name; None when there is none."""
+        """Replace the limits (and the hash, if given) of the key with that id; None
+        when there is none."""
 
     @abc.abstractmethod
     async def add_ledger(self, key_id: str, kind: LedgerKind, amount: int, now: int, *,

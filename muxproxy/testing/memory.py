@@ -106,17 +106,24 @@ class MemoryStore(Store):
             if row is not None and row["lease_owner"] == owner:
                 self.t.jobs[job_id] = dict(row, lease_until=until)
 
-    async def ended_unswept(self, limit: int) -> list[Job]:
+    async def ended_unswept(self, limit: int, after: tuple[int, str] | None = None
+                            ) -> list[Job]:
         return self._by_end(self._jobs(lambda r: r["state"] in _ENDED and r["swept"] == 0),
-                            limit)
+                            limit, after)
 
-    async def expired_unswept(self, ended_before: int, limit: int) -> list[Job]:
+    async def expired_unswept(self, ended_before: int, limit: int,
+                              after: tuple[int, str] | None = None) -> list[Job]:
         return self._by_end(self._jobs(lambda r: r["state"] in _ENDED and r["swept"] < 2
-                                       and r["completed_at"] <= ended_before), limit)
+                                       and r["completed_at"] <= ended_before), limit, after)
 
     @staticmethod
-    def _by_end(rows: Iterable[Mapping[str, Any]], limit: int) -> list[Job]:
-        return [job_from_row(r) for r in sorted(rows, key=lambda r: r["completed_at"])][:limit]
+    def _by_end(rows: Iterable[Mapping[str, Any]], limit: int,
+                after: tuple[int, str] | None) -> list[Job]:
+        def end(row: Mapping[str, Any]) -> tuple[int, str]:
+            return row["completed_at"], row["id"]
+
+        page = [r for r in sorted(rows, key=end) if after is None or end(r) > after]
+        return [job_from_row(r) for r in page[:limit]]
 
     async def mark_swept(self, job_ids: Sequence[str], level: int) -> None:
         for job_id in job_ids:
@@ -136,6 +143,9 @@ class MemoryStore(Store):
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         return await MemoryTx(self.t).key(key_id)
+
+    async def key_named(self, name: str) -> ApiKey | None:
+        return await MemoryTx(self.t).key_named(name)
 
     async def list_keys(self) -> list[ApiKey]:
         return sorted(self.t.keys.values(), key=lambda k: (k.created_at, k.name))

@@ -120,9 +120,11 @@ class MemoryTx(Tx):
         key = self.t.keys.get(key_id)
         return None if key is None else (key.balance, key.limits.unlimited)
 
-    async def key(self, ref: str) -> ApiKey | None:
-        return self.t.keys.get(ref) or next(
-            (k for k in self.t.keys.values() if k.name == ref), None)
+    async def key(self, key_id: str) -> ApiKey | None:
+        return self.t.keys.get(key_id)
+
+    async def key_named(self, name: str) -> ApiKey | None:
+        return next((k for k in self.t.keys.values() if k.name == name), None)
 
     async def insert_key(self, key_id: str, name: str, key_hash: str, now: int,
                          limits: KeyLimits) -> None:
@@ -131,9 +133,9 @@ class MemoryTx(Tx):
         self.t.keys[key_id] = ApiKey(id=key_id, name=name, created_at=now, limits=limits)
         self.t.hashes[key_id] = key_hash
 
-    async def set_key(self, ref: str, limits: KeyLimits,
+    async def set_key(self, key_id: str, limits: KeyLimits,
                       key_hash: str | None = None) -> ApiKey | None:
-        key = await self.key(ref)
+        key = self.t.keys.get(key_id)
         if key is None:
             return None
         self.t.keys[key.id] = replace(key, limits=limits)

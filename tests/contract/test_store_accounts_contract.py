@@ -4,6 +4,8 @@ the callback of a job that ends), written once in the store's neutral layer."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from muxproxy.pipeline.jobs import JobState
@@ -22,10 +24,12 @@ __all__ = ["store"]  # the backend fixture, shared with the job-store contract
 DAY = 86_400_000
 
 
-async def test_keys_are_found_by_id_or_name_and_names_are_unique(store: Store) -> None:
+async def test_keys_are_found_by_id_or_explicitly_by_name_and_names_are_unique(
+        store: Store) -> None:
     key = await store.create_key("team", "digest-1", now=T0, credits=5,
                                  limits=KeyLimits(rpm_limit=60, allowed_models=("a", "b")))
-    assert await store.get_key(key.id) == key == await store.get_key("team")
+    assert await store.get_key(key.id) == key == await store.key_named("team")
+    assert await store.get_key("team") is None and await store.key_named(key.id) is None
     assert await store.key_by_hash("digest-1") == key
     assert key.limits.allowed_models == ("a", "b") and key.balance == 5
     with pytest.raises(KeyExists):
@@ -36,22 +40,42 @@ async def test_keys_are_found_by_id_or_name_and_names_are_unique(store: Store) -
 
 async def test_limits_change_and_revocation_holds_its_first_time(store: Store) -> None:
     key = await store.create_key("team", "digest", now=T0)
-    changed = await store.update_key("team", KeyLimits(unlimited=True, max_concurrent=2))
+    changed = await store.update_key(key.id, KeyLimits(unlimited=True, max_concurrent=2))
     assert changed.limits == KeyLimits(unlimited=True, max_concurrent=2)
     assert (await store.get_key(key.id)) == changed
     assert (await store.revoke_key(key.id, now=T0 + 1)).revoked_at == T0 + 1
-    assert (await store.revoke_key("team", now=T0 + 2)).revoked_at == T0 + 1
-    for missing in (store.update_key("nobody", KeyLimits()),
-                    store.revoke_key("nobody", now=T0),
-                    store.topup("nobody", 5, now=T0)):
-        with pytest.raises(KeyNotFound):
-            await missing
+    assert (await store.revoke_key(key.id, now=T0 + 2)).revoked_at == T0 + 1
+    for missing in ("nobody", "team"):  # by id only: a name finds nothing
+        for attempt in (store.update_key(missing, KeyLimits()),
+                        store.revoke_key(missing, now=T0),
+                        store.topup(missing, 5, now=T0)):
+            with pytest.raises(KeyNotFound):
+                await attempt
+
+
+async def test_a_legacy_name_equal_to_an_id_never_stands_for_that_id(store: Store) -> None:
+    # Names of the id's form were accepted once; the store (unlike the admin API)
+    # does not check names, so such a key goes straight in.
+    key = await store.create_key("team", "digest-1", now=T0, credits=5)
+    legacy = await store.create_key(key.id, "digest-2", now=T0, credits=7)
+    assert await store.get_key(key.id) == key and await store.key_named(key.id) == legacy
+    limits = KeyLimits(rpm_limit=9)
+    assert (await store.update_key(key.id, limits)).id == key.id
+    assert (await store.topup(key.id, 1, now=T0 + 1)).id == key.id
+    assert (await store.revoke_key(key.id, now=T0 + 2)).id == key.id
+    assert await store.get_key(legacy.id) == legacy
+    assert await store.get_key(key.id) == replace(key, balance=6, limits=limits,
+                                                  revoked_at=T0 + 2)
+    # A config key of that name is the legacy key, not the one with that id.
+    upserted = await store.upsert_key(key.id, "digest-3", now=T0 + 3)
+    assert upserted.id == legacy.id and await store.key_by_hash("digest-3") == upserted
+    assert await store.key_by_hash("digest-1") is not None
 
 
 async def test_topups_and_deducts_are_ledger_rows_the_balance_follows(store: Store) -> None:
     key = await store.create_key("team", "digest", now=T0, credits=10)
     await store.topup(key.id, 25, now=T0 + 1, note="invoice 7")
-    after = await store.topup("team", -5, now=T0 + 2)
+    after = await store.topup(key.id, -5, now=T0 + 2)
     assert after.balance == 30 == await store.ledger_sum(key.id)
     rows = await store.ledger(key.id)
     assert [(e.kind, e.amount, e.note) for e in rows] == [

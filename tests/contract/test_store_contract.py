@@ -321,7 +321,10 @@ async def test_the_retention_sweep_sees_each_ended_job_until_marked(store: Store
                                owner=OWNER, fail_code="x", fail_msg="x", completed_at=ended)
     await store.create_job(new_job("running"))
     assert [j.id for j in await store.ended_unswept(10)] == ["old", "new"]
+    assert [j.id for j in await store.ended_unswept(10, after=(T0 + 10, "old"))] == ["new"]
+    assert [j.id for j in await store.ended_unswept(1, after=(T0 + 10, "a"))] == ["old"]
     assert [j.id for j in await store.expired_unswept(T0 + 100, 10)] == ["old"]
+    assert await store.expired_unswept(T0 + 100, 10, after=(T0 + 10, "old")) == []
     await store.mark_swept(["old", "new"], 1)
     assert await store.ended_unswept(10) == []
     assert [j.id for j in await store.expired_unswept(T0 + 100, 10)] == ["old"]

@@ -49,7 +49,7 @@ async def test_every_admin_route_needs_the_admin_token(admin_gw: RunningGateway)
             assert status == 401, (method, path, headers)
             assert body == {"error": "missing or wrong admin token", "code": "invalid_api_key"}
     assert [k.name for k in await admin_gw.state.store.list_keys()] == ["alpha", "bravo"]
-    alpha = await admin_gw.state.store.get_key("alpha")
+    alpha = await admin_gw.state.store.key_named("alpha")
     assert alpha is not None
     assert alpha.revoked_at is None
 
@@ -126,7 +126,7 @@ async def test_key_lifecycle(admin_gw: RunningGateway) -> None:
 ])
 async def test_admin_errors(admin_gw: RunningGateway, method: str, path: str, body: Any,
                             status: int, fragment: str) -> None:
-    alpha = await admin_gw.state.store.get_key("alpha")
+    alpha = await admin_gw.state.store.key_named("alpha")
     assert alpha is not None
     got, data = await call(admin_gw, method, path.format(alpha=alpha.id), body)
     assert got == status
@@ -226,7 +226,7 @@ async def test_api_and_cli_refuse_the_same_input_with_the_same_message(
     config.write_text(CLI_CONFIG)
     code, created, _ = await asyncio.to_thread(cli, config, "create", "ops", "--credits", "5")
     assert code == 0
-    alpha = await admin_gw.state.store.get_key("alpha")
+    alpha = await admin_gw.state.store.key_named("alpha")
     assert alpha is not None
     for method, tail, body, args in BAD_INPUT:
         path = "/admin/keys" if (method, tail) == ("POST", "") \
@@ -244,7 +244,7 @@ async def test_api_and_cli_refuse_the_same_input_with_the_same_message(
 
 async def test_keys_are_addressed_by_id_and_found_by_name_explicitly(
         admin_gw: RunningGateway, tmp_path: Path) -> None:
-    alpha = await admin_gw.state.store.get_key("alpha")
+    alpha = await admin_gw.state.store.key_named("alpha")
     assert alpha is not None
     status, found = await call(admin_gw, "GET", "/admin/keys?name=alpha")
     assert (status, [k["id"] for k in found["keys"]]) == (200, [alpha.id])
@@ -277,6 +277,22 @@ async def test_keys_are_addressed_by_id_and_found_by_name_explicitly(
     assert (code, err) == (1, "muxproxy: no such key: there is no key 'key_0000000000000000'\n")
 
 
+async def test_a_legacy_key_named_like_an_id_is_untouched_by_that_id(
+        admin_gw: RunningGateway) -> None:
+    store = admin_gw.state.store
+    alpha = await store.key_named("alpha")
+    assert alpha is not None
+    # Such names were accepted once; the store takes one without the name check.
+    legacy = await store.create_key(alpha.id, "legacy-digest", now=0)
+    status, patched = await call(admin_gw, "PATCH", f"/admin/keys/{alpha.id}", {"rpm": 3})
+    assert (status, patched["name"], patched["rpm"]) == (200, "alpha", 3)
+    status, revoked = await call(admin_gw, "POST", f"/admin/keys/{alpha.id}/revoke")
+    assert (status, revoked["name"]) == (200, "alpha") and revoked["revoked_at"] is not None
+    assert await store.get_key(legacy.id) == legacy
+    status, found = await call(admin_gw, "GET", f"/admin/keys?name={alpha.id}")
+    assert (status, [k["id"] for k in found["keys"]]) == (200, [legacy.id])
+
+
 def test_cli_sets_and_clears_limits(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(CLI_CONFIG)
@@ -292,7 +308,7 @@ def test_cli_sets_and_clears_limits(tmp_path: Path) -> None:
 
 
 async def test_credits_are_taken_back_only_by_deduct(admin_gw: RunningGateway) -> None:
-    alpha = await admin_gw.state.store.get_key("alpha")
+    alpha = await admin_gw.state.store.key_named("alpha")
     assert alpha is not None
     status, answer = await call(admin_gw, "POST", f"/admin/keys/{alpha.id}/topup",
                                 {"amount": -5})

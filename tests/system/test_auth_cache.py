@@ -23,7 +23,7 @@ async def status_of(gw: RunningGateway, key: str) -> int:
 async def test_admin_revoke_refuses_the_next_request(config: dict[str, Any]) -> None:
     async with run_gateway(merge(config, {"admin": {"token": ADMIN}})) as gw:
         assert await status_of(gw, KEY_A) == 404  # authenticated (and now cached)
-        alpha = await gw.state.store.get_key("alpha")
+        alpha = await gw.state.store.key_named("alpha")
         assert alpha is not None
         async with gw.http.post(f"{gw.url}/admin/keys/{alpha.id}/revoke",
                                 headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
@@ -37,7 +37,9 @@ async def test_revoke_elsewhere_takes_effect_within_the_cache_ttl(
     async with run_gateway(config) as gw:
         assert await status_of(gw, KEY_A) == 404
         # As `muxproxy keys revoke` does from its own process: straight in the store.
-        await gw.state.store.revoke_key("alpha", now=now_ms(gw.state.clock))
+        alpha = await gw.state.store.key_named("alpha")
+        assert alpha is not None
+        await gw.state.store.revoke_key(alpha.id, now=now_ms(gw.state.clock))
         async with asyncio.timeout(gw.state.auth.cache_seconds + 2):
             while True:
                 if await status_of(gw, KEY_A) == 401:

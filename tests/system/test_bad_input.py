@@ -233,7 +233,7 @@ async def test_unicode_prompts_are_kept_exactly(client: Client, surface: Surface
     prompt = " | ".join(UNICODE)
     status, body = await client.send(surface.path, json_body=surface.body(prompt=prompt))
     assert status == 200, body
-    key = await client.gateway.state.store.get_key("alpha")
+    key = await client.gateway.state.store.key_named("alpha")
     assert key is not None
     jobs = await client.gateway.state.store.list_jobs(key.id)
     assert [job.request.prompt for job in jobs] == [prompt]
@@ -359,7 +359,7 @@ async def test_admin_and_webhook_endpoints_refuse_bad_bodies(client: Client) -> 
     status, body = await client.send(hooks.path, data=json.dumps(
         {"task_id": "x" * 5000}).encode())
     assert_error("native", status, body, 413)
-    alpha = await client.gateway.state.store.get_key("alpha")
+    alpha = await client.gateway.state.store.key_named("alpha")
     assert alpha is not None
     key = alpha.id  # the admin API addresses keys by id
     for amount in (0, 10**16, -(10**16), 2**63 - 1, "5", 1.0, None):

@@ -45,7 +45,7 @@ async def post(gw: RunningGateway, body: dict[str, Any], key: str = PAYER
 
 
 async def payer_ledger(gw: RunningGateway) -> tuple[int, int, list[tuple[str, int, str | None]]]:
-    key = await gw.state.store.get_key("payer")
+    key = await gw.state.store.key_named("payer")
     assert key is not None
     entries = await gw.state.store.ledger(key.id, limit=1000)
     rows = [(e.kind.value, e.amount, e.job_id) for e in reversed(entries)]
@@ -86,7 +86,7 @@ async def test_price_follows_resolution_and_quality(billed: RunningGateway) -> N
                        ({"quality": "low", "n": 2}, 4)):
         before, _, _ = await payer_ledger(billed)
         if before < cost:
-            key = await billed.state.store.get_key("payer")
+            key = await billed.state.store.key_named("payer")
             assert key is not None
             await billed.state.store.topup(key.id, 50, now=0)
             before += 50

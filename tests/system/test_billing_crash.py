@@ -49,7 +49,7 @@ routes = [{{ provider = "breaks", model = "b" }}]
 
 async def ledger(db: Path) -> tuple[int, int, dict[str, list[tuple[str, int]]]]:
     async with opened(db) as store:
-        key = await store.get_key("alpha")
+        key = await store.key_named("alpha")
         assert key is not None
         balance, total = key.balance, await store.ledger_sum(key.id)
         by_job: dict[str, list[tuple[str, int]]] = {}

@@ -98,6 +98,21 @@ async def test_range_refusals_are_in_each_surface_shape(served: RunningGateway) 
         assert headers["Content-Range"] == f"bytes */{len(whole)}"
 
 
+async def test_if_range_does_not_excuse_a_bad_range(served: RunningGateway) -> None:
+    files, image = await links(served)
+    _, headers, whole = await fetch(served, files)
+    # The file path's own validator, so FileResponse would take the range; a stream
+    # has none and sends the whole image whatever If-Range holds.
+    if_range = headers.get("ETag", '"no-validator"')
+    status, _, part = await fetch(served, files, Range="bytes=0-9", **{"If-Range": if_range})
+    assert (status, part) == (206, whole[:10]) if "ETag" in headers else (200, whole)
+    for url, shape in ((files, {"code", "msg", "data"}), (image, {"error", "code"})):
+        for bad, refused in (("pages=0-1", 400), (f"bytes={len(whole) + 10}-", 416)):
+            status, sent, body = await fetch(served, url, Range=bad, **{"If-Range": if_range})
+            assert (status, sent["Content-Type"]) == (refused, "application/json"), body
+            assert set(body) == shape
+
+
 async def test_a_missing_image_is_a_json_404(served: RunningGateway) -> None:
     files, image = await links(served)
     remove_results(Path(served.settings.storage.url.removeprefix("file://")))

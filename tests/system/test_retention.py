@@ -6,6 +6,7 @@ surface's shape."""
 from __future__ import annotations
 
 import base64
+import collections
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from muxproxy.clock import ManualClock
+from muxproxy.pipeline import retention
 from tests.support.gateway import RunningGateway, merge, run_gateway
 from tests.support.images import png_bytes
 from tests.support.wait import eventually
@@ -191,3 +193,31 @@ async def test_a_failing_sweep_is_logged_and_the_next_one_finishes_the_work(
 def swept(db: sqlite3.Connection, job_id: str) -> int:
     level: int = db.execute("SELECT swept FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
     return level
+
+
+async def test_jobs_that_fail_to_sweep_do_not_hide_the_ones_behind_them(
+        gw: RunningGateway, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention, "BATCH", 2)
+    ids = []
+    for _ in range(3):
+        ids.append((await native_job(gw))[0])
+        clock.advance(1)  # each ends later than the one before
+    jobs = [await gw.state.store.get_job(job_id) for job_id in ids]
+    keys = [job.result.images[0].key for job in jobs if job is not None and job.result]
+    failing, attempts = set(keys[:2]), collections.Counter[str]()
+    delete = gw.state.storage.delete
+
+    async def flaky_delete(key: str) -> None:
+        attempts[key] += 1
+        if key in failing:
+            raise OSError("storage is down for this blob")
+        await delete(key)
+
+    monkeypatch.setattr(gw.state.storage, "delete", flaky_delete)
+    await next_sweep(gw, clock, 2 * DAY)  # a full batch of failures, then a good job
+    assert [attempts[key] for key in keys] == [1, 1, 1]
+    assert {p.name for p in blobs(gw, "results")} == {Path(k).name for k in keys[:2]}
+    failing.clear()
+    await next_sweep(gw, clock, 600)  # the failed ones are tried again
+    assert [attempts[key] for key in keys] == [2, 2, 1]
+    assert blobs(gw, "results") == []

@@ -116,7 +116,7 @@ async def test_every_surface_answers_401_without_a_valid_key(secure: dict[str, A
         async with gateway.http.get(f"{gateway.url}/v1/models",
                                     headers={"Authorization": f"Bearer {KEY_C}"}) as resp:
             assert resp.status == 200  # charlie's key works until it is revoked
-        charlie = await gateway.state.store.get_key("charlie")
+        charlie = await gateway.state.store.key_named("charlie")
         assert charlie is not None
         async with gateway.http.post(f"{gateway.url}/admin/keys/{charlie.id}/revoke",
                                      headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
@@ -132,7 +132,7 @@ async def test_every_surface_answers_401_without_a_valid_key(secure: dict[str, A
 
 
 async def key_id(gateway: RunningGateway, name: str) -> str:
-    found = await gateway.state.store.get_key(name)
+    found = await gateway.state.store.key_named(name)
     assert found is not None
     return found.id
 
@@ -158,10 +158,10 @@ async def test_admin_routes_refuse_anything_but_the_admin_token(secure: dict[str
                     wrong.append((name, method, path, status, body))
         assert wrong == []
         # Nothing those requests asked for happened.
-        alpha = await gateway.state.store.get_key("alpha")
+        alpha = await gateway.state.store.key_named("alpha")
         assert alpha is not None and alpha.revoked_at is None
         assert await gateway.state.store.ledger(alpha.id) == []  # no top-up
-        assert await gateway.state.store.get_key("mallory") is None
+        assert await gateway.state.store.key_named("mallory") is None
         status, _ = await call(gateway, "GET", "/admin/keys", {},
                                {"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert status == 200

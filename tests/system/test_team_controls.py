@@ -102,7 +102,7 @@ async def test_revoked_key_is_refused_at_once(config: dict[str, Any]) -> None:
         status, body, _ = await post(gw, {"model": "demo-image", "prompt": "before"})
         assert status == 200
         task_id = body["data"]["taskId"]
-        limited = await gw.state.store.get_key("limited")
+        limited = await gw.state.store.key_named("limited")
         assert limited is not None
         async with gw.http.post(f"{gw.url}/admin/keys/{limited.id}/revoke",
                                 headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
@@ -205,7 +205,7 @@ async def test_retry_while_the_first_is_waiting_waits_for_the_same_job(
         second = asyncio.create_task(post(gw, body, key=key, headers=headers,
                                           path="/v1/images/generations"))
 
-        owner = await gw.state.store.get_key(gw.settings.keys[0].name)
+        owner = await gw.state.store.key_named(gw.settings.keys[0].name)
         assert owner is not None
         [job] = await gw.state.store.list_jobs(owner.id)
         await eventually(lambda: gw.state.events.waiting(job.id) == 2, timeout=5)

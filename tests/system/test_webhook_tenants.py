@@ -166,7 +166,7 @@ async def test_the_admin_api_grants_and_validates_networks(config: dict[str, Any
     admin = {"admin": {"token": "admin-token-0123456789"}}
     async with run_gateway(merge(config, admin)) as gateway:
         auth = {"Authorization": "Bearer admin-token-0123456789"}
-        bravo = await gateway.state.store.get_key("bravo")
+        bravo = await gateway.state.store.key_named("bravo")
         assert bravo is not None
         url = f"{gateway.url}/admin/keys/{bravo.id}"
         for bad in (["nope"], "10.0.0.0/8", [1], ["10.0.0.0/8"] * 33):
