@@ -181,15 +181,21 @@ class PostgresStore(PostgresAccounts, PostgresOutbox, Store):
 
     # -- retention ------------------------------------------------------------
 
-    async def ended_unswept(self, limit: int) -> list[Job]:
-        rows = await self._fetch(f"SELECT * FROM jobs WHERE {_UNSWEPT} AND swept = 0 "  # noqa: S608
-                                 f"ORDER BY completed_at LIMIT $1", limit)
-        return [job_from_row(r) for r in rows]
+    async def ended_unswept(self, limit: int, after: tuple[int, str] | None = None
+                            ) -> list[Job]:
+        return await self._unswept(f"{_UNSWEPT} AND swept = 0", (), limit, after)
 
-    async def expired_unswept(self, ended_before: int, limit: int) -> list[Job]:
-        rows = await self._fetch(f"SELECT * FROM jobs WHERE {_UNSWEPT} AND swept IN (0, 1) "  # noqa: S608
-                                 f"AND completed_at <= $1 ORDER BY completed_at LIMIT $2",
-                                 ended_before, limit)
+    async def expired_unswept(self, ended_before: int, limit: int,
+                              after: tuple[int, str] | None = None) -> list[Job]:
+        return await self._unswept(f"{_UNSWEPT} AND swept IN (0, 1) AND completed_at <= ?",
+                                   (ended_before,), limit, after)
+
+    async def _unswept(self, where: str, args: tuple[Any, ...], limit: int,
+                       after: tuple[int, str] | None) -> list[Job]:
+        if after is not None:
+            where, args = where + " AND (completed_at, id) > (?, ?)", (*args, *after)
+        rows = await self._fetch(pg(f"SELECT * FROM jobs WHERE {where} "  # noqa: S608
+                                    "ORDER BY completed_at, id LIMIT ?"), *args, limit)
         return [job_from_row(r) for r in rows]
 
     async def mark_swept(self, job_ids: Sequence[str], level: int) -> None:

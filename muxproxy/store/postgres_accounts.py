@@ -24,8 +24,11 @@ class PostgresAccounts:
         return key_from_row(row) if row else None
 
     async def get_key(self, key_id: str) -> ApiKey | None:
-        row = await self._fetchrow("SELECT * FROM api_keys WHERE id = $1 OR name = $1 "
-                                   "ORDER BY id = $1 DESC LIMIT 1", key_id)
+        row = await self._fetchrow("SELECT * FROM api_keys WHERE id = $1", key_id)
+        return key_from_row(row) if row else None
+
+    async def key_named(self, name: str) -> ApiKey | None:
+        row = await self._fetchrow("SELECT * FROM api_keys WHERE name = $1", name)
         return key_from_row(row) if row else None
 
     async def list_keys(self) -> list[ApiKey]:
@@ -34,7 +37,7 @@ class PostgresAccounts:
 
     async def revoke_key(self, key_id: str, *, now: int) -> ApiKey:
         row = await self._fetchrow("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) "
-                                   "WHERE id = $2 OR name = $2 RETURNING *", now, key_id)
+                                   "WHERE id = $2 RETURNING *", now, key_id)
         if row is None:
             raise KeyNotFound(key_id)
         return key_from_row(row)

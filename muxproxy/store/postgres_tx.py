@@ -122,9 +122,12 @@ class PostgresTx(Tx):
                                      "WHERE id = $1 FOR UPDATE", key_id)
         return (int(row[0]), bool(row[1])) if row else None
 
-    async def key(self, ref: str) -> ApiKey | None:
-        row = await self.db.fetchrow("SELECT * FROM api_keys WHERE id = $1", ref) \
-            or await self.db.fetchrow("SELECT * FROM api_keys WHERE name = $1", ref)
+    async def key(self, key_id: str) -> ApiKey | None:
+        row = await self.db.fetchrow("SELECT * FROM api_keys WHERE id = $1", key_id)
+        return key_from_row(row) if row else None
+
+    async def key_named(self, name: str) -> ApiKey | None:
+        row = await self.db.fetchrow("SELECT * FROM api_keys WHERE name = $1", name)
         return key_from_row(row) if row else None
 
     async def insert_key(self, key_id: str, name: str, key_hash: str, now: int,
@@ -135,13 +138,13 @@ class PostgresTx(Tx):
         except asyncpg.UniqueViolationError:
             raise KeyExists(name) from None
 
-    async def set_key(self, ref: str, limits: KeyLimits,
+    async def set_key(self, key_id: str, limits: KeyLimits,
                       key_hash: str | None = None) -> ApiKey | None:
         sets, args = SET_LIMITS, [*limit_values(limits)]
         if key_hash is not None:
             sets, args = f"key_hash = ?, {sets}", [key_hash, *args]
         row = await self.db.fetchrow(pg(f"UPDATE api_keys SET {sets} WHERE id = ? "  # noqa: S608
-                                        f"OR name = ? RETURNING *"), *args, ref, ref)
+                                        f"RETURNING *"), *args, key_id)
         return key_from_row(row) if row else None
 
     async def add_ledger(self, key_id: str, kind: LedgerKind, amount: int, now: int, *,

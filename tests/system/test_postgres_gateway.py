@@ -47,7 +47,7 @@ async def test_the_three_surfaces_on_postgres_charge_once(tmp_path: Path,
         assert (await gw.wait_terminal(mux_id, key=PAYER))["state"] == "completed"
 
         store = gw.state.store
-        key = await store.get_key("payer")
+        key = await store.key_named("payer")
         assert key is not None
         rows = Counter((e.job_id, e.kind.value) for e in await store.ledger(key.id, limit=100))
         prices = {native_id: 5, openai_id: 5, mux_id: created["creditsCharged"]}
