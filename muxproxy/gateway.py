@@ -280,13 +280,11 @@ class Gateway:
 
     async def _discard_inputs(self, request: GenerationRequest) -> None:
         """Remove the uploads of a request refused at the last step: no job owns them."""
-        for ref in (*request.images, request.mask):
-            if ref is not None and ref.blob is not None:
-                try:
-                    await self.storage.delete(ref.blob)
-                except Exception:
-                    log.warning("could not remove a refused upload", key=ref.blob,
-                                exc_info=True)
+        for key in request.input_keys():
+            try:
+                await self.storage.delete(key)
+            except Exception:
+                log.warning("could not remove a refused upload", key=key, exc_info=True)
 
     def watch(self) -> EndWatch:
         """A wait for the end of a job about to be submitted: pass it to

@@ -230,9 +230,7 @@ class JobRunner:
         """A job reached its end, on whichever path: record it, then delete the
         reference images uploaded with it (only its results are kept)."""
         self.record(job)
-        await self._delete_blobs(job, [ref.blob for ref in (*job.request.images,
-                                                            job.request.mask)
-                                       if ref is not None and ref.blob is not None])
+        await self._delete_blobs(job, job.request.input_keys())
 
     async def _delete_blobs(self, job: Job, keys: list[str]) -> None:
         for key in keys:
