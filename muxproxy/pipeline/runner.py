@@ -15,6 +15,7 @@ import aiohttp
 
 from muxproxy import images
 from muxproxy.clock import Clock, now_ms
+from muxproxy.errors import StoreUnavailable
 from muxproxy.faults import InputMissing, JobFault, StorageFault
 from muxproxy.fetch import download
 from muxproxy.generation import ImageRef
@@ -43,6 +44,10 @@ from muxproxy.storage import BlobNotFound, BlobStorage, blob_key
 from muxproxy.store import Billing, StaleJob, Store
 
 log = get_logger("muxproxy.pipeline.runner")
+
+# Waits before each new try of a write the database refused (see JobRunner._move):
+# 7.5 s in all, well within a lease.
+WRITE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
 
 
 class JobRunner:
@@ -219,6 +224,22 @@ class JobRunner:
             log.warning("upstream cancel failed", exc_info=True)
 
     async def _move(self, job: Job, owner: str, target: JobState, **changes: Any) -> Job | None:
+        """Record the step's outcome; None when another writer changed the job first.
+
+        A write the database refuses (locked, disk full) is tried again while the
+        step still holds the lease (the scheduler renews it): let through at once,
+        the job would be claimed again and its upstream call made twice."""
+        for delay in WRITE_RETRY_SECONDS:
+            try:
+                return await self._transition(job, owner, target, changes)
+            except StoreUnavailable:
+                log.warning("the database refused a job's write; trying again",
+                            state=target.value, retry_in=delay)
+                await self.clock.sleep(delay)
+        return await self._transition(job, owner, target, changes)
+
+    async def _transition(self, job: Job, owner: str, target: JobState,
+                          changes: Mapping[str, Any]) -> Job | None:
         try:
             return await self.store.transition(job, JobState.PROCESSING, target,
                                                now=now_ms(self.clock), owner=owner, **changes)
