@@ -31,6 +31,7 @@ from muxproxy.providers.base import (
     Finished,
     Handle,
     ImageData,
+    ImageLink,
     Provider,
     Reference,
     Running,
@@ -326,32 +327,39 @@ class JobRunner:
         if not outcome.images:
             raise UpstreamError(f"{job.provider}: upstream finished without an image",
                                 transient=False, code="no_image")
-        limits = self.settings.limits
         stored: list[StoredImage] = []
-        for index, item in enumerate(outcome.images):
-            if isinstance(item, ImageData):
-                data = item.data
-                content_type = images.sniff(data)
-                if content_type is None:
-                    raise UpstreamError(f"{job.provider}: upstream sent data that is not an "
-                                        "image", transient=False, code="not_an_image")
-            else:
-                data, content_type = await download(
-                    self.http, item.url, max_bytes=limits.max_download_bytes,
-                    timeout=self.providers[job.provider].settings.timeout_seconds)
-            key = blob_key("results", job.id, job.created_at, str(index),
-                           images.EXTENSIONS[content_type])
-            try:
-                await self.storage.put(key, data, content_type)
-            except OSError:
-                self._storage_failed("write", job_id=job.id)
-                # A failed job keeps no result: the images written before go too.
-                await self._delete_blobs(job, [image.key for image in stored])
-                raise StorageFault("the gateway could not store the result image") from None
-            width, height = images.dimensions(data)
-            stored.append(StoredImage(key=key, content_type=content_type, width=width,
-                                      height=height))
+        try:
+            for index, item in enumerate(outcome.images):
+                stored.append(await self._store_result(job, index, item))
+        except BaseException:
+            # A failed step keeps no result (no job row would name it): whatever
+            # ended it (an image that is not one, a failed download, a cancel), the
+            # images written before go too.
+            await self._delete_blobs(job, [image.key for image in stored])
+            raise
         return JobResult(images=tuple(stored), revised_prompt=outcome.revised_prompt)
+
+    async def _store_result(self, job: Job, index: int, item: ImageData | ImageLink
+                            ) -> StoredImage:
+        if isinstance(item, ImageData):
+            data = item.data
+            content_type = images.sniff(data)
+            if content_type is None:
+                raise UpstreamError(f"{job.provider}: upstream sent data that is not an "
+                                    "image", transient=False, code="not_an_image")
+        else:
+            data, content_type = await download(
+                self.http, item.url, max_bytes=self.settings.limits.max_download_bytes,
+                timeout=self.providers[job.provider].settings.timeout_seconds)
+        key = blob_key("results", job.id, job.created_at, str(index),
+                       images.EXTENSIONS[content_type])
+        try:
+            await self.storage.put(key, data, content_type)
+        except OSError:
+            self._storage_failed("write", job_id=job.id)
+            raise StorageFault("the gateway could not store the result image") from None
+        width, height = images.dimensions(data)
+        return StoredImage(key=key, content_type=content_type, width=width, height=height)
 
     def _storage_failed(self, operation: str, *, job_id: str | None) -> None:
         """Our own disk failed: counted, and logged with its cause for the operator

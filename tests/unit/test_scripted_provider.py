@@ -27,6 +27,7 @@ from muxproxy.providers.base import (
     Finished,
     Handle,
     ImageData,
+    ImageLink,
     PollOutcome,
     Running,
     SubmitOutcome,
@@ -247,3 +248,25 @@ async def test_a_refused_last_write_is_retried_and_the_upstream_called_once(
         else:
             assert (job.state, job.upstream_id) == (JobState.PROCESSING, "up-1")
         assert [type(s) for s in provider.steps] == [Call]
+
+
+@pytest.mark.parametrize("second", ["not-an-image", "download-failed"])
+async def test_a_result_that_fails_takes_the_ones_stored_before_with_it(
+        pipeline: Pipeline, second: str) -> None:
+    bad = (ImageData(b"<html>not an image</html>") if second == "not-an-image"
+           else ImageLink("http://127.0.0.1:1/gone.png"))  # nothing listens on port 1
+    provider = ScriptedProvider(queue(*[Finished(images=(ImageData(PNG), bad))] * 9))
+    runner = pipeline.runner(provider)
+    job_id = await pipeline.create(provider, GenerationRequest(prompt="p", n=2))
+
+    job = await pipeline.step(runner, job_id)
+    while not job.is_terminal:  # a failed download is retried, then fails the job
+        job = await pipeline.step(runner, job_id)
+
+    assert job.state is JobState.FAILED and job.result is None
+    assert stored_files(pipeline.settings) == []
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    root = Path(settings.storage.url.removeprefix("file://"))
+    return [p for p in root.rglob("*") if p.is_file()]
