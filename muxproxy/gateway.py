@@ -25,7 +25,6 @@ from muxproxy.errors import (
     RateLimited,
     ServiceUnavailable,
     StillRunning,
-    StoreUnavailable,
 )
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.logs import get_logger
@@ -228,23 +227,26 @@ class Gateway:
         return job
 
     async def _create(self, new: NewJob) -> Job:
-        """The store's insert, its refusals mapped; a refused job's uploads go."""
+        """The store's insert. Whatever refused it (a mapped refusal, a fault, a bug),
+        no job owns the request's uploads: they go."""
+        try:
+            return await self._insert(new)
+        except BaseException:
+            await self._discard_inputs(new.request)
+            raise
+
+    async def _insert(self, new: NewJob) -> Job:
+        """The store's insert, its refusals mapped."""
         try:
             return await self.store.create_job(new)
         except InsufficientBalance as exc:
-            await self._discard_inputs(new.request)
             self._refuse("credits")
             raise InsufficientCredits(f"insufficient credits: this request costs {exc.price}, "
                                       f"the balance is {exc.balance}") from None
         except IdempotencySuperseded:
-            await self._discard_inputs(new.request)
             raise Conflict("a newer request with this Idempotency-Key took it over",
                            param="Idempotency-Key") from None
-        except StoreUnavailable:
-            await self._discard_inputs(new.request)
-            raise
         except ConcurrencyLimitReached as exc:
-            await self._discard_inputs(new.request)
             self._refuse("concurrency")
             raise RateLimited(f"{exc.limit} jobs already in flight for this key; wait for one "
                               "to finish", retry_after=1.0) from None
@@ -276,17 +278,19 @@ class Gateway:
                                        "try again later", retry_after=STORAGE_RETRY_SECONDS)
             error.code = "storage_error"
             raise error from None
+        except BaseException:
+            # Cancelled (the client hung up) or failed otherwise: no job will own them.
+            await self._discard_inputs(evolve(request, images=tuple(written), mask=None))
+            raise
         return evolve(request, images=tuple(refs), mask=mask)
 
     async def _discard_inputs(self, request: GenerationRequest) -> None:
         """Remove the uploads of a request refused at the last step: no job owns them."""
-        for ref in (*request.images, request.mask):
-            if ref is not None and ref.blob is not None:
-                try:
-                    await self.storage.delete(ref.blob)
-                except Exception:
-                    log.warning("could not remove a refused upload", key=ref.blob,
-                                exc_info=True)
+        for key in request.input_keys():
+            try:
+                await self.storage.delete(key)
+            except Exception:
+                log.warning("could not remove a refused upload", key=key, exc_info=True)
 
     def watch(self) -> EndWatch:
         """A wait for the end of a job about to be submitted: pass it to

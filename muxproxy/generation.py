@@ -51,6 +51,12 @@ class GenerationRequest:
     def is_edit(self) -> bool:
         return bool(self.images)
 
+    def input_keys(self) -> list[str]:
+        """The blob keys of the uploads stored with the request (reference images,
+        then the mask); URL references have none."""
+        return [ref.blob for ref in (*self.images, self.mask)
+                if ref is not None and ref.blob is not None]
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"prompt": self.prompt, "n": self.n}
         if self.size is not None:

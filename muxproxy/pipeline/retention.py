@@ -47,8 +47,7 @@ def results_expired(job: Job, settings: StorageSettings, now: int) -> bool:
 
 
 def input_keys(job: Job) -> list[str]:
-    refs = (*job.request.images, job.request.mask)
-    return [ref.blob for ref in refs if ref is not None and ref.blob is not None]
+    return job.request.input_keys()
 
 
 def result_keys(job: Job) -> list[str]:

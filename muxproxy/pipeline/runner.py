@@ -15,6 +15,7 @@ import aiohttp
 
 from muxproxy import images
 from muxproxy.clock import Clock, now_ms
+from muxproxy.errors import StoreUnavailable
 from muxproxy.faults import InputMissing, JobFault, StorageFault
 from muxproxy.fetch import download
 from muxproxy.generation import ImageRef
@@ -30,6 +31,7 @@ from muxproxy.providers.base import (
     Finished,
     Handle,
     ImageData,
+    ImageLink,
     Provider,
     Reference,
     Running,
@@ -43,6 +45,10 @@ from muxproxy.storage import BlobNotFound, BlobStorage, blob_key
 from muxproxy.store import Billing, StaleJob, Store
 
 log = get_logger("muxproxy.pipeline.runner")
+
+# Waits before each new try of a write the database refused (see JobRunner._move):
+# 7.5 s in all, well within a lease.
+WRITE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
 
 
 class JobRunner:
@@ -219,6 +225,22 @@ class JobRunner:
             log.warning("upstream cancel failed", exc_info=True)
 
     async def _move(self, job: Job, owner: str, target: JobState, **changes: Any) -> Job | None:
+        """Record the step's outcome; None when another writer changed the job first.
+
+        A write the database refuses (locked, disk full) is tried again while the
+        step still holds the lease (the scheduler renews it): let through at once,
+        the job would be claimed again and its upstream call made twice."""
+        for delay in WRITE_RETRY_SECONDS:
+            try:
+                return await self._transition(job, owner, target, changes)
+            except StoreUnavailable:
+                log.warning("the database refused a job's write; trying again",
+                            state=target.value, retry_in=delay)
+                await self.clock.sleep(delay)
+        return await self._transition(job, owner, target, changes)
+
+    async def _transition(self, job: Job, owner: str, target: JobState,
+                          changes: Mapping[str, Any]) -> Job | None:
         try:
             return await self.store.transition(job, JobState.PROCESSING, target,
                                                now=now_ms(self.clock), owner=owner, **changes)
@@ -230,9 +252,7 @@ class JobRunner:
         """A job reached its end, on whichever path: record it, then delete the
         reference images uploaded with it (only its results are kept)."""
         self.record(job)
-        await self._delete_blobs(job, [ref.blob for ref in (*job.request.images,
-                                                            job.request.mask)
-                                       if ref is not None and ref.blob is not None])
+        await self._delete_blobs(job, job.request.input_keys())
 
     async def _delete_blobs(self, job: Job, keys: list[str]) -> None:
         for key in keys:
@@ -307,32 +327,39 @@ class JobRunner:
         if not outcome.images:
             raise UpstreamError(f"{job.provider}: upstream finished without an image",
                                 transient=False, code="no_image")
-        limits = self.settings.limits
         stored: list[StoredImage] = []
-        for index, item in enumerate(outcome.images):
-            if isinstance(item, ImageData):
-                data = item.data
-                content_type = images.sniff(data)
-                if content_type is None:
-                    raise UpstreamError(f"{job.provider}: upstream sent data that is not an "
-                                        "image", transient=False, code="not_an_image")
-            else:
-                data, content_type = await download(
-                    self.http, item.url, max_bytes=limits.max_download_bytes,
-                    timeout=self.providers[job.provider].settings.timeout_seconds)
-            key = blob_key("results", job.id, job.created_at, str(index),
-                           images.EXTENSIONS[content_type])
-            try:
-                await self.storage.put(key, data, content_type)
-            except OSError:
-                self._storage_failed("write", job_id=job.id)
-                # A failed job keeps no result: the images written before go too.
-                await self._delete_blobs(job, [image.key for image in stored])
-                raise StorageFault("the gateway could not store the result image") from None
-            width, height = images.dimensions(data)
-            stored.append(StoredImage(key=key, content_type=content_type, width=width,
-                                      height=height))
+        try:
+            for index, item in enumerate(outcome.images):
+                stored.append(await self._store_result(job, index, item))
+        except BaseException:
+            # A failed step keeps no result (no job row would name it): whatever
+            # ended it (an image that is not one, a failed download, a cancel), the
+            # images written before go too.
+            await self._delete_blobs(job, [image.key for image in stored])
+            raise
         return JobResult(images=tuple(stored), revised_prompt=outcome.revised_prompt)
+
+    async def _store_result(self, job: Job, index: int, item: ImageData | ImageLink
+                            ) -> StoredImage:
+        if isinstance(item, ImageData):
+            data = item.data
+            content_type = images.sniff(data)
+            if content_type is None:
+                raise UpstreamError(f"{job.provider}: upstream sent data that is not an "
+                                    "image", transient=False, code="not_an_image")
+        else:
+            data, content_type = await download(
+                self.http, item.url, max_bytes=self.settings.limits.max_download_bytes,
+                timeout=self.providers[job.provider].settings.timeout_seconds)
+        key = blob_key("results", job.id, job.created_at, str(index),
+                       images.EXTENSIONS[content_type])
+        try:
+            await self.storage.put(key, data, content_type)
+        except OSError:
+            self._storage_failed("write", job_id=job.id)
+            raise StorageFault("the gateway could not store the result image") from None
+        width, height = images.dimensions(data)
+        return StoredImage(key=key, content_type=content_type, width=width, height=height)
 
     def _storage_failed(self, operation: str, *, job_id: str | None) -> None:
         """Our own disk failed: counted, and logged with its cause for the operator

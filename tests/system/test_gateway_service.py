@@ -5,6 +5,7 @@ links, and a key's jobs. Real gateway, real SQLite, real image files."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,11 +15,12 @@ from muxproxy.clock import ManualClock
 from muxproxy.errors import Expired, NotFound, StillRunning
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest
-from muxproxy.pipeline.jobs import JobState
+from muxproxy.pipeline.jobs import Job, JobState, NewJob
 from muxproxy.store import ApiKey
 from muxproxy.surfaces import SurfaceName
+from muxproxy.validation import UploadedImage
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, merge, run_gateway
-from tests.support.images import image_size
+from tests.support.images import image_size, png_bytes
 from tests.support.wait import eventually
 
 
@@ -146,3 +148,59 @@ async def test_result_images_past_retention_are_expired(config: dict[str, Any]) 
         clock.advance(86_400)
         with pytest.raises(Expired):
             await service.result_images(ended)
+
+
+def _with_uploads(prompt: str) -> Submission:
+    upload = UploadedImage(png_bytes(20, 20), "image/png")
+    return Submission(model="demo-image-async", client_params={"prompt": prompt},
+                      request=GenerationRequest(prompt=prompt), uploads=(upload, upload))
+
+
+def _stored_files(gateway: RunningGateway) -> list[str]:
+    root = Path(gateway.settings.storage.url.removeprefix("file://"))
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("fault", ["create-failed", "upload-cancelled"])
+async def test_uploads_of_a_job_never_created_are_not_left_behind(
+        config: dict[str, Any], monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    # On the manual clock the async demo job waits for its first poll: it keeps its
+    # uploads until the end of the test.
+    async with run_gateway(config, clock=ManualClock()) as gateway:
+        service, key = gateway.state.gateway, await _key(gateway)
+        if fault == "create-failed":
+            create_job = gateway.state.store.create_job
+
+            async def create_fails_once(new: NewJob) -> Job:
+                monkeypatch.setattr(gateway.state.store, "create_job", create_job)
+                raise RuntimeError("a bug in the store")
+
+            monkeypatch.setattr(gateway.state.store, "create_job", create_fails_once)
+            with pytest.raises(RuntimeError, match="a bug in the store"):
+                await service.submit(key, SurfaceName.NATIVE, _with_uploads("refused"))
+        else:
+            put, puts, hanging = service.storage.put, [], asyncio.Event()
+
+            async def second_put_hangs(key: str, data: bytes, content_type: str) -> None:
+                puts.append(key)
+                if len(puts) == 2:
+                    hanging.set()
+                    await asyncio.Event().wait()  # until the client hangs up
+                await put(key, data, content_type)
+
+            monkeypatch.setattr(service.storage, "put", second_put_hangs)
+            submit = asyncio.ensure_future(
+                service.submit(key, SurfaceName.NATIVE, _with_uploads("hung up")))
+            await hanging.wait()
+            submit.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await submit
+            monkeypatch.setattr(service.storage, "put", put)
+        assert _stored_files(gateway) == []
+        assert await gateway.state.store.list_jobs(key.id) == []
+
+        job = await service.submit(key, SurfaceName.NATIVE, _with_uploads("kept"))
+        uploads = job.request.input_keys()
+        assert len(uploads) == 2
+        assert _stored_files(gateway) == sorted(uploads)
+        assert not (await gateway.state.store.get_job(job.id) or job).is_terminal

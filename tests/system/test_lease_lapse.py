@@ -1,6 +1,6 @@
 """A job whose lease could not be handed back (the database refused the step's
-last write) is taken up again once the lease lapses, long before its deadline;
-a step that outlives its lease keeps it."""
+last write, and every try of it again) is taken up again once the lease lapses,
+long before its deadline; a step that outlives its lease keeps it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import asyncio
 import sqlite3
 from typing import Any
 
+import pytest
+
 from muxproxy.clock import ManualClock
-from muxproxy.pipeline.jobs import Job
+from muxproxy.errors import StoreUnavailable
+from muxproxy.pipeline.jobs import Job, JobState
+from muxproxy.pipeline.runner import WRITE_RETRY_SECONDS
 from tests.support.gateway import RunningGateway, merge, run_gateway
 from tests.support.wait import eventually
 
@@ -26,8 +30,28 @@ async def stored(gw: RunningGateway, job_id: str) -> Job:
     return job
 
 
+def refused_writes(gw: RunningGateway, job_id: str, monkeypatch: pytest.MonkeyPatch
+                   ) -> list[JobState]:
+    """The states the job's writes the database refused were to move it to."""
+    store = gw.state.store
+    transition = store.transition
+    refused: list[JobState] = []
+
+    async def counted(job: Job | str, expected: JobState, target: JobState,
+                      **kwargs: Any) -> Job:
+        try:
+            return await transition(job, expected, target, **kwargs)
+        except StoreUnavailable:
+            if (job if isinstance(job, str) else job.id) == job_id:
+                refused.append(target)
+            raise
+
+    monkeypatch.setattr(store, "transition", counted)
+    return refused
+
+
 async def test_a_lease_left_by_a_failed_release_is_taken_up_when_it_lapses(
-        config: dict[str, Any]) -> None:
+        config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     clock = ManualClock()
     async with run_gateway(merge(config, SLOW), clock=clock) as gw:
         scheduler = gw.state.scheduler
@@ -37,16 +61,23 @@ async def test_a_lease_left_by_a_failed_release_is_taken_up_when_it_lapses(
             return scheduler.running(task_id)
 
         await eventually(running)
+        claimed = clock.now()
+        refused = refused_writes(gw, task_id, monkeypatch)
         other = sqlite3.connect(gw.settings.database.url.removeprefix("sqlite:///"),
                                 isolation_level=None)
         try:
-            other.execute("BEGIN IMMEDIATE")  # the step's result and its release both fail
-            clock.advance(1)
+            # The step's result, each of its tries, and its release all fail.
+            other.execute("BEGIN IMMEDIATE")
+            clock.advance(1)  # the demo provider's delay
+            for tries, delay in enumerate(WRITE_RETRY_SECONDS, start=1):
+                await eventually(lambda: len(refused) == tries)  # noqa: B023
+                clock.advance(delay)  # the runner waits this long before the next try
 
             async def ended() -> bool:
                 return not scheduler.running(task_id)
 
             await eventually(ended)
+            assert refused == [JobState.COMPLETED] * (len(WRITE_RETRY_SECONDS) + 1)
             other.execute("ROLLBACK")
         finally:
             other.close()
@@ -54,7 +85,8 @@ async def test_a_lease_left_by_a_failed_release_is_taken_up_when_it_lapses(
         assert left.state.value == "processing"
         assert left.lease_owner == scheduler.owner and left.lease_until is not None
         lapse = left.lease_until / 1000
-        assert lapse - clock.now() >= 25  # the provider's timeout plus the margin
+        assert lapse - claimed >= 30  # the provider's timeout plus the margin
+        assert lapse > clock.now()
 
         clock.advance(lapse - clock.now() - 1)  # not yet: nobody touches it
         await gw.state.scheduler.wait_idle()

@@ -4,9 +4,13 @@ no server anywhere; backoff waits are moved by the manual clock."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,6 +27,7 @@ from muxproxy.providers.base import (
     Finished,
     Handle,
     ImageData,
+    ImageLink,
     PollOutcome,
     Running,
     SubmitOutcome,
@@ -38,7 +43,8 @@ from muxproxy.surfaces import SurfaceName
 from muxproxy.testing import ManualClock, ScriptedProvider
 from muxproxy.testing.scripted import Handler
 from tests.fakes.images import solid
-from tests.support.gateway import base_config
+from tests.support.gateway import base_config, merge
+from tests.support.wait import eventually
 
 OWNER = "worker-1"
 PNG = solid((10, 200, 30))
@@ -83,8 +89,15 @@ class Pipeline:
 
 @pytest.fixture
 async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
-    settings = parse_settings(base_config(tmp_path), {})
-    store = open_store(settings.database.url)
+    async with open_pipeline(tmp_path) as opened:
+        yield opened
+
+
+@asynccontextmanager
+async def open_pipeline(tmp_path: Path, **config: Any) -> AsyncIterator[Pipeline]:
+    settings = parse_settings(merge(base_config(tmp_path), config), {})
+    store = open_store(settings.database.url,
+                       busy_timeout_seconds=settings.database.busy_timeout_seconds)
     await store.open()
     storage = open_storage(settings.storage.url)
     fetcher = ReferenceFetcher(settings.limits)
@@ -194,3 +207,66 @@ def test_check_is_scripted_too() -> None:
     with pytest.raises(Unsupported, match="scripted-v1 takes no mask"):
         provider.check(GenerationRequest(prompt="p"), "scripted-v1", {})
     assert ScriptedProvider(queue()).configured
+
+
+@pytest.mark.parametrize("answer", [Finished(images=(ImageData(PNG),)), Submitted("up-1")],
+                         ids=["sync", "async"])
+async def test_a_refused_last_write_is_retried_and_the_upstream_called_once(
+        tmp_path: Path, answer: SubmitOutcome) -> None:
+    async with open_pipeline(tmp_path, database={"busy_timeout_seconds": 0.2}) as pipeline:
+        other = sqlite3.connect(pipeline.settings.database.url.removeprefix("sqlite:///"),
+                                isolation_level=None)
+
+        def handler(step: Call | Handle) -> SubmitOutcome:
+            other.execute("BEGIN IMMEDIATE")  # the step's write, once the upstream answered
+            return answer
+
+        provider = ScriptedProvider(handler)
+        runner = pipeline.runner(provider)
+        job_id = await pipeline.create(provider, GenerationRequest(prompt="p"))
+        clock = pipeline.clock
+        now = now_ms(clock)
+        [claimed] = await pipeline.store.claim_due(provider.name, now, 1, OWNER, now + 60_000)
+        try:
+            step = asyncio.create_task(runner.run(claimed, OWNER))
+            waits = []
+            for _ in range(2):  # the write refused twice: the runner waits on the clock
+                await eventually(lambda: clock.next_wakeup is not None or step.done())
+                assert clock.next_wakeup is not None, step.result()
+                waits.append(clock.next_wakeup - clock.now())
+                if len(waits) == 2:
+                    other.execute("ROLLBACK")
+                clock.set(clock.next_wakeup)
+            await step
+        finally:
+            other.close()
+        assert waits == [0.5, 1.0]
+        job = await pipeline.store.get_job(job_id)
+        assert job is not None and job.lease_owner is None
+        if isinstance(answer, Finished):
+            assert job.state is JobState.COMPLETED and job.result is not None
+        else:
+            assert (job.state, job.upstream_id) == (JobState.PROCESSING, "up-1")
+        assert [type(s) for s in provider.steps] == [Call]
+
+
+@pytest.mark.parametrize("second", ["not-an-image", "download-failed"])
+async def test_a_result_that_fails_takes_the_ones_stored_before_with_it(
+        pipeline: Pipeline, second: str) -> None:
+    bad = (ImageData(b"<html>not an image</html>") if second == "not-an-image"
+           else ImageLink("http://127.0.0.1:1/gone.png"))  # nothing listens on port 1
+    provider = ScriptedProvider(queue(*[Finished(images=(ImageData(PNG), bad))] * 9))
+    runner = pipeline.runner(provider)
+    job_id = await pipeline.create(provider, GenerationRequest(prompt="p", n=2))
+
+    job = await pipeline.step(runner, job_id)
+    while not job.is_terminal:  # a failed download is retried, then fails the job
+        job = await pipeline.step(runner, job_id)
+
+    assert job.state is JobState.FAILED and job.result is None
+    assert stored_files(pipeline.settings) == []
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    root = Path(settings.storage.url.removeprefix("file://"))
+    return [p for p in root.rglob("*") if p.is_file()]
