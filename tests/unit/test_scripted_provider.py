@@ -96,8 +96,7 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
 @asynccontextmanager
 async def open_pipeline(tmp_path: Path, **config: Any) -> AsyncIterator[Pipeline]:
     settings = parse_settings(merge(base_config(tmp_path), config), {})
-    store = open_store(settings.database.url,
-                       busy_timeout_seconds=settings.database.busy_timeout_seconds)
+    store = open_store(settings.database.url, settings.database)
     await store.open()
     storage = open_storage(settings.storage.url)
     fetcher = ReferenceFetcher(settings.limits)
