@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from muxproxy.store.accounts import ApiKey, KeyNotFound, LedgerEntry, LedgerKind, UsageRow
-from muxproxy.store.sqlite_accounts import key_from_row
+from muxproxy.store.rows import key_from_row
 
 
 class PostgresAccounts:

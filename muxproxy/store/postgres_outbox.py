@@ -12,7 +12,7 @@ import asyncpg
 
 from muxproxy.pipeline.jobs import Job
 from muxproxy.store.postgres_tx import Db, pg
-from muxproxy.store.sqlite_outbox import INSERT_DELIVERY, delivery_values
+from muxproxy.store.sql import INSERT_DELIVERY, delivery_values
 from muxproxy.webhooks.outbox import (
     Attempt,
     Backlog,

@@ -12,14 +12,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
-import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from muxproxy.pipeline.jobs import IdempotencyClaim, IllegalTransition, Job, JobState
 from muxproxy.store.accounts import ApiKey, KeyExists, KeyLimits, LedgerKind
-from muxproxy.store.rows import JSON_COLUMNS, NEW_JOB_DEFAULTS, job_from_row
-from muxproxy.store.sqlite_accounts import INSERT_KEY, SET_LIMITS, key_from_row, limit_values
-from muxproxy.store.sqlite_outbox import INSERT_DELIVERY, delivery_values
+from muxproxy.store.rows import NEW_JOB_DEFAULTS, job_from_row, key_from_row
+from muxproxy.store.sql import (
+    INSERT_DELIVERY,
+    INSERT_KEY,
+    SET_LIMITS,
+    delivery_values,
+    encoded,
+    job_update,
+    limit_values,
+)
 from muxproxy.store.tx import IdempotencyRow, Tx
 
 # A connection: one of the pool's, or (migrations, tests) one of its own.
@@ -33,12 +39,6 @@ def pg(sql: str) -> str:
     statements both backends share are written once."""
     count = iter(range(1, 10_000))
     return re.sub(r"\?", lambda _: f"${next(count)}", sql)
-
-
-def encoded(values: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON columns as the text asyncpg sends for ``jsonb``."""
-    return {k: (orjson.dumps(v).decode() if k in JSON_COLUMNS and v is not None else v)
-            for k, v in values.items()}
 
 
 def updated(status: str) -> int:
@@ -72,15 +72,7 @@ class PostgresTx(Tx):
 
     async def update_job(self, job_id: str, expected: JobState | None, owner: str | None,
                          values: Mapping[str, Any], *, after: Job | None = None) -> Job | None:
-        stored = encoded(values)
-        sql = f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in stored)} WHERE id = ?"  # noqa: S608
-        args = [*stored.values(), job_id]
-        if expected is not None:
-            sql += " AND state = ?"
-            args.append(expected.value)
-        if owner is not None:
-            sql += " AND lease_owner = ?"
-            args.append(owner)
+        sql, args = job_update(job_id, expected, owner, encoded(values))
         try:
             if after is not None:
                 return after if updated(await self.db.execute(pg(sql), *args)) == 1 else None

@@ -5,6 +5,7 @@ backend); both map to the same :class:`~muxproxy.pipeline.jobs.Job`."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ import orjson
 
 from muxproxy.generation import GenerationRequest
 from muxproxy.pipeline.jobs import Job, JobResult, JobState, RowLike
+from muxproxy.store.accounts import ApiKey, KeyLimits
 from muxproxy.surfaces import SurfaceName
 
 # A job's columns that hold JSON.
@@ -86,3 +88,14 @@ def job_from_row(row: RowLike) -> Job:
         lease_owner=row["lease_owner"],
         lease_until=row["lease_until"],
     )
+
+
+def key_from_row(row: RowLike) -> ApiKey:
+    models, networks = row["allowed_models"], row["webhook_allow_networks"]
+    return ApiKey(id=row["id"], name=row["name"], created_at=row["created_at"],
+                  revoked_at=row["revoked_at"], balance=row["balance"],
+                  limits=KeyLimits(unlimited=bool(row["unlimited"]), rpm_limit=row["rpm_limit"],
+                                   max_concurrent=row["max_concurrent"],
+                                   allowed_models=tuple(json.loads(models)) if models else None,
+                                   webhook_allow_networks=tuple(json.loads(networks))
+                                   if networks else ()))

@@ -4,7 +4,6 @@ over :class:`~muxproxy.store.sqlite_tx.SqliteTx`."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -12,15 +11,14 @@ from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
-from muxproxy.pipeline.jobs import RowLike
 from muxproxy.store.accounts import (
     ApiKey,
-    KeyLimits,
     KeyNotFound,
     LedgerEntry,
     LedgerKind,
     UsageRow,
 )
+from muxproxy.store.rows import key_from_row
 
 T = TypeVar("T")
 
@@ -37,36 +35,6 @@ class Connected(Protocol):
                          transaction: bool = True) -> T: ...
 
     async def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-
-
-def key_from_row(row: RowLike) -> ApiKey:
-    models, networks = row["allowed_models"], row["webhook_allow_networks"]
-    return ApiKey(id=row["id"], name=row["name"], created_at=row["created_at"],
-                  revoked_at=row["revoked_at"], balance=row["balance"],
-                  limits=KeyLimits(unlimited=bool(row["unlimited"]), rpm_limit=row["rpm_limit"],
-                                   max_concurrent=row["max_concurrent"],
-                                   allowed_models=tuple(json.loads(models)) if models else None,
-                                   webhook_allow_networks=tuple(json.loads(networks))
-                                   if networks else ()))
-
-
-# The api_keys columns that hold a key's limits, in limit_values' order.
-_LIMIT_COLUMNS = ("unlimited", "rpm_limit", "max_concurrent", "allowed_models",
-                  "webhook_allow_networks")
-
-
-def limit_values(limits: KeyLimits) -> tuple[Any, ...]:
-    models = json.dumps(list(limits.allowed_models)) if limits.allowed_models is not None \
-        else None
-    networks = json.dumps(list(limits.webhook_allow_networks)) \
-        if limits.webhook_allow_networks else None
-    return int(limits.unlimited), limits.rpm_limit, limits.max_concurrent, models, networks
-
-
-INSERT_KEY = (f"INSERT INTO api_keys (id, name, key_hash, created_at, "  # noqa: S608
-              f"{', '.join(_LIMIT_COLUMNS)}) "
-              f"VALUES (?, ?, ?, ?, {', '.join('?' for _ in _LIMIT_COLUMNS)})")
-SET_LIMITS = ", ".join(f"{column} = ?" for column in _LIMIT_COLUMNS)
 
 
 class AccountsMixin:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from muxproxy.pipeline.jobs import Job
+from muxproxy.store.sql import INSERT_DELIVERY, delivery_values
 from muxproxy.webhooks.outbox import (
     Attempt,
     Backlog,
@@ -20,18 +21,10 @@ from muxproxy.webhooks.outbox import (
     DeliveryStatus,
     SigningSecret,
     Verdict,
-    new_delivery_id,
-    target_host,
 )
 
 T = TypeVar("T")
 _PENDING = f"status = '{DeliveryStatus.PENDING}'"
-INSERT_DELIVERY = """
-    INSERT INTO webhook_deliveries (id, job_id, key_id, url, host, status, created_at,
-                                    updated_at, next_attempt_at)
-    VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)"""
-
-
 class SqliteOutbox:
     async def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         raise NotImplementedError
@@ -191,13 +184,6 @@ class SqliteOutbox:
         async with self._write() as db:
             cur = await db.execute("DELETE FROM webhook_secrets WHERE key_id = ?", (key_id,))
             return cur.rowcount > 0
-
-
-def delivery_values(job: Job, now: int) -> tuple[Any, ...]:
-    """A new pending delivery of ``job``'s callback, due at ``now``: INSERT_DELIVERY's values."""
-    url = job.callback_url
-    assert url is not None
-    return (new_delivery_id(), job.id, job.key_id, url, target_host(url), now, now, now)
 
 
 def _not_in(column: str, values: Sequence[str]) -> str:

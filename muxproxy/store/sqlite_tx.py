@@ -13,9 +13,16 @@ import orjson
 
 from muxproxy.pipeline.jobs import IdempotencyClaim, IllegalTransition, Job, JobState
 from muxproxy.store.accounts import ApiKey, KeyExists, KeyLimits, LedgerKind
-from muxproxy.store.rows import JSON_COLUMNS, NEW_JOB_DEFAULTS, job_from_row
-from muxproxy.store.sqlite_accounts import INSERT_KEY, SET_LIMITS, key_from_row, limit_values
-from muxproxy.store.sqlite_outbox import INSERT_DELIVERY, delivery_values
+from muxproxy.store.rows import NEW_JOB_DEFAULTS, job_from_row, key_from_row
+from muxproxy.store.sql import (
+    INSERT_DELIVERY,
+    INSERT_KEY,
+    SET_LIMITS,
+    delivery_values,
+    encoded,
+    job_update,
+    limit_values,
+)
 from muxproxy.store.tx import IdempotencyRow, Tx
 
 ACTIVE = f"state IN ('{JobState.PENDING}', '{JobState.PROCESSING}')"
@@ -37,11 +44,6 @@ def _insert_sql(columns: tuple[str, ...]) -> str:
             f"VALUES ({', '.join('?' for _ in columns)})")
 
 
-def encoded(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (orjson.dumps(v).decode() if k in JSON_COLUMNS and v is not None else v)
-            for k, v in values.items()}
-
-
 class SqliteTx(Tx):
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -57,15 +59,7 @@ class SqliteTx(Tx):
 
     async def update_job(self, job_id: str, expected: JobState | None, owner: str | None,
                          values: Mapping[str, Any], *, after: Job | None = None) -> Job | None:
-        stored = encoded(values)
-        sql = f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in stored)} WHERE id = ?"  # noqa: S608
-        args = [*stored.values(), job_id]
-        if expected is not None:
-            sql += " AND state = ?"
-            args.append(expected.value)
-        if owner is not None:
-            sql += " AND lease_owner = ?"
-            args.append(owner)
+        sql, args = job_update(job_id, expected, owner, encoded(values))
         try:
             if after is not None:
                 return after if self.db.execute(sql, args).rowcount == 1 else None

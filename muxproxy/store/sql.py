@@ -1,0 +1,68 @@
+"""The SQL both backends share, written with SQLite's ``?`` placeholders (the
+PostgreSQL backend numbers them with :func:`muxproxy.store.postgres_tx.pg`), and the
+values that go with it. JSON columns travel as text on both."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from muxproxy.pipeline.jobs import Job, JobState
+from muxproxy.store.accounts import KeyLimits
+from muxproxy.store.rows import JSON_COLUMNS
+from muxproxy.webhooks.outbox import new_delivery_id, target_host
+
+
+def encoded(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Job column values as stored: JSON columns as text."""
+    return {k: (orjson.dumps(v).decode() if k in JSON_COLUMNS and v is not None else v)
+            for k, v in values.items()}
+
+
+def job_update(job_id: str, expected: JobState | None, owner: str | None,
+               stored: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """The UPDATE of a job's columns, guarded by its expected state and lease owner."""
+    sql = f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in stored)} WHERE id = ?"  # noqa: S608
+    args = [*stored.values(), job_id]
+    if expected is not None:
+        sql += " AND state = ?"
+        args.append(expected.value)
+    if owner is not None:
+        sql += " AND lease_owner = ?"
+        args.append(owner)
+    return sql, args
+
+
+# The api_keys columns that hold a key's limits, in limit_values' order.
+_LIMIT_COLUMNS = ("unlimited", "rpm_limit", "max_concurrent", "allowed_models",
+                  "webhook_allow_networks")
+
+
+def limit_values(limits: KeyLimits) -> tuple[Any, ...]:
+    models = json.dumps(list(limits.allowed_models)) if limits.allowed_models is not None \
+        else None
+    networks = json.dumps(list(limits.webhook_allow_networks)) \
+        if limits.webhook_allow_networks else None
+    return int(limits.unlimited), limits.rpm_limit, limits.max_concurrent, models, networks
+
+
+INSERT_KEY = (f"INSERT INTO api_keys (id, name, key_hash, created_at, "  # noqa: S608
+              f"{', '.join(_LIMIT_COLUMNS)}) "
+              f"VALUES (?, ?, ?, ?, {', '.join('?' for _ in _LIMIT_COLUMNS)})")
+SET_LIMITS = ", ".join(f"{column} = ?" for column in _LIMIT_COLUMNS)
+
+
+INSERT_DELIVERY = """
+    INSERT INTO webhook_deliveries (id, job_id, key_id, url, host, status, created_at,
+                                    updated_at, next_attempt_at)
+    VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)"""
+
+
+def delivery_values(job: Job, now: int) -> tuple[Any, ...]:
+    """A new pending delivery of ``job``'s callback, due at ``now``: INSERT_DELIVERY's values."""
+    url = job.callback_url
+    assert url is not None
+    return (new_delivery_id(), job.id, job.key_id, url, target_host(url), now, now, now)
