@@ -20,10 +20,10 @@ from muxproxy.store.rows import NEW_JOB_DEFAULTS, job_from_row, key_from_row
 from muxproxy.store.sql import (
     INSERT_DELIVERY,
     INSERT_KEY,
-    SET_LIMITS,
     delivery_values,
     encoded,
     job_update,
+    key_update,
     limit_values,
 )
 from muxproxy.store.tx import IdempotencyRow, Tx
@@ -132,11 +132,8 @@ class PostgresTx(Tx):
 
     async def set_key(self, key_id: str, limits: KeyLimits,
                       key_hash: str | None = None) -> ApiKey | None:
-        sets, args = SET_LIMITS, [*limit_values(limits)]
-        if key_hash is not None:
-            sets, args = f"key_hash = ?, {sets}", [key_hash, *args]
-        row = await self.db.fetchrow(pg(f"UPDATE api_keys SET {sets} WHERE id = ? "  # noqa: S608
-                                        f"RETURNING *"), *args, key_id)
+        sql, args = key_update(key_id, limits, key_hash)
+        row = await self.db.fetchrow(pg(sql), *args)
         return key_from_row(row) if row else None
 
     async def add_ledger(self, key_id: str, kind: LedgerKind, amount: int, now: int, *,

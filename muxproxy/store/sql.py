@@ -55,6 +55,15 @@ INSERT_KEY = (f"INSERT INTO api_keys (id, name, key_hash, created_at, "  # noqa:
 SET_LIMITS = ", ".join(f"{column} = ?" for column in _LIMIT_COLUMNS)
 
 
+def key_update(key_id: str, limits: KeyLimits,
+               key_hash: str | None = None) -> tuple[str, list[Any]]:
+    """The UPDATE of a key's limits (and hash, if given), returning the row."""
+    sets, args = SET_LIMITS, [*limit_values(limits)]
+    if key_hash is not None:
+        sets, args = f"key_hash = ?, {sets}", [key_hash, *args]
+    return f"UPDATE api_keys SET {sets} WHERE id = ? RETURNING *", [*args, key_id]  # noqa: S608
+
+
 INSERT_DELIVERY = """
     INSERT INTO webhook_deliveries (id, job_id, key_id, url, host, status, created_at,
                                     updated_at, next_attempt_at)
