@@ -42,6 +42,13 @@ class BlobNotFound(Exception):
     pass
 
 
+class StorageUnavailable(OSError):
+    """The backend could not be reached or refused the work (an object store's
+    network, credentials or server errors, mapped at the backend's one boundary).
+    An ``OSError``, as a failing disk's errors are: the job runner fails a job on a
+    failed write as ``storage_error``, and downloads answer 503 with Retry-After."""
+
+
 def check_key(key: str) -> str:
     """Refuse anything but plain relative segments (no ``..``, no absolute paths)."""
     if not _KEY.match(key):
@@ -86,6 +93,14 @@ class BlobStorage(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Remove the blob; nothing happens when it is absent."""
+
+    @abc.abstractmethod
+    def list_keys(self) -> AsyncGenerator[str, None]:
+        """Every blob's key, in no promised order (the readiness probe's excluded):
+        for ``muxproxy copy-storage``, never on a request's path."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Make ready what the backend needs before its first call (a client)."""
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         await self.put_stream(key, _single(data), content_type)
