@@ -80,7 +80,7 @@ async def replay(request: Request, state: AppState, job: Job) -> Response:
     as it stands now, with a fresh link to its image."""
     data = created_view(job)
     if job.state is JobState.COMPLETED:
-        urls = state.gateway.result_links(job)
+        urls = await state.gateway.result_links(job)
         data["outputUrl"] = urls[0] if urls else None
     elif job.state is JobState.FAILED:
         data["errorMessage"] = job.fail_msg
@@ -117,7 +117,7 @@ async def status(request: Request) -> Response:
     state: AppState = request.app.state.mux
     key = await state.auth.authenticate(request)
     job = await _job(state, key, request.path_params["id"])
-    urls = state.gateway.result_links(job)
+    urls = await state.gateway.result_links(job)
     return JSONResponse(generation_view(job, urls[0] if urls else None))
 
 
@@ -153,10 +153,13 @@ async def image(request: Request) -> Response:
         raise Expired()
     stored = job.result.images[0]
     extension = images.EXTENSIONS.get(stored.content_type, "bin")
+    storage = state.settings.storage
     return await serve_blob(request, state.storage, stored.key,
                             content_type=stored.content_type, render=render_error,
                             missing="the image file is missing",
-                            filename=f"{job.id}.{extension}")
+                            filename=f"{job.id}.{extension}",
+                            redirect_ttl=storage.url_ttl_seconds if storage.redirect else None,
+                            metrics=state.metrics)
 
 
 async def _job(state: AppState, key: ApiKey, job_id: str) -> Job:

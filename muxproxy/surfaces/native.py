@@ -59,7 +59,7 @@ async def create_task(request: Request) -> Response:
 async def replay(request: Request, state: AppState, job: Job) -> Response:
     """A create call's retry (same Idempotency-Key): the job the first call created,
     as it stands now, with fresh result links."""
-    return ok(created_view(job, state.gateway.result_links(job)))
+    return ok(created_view(job, await state.gateway.result_links(job)))
 
 
 def created_view(job: Job, result_urls: list[str]) -> dict[str, Any]:
@@ -80,7 +80,7 @@ async def get_task(request: Request) -> Response:
     if not task_id:
         raise InvalidRequest("'task_id' query parameter is required", param="task_id")
     job = await state.gateway.job_for(key, task_id)
-    return ok(task_view(job, state.gateway.result_links(job)))
+    return ok(task_view(job, await state.gateway.result_links(job)))
 
 
 def task_view(job: Job, result_urls: list[str]) -> dict[str, Any]:
