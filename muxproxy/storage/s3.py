@@ -236,13 +236,14 @@ class S3Storage(BlobStorage):
         name = self._object(key)
         if end is not None and end <= start:
             return
-        # An empty Range asks for the whole object.
-        wanted = "" if start == 0 and end is None else \
-            f"bytes={start}-{'' if end is None else end - 1}"
         with _mapped("read", key):
             try:
-                answer = await self.client.get_object(Bucket=self.bucket, Key=name,
-                                                      Range=wanted)
+                if start == 0 and end is None:
+                    answer = await self.client.get_object(Bucket=self.bucket, Key=name)
+                else:
+                    answer = await self.client.get_object(
+                        Bucket=self.bucket, Key=name,
+                        Range=f"bytes={start}-{'' if end is None else end - 1}")
             except Exception as exc:
                 if _code(exc) == "InvalidRange":
                     return  # starts at or past the end: nothing to read
