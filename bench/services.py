@@ -160,14 +160,19 @@ routes = [{{ provider = "fal", model = "{FAL_APP}" }}]
 """
 
 
-async def start_gateway(workdir: Path, fake_port: int) -> tuple[Service, int]:
+async def start_gateway(workdir: Path, fake_port: int, storage_url: str = "",
+                        extra_toml: str = "") -> tuple[Service, int]:
     """``muxproxy serve`` on a copy of the shipped config, in ``workdir`` (its SQLite
-    file and images land in ``workdir/data``); the log goes to ``gateway.log``."""
+    file and images land in ``workdir/data``); the log goes to ``gateway.log``.
+    ``storage_url`` replaces the images folder, ``extra_toml`` is appended (its
+    ``[storage.s3]``, say)."""
     port = free_port()
     config = workdir / "config.toml"
-    config.write_text(gateway_config(fake_port))
+    config.write_text(gateway_config(fake_port) + extra_toml)
     env = {"PYTHONPATH": str(ROOT), "MUXPROXY_PORT": str(port),
            "MUXPROXY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    if storage_url:
+        env["MUXPROXY_STORAGE_URL"] = storage_url
     service = Service("gateway", [sys.executable, "-m", "muxproxy.cli", "serve", "--config",
                                   str(config)],
                       cwd=workdir, log=workdir / "gateway.log", env=env)

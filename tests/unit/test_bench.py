@@ -54,3 +54,18 @@ def test_targets_are_judged_against_the_same_run() -> None:
     missed = {row[0]: row[3] for row in report.targets({"s1": _s1(2.5, 299)})}
     assert missed["1. added latency p50, c=1"] is False
     assert missed["1. req/s c=32 vs LiteLLM"] is False
+
+
+def test_the_storage_scenario_reports_s3_against_the_local_folder() -> None:
+    def path(rps: float) -> dict[str, Any]:
+        figures = {"p50_ms": 1.0, "p99_ms": 9.0, "rps": rps, "errors": 0}
+        return {"c1": figures, "c32": figures}
+
+    s5 = {"local": {"gateway": path(800), "gateway (url)": path(1000)},
+          "s3": {"gateway": path(200), "gateway (url)": path(400)}}
+    assert report.storage_ratios(s5) == {"gateway": 0.25, "gateway (url)": 0.4}
+    out = {"date": "2026-12-01", "machine": {"cpu": "cpu", "cores": 2, "python": "3.11"},
+           "litellm": {"version": None, "error": None}, "s5": s5}
+    text = report.table(out)
+    assert "5. POST /v1/images/generations by image storage" in text
+    assert "0.25x" in text and "0.40x" in text
