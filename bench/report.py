@@ -147,6 +147,8 @@ def table(out: dict[str, Any]) -> str:
                   _grid(["stored jobs", "submits/s", "polls/s", "submit vs first",
                          "poll vs first", "RSS MB end / peak"], rows)]
     s5 = out.get("s5")
+    if s5 and "error" in s5:
+        parts += ["", f"5. image storage: not measured: {s5['error']}"]
     if s5 and "local" in s5 and "s3" in s5:
         rows = []
         for path, ratio in storage_ratios(s5).items():

@@ -9,6 +9,7 @@ with a server far slower than a real object store's front end, on the same cores
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ secret_access_key = "{SECRET_KEY}"
 
 async def storage_paths(workdir: Path, fake_port: int, scale: Scale) -> dict[str, Any]:
     """The OpenAI surface's two gateway paths (b64_json, url) on each storage."""
+    if importlib.util.find_spec("moto") is None:
+        print("  moto is not installed: pip install -e '.[test]'", flush=True)
+        return {"error": "moto[server] is not installed: pip install -e '.[test]'"}
     moto, moto_port = await start_moto(workdir)
     results: dict[str, Any] = {}
     try:
