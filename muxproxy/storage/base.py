@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 from muxproxy.images import EXTENSIONS
 
-# The readiness probe's blob (its own folder; only one probe runs at a time).
-HEALTH_KEY = "health/probe.bin"
+# The readiness probe's blobs: a name of its own for each probe, since replicas
+# sharing a bucket probe it at the same time.
+HEALTH_FOLDER = "health"
 # What one chunk of a streamed read holds at most (as Starlette's FileResponse).
 CHUNK_BYTES = 64 * 1024
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_.-]+)*$")
@@ -96,8 +97,8 @@ class BlobStorage(abc.ABC):
 
     @abc.abstractmethod
     def list_keys(self) -> AsyncGenerator[str, None]:
-        """Every blob's key, in no promised order (the readiness probe's excluded):
-        for ``muxproxy copy-storage``, never on a request's path."""
+        """Every blob's key, in no promised order: for ``muxproxy copy-storage``,
+        never on a request's path."""
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Make ready what the backend needs before its first call (a client)."""
@@ -130,12 +131,13 @@ class BlobStorage(abc.ABC):
     async def check(self) -> None:
         """Raise unless a blob can be written, read back and deleted (readiness)."""
         data = secrets.token_bytes(16)
-        await self.put(HEALTH_KEY, data, "application/octet-stream")
+        key = f"{HEALTH_FOLDER}/probe-{data.hex()}.bin"
+        await self.put(key, data, "application/octet-stream")
         try:
-            if await self.get(HEALTH_KEY) != data:
+            if await self.get(key) != data:
                 raise OSError("storage probe read back other bytes")
         finally:
-            await self.delete(HEALTH_KEY)
+            await self.delete(key)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         pass

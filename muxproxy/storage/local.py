@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 from muxproxy.settings import SettingsError, StorageSettings, file_path
 from muxproxy.storage.base import (
     CHUNK_BYTES,
-    HEALTH_KEY,
     BlobInfo,
     BlobNotFound,
     BlobStorage,
@@ -189,7 +188,7 @@ class LocalStorage(BlobStorage):
                     folders.append(path)
                     continue
                 key = path.relative_to(self.root).as_posix()
-                if key != HEALTH_KEY and _is_key(key):
+                if _is_key(key):
                     yield key
 
 

@@ -28,7 +28,6 @@ from muxproxy.logs import get_logger
 from muxproxy.settings import S3Settings, SettingsError, StorageSettings
 from muxproxy.storage.base import (
     CHUNK_BYTES,
-    HEALTH_KEY,
     BlobInfo,
     BlobNotFound,
     BlobStorage,
@@ -274,7 +273,7 @@ class S3Storage(BlobStorage):
             async for page in pages:
                 for item in page.get("Contents", []):
                     key = item["Key"].removeprefix(self.prefix)
-                    if key != HEALTH_KEY and _is_key(key):
+                    if _is_key(key):
                         yield key
 
     async def url_for(self, key: str, ttl_seconds: int) -> str | None:
