@@ -1,7 +1,7 @@
-"""The processes a benchmark run starts: the fake upstream, the gateway (shipped
-config with its providers pointed at the fake) and LiteLLM's proxy (in a virtual
-environment of its own, made on first use). Each is a :class:`Service` whose CPU
-time and memory are read from ``/proc``."""
+"""The processes a benchmark run starts: the fake upstream and the gateway (shipped
+config with its providers pointed at the fake); the peer gateways are in
+``peers.py``. Each is a :class:`Service` whose CPU time and memory are read from
+``/proc``."""
 
 from __future__ import annotations
 
@@ -17,9 +17,6 @@ from bench.loadgen import Connection, HTTPError, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_KEY = "mux-bench-key-0123456789"
-LITELLM_KEY = "sk-bench-master-key-0123456789"
-LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
-LITELLM_REQUIREMENT = "litellm[proxy]"
 FAKE_MODEL = "gpt-image-1"
 FAL_APP = "fal-ai/flux/dev"
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -173,64 +170,3 @@ async def start_gateway(workdir: Path, fake_port: int) -> tuple[Service, int]:
                       cwd=workdir, log=workdir / "gateway.log", env=env)
     await service.wait_http(port, "/readyz", 30)
     return service, port
-
-
-# -- LiteLLM ----------------------------------------------------------------------
-
-def ensure_litellm(log: Path) -> Path:
-    """The ``litellm`` executable of bench/.venv-litellm, installing it on first use.
-    Raises RuntimeError saying what failed."""
-    exe = LITELLM_VENV / "bin" / "litellm"
-    if exe.exists():
-        return exe
-    with log.open("ab") as out:
-        for argv in ([sys.executable, "-m", "venv", str(LITELLM_VENV)],
-                     [str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet",
-                      LITELLM_REQUIREMENT]):
-            print(f"  $ {' '.join(argv)}", flush=True)
-            code = subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
-            if code != 0:
-                tail = log.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"{' '.join(argv[:3])} ... failed with {code}:\n{tail}")
-    if not exe.exists():
-        raise RuntimeError(f"{exe} missing after installing {LITELLM_REQUIREMENT}")
-    return exe
-
-
-def litellm_config(fake_port: int) -> str:
-    return f"""model_list:
-  - model_name: bench-image
-    litellm_params:
-      model: openai/{FAKE_MODEL}
-      api_base: http://127.0.0.1:{fake_port}/v1
-      api_key: sk-fake
-litellm_settings:
-  # gpt-image-1 takes no response_format: drop it, as OpenAI's own API would ignore it
-  drop_params: true
-general_settings:
-  master_key: {LITELLM_KEY}
-"""
-
-
-async def start_litellm(workdir: Path, fake_port: int) -> tuple[Service, int]:
-    exe = ensure_litellm(workdir / "litellm-install.log")
-    port = free_port()
-    config = workdir / "litellm.yaml"
-    config.write_text(litellm_config(fake_port))
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": LITELLM_KEY,
-           "PYTHONPATH": ""}
-    service = Service("litellm", [str(exe), "--config", str(config), "--host", "127.0.0.1",
-                                  "--port", str(port)],
-                      cwd=workdir, log=workdir / "litellm.log", env=env)
-    await service.wait_http(port, "/health/liveliness", 120)
-    return service, port
-
-
-def litellm_version() -> str | None:
-    python = LITELLM_VENV / "bin" / "python"
-    if not python.exists():
-        return None
-    code = "import importlib.metadata as m; print(m.version('litellm'))"
-    out = subprocess.run([str(python), "-c", code],  # noqa: S603 - our own argv
-                         capture_output=True, text=True, check=False)
-    return out.stdout.strip() or None
