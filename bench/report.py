@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bench.streaming import PARTIALS
+
 # A rate "does not fall" and memory "does not grow" within this much run-to-run noise.
 NOISE = 0.10
 
@@ -82,6 +84,10 @@ def targets(out: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                      f"{small['rss_mb']:.0f} MB)", "does not grow", ratio <= 1 + NOISE))
         rows.append((f"4. RSS per process at {int(sizes[-1]):,} jobs", f"{big['rss_mb']:.0f} MB",
                      "<= 100 MB", big["rss_mb"] <= 100))
+    s6 = out.get("s6")
+    if s6:
+        rows.append(("6. jobs lost when a replica is killed", str(s6["jobs_lost"]), "0",
+                     s6["jobs_lost"] == 0))
     return rows
 
 
@@ -156,6 +162,30 @@ def table(out: dict[str, Any]) -> str:
         parts += ["", "4. Native rates by stored jobs (pre-filled straight into SQLite)",
                   _grid(["stored jobs", "submits/s", "polls/s", "submit vs first",
                          "poll vs first", "RSS MB end / peak"], rows)]
+    s6 = out.get("s6")
+    if s6:
+        back = s6["back_to_steady_s"]
+        parts += ["", "6. Three replicas on one PostgreSQL database, OpenAI-surface calls at "
+                  "c=24 spread over them; one replica SIGKILLed",
+                  _grid(["figure", "value"], [
+                      ["steady req/s before the kill", _f(s6["steady_rps"], 0)],
+                      ["lowest req/s after (0.5 s buckets)", _f(s6["lowest_rps_after_kill"], 0)],
+                      ["dip", f"{s6['dip']:.0%}" if s6["dip"] is not None else "-"],
+                      ["back to steady (>= 90%) after s", _f(back) if back is not None
+                       else "not within the run"],
+                      ["requests failed (on the killed replica)", str(s6["requests_failed"])],
+                      ["its jobs taken over within s", _f(s6["settled_s"])],
+                      ["jobs lost", str(s6["jobs_lost"])]])]
+    s7 = out.get("s7")
+    if s7:
+        parts += ["", f"7. Image streaming (partial_images {PARTIALS}), medians of c=1 calls, ms; "
+                  "bench-slow streams from its upstream, bench-image cannot",
+                  _grid(["model", "unstreamed", "first event", "completed", "events",
+                         "first / unstreamed"],
+                        [[model, _f(r["unstreamed_ms"], 0), _f(r["first_event_ms"], 0),
+                          _f(r["completed_ms"], 0), _f(r["events"], 0),
+                          f"{r['first_event_ms'] / r['unstreamed_ms']:.2f}x"]
+                         for model, r in s7.items()])]
     checks = targets(out)
     if checks:
         parts += ["", "Targets (reported, never enforced)",

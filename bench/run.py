@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import report, scenarios  # noqa: E402
+from bench import replicas, report, scenarios, streaming  # noqa: E402
 from bench.peers import (  # noqa: E402
     litellm_version,
     portkey_version,
@@ -104,7 +104,7 @@ async def peer(record: dict[str, Any], left_out: bool, flag: str,
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     scale = scenarios.QUICK if args.quick else scenarios.Scale()
-    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4}
+    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 6, 7}
     out: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "quick": args.quick, "scale": scale.__dict__,
@@ -151,6 +151,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if 4 in only:
                 print("4. Table size", flush=True)
                 out["s4"] = await scenarios.table_sizes(work, fake_port, scale)
+            if 7 in only:
+                print("7. Image streaming: first and completed events vs unstreamed", flush=True)
+                async with gateway_in(work / "s7", fake_port) as (_, port):
+                    out["s7"] = await streaming.streaming(port)
+            if 6 in only:
+                print("6. Three replicas on PostgreSQL, one killed under load", flush=True)
+                (work / "s6").mkdir()
+                out["s6"] = await replicas.replica_failover(work / "s6", fake_port)
         finally:
             fake.stop()
     return out
@@ -162,7 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a short pass (rough figures)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument("--no-portkey", action="store_true", help="leave Portkey out")
-    parser.add_argument("--only", help="comma-separated scenario numbers (1-4)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1-7)")
     parser.add_argument("--polls", type=int, default=2,
                         help="status polls before the fake fal queue completes (default 2)")
     return parser.parse_args(argv)

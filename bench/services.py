@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.loadgen import Connection, HTTPError, encode
@@ -100,26 +101,30 @@ async def start_fake(workdir: Path, polls: int) -> tuple[Service, int]:
 
 # -- the gateway ------------------------------------------------------------------
 
-def _replace(text: str, old: str, new: str) -> str:
+def replace_once(text: str, old: str, new: str) -> str:
     if old not in text:
         raise RuntimeError(f"config.toml changed: cannot find {old!r} to point it at the fake")
     return text.replace(old, new, 1)
 
 
 def gateway_config(fake_port: int) -> str:
-    """The shipped config.toml, with the ``modelmax`` (openai-compatible) and ``fal``
-    providers pointed at the fake upstream, and what the benchmark adds: its models,
+    """The shipped config.toml, with the ``modelmax`` (openai-compatible), ``openai``
+    (on the fake's slow route) and ``fal`` providers pointed at the fake upstream,
+    and what the benchmark adds: its models,
     loopback callbacks, and an unlimited key. Provider concurrency is raised from the
     shipped 4/8 so the limit measured is the gateway's, not a configured queue."""
     fake = f"http://127.0.0.1:{fake_port}"
     text = (ROOT / "config.toml").read_text()
-    text = _replace(text, 'base_url = "https://api.modelmax.io/v1"\n'
+    text = replace_once(text, 'base_url = "https://api.modelmax.io/v1"\n'
                           'api_key = "${MODELMAX_API_KEY:-}"\n'
                           'timeout_seconds = 120\n'
                           'max_concurrency = 4',
                     f'base_url = "{fake}/v1"\napi_key = "sk-fake"\n'
                     'timeout_seconds = 120\nmax_concurrency = 64')
-    text = _replace(text, 'base_url = "https://queue.fal.run"\n'
+    text = replace_once(text, 'base_url = "https://api.openai.com/v1"\n'
+                              'api_key = "${OPENAI_API_KEY:-}"\n',
+                        f'base_url = "{fake}/slow/v1"\napi_key = "sk-fake"\n')
+    text = replace_once(text, 'base_url = "https://queue.fal.run"\n'
                           'api_key = "${FAL_KEY:-}"\n'
                           'timeout_seconds = 60\n'
                           'max_concurrency = 8',
@@ -151,20 +156,31 @@ provider = "modelmax"
 model = "{FAKE_MODEL}"
 params = {{ response_format = "url" }}
 
+[models."bench-slow"]
+description = "benchmark: the fake OpenAI upstream that takes a real-ish generation time"
+
+[[models."bench-slow".routes]]
+provider = "openai"
+model = "{FAKE_MODEL}"
+
 [models."bench-queue"]
 description = "benchmark: the fake fal queue"
 routes = [{{ provider = "fal", model = "{FAL_APP}" }}]
 """
 
 
-async def start_gateway(workdir: Path, fake_port: int) -> tuple[Service, int]:
-    """``muxproxy serve`` on a copy of the shipped config, in ``workdir`` (its SQLite
-    file and images land in ``workdir/data``); the log goes to ``gateway.log``."""
+async def start_gateway(workdir: Path, fake_port: int, *,
+                        tweak: Callable[[str], str] | None = None,
+                        env: dict[str, str] | None = None) -> tuple[Service, int]:
+    """``muxproxy serve`` on a copy of the shipped config (changed by ``tweak``), in
+    ``workdir`` (its SQLite file and images land in ``workdir/data`` unless ``env``
+    says otherwise); the log goes to ``gateway.log``."""
     port = free_port()
     config = workdir / "config.toml"
-    config.write_text(gateway_config(fake_port))
+    text = gateway_config(fake_port)
+    config.write_text(tweak(text) if tweak else text)
     env = {"PYTHONPATH": str(ROOT), "MUXPROXY_PORT": str(port),
-           "MUXPROXY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+           "MUXPROXY_PUBLIC_URL": f"http://127.0.0.1:{port}", **(env or {})}
     service = Service("gateway", [sys.executable, "-m", "muxproxy.cli", "serve", "--config",
                                   str(config)],
                       cwd=workdir, log=workdir / "gateway.log", env=env)
