@@ -9,6 +9,7 @@ with a server far slower than a real object store's front end, on the same cores
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.scenarios import HOST, Scale, gateway_targets, openai_path
+from bench.scenarios import HOST, Scale, Target, gateway_targets, openai_path
 from bench.services import Service, free_port, start_gateway
 
 BUCKET = "muxbench"
@@ -48,27 +49,35 @@ secret_access_key = "{SECRET_KEY}"
 """
 
 
+def _append(extra: str, text: str) -> str:
+    return text + extra
+
+
 async def storage_paths(workdir: Path, fake_port: int, scale: Scale) -> dict[str, Any]:
-    """The OpenAI surface's two gateway paths (b64_json, url) on each storage."""
+    """The OpenAI surface's two gateway paths (b64_json, url) on a gateway with each
+    storage, both running, their rounds taking turns (as scenario 1's paths do)."""
     if importlib.util.find_spec("moto") is None:
         print("  moto is not installed: pip install -e '.[test]'", flush=True)
         return {"error": "moto[server] is not installed: pip install -e '.[test]'"}
     moto, moto_port = await start_moto(workdir)
-    results: dict[str, Any] = {}
+    gateways: list[Service] = []
+    targets: dict[str, Target] = {}
     try:
         for name, url, extra in (("local", "", ""),
                                  ("s3", f"s3://{BUCKET}/images", s3_toml(moto_port))):
             folder = workdir / f"s5-{name}"
             folder.mkdir()
-            gateway, port = await start_gateway(folder, fake_port, url, extra)
-            try:
-                targets = gateway_targets(port, fake_port)
-                del targets["direct"]
-                print(f"  {name} storage:", flush=True)
-                results[name] = await openai_path(targets, scale)
-            finally:
-                gateway.stop()
+            gateway, port = await start_gateway(
+                folder, fake_port, tweak=functools.partial(_append, extra),
+                env={"MUXPROXY_STORAGE_URL": url} if url else None)
+            gateways.append(gateway)
+            for path, target in gateway_targets(port, fake_port).items():
+                if path != "direct":
+                    targets[f"{path} {name}"] = target
+        figures = await openai_path(targets, scale)
     finally:
+        for gateway in gateways:
+            gateway.stop()
         moto.stop()
-    return results
-
+    return {name: {path: figures[f"{path} {name}"] for path in ("gateway", "gateway (url)")}
+            for name in ("local", "s3")}
