@@ -108,7 +108,7 @@ class S3Storage(BlobStorage):
     def __init__(self, bucket: str, prefix: str, settings: S3Settings,
                  session: AioSession | None = None) -> None:
         """``session``: botocore's loaded models and credential chain, to share
-        between several storages (tests, copy-storage); one of its own otherwise."""
+        between several storages (the tests do); one of its own otherwise."""
         self.bucket = bucket
         self.prefix = prefix
         self.settings = settings
