@@ -173,6 +173,12 @@ class AccountStore(Transactional):
     @abc.abstractmethod
     async def revoke_key(self, key_id: str, *, now: int) -> ApiKey: ...
 
+    @abc.abstractmethod
+    async def take_request(self, key_id: str, rpm: int, now: int) -> float | None:
+        """Count one request of the key against its ``rpm`` (a token bucket, see
+        :mod:`muxproxy.ratelimit`) at ``now``: None when allowed, else seconds until
+        one would be. Exact for every process using the store."""
+
     async def topup(self, key_id: str, amount: int, *, now: int,
                     note: str | None = None) -> ApiKey:
         """Add (or, negative, remove) credits, as a ``topup`` (or ``deduct``) ledger row."""
