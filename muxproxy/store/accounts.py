@@ -137,7 +137,12 @@ class AccountStore(Transactional):
                                     note="initial credits from config")
             return await tx.key(key_id)
 
-        return _found(await self._transaction(upsert), name)
+        try:
+            return _found(await self._transaction(upsert), name)
+        except KeyExists:
+            # Another replica starting with the same file inserted it first (or the hash
+            # belongs to another key: then this raises KeyExists again).
+            return _found(await self._transaction(upsert), name)
 
     async def create_key(self, name: str, key_hash: str, *, now: int,
                          limits: KeyLimits = NO_LIMITS, credits: int = 0) -> ApiKey:

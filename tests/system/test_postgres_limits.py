@@ -1,6 +1,7 @@
 """Limits across replicas: three stores on one PostgreSQL database (three pools, as
 three gateway processes have) racing on one key. The rate, the concurrency limit
-and the credits hold exactly, whichever replica each request reaches."""
+and the credits hold exactly, whichever replica each request reaches; and replicas
+starting together with one config file agree on its keys."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ async def replicas(postgres_url: str) -> AsyncIterator[list[PostgresStore]]:
         yield stores
     finally:
         await asyncio.gather(*(store.aclose() for store in stores))
+
+
+async def test_replicas_starting_together_upsert_the_config_keys_once(
+        replicas: list[PostgresStore]) -> None:
+    upserts = [store.upsert_key(f"team{i}", f"digest{i}", now=T0, initial_credits=5)
+               for i in range(4) for store in replicas]
+    keys = await asyncio.gather(*upserts)
+    assert len({key.id for key in keys}) == 4
+    for key in keys:
+        assert await replicas[0].ledger_sum(key.id) == 5 == key.balance
 
 
 async def test_the_rate_is_one_bucket_for_every_replica(replicas: list[PostgresStore]) -> None:
