@@ -6,6 +6,7 @@ TCP relay that the test cuts (connections dropped, the port closed)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpServer
 
+from muxproxy.auth import hash_key
 from tests.fakes.scripted import serve
 from tests.fakes.task import FakeTask
-from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
+from tests.support.gateway import KEY_A, RunningGateway, base_config, merge, run_gateway
+from tests.support.images import png_bytes
 from tests.support.s3 import Bucket, TcpRelay, relay_to
 
-MODEL = "gpt-image-2-lite"
+MODEL, EDIT_MODEL = "gpt-image-2-lite", "gemini-3-pro-image"
 
 
 @pytest.fixture
@@ -42,7 +45,8 @@ async def gateway(tmp_path: Path, upstream: FakeTask, s3_bucket: Bucket,
         "providers": {"apimodels": {"kind": "task", "base_url": upstream.url,
                                     "api_key": upstream.key, "timeout_seconds": 5,
                                     "circuit_threshold": 1}},
-        "models": {MODEL: {"routes": [{"provider": "apimodels", "model": MODEL}]}},
+        "models": {m: {"routes": [{"provider": "apimodels", "model": m}]}
+                   for m in (MODEL, EDIT_MODEL)},
     })
     async with run_gateway(config) as running:
         yield running
@@ -71,6 +75,17 @@ async def test_an_unreachable_bucket_fails_writes_as_storage_error(
     assert set(upstream.counts) == {"submit", "file"}
     async with gateway.http.get(f"{gateway.url}/readyz") as resp:
         assert resp.status == 503 and (await resp.json())["storage"] == "failing"
+    # An upload at submit: 503 with Retry-After, and no job.
+    upload = base64.b64encode(png_bytes(16, 16)).decode()
+    async with gateway.http.post(
+            f"{gateway.url}/api/v1/images/generations", headers=gateway.headers(),
+            json={"model": EDIT_MODEL, "prompt": "p", "image_base64": upload}) as resp:
+        assert (resp.status, resp.headers["Retry-After"]) == (503, "30")
+        assert (await resp.json())["msg"] == ("the gateway could not store the reference "
+                                              "images; try again later")
+    key = await gateway.state.store.key_by_hash(hash_key(KEY_A))
+    assert key is not None and len(await gateway.state.store.list_jobs(key.id)) == 2
+    assert set(upstream.counts) == {"submit", "file"}
 
     await relay.restore()
     task = await gateway.wait_terminal(await gateway.submit({"model": MODEL, "prompt": "p"}))
