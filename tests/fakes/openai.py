@@ -235,7 +235,7 @@ class FakeOpenAI(FakeImagesAPI):
                 "API key at https://platform.openai.com/account/api-keys.",
                 code="invalid_api_key"))
 
-    async def _generations(self, request: web.Request) -> web.Response:
+    async def _generations(self, request: web.Request) -> web.StreamResponse:
         recorded = Recorded(request.method, request.path, dict(request.headers))
         try:
             await self.gate(request, recorded)
@@ -249,7 +249,7 @@ class FakeOpenAI(FakeImagesAPI):
         except ApiError as exc:
             return web.json_response(exc.body, status=exc.status, headers=exc.headers)
 
-    async def _edits(self, request: web.Request) -> web.Response:
+    async def _edits(self, request: web.Request) -> web.StreamResponse:
         recorded = Recorded(request.method, request.path, dict(request.headers))
         try:
             await self.gate(request, recorded)

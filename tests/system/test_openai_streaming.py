@@ -160,7 +160,7 @@ async def test_openai_upstream_partials_stream_through(config: dict[str, Any],
         events = [event async for event in stream]
         assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + [
             "image_generation.completed"]
-        assert [e.partial_image_index for e in events[:2]] == [0, 1]
+        assert [getattr(e, "partial_image_index", None) for e in events[:2]] == [0, 1]
         assert [base64.b64decode(e.b64_json) for e in events[:2]] == fake.partials
         assert base64.b64decode(events[2].b64_json) == fake.image
         [upstream] = fake.calls("/v1/images/generations")
