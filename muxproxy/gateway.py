@@ -312,11 +312,12 @@ class Gateway:
             except Exception:
                 log.warning("could not remove a refused upload", key=key, exc_info=True)
 
-    def watch(self) -> EndWatch:
+    def watch(self, *, partials: bool = False) -> EndWatch:
         """A wait for the end of a job about to be submitted: pass it to
         :meth:`submit` as ``before_start``, then to :meth:`wait`; :meth:`EndWatch.close`
-        it when done (a caller cancelled before the job was stored leaves nothing)."""
-        return EndWatch(self.events)
+        it when done (a caller cancelled before the job was stored leaves nothing).
+        ``partials``: also receive the previews the upstream streams (``.partials``)."""
+        return EndWatch(self.events, partials=partials)
 
     async def wait(self, job: Job, timeout: float, *, watch: EndWatch | None = None) -> Job:
         """The job once it has ended (completed or failed).

@@ -35,6 +35,20 @@ class ImageRef:
 
 
 @dataclass(frozen=True)
+class PartialImage:
+    """A preview an upstream streamed while the job runs (OpenAI's ``partial_images``).
+
+    Only passed along in memory to a client streaming the job; never stored.
+    ``fields`` are the upstream's own ``size``/``quality``/``background``/
+    ``output_format`` for the event, when it sent them.
+    """
+
+    index: int
+    b64_json: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     n: int = 1

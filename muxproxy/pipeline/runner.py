@@ -7,6 +7,7 @@ job either terminal or released with a ``run_after`` for its next step.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -308,7 +309,8 @@ class JobRunner:
         mask = request.mask
         return Call(job_id=job.id, request=request, upstream_model=job.upstream_model,
                     params=self._route_params(job), images=refs,
-                    mask=await self._reference(mask, "the mask", budget) if mask else None)
+                    mask=await self._reference(mask, "the mask", budget) if mask else None,
+                    on_partial=functools.partial(self.events.partial, job.id))
 
     def _route_params(self, job: Job) -> Mapping[str, Any]:
         model = self.settings.models.get(job.model)

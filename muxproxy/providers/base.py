@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,7 +31,7 @@ import aiohttp
 import orjson
 
 from muxproxy.clock import Clock
-from muxproxy.generation import GenerationRequest
+from muxproxy.generation import GenerationRequest, PartialImage
 from muxproxy.pipeline.backoff import parse_retry_after
 from muxproxy.providers.wire import message_at, read_error, read_limited
 from muxproxy.settings import ProviderSettings, SettingsError
@@ -150,6 +150,8 @@ class Call:
     params: Mapping[str, Any]
     images: tuple[Reference, ...]
     mask: Reference | None
+    #: Where an upstream that streams previews hands each one (a no-op by default).
+    on_partial: Callable[[PartialImage], None] = lambda _: None
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,10 @@ class OpenAIProvider(OpenAICompatibleProvider):
             elif request.output_format != "png":
                 raise Unsupported(f"{model} returns PNG images only", param="output_format")
         body.update(_options(family, model, request, params))
+        partials = request.extra.get("partial_images")
+        if family.gpt_image and isinstance(partials, int) and partials > 0:
+            # A client streams previews: ask for them, and pass them on as they come.
+            body.update(stream=True, partial_images=partials)
         return body
 
 
