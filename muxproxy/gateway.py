@@ -190,9 +190,12 @@ class Gateway:
                                        key.limits.webhook_allow_networks)
         await self._check_references(submission)
         credits = price(model, request)
+        provider = self.providers[route.provider]
+        if (option := provider.unhonoured(request)) is not None:
+            raise InvalidRequest(f"model {model.id!r} does not support {option!r}",
+                                 param=option)
         try:
-            self.providers[route.provider].check(_with_uploads(submission), route.model,
-                                                 route.params)
+            provider.check(_with_uploads(submission), route.model, route.params)
         except Unsupported as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
         job_id = new_job_id()

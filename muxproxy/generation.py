@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Quality names clients send, mapped to the tiers a price table may list.
+# Quality names clients send, mapped to the tiers a price table may list (OpenAI's
+# xhigh and max, above high, are priced at the dearest tier).
 QUALITY_TIERS: Mapping[str, str] = {"low": "standard", "standard": "standard",
-                                    "medium": "medium", "hd": "high", "high": "high"}
+                                    "medium": "medium", "hd": "high", "high": "high",
+                                    "xhigh": "high", "max": "high"}
 
 
 @dataclass(frozen=True)

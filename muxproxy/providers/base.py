@@ -164,6 +164,16 @@ class Handle:
     state: Mapping[str, Any]
 
 
+# Options a client may send (the OpenAI surface's fields, the gateway's ``seed``) that
+# change the image, in ``GenerationRequest.extra``, with the value that asks for
+# nothing (None: any value asks). A provider whose ``honours`` lacks one that asks
+# for something gets no such request: the gateway refuses it (400, naming the model).
+CLIENT_OPTIONS: Mapping[str, object] = {
+    "background": "auto", "output_compression": 100, "moderation": "auto",
+    "input_fidelity": None, "style": None, "seed": None,
+}
+
+
 class Provider(abc.ABC):
     """Base class for upstream adapters. Subclasses set ``kind`` and implement ``submit``."""
 
@@ -174,6 +184,9 @@ class Provider(abc.ABC):
     needs_key: ClassVar[bool] = True
     #: The ``options`` keys this kind reads; a config naming any other is refused.
     option_names: ClassVar[frozenset[str]] = frozenset()
+    #: The :data:`CLIENT_OPTIONS` this kind carries out (or passes to an upstream
+    #: that does, its ``check`` refusing what a model cannot).
+    honours: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def validate(cls, settings: ProviderSettings) -> None:
@@ -224,6 +237,14 @@ class Provider(abc.ABC):
         """The key in this kind's own header (none without a key)."""
         upstream = UPSTREAMS.get(self.kind)
         return upstream.auth_headers(self.api_key) if upstream else {}
+
+    def unhonoured(self, request: GenerationRequest) -> str | None:
+        """The first client option the request asks for that this kind cannot honour."""
+        for name, neutral in CLIENT_OPTIONS.items():
+            value = request.extra.get(name)
+            if value is not None and value != neutral and name not in self.honours:
+                return name
+        return None
 
     def check(self, request: GenerationRequest, upstream_model: str,  # noqa: B027
               params: Mapping[str, Any]) -> None:

@@ -59,6 +59,8 @@ CODE_PATHS = ("error.code", "code")
 class OpenAICompatibleProvider(Provider):
     needs_key = False
     kind = "openai-compatible"
+    honours = frozenset({"background", "output_compression", "moderation", "input_fidelity",
+                         "style"})
     error_paths = MESSAGE_PATHS
 
     def check(self, request: GenerationRequest, upstream_model: str,

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from muxproxy import images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
 from muxproxy.errors import InvalidRequest, MuxError, NotFound, StillRunning
@@ -38,6 +39,7 @@ from muxproxy.logs import get_logger
 from muxproxy.pipeline.events import EndWatch
 from muxproxy.pipeline.jobs import Job, JobState
 from muxproxy.pipeline.scheduler import SWEEP_SECONDS
+from muxproxy.providers.sizes import nearest_ratio
 from muxproxy.settings import ModelSettings, Settings
 from muxproxy.store import ApiKey
 from muxproxy.surfaces import SurfaceName
@@ -68,6 +70,9 @@ CHOICES: Mapping[str, tuple[str, ...]] = {
     "style": ("vivid", "natural"), "background": ("transparent", "opaque", "auto"),
     "moderation": ("low", "auto"), "input_fidelity": ("high", "low"),
 }
+# An edit that names no size keeps its first image's shape: the nearest of the model's
+# ``aspect_ratios``, else of these (providers map a ratio to a size they render).
+EDIT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 # Model ids OpenAI answers with b64_json when no response_format is sent.
 GPT_IMAGE_PREFIXES = ("gpt-image-", "chatgpt-image-")
 
@@ -192,12 +197,16 @@ def parse_submission(body: Mapping[str, Any], params: Mapping[str, Any], state: 
             extra[name] = value
     if body.get("seed") is not None:
         extra["seed"] = v.integer(body, "seed", default=0, low=0, high=2**32 - 1)
+    size, aspect_ratio, resolution = v.size(body), v.aspect_ratio(body), v.resolution(body)
+    if body.get("size") is None and aspect_ratio is None and resolution is None and \
+            (aspect_ratio := _input_aspect(images, model)) is not None:
+        extra["aspect_from_input"] = True
     request = GenerationRequest(
         prompt=v.prompt(body, limits),
         n=v.integer(body, "n", default=1, low=1, high=limits.max_n),
-        size=v.size(body),
-        aspect_ratio=v.aspect_ratio(body),
-        resolution=v.resolution(body),
+        size=size,
+        aspect_ratio=aspect_ratio,
+        resolution=resolution,
         quality=v.quality(body),
         output_format=v.output_format(body),
         mask=mask_ref,
@@ -205,6 +214,18 @@ def parse_submission(body: Mapping[str, Any], params: Mapping[str, Any], state: 
     )
     return Submission(model=model.id, request=request, client_params=params,
                       images=images, mask_upload=mask_upload), reply
+
+
+def _input_aspect(refs: Sequence[ImageRef | UploadedImage], model: ModelSettings
+                  ) -> str | None:
+    """The ratio nearest the first uploaded image's shape (a URL's is unknown yet)."""
+    first = refs[0] if refs else None
+    if not isinstance(first, UploadedImage):
+        return None
+    width, height = images.dimensions(first.data)
+    if not width or not height:
+        return None
+    return nearest_ratio(width, height, model.aspect_ratios or EDIT_RATIOS)
 
 
 def reply_for(body: Mapping[str, Any], model: ModelSettings, *, edit: bool) -> Reply:

@@ -32,8 +32,8 @@ REFUSAL_CODES = frozenset({
     "unsupported", "invalid_request", "moderation_blocked", "content_policy_violation",
     "bad_image_url", "invalid_reference",
 })
-# The values OpenAI's response and event types allow.
-QUALITIES = ("low", "medium", "high", "auto")
+# The values OpenAI's response and event types allow (events: also auto).
+QUALITIES = ("low", "medium", "high", "xhigh", "max")
 BACKGROUNDS = ("transparent", "opaque", "auto")
 
 
@@ -68,7 +68,7 @@ def honoured(job: Job) -> dict[str, Any]:
     """The optional values the job was made with, echoed only when honoured (a
     provider that cannot honour one refuses the request before the job exists)."""
     echoed: dict[str, Any] = {}
-    if job.request.quality in QUALITIES[:3]:
+    if job.request.quality in QUALITIES:
         echoed["quality"] = job.request.quality
     if job.request.extra.get("background") in BACKGROUNDS[:2]:
         echoed["background"] = job.request.extra["background"]
