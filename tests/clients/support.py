@@ -110,7 +110,14 @@ def case(results: dict[str, dict[str, Any]], name: str) -> Any:
 PNG_1024 = {"format": "png", "width": 1024, "height": 1024}
 
 
+def landscape_png(image: dict[str, Any]) -> bool:
+    """An edit of the cases' 64x48 input: a PNG that keeps its landscape shape (an
+    edit without a size follows its input's aspect)."""
+    return bool(image["format"] == "png" and image["width"] > image["height"])
+
+
 def client_env(base_url: str, tmp_path: Path, key: str = KEY_A) -> dict[str, str]:
+    # 4:3, so that an edit's output shows it followed its input.
     image = tmp_path / "fox.png"
     image.write_bytes(png_bytes(64, 48))
     return {"MUX_BASE_URL": base_url, "MUX_API_KEY": key, "MUX_IMAGE": str(image),
