@@ -10,8 +10,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from aiohttp import web
+from openai import AsyncOpenAI
 from pytest_aiohttp import AiohttpServer
 
 from muxproxy.clock import ManualClock, now_ms
@@ -256,3 +258,27 @@ async def test_a_cancel_wins_over_the_step_running_now(
             await eventually(lambda: upstream.canceled)
         results = tmp_path / "images" / "results"
         assert not results.exists() or not any(p.is_file() for p in results.rglob("*"))
+
+
+async def test_a_waiting_openai_call_answers_at_once_when_its_job_is_cancelled(
+        tmp_path: Path) -> None:
+    # On the test's clock the job's next poll never comes: only the cancel ends it.
+    async with run_gateway(priced(tmp_path, {}), clock=ManualClock()) as gw, AsyncOpenAI(
+            base_url=f"{gw.url}/v1", api_key=KEY_A, max_retries=0) as client:
+        waiting = asyncio.ensure_future(client.images.generate(
+            model="demo-image-async", prompt="never polled"))
+        alpha = await gw.state.store.key_named("alpha")
+        assert alpha is not None
+
+        async def the_job() -> list[Job]:
+            return await gw.state.store.list_jobs(alpha.id)
+        await eventually(the_job)
+        [waited] = await the_job()
+        status, body = await call(gw, "POST", "/api/v1/images/generations/cancel",
+                                  key=KEY_A, params={"task_id": waited.id})
+        assert status == 200, body
+        async with asyncio.timeout(5):
+            with pytest.raises(openai.APIStatusError) as caught:
+                await waiting
+        assert caught.value.code == "cancelled"
+        assert not gw.state.events._waiters
