@@ -270,10 +270,10 @@ async def test_a_waiting_openai_call_answers_at_once_when_its_job_is_cancelled(
         alpha = await gw.state.store.key_named("alpha")
         assert alpha is not None
 
-        async def the_job() -> list[Job]:
-            return await gw.state.store.list_jobs(alpha.id)
-        await eventually(the_job)
-        [waited] = await the_job()
+        async def stored() -> bool:
+            return bool(await gw.state.store.list_jobs(alpha.id))
+        await eventually(stored)
+        [waited] = await gw.state.store.list_jobs(alpha.id)
         status, body = await call(gw, "POST", "/api/v1/images/generations/cancel",
                                   key=KEY_A, params={"task_id": waited.id})
         assert status == 200, body
