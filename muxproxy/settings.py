@@ -36,6 +36,9 @@ class ServerSettings:
     body_timeout_seconds: float = 120.0
     keepalive_timeout_seconds: float = 5.0
     max_connections: int = 4096
+    # Browser origins allowed to call the client surfaces (CORS), e.g.
+    # "https://app.example"; "*" allows any. Empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
