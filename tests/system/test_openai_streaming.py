@@ -252,3 +252,16 @@ async def test_wait_running_out_is_an_error_event_naming_the_job(tmp_path: Path)
         assert job_id in data["error"]["message"]
         task = await gateway.wait_terminal(job_id)
         assert task["state"] == "completed"
+
+
+async def test_json_edit_streams_edit_events(gateway: RunningGateway) -> None:
+    data_uri = "data:image/png;base64," + base64.b64encode(png_bytes(64, 32)).decode()
+    resp, events = await raw_events(gateway, "/v1/images/edits", json={
+        "model": "demo-image", "prompt": PROMPT, "images": [{"image_url": data_uri}],
+        "stream": True, "partial_images": 1})
+    assert resp.status == 200
+    [(event, data)] = events
+    assert event == data["type"] == "image_edit.completed" and set(data) == COMPLETED_KEYS
+    # No size sent: the edit keeps its input's 2:1 shape (the nearest listed ratio).
+    width, height = image_size(base64.b64decode(data["b64_json"]))
+    assert data["size"] == f"{width}x{height}" and abs(width / height - 16 / 9) < 0.02
