@@ -36,6 +36,9 @@ class ServerSettings:
     body_timeout_seconds: float = 120.0
     keepalive_timeout_seconds: float = 5.0
     max_connections: int = 4096
+    # Browser origins allowed to call the client surfaces (CORS), e.g.
+    # "https://app.example"; "*" allows any. Empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class JobSettings:
     poll_initial_seconds: float = 1.0
     poll_cap_seconds: float = 15.0
     lease_margin_seconds: float = 30.0
+    # How often the scheduler looks for overdue jobs, lapsed leases and due jobs
+    # nobody woke it for, and renews the leases of its running steps.
+    sweep_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
