@@ -263,8 +263,9 @@ async def test_a_cancel_wins_over_the_step_running_now(
 async def test_a_waiting_openai_call_answers_at_once_when_its_job_is_cancelled(
         tmp_path: Path) -> None:
     # On the test's clock the job's next poll never comes: only the cancel ends it.
+    # The SDK's default retries: the answer must tell it not to start another job.
     async with run_gateway(priced(tmp_path, {}), clock=ManualClock()) as gw, AsyncOpenAI(
-            base_url=f"{gw.url}/v1", api_key=KEY_A, max_retries=0) as client:
+            base_url=f"{gw.url}/v1", api_key=KEY_A) as client:
         waiting = asyncio.ensure_future(client.images.generate(
             model="demo-image-async", prompt="never polled"))
         alpha = await gw.state.store.key_named("alpha")
@@ -281,4 +282,6 @@ async def test_a_waiting_openai_call_answers_at_once_when_its_job_is_cancelled(
             with pytest.raises(openai.APIStatusError) as caught:
                 await waiting
         assert caught.value.code == "cancelled"
+        assert caught.value.response.headers["x-should-retry"] == "false"
+        assert [job.id for job in await gw.state.store.list_jobs(alpha.id)] == [waited.id]
         assert not gw.state.events._waiters
