@@ -221,6 +221,16 @@ async def test_a_cancel_wins_over_the_step_running_now(
     """A step is inside the upstream call when the cancel comes: the cancel stands,
     the step's own write is dropped, and what the step made goes (an upstream job
     it just started is cancelled; result images it stored are deleted)."""
+    await cancel_during_a_step(tmp_path, aiohttp_server, held, None)
+
+
+async def test_a_cancel_wins_over_the_step_running_now_on_postgres(
+        tmp_path: Path, aiohttp_server: AiohttpServer, postgres_url: str) -> None:
+    await cancel_during_a_step(tmp_path, aiohttp_server, "submit", postgres_url)
+
+
+async def cancel_during_a_step(tmp_path: Path, aiohttp_server: AiohttpServer, held: str,
+                               database_url: str | None) -> None:
     fal = FakeFal(queued_polls=0, running_polls=0)
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -237,6 +247,8 @@ async def test_a_cancel_wins_over_the_step_running_now(
         "models": {"banana": {"credits": PRICE,
                               "routes": [{"provider": "fal", "model": "fal-ai/nano-banana"}]}},
     })
+    if database_url is not None:
+        config["database"] = {"url": database_url, "pool_size": 4}
     async with run_gateway(config) as gw:
         task_id = await gw.submit({"model": "banana", "prompt": "a fox"}, key=PAYER)
         async with asyncio.timeout(10):
