@@ -87,6 +87,13 @@ DEFAULT = SURFACES[0]
 CREATES: Mapping[str, Surface] = {path: s for s in SURFACES for path in s.creates}
 
 
+def client_prefixes(surfaces: Sequence[Surface] = SURFACES) -> tuple[str, ...]:
+    """Where browser clients may call (CORS): the surfaces an API key opens, and the
+    signed file links; not admin or ops."""
+    return tuple(s.prefix for s in surfaces if s.prefix is not None and (
+        s.access is Access.API_KEY or s.name is SurfaceName.FILES))
+
+
 def surface_for(path: str) -> Surface:
     """The surface whose prefix ``path`` falls under, else the default one: who
     answers for a request refused before it reaches the router (its head, at the
