@@ -59,12 +59,23 @@ class Bridge:
                 async with Client(streamable_http_client(self.endpoint, http_client=http),
                                   read_timeout_seconds=READ_TIMEOUT_SECONDS) as client:
                     yield client
-            except httpx2.HTTPStatusError as exc:
-                raise GatewayUnreachable(_http_error(exc.response)) from None
-            except httpx2.TransportError as exc:
-                raise GatewayUnreachable(f"cannot reach the muxproxy gateway at "
-                                         f"{self.endpoint} ({type(exc).__name__}: {exc}); "
-                                         "is it running, and is MUXPROXY_URL right?") from None
+            except BaseExceptionGroup as group:
+                # The SDK's task groups wrap what failed the connection.
+                leaf = _first_leaf(group)
+                if not isinstance(leaf, MCPError | httpx2.HTTPError):
+                    raise
+                raise self._unreachable(leaf) from None
+            except (MCPError, httpx2.HTTPError) as exc:
+                raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: MCPError | httpx2.HTTPError) -> GatewayUnreachable:
+        if isinstance(exc, MCPError):
+            return GatewayUnreachable(f"the gateway refused the call: {exc.error.message}")
+        if isinstance(exc, httpx2.HTTPStatusError):
+            return GatewayUnreachable(_http_error(exc.response))
+        return GatewayUnreachable(f"cannot reach the muxproxy gateway at {self.endpoint} "
+                                  f"({type(exc).__name__}: {exc}); is it running, and is "
+                                  "MUXPROXY_URL right?")
 
     async def _list_tools(self, ctx: ServerRequestContext[Any],
                           params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
@@ -115,6 +126,11 @@ def _http_error(response: httpx2.Response) -> str:
     except (ValueError, KeyError, TypeError):
         message = response.reason_phrase or "error"
     return f"the gateway refused the call: {message} (HTTP {response.status_code})"
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _message(exc: Exception) -> str:
