@@ -23,8 +23,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from muxproxy import __version__
-from muxproxy.surfaces.mcp import INSTRUCTIONS
-from muxproxy.surfaces.mcp_tools import RESOURCE_TEMPLATES, TOOLS
+from muxproxy.surfaces.mcp_tools import INSTRUCTIONS, RESOURCE_TEMPLATES, TOOLS
 
 # Generous: a call waits for its job up to the gateway's surfaces.mcp_wait_seconds.
 READ_TIMEOUT_SECONDS = 600.0

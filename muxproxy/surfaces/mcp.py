@@ -33,14 +33,11 @@ from muxproxy.http import JSONResponse
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.settings import Settings
 from muxproxy.surfaces.mcp_calls import McpCalls, error_text
-from muxproxy.surfaces.mcp_tools import RESOURCE_TEMPLATES, TOOLS
+from muxproxy.surfaces.mcp_tools import INSTRUCTIONS, RESOURCE_TEMPLATES, TOOLS
 
 # JSON-RPC's range for server-defined errors; the HTTP status says which one.
 SERVER_ERROR = -32000
-INSTRUCTIONS = (
-    "muxproxy generates images with the models its gateway routes. Call list_models to "
-    "see models and prices, generate_image or edit_image to make images, get_generation "
-    "to fetch a generation that was still running, get_balance for the credits left.")
+
 
 
 def render_error(exc: MuxError) -> Response:

@@ -9,6 +9,10 @@ from typing import Any
 
 from mcp import types
 
+INSTRUCTIONS = (
+    "muxproxy generates images with the models its gateway routes. Call list_models to "
+    "see models and prices, generate_image or edit_image to make images, get_generation "
+    "to fetch a generation that was still running, get_balance for the credits left.")
 # The URI of one result image of one generation; ``index`` counts from 0.
 RESOURCE_TEMPLATE = "muxproxy://generations/{id}/{index}"
 RESOURCE_PREFIX = "muxproxy://generations/"

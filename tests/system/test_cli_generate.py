@@ -16,8 +16,14 @@ import pytest
 from PIL import Image
 
 from muxproxy.cli_client import NoGateway, locate
-from tests.support.gateway import KEY_A, RunningGateway, base_config, free_socket, merge, \
-    run_gateway
+from tests.support.gateway import (
+    KEY_A,
+    RunningGateway,
+    base_config,
+    free_socket,
+    merge,
+    run_gateway,
+)
 from tests.support.images import png_bytes
 
 
@@ -95,7 +101,7 @@ async def test_async_prints_the_job_id_and_exits(gateway: RunningGateway,
     assert run.code == 0, run.err
     job = await gateway.state.store.get_job(run.out.strip())
     assert job is not None and job.model == "demo-image-async"
-    assert list(here.iterdir()) == []
+    assert await asyncio.to_thread(lambda: list(here.iterdir())) == []
 
 
 async def test_a_failing_model_exits_1_with_the_gateways_message(

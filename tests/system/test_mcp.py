@@ -8,10 +8,10 @@ import base64
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mcp import Client, MCPError, types
+from mcp.shared.dispatcher import ProgressFnT
 from PIL import Image
 
 from muxproxy.surfaces import SurfaceName
@@ -34,7 +34,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
                    "demo-priced": {"routes": [{"provider": "demo", "model": "p"}],
                                    "credits": {"1k": 5, "2k": 9}, "resolutions": ["1k", "2k"]}},
     })
-    config["keys"] = [*config["keys"], {"name": "broke", "key": BROKE, "credits": 4},
+    config["keys"] = [*config["keys"], {"name": "broke", "key": BROKE, "credits": 9},
                       {"name": "limited", "key": LIMITED, "unlimited": True, "rpm": 1}]
     async with run_gateway(config) as running:
         yield running
@@ -62,10 +62,10 @@ async def test_list_generate_and_edit_with_an_earlier_generation(
         templates = (await client.list_resource_templates()).resource_templates
         assert [t.uri_template for t in templates] == ["muxproxy://generations/{id}/{index}"]
 
-        progress: list[tuple[float, str | None]] = []
+        notices: list[tuple[float, str | None]] = []
 
-        async def on_progress(done: float, total: float | None, message: str | None) -> None:
-            progress.append((done, message))
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            notices.append((progress, message))
 
         made = await client.call_tool("generate_image", {
             "prompt": "a red fox in snow", "model": "demo-image", "size": "2048x1024"},
@@ -83,8 +83,8 @@ async def test_list_generate_and_edit_with_an_earlier_generation(
             assert resp.status == 200
             with Image.open(io.BytesIO(await resp.read())) as full:
                 assert full.size == (2048, 1024)
-        assert [p for p, _ in progress] == sorted(p for p, _ in progress)
-        assert progress[-1][0] == 3 and "completed" in (progress[-1][1] or "")
+        assert [p for p, _ in notices] == sorted(p for p, _ in notices)
+        assert notices[-1][0] == 3 and "completed" in (notices[-1][1] or "")
 
         job = await gateway.state.store.get_job(facts["id"])
         assert job is not None and job.surface == SurfaceName.MCP
@@ -106,6 +106,8 @@ async def test_list_generate_and_edit_with_an_earlier_generation(
         other = await client.call_tool("get_generation", {"id": facts["id"]})
         assert other.structured_content["images"][0]["resource"] == uri
 
+    if transport == "stdio":
+        return  # the same gateway answers; one child process less
     # Another key sees neither the generation nor its images.
     async with mcp_client(gateway, KEY_B, transport) as client:
         hidden = await client.call_tool("get_generation", {"id": facts["id"]})
@@ -115,9 +117,82 @@ async def test_list_generate_and_edit_with_an_earlier_generation(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_long_job_answers_with_its_id_then_get_generation_returns_it(
+async def test_refusals_and_failures_are_tool_errors_with_the_gateways_message(
         gateway: RunningGateway, transport: str) -> None:
     async with mcp_client(gateway, KEY_A, transport) as client:
+        unknown = await client.call_tool("generate_image", {"prompt": "x", "model": "nope"})
+        assert unknown.is_error and texts(unknown) == "unknown model 'nope' (argument: model)"
+        failed = await client.call_tool("generate_image", {"prompt": "x", "model": "demo-fail"})
+        assert failed.is_error and "failed" in texts(failed)
+        assert "Traceback" not in texts(failed)
+        wrong = await client.call_tool("generate_image", {"prompt": "x", "colour": "red"})
+        assert wrong.is_error and "unknown argument(s): colour" in texts(wrong)
+    async with mcp_client(gateway, BROKE, transport) as client:
+        paid = await client.call_tool("generate_image", {"prompt": "x", "model": "demo-priced"})
+        assert not paid.is_error, texts(paid)
+        balance = await client.call_tool("get_balance", {})
+        assert balance.structured_content == {"balance": 4, "unlimited": False}
+        poor = await client.call_tool("generate_image", {"prompt": "x", "model": "demo-priced"})
+        assert poor.is_error
+        assert texts(poor) == "insufficient credits: this request costs 5, the balance is 4"
+    # Only the paid generation was recorded for the key without credits.
+    assert len(await gateway.state.store.list_jobs(await key_id(gateway, "broke"))) == 1
+    if transport == "stdio":
+        return  # a rate limit is one more refusal relayed as it is
+    async with mcp_client(gateway, LIMITED, transport) as client:
+        first = await client.call_tool("generate_image", {"prompt": "x", "model": "demo-image"})
+        assert not first.is_error
+        second = await client.call_tool("generate_image", {"prompt": "x", "model": "demo-image"})
+        assert second.is_error and "rate limit of 1 requests per minute" in texts(second)
+
+
+async def test_a_wrong_key_over_stdio_is_a_tool_error(gateway: RunningGateway) -> None:
+    async with mcp_client(gateway, "sk-wrong", "stdio") as client:
+        assert len((await client.list_tools()).tools) == 5  # served without the gateway
+        result = await client.call_tool("get_balance", {})
+        assert result.is_error
+        assert texts(result) == "the gateway refused the call: invalid API key"
+
+
+async def test_a_wrong_key_over_http_is_refused_with_the_gateways_message(
+        gateway: RunningGateway) -> None:
+    with pytest.raises(BaseExceptionGroup) as caught:  # the SDK's task groups wrap it
+        async with mcp_client(gateway, "sk-wrong", "http") as client:
+            await client.list_tools()
+    errors = _leaves(caught.value)
+    assert any(isinstance(e, MCPError) and e.error.message == "invalid API key" and
+               e.error.data == {"status": 401, "type": "invalid_api_key"} for e in errors)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_cancelled_call_leaves_its_job_recorded_and_a_long_job_is_polled(
+        gateway: RunningGateway, transport: str) -> None:
+    alpha = await key_id(gateway, "alpha")
+    async with mcp_client(gateway, KEY_A, transport) as client:
+        started = asyncio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            started.set()  # the job exists once the first notice comes
+
+        call = asyncio.ensure_future(_call(client, on_progress))
+        await asyncio.wait_for(started.wait(), 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        jobs = await gateway.state.store.list_jobs(alpha)
+        assert [job.model for job in jobs] == ["demo-slow"]
+        ended = await gateway.wait_terminal(jobs[0].id)
+        assert ended["state"] == "completed"
+        # The session goes on after the cancelled call.
+        assert not (await client.call_tool("get_generation", {"id": jobs[0].id})).is_error
+
+        # A job longer than surfaces.mcp_wait_seconds: its id, then get_generation.
         models = await client.call_tool("list_models", {})
         listed = {m["id"]: m for m in models.structured_content["models"]}
         assert listed["demo-priced"]["credits"] == {"1k": 5, "2k": 9}
@@ -136,78 +211,6 @@ async def test_a_long_job_answers_with_its_id_then_get_generation_returns_it(
         assert any(isinstance(b, types.ImageContent) for b in done.content)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_refusals_and_failures_are_tool_errors_with_the_gateways_message(
-        gateway: RunningGateway, transport: str) -> None:
-    async with mcp_client(gateway, KEY_A, transport) as client:
-        unknown = await client.call_tool("generate_image", {"prompt": "x", "model": "nope"})
-        assert unknown.is_error and texts(unknown) == "unknown model 'nope' (argument: model)"
-        failed = await client.call_tool("generate_image", {"prompt": "x", "model": "demo-fail"})
-        assert failed.is_error and "failed" in texts(failed)
-        assert "Traceback" not in texts(failed)
-        wrong = await client.call_tool("generate_image", {"prompt": "x", "colour": "red"})
-        assert wrong.is_error and "unknown argument(s): colour" in texts(wrong)
-    async with mcp_client(gateway, BROKE, transport) as client:
-        balance = await client.call_tool("get_balance", {})
-        assert balance.structured_content == {"balance": 4, "unlimited": False}
-        poor = await client.call_tool("generate_image", {"prompt": "x", "model": "demo-priced"})
-        assert poor.is_error
-        assert texts(poor) == "insufficient credits: this request costs 5, the balance is 4"
-    async with mcp_client(gateway, LIMITED, transport) as client:
-        first = await client.call_tool("generate_image", {"prompt": "x", "model": "demo-image"})
-        assert not first.is_error
-        second = await client.call_tool("generate_image", {"prompt": "x", "model": "demo-image"})
-        assert second.is_error and "rate limit of 1 requests per minute" in texts(second)
-    assert await gateway.state.store.list_jobs(await key_id(gateway, "broke")) == []
-
-
-async def test_a_wrong_key_over_stdio_is_a_tool_error(gateway: RunningGateway) -> None:
-    async with mcp_client(gateway, "sk-wrong", "stdio") as client:
-        assert len((await client.list_tools()).tools) == 5  # served without the gateway
-        result = await client.call_tool("get_balance", {})
-        assert result.is_error
-        assert texts(result) == "the gateway refused the call: invalid API key"
-
-
-async def test_a_wrong_key_over_http_is_refused_with_the_gateways_message(
-        gateway: RunningGateway) -> None:
-    with pytest.raises(BaseException) as caught:  # the SDK's task groups wrap it
-        async with mcp_client(gateway, "sk-wrong", "http") as client:
-            await client.list_tools()
-    errors = _leaves(caught.value)
-    assert any(isinstance(e, MCPError) and e.error.message == "invalid API key" and
-               e.error.data == {"status": 401, "type": "invalid_api_key"} for e in errors)
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_cancelled_call_leaves_its_job_recorded(
-        gateway: RunningGateway, transport: str) -> None:
-    alpha = await key_id(gateway, "alpha")
-    async with mcp_client(gateway, KEY_A, transport) as client:
-        started = asyncio.Event()
-
-        async def on_progress(done: float, total: float | None, message: str | None) -> None:
-            started.set()  # the job exists once the first notice comes
-
-        call = asyncio.ensure_future(_call(client, on_progress))
-        await asyncio.wait_for(started.wait(), 10)
-        call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        jobs = await gateway.state.store.list_jobs(alpha)
-        assert [job.model for job in jobs] == ["demo-slow"]
-        ended = await gateway.wait_terminal(jobs[0].id)
-        assert ended["state"] == "completed"
-        # The session goes on after the cancelled call.
-        assert not (await client.call_tool("get_generation", {"id": jobs[0].id})).is_error
-
-
-async def _call(client: Client, progress: Any) -> types.CallToolResult:
+async def _call(client: Client, progress: ProgressFnT) -> types.CallToolResult:
     return await client.call_tool("generate_image", {"prompt": "slow", "model": "demo-slow"},
                                   progress_callback=progress)
