@@ -4,8 +4,6 @@ docs/mcp.md, not here."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from muxproxy.openapi.common import API_KEY, Part, answer, errors, json_body, obj, operation
 from muxproxy.settings import Settings
 
@@ -28,16 +26,9 @@ def part(settings: Settings) -> Part:
                                                   **errors(SHAPE, _ERRORS)},
                      security=API_KEY, body=json_body(message), description=_DESCRIPTION,
                      operation_id="mcpPost")
-    other: dict[str, Any] = {
-        method: operation(summary, TAG, {"405": answer("Not served: the endpoint is "
-                                                      "stateless.", message),
-                                         **errors(SHAPE, _ERRORS)},
-                          security=API_KEY, operation_id=f"mcp{method.title()}")
-        for method, summary in (("get", "Open a server event stream (not served)"),
-                                ("delete", "End a session (not served)"))}
     error = obj({"jsonrpc": {"const": "2.0"}, "id": {"type": "null"},
                  "error": obj({"code": {"type": "integer"}, "message": {"type": "string"},
                                "data": {"type": "object"}}, ["code", "message"],
                               closed=False)},
                 ["jsonrpc", "error"], closed=False)
-    return Part(paths={"/mcp": {"post": post, **other}}, schemas={SHAPE: error})
+    return Part(paths={"/mcp": {"post": post}}, schemas={SHAPE: error})

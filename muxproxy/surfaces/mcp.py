@@ -140,4 +140,6 @@ class McpEndpoint:
         await state.mcp.handle(scope, receive, send)
 
 
-routes = [Route("/mcp", McpEndpoint(), methods=["GET", "POST", "DELETE"])]
+# POST only: stateless, there is no server-to-client stream to GET and no session to
+# DELETE; a 405 there is what the transport's spec asks of such a server.
+routes = [Route("/mcp", McpEndpoint(), methods=["POST"])]

@@ -15,16 +15,21 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.support.gateway import RunningGateway
 
-TRANSPORTS = ["http", "stdio"]
+# "http-2025": the same endpoint with the 2025-11-25 initialize handshake, as most
+# desktop clients still speak it; the others negotiate 2026-07-28.
+TRANSPORTS = ["http", "http-2025", "stdio"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @asynccontextmanager
 async def mcp_client(gateway: RunningGateway, key: str, transport: str) -> AsyncIterator[Client]:
-    if transport == "http":
+    if transport.startswith("http"):
         headers = {"Authorization": f"Bearer {key}"}
+        mode = "legacy" if transport == "http-2025" else "auto"
         async with httpx2.AsyncClient(headers=headers, timeout=60) as http, \
-                Client(streamable_http_client(f"{gateway.url}/mcp", http_client=http)) as client:
+                Client(streamable_http_client(f"{gateway.url}/mcp", http_client=http),
+                       mode=mode) as client:
+            assert client.protocol_version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
             yield client
         return
     env = {"MUXPROXY_URL": gateway.url, "MUXPROXY_API_KEY": key,

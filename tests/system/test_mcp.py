@@ -114,6 +114,10 @@ async def test_list_generate_and_edit_with_an_earlier_generation(
         assert hidden.is_error and "not found" in texts(hidden)
         refused = await client.call_tool("edit_image", {"prompt": "x", "images": [uri]})
         assert refused.is_error and "not found" in texts(refused)
+        with pytest.raises(MCPError) as unread:
+            await client.read_resource(uri)
+        assert unread.value.error.code == types.INVALID_PARAMS
+        assert unread.value.error.data == {"uri": uri}
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -45,8 +45,6 @@ PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/v1/webhooks/secret", {}),
     ("DELETE", "/api/v1/webhooks/secret", {}),
     ("POST", "/mcp", {"json": {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}}),
-    ("GET", "/mcp", {}),
-    ("DELETE", "/mcp", {}),
 ]
 ADMIN_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/admin/keys", {"json": {"name": "mallory", "credits": 10**9}}),
