@@ -212,7 +212,8 @@ class Status:
     def show(self, task: dict[str, Any], elapsed: float) -> None:
         state, provider = task["state"], task.get("model", "?")
         if self.live:
-            spin = _SPINNER[self.frames % len(_SPINNER)]
+            ended = state in ("completed", "failed")
+            spin = "*" if ended else _SPINNER[self.frames % len(_SPINNER)]
             self.frames += 1
             self.stream.write(f"\r{spin} {task['taskId']}  {state:<10} {elapsed:6.1f} s  "
                               f"{provider}\x1b[K")

@@ -26,7 +26,7 @@ from muxproxy.previews import preview
 from muxproxy.store import ApiKey
 from muxproxy.surfaces import SurfaceName
 from muxproxy.surfaces.mcp_tools import PREVIEW_MAX_SIDE, parse_resource_uri, resource_uri
-from muxproxy.surfaces.native import parse_submission, sanitized
+from muxproxy.surfaces.native import parse_submission
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.mcp")
@@ -110,8 +110,9 @@ class McpCalls:
         if args.get("mask") is not None:
             mask = await self._reference(args["mask"], "mask")
             mask_ref, mask_upload = (mask, None) if isinstance(mask, ImageRef) else (None, mask)
-        params = {**submission.client_params,
-                  **sanitized({"images": images, "mask": args.get("mask")})}
+        params = {**submission.client_params, "images": [_recorded(item) for item in images]}
+        if args.get("mask") is not None:
+            params["mask"] = _recorded(args["mask"])
         return evolve(submission, images=refs, mask_upload=mask_upload, client_params=params,
                       request=evolve(submission.request, mask=mask_ref))
 
@@ -259,6 +260,14 @@ def _known(args: Mapping[str, Any], names: tuple[str, ...]) -> None:
         allowed = ", ".join(names) or "none"
         raise InvalidRequest(f"unknown argument(s): {', '.join(unknown)} (allowed: {allowed})",
                              param=unknown[0])
+
+
+def _recorded(reference: Any) -> Any:
+    """A reference as the job records it: base64 never goes into the table."""
+    if isinstance(reference, str) and reference.startswith(("http://", "https://",
+                                                            "muxproxy:")):
+        return reference
+    return f"<base64 image, {len(reference)} chars>" if isinstance(reference, str) else "?"
 
 
 def _id(args: Mapping[str, Any]) -> str:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from muxproxy.surfaces import SurfaceName
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, base_config, merge, run_gateway
+from tests.support.images import png_bytes
 from tests.support.mcp import TRANSPORTS, mcp_client
 
 BROKE = "test-key-broke-0003"
@@ -96,12 +97,14 @@ async def test_list_generate_and_edit_with_an_earlier_generation(
         stored = await gateway.state.gateway.result_images(job)
         assert base64.b64decode(blob.blob) == stored[0]
 
+        inline = base64.b64encode(png_bytes()).decode()
         edited = await client.call_tool("edit_image", {
-            "prompt": "the same fox at night", "model": "demo-image", "images": [uri]})
+            "prompt": "the same fox at night", "model": "demo-image", "images": [uri, inline]})
         assert not edited.is_error, texts(edited)
         edit_job = await gateway.state.store.get_job(edited.structured_content["id"])
-        assert edit_job is not None and len(edit_job.request.images) == 1
-        assert edit_job.client_params["images"] == [uri]
+        assert edit_job is not None and len(edit_job.request.images) == 2
+        # Recorded as sent, but never with base64 in the table.
+        assert edit_job.client_params["images"] == [uri, f"<base64 image, {len(inline)} chars>"]
 
         other = await client.call_tool("get_generation", {"id": facts["id"]})
         assert other.structured_content["images"][0]["resource"] == uri
