@@ -99,10 +99,13 @@ async def test_list_generate_and_edit_with_an_earlier_generation(
 
         inline = base64.b64encode(png_bytes()).decode()
         edited = await client.call_tool("edit_image", {
-            "prompt": "the same fox at night", "model": "demo-image", "images": [uri, inline]})
+            "prompt": "the same fox at night", "model": "demo-image", "images": [uri, inline],
+            "mask": inline})
         assert not edited.is_error, texts(edited)
         edit_job = await gateway.state.store.get_job(edited.structured_content["id"])
         assert edit_job is not None and len(edit_job.request.images) == 2
+        assert edit_job.request.mask is not None
+        assert edit_job.client_params["mask"] == f"<base64 image, {len(inline)} chars>"
         # Recorded as sent, but never with base64 in the table.
         assert edit_job.client_params["images"] == [uri, f"<base64 image, {len(inline)} chars>"]
 
