@@ -40,6 +40,7 @@ from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage, open_storage
 from muxproxy.store import KeyLimits, Store, open_store
+from muxproxy.surfaces.mcp import McpServer
 from muxproxy.surfaces.registry import SURFACES, client_prefixes, mounts
 from muxproxy.webhooks.relay import WebhookRelay
 from muxproxy.webhooks.ssrf import AddressPolicy, CallbackGuard
@@ -135,12 +136,16 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     await scheduler.start()
     closers.push_async_callback(retention.stop)
     retention.start()
+    mcp = McpServer(settings)
+    # Entered last, so left first: MCP calls still waiting answer before the store closes.
+    await closers.enter_async_context(mcp.run())
     return AppState(settings=settings, clock=clock, metrics=metrics, store=store,
                     storage=storage, http=http, providers=providers, signer=signer,
                     auth=auth, gateway=gateway, runner=runner,
                     scheduler=scheduler, events=events, notifier=notifier, breakers=breakers,
                     relay=relay, shutdown=shutdown, retention=retention,
-                    readiness=Readiness(store, storage, clock), closers=closers)
+                    readiness=Readiness(store, storage, clock), mcp=mcp,
+                    closers=closers)
 
 
 async def _open_backends(settings: Settings, clock: Clock, closers: AsyncExitStack

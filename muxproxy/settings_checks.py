@@ -58,6 +58,8 @@ def check(settings: Settings) -> None:
     if settings.surfaces.openai_wait_seconds < 0:
         raise SettingsError("surfaces.openai_wait_seconds: must be positive, or 0 for "
                             "jobs.deadline_seconds")
+    if settings.surfaces.mcp_wait_seconds <= 0:
+        raise SettingsError("surfaces.mcp_wait_seconds: must be positive")
     default_model = settings.surfaces.default_model
     if default_model and default_model not in settings.models:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")
