@@ -18,6 +18,7 @@ from muxproxy import __version__
 from muxproxy.app_state import AppState
 from muxproxy.auth import Authenticator, hash_key
 from muxproxy.clock import Clock, SystemClock, now_ms
+from muxproxy.console import Console
 from muxproxy.gateway import Gateway
 from muxproxy.idempotency import Idempotency
 from muxproxy.logs import configure_logging, get_logger
@@ -38,7 +39,7 @@ from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage, open_storage
 from muxproxy.store import KeyLimits, Store, open_store
-from muxproxy.surfaces.registry import SURFACES, mounts
+from muxproxy.surfaces.registry import for_settings, mounts
 from muxproxy.webhooks.relay import WebhookRelay
 from muxproxy.webhooks.ssrf import AddressPolicy, CallbackGuard
 
@@ -66,11 +67,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             log_writer.flush()
 
     app = Starlette(
-        routes=mounts(SURFACES),
+        routes=mounts(for_settings(settings)),
         middleware=[Middleware(RequestContext, metrics=metrics), Middleware(Idempotency)],
         lifespan=lifespan,
     )
     app.state.openapi = OpenApiDocument(settings)
+    if settings.console.enabled:
+        app.state.console = Console(settings)
     return app
 
 

@@ -19,6 +19,7 @@ from muxproxy.generation import QUALITY_TIERS
 from muxproxy.settings import (
     AdminSettings,
     ApiKeySettings,
+    ConsoleSettings,
     Credits,
     DatabaseSettings,
     JobSettings,
@@ -54,7 +55,7 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
 def parse(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     data = _expand(raw, env, "")
     known = {"server", "database", "storage", "limits", "jobs", "surfaces", "admin",
-             "metrics", "webhooks", "logging", "keys",
+             "metrics", "console", "webhooks", "logging", "keys",
              "providers", "models"}
     _no_unknown(data, known, "")
     providers = _providers(data.get("providers", {}))
@@ -67,6 +68,7 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         surfaces=_section(SurfaceSettings, data, "surfaces"),
         admin=_section(AdminSettings, data, "admin"),
         metrics=_section(MetricsSettings, data, "metrics"),
+        console=_section(ConsoleSettings, data, "console"),
         webhooks=_section(WebhookSettings, data, "webhooks"),
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),

@@ -63,6 +63,20 @@ def new_row(new: NewJob) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class JobQuery:
+    """Which jobs :meth:`JobStore.find_jobs` returns: each field set narrows it (the
+    key, state, model and provider equal; ``since`` <= created_at < ``before``)."""
+
+    key_id: str | None = None
+    state: JobState | None = None
+    model: str | None = None
+    provider: str | None = None
+    since: int | None = None
+    before: int | None = None
+    limit: int = 50
+
+
 class JobStore(Transactional):
     """Jobs. Times are integer milliseconds since the epoch.
 
@@ -100,6 +114,11 @@ class JobStore(Transactional):
     async def list_jobs(self, key_id: str, *, limit: int = 50,
                         before: int | None = None) -> list[Job]:
         """A key's jobs, newest first; ``before`` pages by ``created_at``."""
+
+    @abc.abstractmethod
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        """Jobs matching ``query``, of every key unless it names one, newest first
+        (``created_at``, then id); ``before`` pages."""
 
     @abc.abstractmethod
     async def scan_jobs(self, *, after: str | None = None, limit: int = 500) -> list[Job]:
