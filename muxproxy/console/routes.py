@@ -13,7 +13,8 @@ from muxproxy.errors import NotFound
 
 # Served from the package: nothing comes from elsewhere, and nothing is built.
 STATIC = {"console.css": "text/css; charset=utf-8",
-          "console.js": "text/javascript; charset=utf-8"}
+          "console.js": "text/javascript; charset=utf-8",
+          "favicon.svg": "image/svg+xml"}
 
 
 @page(signed_in=False)
