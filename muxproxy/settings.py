@@ -217,6 +217,12 @@ class ModelSettings:
     # The quality a request that omits it (or sends "auto") is priced at and sent
     # upstream with; "" means the dearest tier of the price entry.
     default_quality: str = ""
+    # The OpenAI surface's response_format when a generation sends none: "url" or
+    # "b64_json"; "" means as OpenAI answers (b64_json for GPT Image ids, else url).
+    response_format: str = ""
+    # When the model was configured, in Unix seconds (GET /v1/models "created"):
+    # as set, else when the config file was last written, else when it was read.
+    created: int = 0
 
 
 @dataclass(frozen=True)

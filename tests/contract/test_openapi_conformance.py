@@ -292,7 +292,8 @@ async def test_openai_surface(api: Api) -> None:
     assert failed.status == 502 and failed.headers["x-should-retry"] == "false"
     cases: list[tuple[dict[str, Any], int]] = [
         ({"json": {"model": "demo-image", "prompt": "x", "style": "loud"}}, 400),
-        ({"json": {"model": "demo-image", "prompt": "x", "stream": True}}, 400),
+        ({"json": {"model": "demo-image", "prompt": "x", "stream": True}}, 200),
+        ({"json": {"model": "demo-image", "prompt": "x", "partial_images": 9}}, 400),
         ({"data": b"{}", "headers": {"Content-Type": "text/plain"}}, 400),
         ({"json": {"prompt": "x"}, "key": None}, 401),
         ({"json": {"model": "demo-priced", "prompt": "x"}, "key": POOR_KEY}, 402),

@@ -32,6 +32,8 @@ JOB = "no-such-task"
 PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/v1/images/generations", {"json": {"model": "demo-image", "prompt": "x"}}),
     ("GET", f"/api/v1/images/generations?task_id={JOB}", {}),
+    ("POST", f"/api/v1/images/generations/cancel?task_id={JOB}", {}),
+    ("GET", "/api/v1/images/generations/list", {}),
     ("POST", "/v1/images/generations", {"json": {"model": "demo-image", "prompt": "x"}}),
     ("POST", "/v1/images/edits", {"data": "form"}),
     ("GET", "/v1/models", {}),
@@ -39,6 +41,8 @@ PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/v1/generations", {"json": {"model": "demo-image", "prompt": "x"}}),
     ("GET", f"/api/v1/generations/{JOB}", {}),
     ("GET", f"/api/v1/generations/{JOB}/image", {}),
+    ("POST", f"/api/v1/generations/{JOB}/cancel", {}),
+    ("GET", "/api/v1/generations", {}),
     ("GET", f"/api/v1/webhooks/deliveries?task_id={JOB}", {}),
     ("POST", "/api/v1/webhooks/redeliver", {"json": {"task_id": JOB}}),
     ("POST", "/api/v1/webhooks/secret", {}),
