@@ -148,3 +148,17 @@ async def redeliver(ctx: Ctx) -> Response:
         raise Conflict("this job's callback is still pending: redeliver once it has been "
                        "delivered or given up") from None
     return ctx.redirect(f"/jobs/{job.id}", done="redelivered")
+
+
+@page()
+async def cancel(ctx: Ctx) -> Response:
+    """Cancel a running job through the gateway, as its key would on the API; the
+    operator cancels on behalf of the job's key."""
+    await ctx.form()
+    job = await _job(ctx)
+    assert ctx.viewer is not None
+    key = ctx.viewer.key or await ctx.state.store.get_key(job.key_id)
+    if key is None:
+        raise NotFound("the job's key is gone")
+    await ctx.state.gateway.cancel(key, job.id)
+    return ctx.redirect(f"/jobs/{job.id}", done="cancelled")

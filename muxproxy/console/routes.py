@@ -50,6 +50,7 @@ def routes_at(path: str) -> list[Route]:
         Route(f"{path}/jobs/{{id}}", jobs.show_job, methods=["GET"]),
         Route(f"{path}/jobs/{{id}}/status", jobs.job_status, methods=["GET"]),
         Route(f"{path}/jobs/{{id}}/redeliver", jobs.redeliver, methods=["POST"]),
+        Route(f"{path}/jobs/{{id}}/cancel", jobs.cancel, methods=["POST"]),
         Route(f"{path}/providers", providers.providers, methods=["GET"]),
         Route(f"{path}/playground", playground.playground, methods=["GET"]),
         Route(f"{path}/playground", playground.run, methods=["POST"]),

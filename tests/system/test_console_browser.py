@@ -30,7 +30,11 @@ WIDE, NARROW = 1280, 390
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
-    config = merge(base_config(tmp_path), {**LOOPBACK, "admin": {"token": ADMIN_TOKEN}})
+    config = merge(base_config(tmp_path), {
+        **LOOPBACK, "admin": {"token": ADMIN_TOKEN},
+        # A job that runs until it is cancelled (or the test ends).
+        "providers": {"demo-slow": {"kind": "demo", "options": {"delay_seconds": 60}}},
+        "models": {"demo-slow": {"routes": [{"provider": "demo-slow", "model": "slow"}]}}})
     async with run_gateway(config) as running:
         yield running
 
@@ -328,4 +332,21 @@ async def test_operator_overview_charts_the_jobs(gateway: RunningGateway, browse
     assert await row.locator("td").nth(4).inner_text() == "3"  # jobs in the last hour
     await watched.check()
     await shot(page, tmp_path, "providers")
+    await context.close()
+
+
+async def test_a_running_job_is_cancelled_from_its_page(
+        gateway: RunningGateway, browser: Browser, tmp_path: Path) -> None:
+    running = await gateway.submit({"model": "demo-slow", "prompt": "forever"}, key=KEY_A)
+    context, watched = await open_page(browser)
+    page = await sign_in(gateway, watched, KEY_A)
+    await page.goto(f"{gateway.url}/console/jobs/{running}")
+    await page.get_by_role("button", name="Cancel this job").click()
+    await page.get_by_text("The job was cancelled.").wait_for()
+    assert "Failed (cancelled)" in await page.get_by_role("alert").inner_text()
+    assert await page.get_by_role("button", name="Cancel this job").count() == 0
+    job = await gateway.state.store.get_job(running)
+    assert job is not None and job.fail_code == "cancelled"
+    await watched.check()
+    await shot(page, tmp_path, "job-cancelled")
     await context.close()
