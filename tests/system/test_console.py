@@ -61,10 +61,10 @@ async def test_the_console_moves_to_its_path_or_is_off(console_config: dict[str,
         async with gateway.http.get(f"{gateway.url}/console/signin") as resp:
             assert resp.status == 404
     off = merge(console_config, {"console": {"enabled": False}})
-    async with run_gateway(off) as gateway:
-        async with gateway.http.get(f"{gateway.url}/console/signin") as resp:
-            assert resp.status == 404
-            assert (await resp.json())["code"] == 404  # the native shape: nothing is there
+    async with run_gateway(off) as gateway, \
+            gateway.http.get(f"{gateway.url}/console/signin") as resp:
+        assert resp.status == 404
+        assert (await resp.json())["code"] == 404  # the native shape: nothing is there
 
 
 async def test_pages_carry_a_strict_policy_and_tokens_stay_out_of_urls_and_logs(

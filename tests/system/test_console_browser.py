@@ -14,7 +14,6 @@ import pytest
 import pytest_asyncio
 
 from muxproxy.webhooks.outbox import DeliveryStatus
-
 from tests.support.browser import check_page, chromium, tab_to
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, base_config, merge, run_gateway
 from tests.support.images import png_bytes

@@ -448,7 +448,7 @@ async def test_console_operator_pages_refuse_a_team_and_forms_need_their_csrf_to
             console_client(gateway.url, KEY_A) as team, \
             console_client(gateway.url, ADMIN_TOKEN) as operator:
         alpha = await key_id(gateway, "alpha")
-        wrong = []
+        wrong: list[tuple[str | None, str, str, int]] = []
         for method, path, who in CONSOLE_ROUTES:
             path = path.replace("/alpha", f"/{alpha}")
             if who == "operator":
