@@ -32,8 +32,12 @@ async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
     config = merge(base_config(tmp_path), {
         **LOOPBACK, "admin": {"token": ADMIN_TOKEN},
         # A job that runs until it is cancelled (or the test ends).
-        "providers": {"demo-slow": {"kind": "demo", "options": {"delay_seconds": 60}}},
-        "models": {"demo-slow": {"routes": [{"provider": "demo-slow", "model": "slow"}]}}})
+        "providers": {"demo-slow": {"kind": "demo", "options": {"delay_seconds": 60}},
+                      "demo-broken": {"kind": "demo", "options": {"failure_rate": 1}}},
+        "models": {"demo-slow": {"routes": [{"provider": "demo-slow", "model": "slow"}]},
+                   "demo-priced": {"routes": [{"provider": "demo", "model": "priced"}],
+                                   "credits": 4},
+                   "demo-broken": {"routes": [{"provider": "demo-broken", "model": "x"}]}}})
     async with run_gateway(config) as running:
         yield running
 
@@ -316,19 +320,26 @@ async def test_keyboard_alone_signs_in_and_runs_the_playground_at_390_px(
 
 async def test_operator_overview_charts_the_jobs(gateway: RunningGateway, browser: Browser,
                                                  tmp_path: Path) -> None:
-    for i, key in enumerate([KEY_A, KEY_A, KEY_B]):
-        task = await gateway.submit({"model": "demo-image", "prompt": f"p{i}"}, key=key)
+    runs = [("demo-image", KEY_A), ("demo-image", KEY_A), ("demo-priced", KEY_B),
+            ("demo-image", KEY_B), ("demo-priced", KEY_A), ("demo-broken", KEY_B)]
+    for i, (model, key) in enumerate(runs):
+        task = await gateway.submit({"model": model, "prompt": f"p{i}"}, key=key)
         await gateway.wait_terminal(task, key)
     context, watched = await open_page(browser)
     page = await sign_in(gateway, watched, ADMIN_TOKEN)
-    tiles = page.locator("dl.tiles")
-    assert "Jobs today\n3" in await tiles.inner_text()
+    tiles = await page.locator("dl.tiles").inner_text()
+    for figure in ("Jobs today\n6", "Credits today\n8", "Failure rate, 30 days\n16.7%"):
+        assert figure in tiles
     bars = page.get_by_role("img", name="Busiest models (jobs, 30 days)")
-    assert "demo-image: 3" in await bars.locator("title").all_text_contents()
+    assert await bars.locator("title").all_text_contents() == [
+        "demo-image: 3", "demo-priced: 2", "demo-broken: 1"]
     await shot(page, tmp_path, "overview", readme=True)
     await page.get_by_role("link", name="Providers").click()
-    row = page.get_by_role("row", name="demo demo closed")
-    assert await row.locator("td").nth(4).inner_text() == "3"  # jobs in the last hour
+    cells = page.get_by_role("row", name="demo demo closed").locator("td")
+    assert await cells.nth(4).inner_text() == "5"  # jobs in the last hour
+    assert await cells.nth(5).inner_text() == "0.0%"
+    cells = page.get_by_role("row", name="demo-broken").locator("td")
+    assert (await cells.nth(4).inner_text(), await cells.nth(5).inner_text()) == ("1", "100.0%")
     await watched.check()
     await shot(page, tmp_path, "providers")
     await context.close()
