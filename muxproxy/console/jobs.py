@@ -32,7 +32,7 @@ SINCE: Mapping[str, tuple[str, int | None]] = {
 def _query(ctx: Ctx) -> tuple[JobQuery, dict[str, str]]:
     params = ctx.request.query_params
     chosen = {name: params.get(name, "").strip()
-              for name in ("state", "model", "provider", "key", "since", "before")}
+              for name in ("state", "model", "provider", "key", "since", "before", "after")}
     if chosen["state"] and chosen["state"] not in {s.value for s in JobState}:
         raise InvalidRequest(f"unknown state {chosen['state']!r}")
     if chosen["since"] not in SINCE:
@@ -45,7 +45,8 @@ def _query(ctx: Ctx) -> tuple[JobQuery, dict[str, str]]:
         key_id=chosen["key"] or None, state=JobState(chosen["state"]) if chosen["state"] else None,
         model=chosen["model"] or None, provider=chosen["provider"] or None,
         since=now_ms(ctx.state.clock) - back if back is not None else None,
-        before=int(before) if before else None, limit=PAGE_SIZE)
+        before=int(before) if before else None, before_id=chosen["after"] or None,
+        limit=PAGE_SIZE)
     return query, chosen
 
 
@@ -66,7 +67,8 @@ async def list_jobs(ctx: Ctx) -> Response:
     names: dict[str, str] = {}
     if ctx.viewer.operator:
         names = {k.id: k.name for k in await ctx.state.store.list_keys()}
-    more = ctx.url("/jobs", **dict(chosen, before=found[-1].created_at)) \
+    # The next page starts right after the last job shown (``after`` is its id).
+    more = ctx.url("/jobs", **dict(chosen, before=found[-1].created_at, after=found[-1].id)) \
         if len(found) == PAGE_SIZE else None
     return ctx.render("jobs.html", jobs=[(job, thumbnail(ctx, job)) for job in found],
                       chosen=chosen, states=[s.value for s in JobState],

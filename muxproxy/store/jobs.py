@@ -66,7 +66,9 @@ def new_row(new: NewJob) -> dict[str, Any]:
 @dataclass(frozen=True)
 class JobQuery:
     """Which jobs :meth:`JobStore.find_jobs` returns: each field set narrows it (the
-    key, state, model and provider equal; ``since`` <= created_at < ``before``)."""
+    key, state, model and provider equal; ``since`` <= created_at < ``before``, or
+    with ``before_id`` too, the jobs after that one in the order, same millisecond
+    included)."""
 
     key_id: str | None = None
     state: JobState | None = None
@@ -74,6 +76,7 @@ class JobQuery:
     provider: str | None = None
     since: int | None = None
     before: int | None = None
+    before_id: str | None = None
     limit: int = 50
 
 

@@ -24,11 +24,16 @@ def job_search(query: JobQuery) -> tuple[str, list[Any]]:
     for column, op, value in (("key_id", "=", query.key_id),
                               ("state", "=", query.state and query.state.value),
                               ("model", "=", query.model), ("provider", "=", query.provider),
-                              ("created_at", ">=", query.since),
-                              ("created_at", "<", query.before)):
+                              ("created_at", ">=", query.since)):
         if value is not None:
             where.append(f"{column} {op} ?")
             args.append(value)
+    if query.before is not None and query.before_id is not None:
+        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        args.extend((query.before, query.before, query.before_id))
+    elif query.before is not None:
+        where.append("created_at < ?")
+        args.append(query.before)
     sql = "SELECT * FROM jobs"  # column names and operators are the constants above
     if where:
         sql += " WHERE " + " AND ".join(where)

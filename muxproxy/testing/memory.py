@@ -89,7 +89,10 @@ class MemoryStore(Store):
                   "provider": query.provider}
         rows = self._jobs(lambda r: all(v is None or r[k] == v for k, v in wanted.items())
                           and (query.since is None or r["created_at"] >= query.since)
-                          and (query.before is None or r["created_at"] < query.before))
+                          and (query.before is None or r["created_at"] < query.before
+                               or (query.before_id is not None
+                                   and r["created_at"] == query.before
+                                   and r["id"] < query.before_id)))
         rows.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
         return [job_from_row(r) for r in rows[:query.limit]]
 

@@ -140,6 +140,12 @@ async def test_find_jobs_filters_every_key_newest_first_with_paging(store: Store
     assert await ids(since=T0 + 1, before=T0 + 3) == ["a2", "a1"]
     page = await store.find_jobs(JobQuery(limit=4))
     assert await ids(before=page[-1].created_at, limit=4) == ["a1", "a0"]
+    # Jobs of one millisecond page on by id.
+    for name in ("c", "d", "e"):
+        await store.create_job(new_job(name, key_id="key-c", created=T0 + 20))
+    first = await store.find_jobs(JobQuery(key_id="key-c", limit=2))
+    assert [j.id for j in first] == ["e", "d"]
+    assert await ids(key_id="key-c", before=T0 + 20, before_id="d") == ["c"]
 
 
 async def test_list_pages_through_jobs_of_one_millisecond(store: Store) -> None:
