@@ -139,7 +139,7 @@ async def redeliver(ctx: Ctx) -> Response:
     job = await _job(ctx)
     assert ctx.viewer is not None
     if ctx.viewer.key is not None:
-        ctx.state.gateway.admit(ctx.viewer.key)  # as on the API: it spends the key's rate
+        await ctx.state.gateway.admit(ctx.viewer.key)  # as on the API: it spends the key's rate
     if job.callback_url is None:
         raise NotFound("this job was created without a callback URL")
     if not job.is_terminal:

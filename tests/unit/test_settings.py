@@ -42,6 +42,8 @@ def test_env_references_and_defaults() -> None:
     ({"server": {**MINIMAL["server"], "prot": 1}}, "unknown setting server.prot"),
     ({"server": {**MINIMAL["server"], "port": "eighty"}}, "server.port: expected int"),
     ({**MINIMAL, "jobs": {"max_attempts": 0}}, "jobs.max_attempts"),
+    ({**MINIMAL, "jobs": {"sweep_seconds": 0}}, "jobs.sweep_seconds: must be above 0"),
+    ({**MINIMAL, "jobs": {"sweep_seconds": 16}}, "at most half of jobs.lease_margin_seconds"),
     ({"server": {**MINIMAL["server"], "max_header_bytes": 100}}, "server.max_header_bytes"),
     ({"server": {**MINIMAL["server"], "body_timeout_seconds": 0}},
      "server.body_timeout_seconds: must be positive"),
