@@ -97,3 +97,32 @@ async def test_pages_carry_a_strict_policy_and_tokens_stay_out_of_urls_and_logs(
                for r in records), "the sign-ins were logged"
     for token in (ADMIN_TOKEN, KEY_A):
         assert token not in out
+
+
+async def test_operator_tops_up_and_changes_limits_through_key_admin(
+        console_config: dict[str, Any]) -> None:
+    async with run_gateway(console_config) as gateway, \
+            console_client(gateway.url, ADMIN_TOKEN) as operator:
+        alpha = await gateway.state.store.key_named("alpha")
+        assert alpha is not None
+        base = f"/console/keys/{alpha.id}"
+        assert (await operator.form(f"{base}/credits", {"amount": "40", "note": "welcome",
+                                                        "direction": "topup"}))[:2] \
+            == (303, f"{base}?done=credits")
+        await operator.form(f"{base}/credits", {"amount": "15", "direction": "deduct"})
+        assert (await operator.form(f"{base}/limits", {"rpm": "30", "max_concurrent": "2",
+                                                       "models": "demo-image"}))[0] == 303
+        key = await gateway.state.store.get_key(alpha.id)
+        assert key is not None and key.balance == alpha.balance + 25
+        assert (key.limits.unlimited, key.limits.rpm_limit, key.limits.max_concurrent,
+                key.limits.allowed_models) == (False, 30, 2, ("demo-image",))
+        _, _, page = await operator.get(base)
+        assert "welcome" in page and "topup" in page and "deduct" in page
+        # The key rules refuse what they refuse, with their message, as a page.
+        status, _, page = await operator.form(f"{base}/credits", {"amount": "-5"})
+        assert status == 400 and "amount" in page
+        status, _, page = await operator.form(f"{base}/limits", {"rpm": "0"})
+        assert status == 400 and "rpm" in page
+        key = await gateway.state.store.get_key(alpha.id)
+        assert key is not None and key.balance == alpha.balance + 25
+        assert key.limits.rpm_limit == 30

@@ -255,6 +255,8 @@ async def test_a_team_view_never_shows_another_keys_job(
         body = await page.content()
         assert mine in body and theirs not in body, path
         assert "Key" not in await page.locator("thead").inner_text()
+    thumbnail = page.get_by_role("img", name=f"result of job {mine}")
+    assert await thumbnail.evaluate("img => img.complete && img.naturalWidth > 0")
     await shot(page, tmp_path, "team-jobs")
     for path in (f"/console/jobs/{theirs}", f"/console/jobs/{theirs}/status"):
         response = await page.goto(gateway.url + path)
