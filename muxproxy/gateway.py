@@ -185,7 +185,12 @@ class Gateway:
             names = ", ".join(sorted({r.provider for r in model.routes}))
             raise InvalidRequest(f"model {model.id!r} is not available: its providers ({names}) "
                                  "have no API key configured", param="model")
-        route_index, route = found
+        honouring = next_route(model, self.providers, request=submission.request)
+        if honouring is None:
+            option = self.providers[found[1].provider].unhonoured(submission.request)
+            raise InvalidRequest(f"model {model.id!r} does not support {option!r}",
+                                 param=option)
+        route_index, route = honouring
         check_capabilities(model, submission.request)
         # Priced and sent upstream at one explicit quality (see pricing.billed).
         request = billed(model, submission.request)
@@ -195,12 +200,9 @@ class Gateway:
                                        key.limits.webhook_allow_networks)
         await self._check_references(submission)
         credits = price(model, request)
-        provider = self.providers[route.provider]
-        if (option := provider.unhonoured(request)) is not None:
-            raise InvalidRequest(f"model {model.id!r} does not support {option!r}",
-                                 param=option)
         try:
-            provider.check(_with_uploads(submission), route.model, route.params)
+            self.providers[route.provider].check(_with_uploads(submission), route.model,
+                                                 route.params)
         except Unsupported as exc:
             raise InvalidRequest(exc.message, param=exc.param) from None
         job_id = new_job_id()

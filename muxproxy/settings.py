@@ -36,6 +36,9 @@ class ServerSettings:
     body_timeout_seconds: float = 120.0
     keepalive_timeout_seconds: float = 5.0
     max_connections: int = 4096
+    # Browser origins allowed to call the client surfaces (CORS), e.g.
+    # "https://app.example"; "*" allows any. Empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,9 @@ class SurfaceSettings:
     openai_wait_seconds: float = 0.0
     # The model used when an OpenAI or ModelMux request names none; "" = the first model.
     default_model: str = ""
+    # How long an MCP generate_image or edit_image call waits for its job before it
+    # answers with the job id and asks for get_generation (the job runs on).
+    mcp_wait_seconds: float = 50.0
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """The notice that a job reached a terminal state, for callers that wait (the OpenAI
-surface answers only when the image exists) and for subscribers (the webhook relay);
-and the partial images an upstream streams while a job runs, for a client streaming
-it (in this process only: a job another process runs streams none).
+surface answers only when the image exists) and for subscribers (the webhook relay).
 
 A job that ends in this process is published here with the job itself. One that
 ends in another process on the same database arrives as a signal with its id only
 (:mod:`muxproxy.notify`): :meth:`JobEvents.nudge` then tells its waiters to read it
 (:meth:`~muxproxy.gateway.Gateway.wait` does), and subscribers hear nothing (the
-process that ended it told its own)."""
+process that ended it told its own).
+
+Also the partial images an upstream streams while a job runs, for a client
+streaming it: in this process only (a job another process runs streams none)."""
 
 from __future__ import annotations
 

@@ -206,7 +206,8 @@ class JobRunner:
 
     async def _fall_back(self, job: Job, owner: str) -> bool:
         model = self.settings.models.get(job.model)
-        found = next_route(model, self.providers, after=job.route_index) if model else None
+        found = next_route(model, self.providers, after=job.route_index,
+                           request=job.request) if model else None
         if found is None:
             return False
         index, route = found

@@ -4,13 +4,17 @@ The wire format is the general one of :mod:`muxproxy.providers.openai_compatible
 this module maps the normalized request onto what each model family accepts and
 refuses the rest in ``check`` (a 400 before any upstream call):
 
-- gpt-image-2: any WxH with sides divisible by 16, ratio 1:3..3:1, long side at
-  most 3840 and at most 3840x2160 pixels; aspect_ratio + resolution give the
-  resolution's pixel area at that ratio, shrunk to fit.
+- gpt-image-2 (and 2.5, which adds quality xhigh and max): any WxH with sides
+  divisible by 16, ratio 1:3..3:1, long side at most 3840 and at most 3840x2160
+  pixels; aspect_ratio + resolution give the resolution's pixel area at that
+  ratio, shrunk to fit.
 - gpt-image-1 / 1.5 / 1-mini: 1024x1024, 1536x1024, 1024x1536 or auto; an aspect
   ratio picks the nearest size of the same orientation; 1k only.
 - dall-e-3: 1024x1024, 1792x1024, 1024x1792, n=1, no edits, quality standard|hd.
 - dall-e-2: 256/512/1024 squares, one reference image for edits.
+
+A client streaming ``partial_images`` on a GPT Image model makes the call stream
+too: previews go to ``Call.on_partial`` as OpenAI sends them.
 
 Qualities follow the gateway's price tiers (pricing.QUALITY_TIERS: standard is
 the low tier, hd the high one). A model not in the table gets no rules.

@@ -3,7 +3,9 @@ official SDKs pointed at ``base_url=<gateway>/v1``.
 
 ``POST /v1/images/*`` creates a job like any surface, then waits for it (bounded by
 ``surfaces.openai_wait_seconds``; by default the job's whole life) and answers as
-OpenAI does. The job id leaves in the ``x-muxproxy-job-id`` header; a client that
+OpenAI does, with OpenAI's defaults (``null`` is absent; b64_json for edits and GPT
+Image ids); with ``stream: true`` it streams the job instead (openai_answers.py).
+The job id leaves in the ``x-muxproxy-job-id`` header; a client that
 hangs up or times out can poll it on the native task API, or retry with the first
 call's Idempotency-Key to wait for the same job.
 Errors: ``{"error": {"message", "type", "param", "code"}}``.
@@ -22,7 +24,7 @@ from muxproxy import images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
 from muxproxy.errors import InvalidRequest, MuxError, NotFound, StillRunning
-from muxproxy.forms import FormLimits, Part, parse_form
+from muxproxy.forms import FormLimits, parse_form
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.http import (
@@ -50,6 +52,13 @@ from muxproxy.surfaces.openai_answers import (
     images_response,
     job_events,
 )
+from muxproxy.surfaces.openai_inputs import (
+    IMAGE_PARTS,
+    describe_files,
+    form_images,
+    json_images,
+    without_data,
+)
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.openai")
@@ -63,7 +72,6 @@ GENERATE_FIELDS = frozenset({
     "aspect_ratio", "resolution", "seed",
 })
 EDIT_FIELDS = GENERATE_FIELDS | {"input_fidelity", "images", "mask"}
-_IMAGE_PARTS = ("image", "image[]")
 # Passed to providers in ``GenerationRequest.extra`` under these names when sent.
 CHOICES: Mapping[str, tuple[str, ...]] = {
     "style": ("vivid", "natural"), "background": ("transparent", "opaque", "auto"),
@@ -141,24 +149,24 @@ async def edit(request: Request) -> Response:
     if kind == "application/json":
         body = present(parse_json_object(raw))
         v.unknown_fields(body, EDIT_FIELDS)
-        ordered, mask_ref, mask_upload = _json_images(body, state)
+        ordered, mask_ref, mask_upload = json_images(body, state)
         refs = [i for i in ordered if isinstance(i, ImageRef)]
         uploads = [i for i in ordered if not isinstance(i, ImageRef)]
-        params = _without_data(body)
+        params = without_data(body)
     else:
         form = await parse_form(raw, request.headers["content-type"], FormLimits(
             max_parts=limits.max_reference_images + 1 + len(EDIT_FIELDS),
             max_file_bytes=limits.max_image_bytes,
             max_field_bytes=limits.max_prompt_chars * 4 + 1024))
         body = dict(form.fields)
-        for name in (*_IMAGE_PARTS, "mask"):
+        for name in (*IMAGE_PARTS, "mask"):
             if name in body:
                 raise InvalidRequest(f"'{name}' must be a file part", param=name)
         v.unknown_fields(body, EDIT_FIELDS - {"images", "mask"})
-        uploads, mask_upload = _form_images(form.files, state)
+        uploads, mask_upload = form_images(form.files, state)
         refs, mask_ref = [], None
         ordered = list(uploads)
-        params = {**body, **_describe_files(form.files)}
+        params = {**body, **describe_files(form.files)}
     if not refs and not uploads:
         raise InvalidRequest("'image' is required: send one or more image files",
                              param="image")
@@ -259,86 +267,6 @@ def _choice(body: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str
     return value
 
 
-def _form_images(files: Sequence[Part], state: AppState
-                 ) -> tuple[list[UploadedImage], UploadedImage | None]:
-    limits = state.settings.limits
-    uploads = []
-    mask = None
-    for part in files:
-        if part.name in _IMAGE_PARTS:
-            uploads.append(v.image_bytes(part.data, part.name, limits))
-        elif part.name == "mask":
-            if mask is not None:
-                raise InvalidRequest("send one 'mask' file", param="mask")
-            mask = v.image_bytes(part.data, "mask", limits)
-        else:
-            raise InvalidRequest(f"unexpected file field '{part.name}': send images as "
-                                 "'image' or 'image[]' and the mask as 'mask'", param=part.name)
-    return uploads, mask
-
-
-def _json_images(body: Mapping[str, Any], state: AppState) -> tuple[
-        list[ImageRef | UploadedImage], ImageRef | None, UploadedImage | None]:
-    """``images: [{"image_url"}]`` and ``mask: {"image_url"}``, as URLs or data URIs."""
-    items = body.get("images")
-    if items is None:
-        items = []
-    if not isinstance(items, list):
-        raise InvalidRequest("'images' must be an array of {\"image_url\": ...}",
-                             param="images")
-    ordered: list[ImageRef | UploadedImage] = []
-    for item in items:
-        ref, upload = _image_url(item, "images", state)
-        ordered.extend(x for x in (ref, upload) if x is not None)
-    mask_ref = mask_upload = None
-    if body.get("mask") is not None:
-        mask_ref, mask_upload = _image_url(body["mask"], "mask", state)
-    return ordered, mask_ref, mask_upload
-
-
-def _image_url(item: Any, name: str, state: AppState
-               ) -> tuple[ImageRef | None, UploadedImage | None]:
-    if isinstance(item, dict) and "file_id" in item:
-        raise InvalidRequest("file_id references are not supported; send image_url",
-                             param=name)
-    # Nothing but the URL: other keys would be kept, unchecked, with the job.
-    if not isinstance(item, dict) or set(item) != {"image_url"}:
-        raise InvalidRequest(f"'{name}' entries must be {{\"image_url\": URL}}", param=name)
-    url = v.http_url(item["image_url"], name, allow_data=True)
-    if url.startswith("data:"):
-        return None, v.decode_image(url, name, state.settings.limits)
-    return ImageRef(url=url), None
-
-
-def _without_data(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON body for the job's record, data URIs replaced by a note."""
-
-    def clean(item: Any) -> Any:
-        url = item.get("image_url") if isinstance(item, dict) else None
-        if isinstance(url, str) and url.startswith("data:"):
-            return {**item, "image_url": f"<data URI, {len(url)} chars>"}
-        return item
-
-    params = dict(body)
-    if isinstance(params.get("images"), list):
-        params["images"] = [clean(item) for item in params["images"]]
-    if params.get("mask") is not None:
-        params["mask"] = clean(params["mask"])
-    return params
-
-
-def _describe_files(files: Sequence[Part]) -> dict[str, Any]:
-    described: dict[str, Any] = {}
-    for part in files:
-        name = "image" if part.name in _IMAGE_PARTS else part.name
-        note = f"<file {part.filename!r}, {len(part.data)} bytes>"
-        if name == "mask":
-            described[name] = note
-        else:
-            described.setdefault(name, []).append(note)
-    return described
-
-
 def wait_seconds(settings: Settings) -> float:
     """``surfaces.openai_wait_seconds``, or by default the job's whole life: its
     deadline, plus the time the scheduler may take to notice a deadline passed."""
@@ -348,24 +276,26 @@ def wait_seconds(settings: Settings) -> float:
 
 async def run(request: Request, state: AppState, key: ApiKey, submission: Submission,
               reply: Reply) -> Response:
-    """Create the job, wait for it, and answer with its images or its failure."""
-    watch: EndWatch | None = state.gateway.watch(partials=reply.stream is not None)
-    assert watch is not None
+    """Create the job, then wait for it and answer with its images or its failure,
+    or stream it."""
+    watch = state.gateway.watch(partials=reply.stream is not None)
     try:
         job = await state.gateway.submit(key, SurfaceName.OPENAI, submission,
                                          before_start=watch,
                                          idempotency=idempotency_claim(request))
-        if reply.stream is not None:
-            streaming = watch
-            watch = None  # the stream closes it, when it ends
-            return EventStream(job_events(
-                state, job, reply,
-                lambda: state.gateway.wait(job, wait_seconds(state.settings), watch=streaming),
-                streaming.partials, streaming.close), {JOB_HEADER: job.id})
+    except BaseException:
+        watch.close()
+        raise
+    if reply.stream is not None:
+        # The stream closes the watch when it ends (or the job's end drops it).
+        return EventStream(job_events(
+            state, job, reply,
+            lambda: state.gateway.wait(job, wait_seconds(state.settings), watch=watch),
+            watch.partials, watch.close), {JOB_HEADER: job.id})
+    try:
         return await answer(request, state, job, reply.response_format, watch)
     finally:
-        if watch is not None:
-            watch.close()
+        watch.close()
 
 
 async def replay(request: Request, state: AppState, job: Job) -> Response:

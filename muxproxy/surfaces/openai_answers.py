@@ -137,9 +137,10 @@ class EventStream(Response):
             for task in (pumping, gone):
                 task.cancel()
             await asyncio.wait({pumping, gone})
-        if not pumping.cancelled() and pumping.exception() is None:
-            return
-        log.info("client disconnected while streaming; the job continues")
+        if pumping.cancelled():
+            log.info("client disconnected while streaming; the job continues")
+        elif (error := pumping.exception()) is not None:
+            log.warning("streaming stopped; the job continues", error=type(error).__name__)
 
 
 async def job_events(state: AppState, job: Job, reply: Reply,

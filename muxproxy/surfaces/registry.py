@@ -24,6 +24,7 @@ from muxproxy.app_state import AppState
 from muxproxy.errors import MuxError, status_error
 from muxproxy.http import ErrorRenderer
 from muxproxy.openapi import admin as admin_doc
+from muxproxy.openapi import mcp as mcp_doc
 from muxproxy.openapi import modelmux as modelmux_doc
 from muxproxy.openapi import native as native_doc
 from muxproxy.openapi import openai as openai_doc
@@ -37,6 +38,7 @@ from muxproxy.surfaces import (
     callbacks,
     console,
     files,
+    mcp,
     modelmux,
     native,
     openai,
@@ -86,6 +88,8 @@ SURFACES: tuple[Surface, ...] = (
     Surface(SurfaceName.MODELMUX, modelmux.routes, modelmux.render_error, Access.API_KEY,
             modelmux_doc.part, prefix="/api/v1/generations",
             creates=frozenset({"/api/v1/generations"}), replay=modelmux.replay),
+    Surface(SurfaceName.MCP, mcp.routes, mcp.render_error, Access.API_KEY, mcp_doc.part,
+            prefix="/mcp"),
     Surface(SurfaceName.ADMIN, admin.routes, admin.render_error, Access.ADMIN,
             admin_doc.part, prefix="/admin/"),
     Surface(SurfaceName.OPS, ops.routes, native.render_error, Access.OPEN, ops_doc.part),
@@ -113,6 +117,13 @@ def for_settings(settings: Settings) -> tuple[Surface, ...]:
             surface = replace(surface, routes=console.routes_at(path), prefix=path)
         found.append(surface)
     return tuple(found)
+
+
+def client_prefixes(surfaces: Sequence[Surface] = SURFACES) -> tuple[str, ...]:
+    """Where browser clients may call (CORS): the surfaces an API key opens, and the
+    signed file links; not admin or ops."""
+    return tuple(s.prefix for s in surfaces if s.prefix is not None and (
+        s.access is Access.API_KEY or s.name is SurfaceName.FILES))
 
 
 def surface_for(path: str) -> Surface:

@@ -144,7 +144,7 @@ async def test_other_methods_are_405_with_allow(api: Api) -> None:
     """A method the document does not list for a path is a 405 naming, in Allow,
     exactly the methods it does list, in the path's surface error shape."""
     shapes = {"/v1/": "OpenAIError", "/api/v1/generations": "ModelMuxError",
-              "/admin/": "AdminError"}
+              "/admin/": "AdminError", "/mcp": "McpError"}
     for template, ops in api.contract.document["paths"].items():
         documented = {m.upper() for m in ops} | ({"HEAD"} if "get" in ops else set())
         path = re.sub(r"\{[^}]+\}", "x", template)

@@ -221,6 +221,16 @@ async def test_a_cancel_wins_over_the_step_running_now(
     """A step is inside the upstream call when the cancel comes: the cancel stands,
     the step's own write is dropped, and what the step made goes (an upstream job
     it just started is cancelled; result images it stored are deleted)."""
+    await cancel_during_a_step(tmp_path, aiohttp_server, held, None)
+
+
+async def test_a_cancel_wins_over_the_step_running_now_on_postgres(
+        tmp_path: Path, aiohttp_server: AiohttpServer, postgres_url: str) -> None:
+    await cancel_during_a_step(tmp_path, aiohttp_server, "submit", postgres_url)
+
+
+async def cancel_during_a_step(tmp_path: Path, aiohttp_server: AiohttpServer, held: str,
+                               database_url: str | None) -> None:
     fal = FakeFal(queued_polls=0, running_polls=0)
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -237,6 +247,8 @@ async def test_a_cancel_wins_over_the_step_running_now(
         "models": {"banana": {"credits": PRICE,
                               "routes": [{"provider": "fal", "model": "fal-ai/nano-banana"}]}},
     })
+    if database_url is not None:
+        config["database"] = {"url": database_url, "pool_size": 4}
     async with run_gateway(config) as gw:
         task_id = await gw.submit({"model": "banana", "prompt": "a fox"}, key=PAYER)
         async with asyncio.timeout(10):
@@ -263,8 +275,9 @@ async def test_a_cancel_wins_over_the_step_running_now(
 async def test_a_waiting_openai_call_answers_at_once_when_its_job_is_cancelled(
         tmp_path: Path) -> None:
     # On the test's clock the job's next poll never comes: only the cancel ends it.
+    # The SDK's default retries: the answer must tell it not to start another job.
     async with run_gateway(priced(tmp_path, {}), clock=ManualClock()) as gw, AsyncOpenAI(
-            base_url=f"{gw.url}/v1", api_key=KEY_A, max_retries=0) as client:
+            base_url=f"{gw.url}/v1", api_key=KEY_A) as client:
         waiting = asyncio.ensure_future(client.images.generate(
             model="demo-image-async", prompt="never polled"))
         alpha = await gw.state.store.key_named("alpha")
@@ -281,4 +294,6 @@ async def test_a_waiting_openai_call_answers_at_once_when_its_job_is_cancelled(
             with pytest.raises(openai.APIStatusError) as caught:
                 await waiting
         assert caught.value.code == "cancelled"
+        assert caught.value.response.headers["x-should-retry"] == "false"
+        assert [job.id for job in await gw.state.store.list_jobs(alpha.id)] == [waited.id]
         assert not gw.state.events._waiters

@@ -46,7 +46,7 @@ def test_the_session_cookie_is_httponly_strict_and_secure_behind_https(
 
 
 @pytest.mark.parametrize("path", ["console", "/console/", "/a//b", "/api/console", "/v1",
-                                  "/files", "/con sole", "/.."])
+                                  "/files", "/mcp", "/con sole", "/.."])
 def test_console_path_must_be_a_free_path(tmp_path: Path, path: str) -> None:
     with pytest.raises(SettingsError, match=r"console\.path"):
         parse_settings(merge(base_config(tmp_path), {"console": {"path": path}}), {})

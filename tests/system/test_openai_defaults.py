@@ -258,3 +258,26 @@ async def test_models_report_when_they_were_configured(gateway: RunningGateway,
     models = [m async for m in client.models.list()]
     now = time.time()
     assert all(now - 600 < m.created <= now for m in models)
+
+
+async def test_routes_that_cannot_honour_are_passed_over(tmp_path: Path) -> None:
+    config = merge(base_config(tmp_path), {
+        "providers": {"gemini": {"kind": "gemini", "api_key": "g-test-key"},
+                      "flaky": {"kind": "demo", "options": {"failure_rate": 1.0,
+                                                           "failure_kind": "transient"}}},
+        "models": {
+            "first-cannot": {"routes": [{"provider": "gemini", "model": "gemini-2.5-flash-image"},
+                                        {"provider": "demo", "model": "x"}]},
+            "fallback-cannot": {"routes": [
+                {"provider": "flaky", "model": "x"},
+                {"provider": "gemini", "model": "gemini-2.5-flash-image"},
+                {"provider": "demo", "model": "x"}]}}})
+    async with run_gateway(config) as gateway, AsyncOpenAI(
+            base_url=f"{gateway.url}/v1", api_key=KEY_A, max_retries=0) as client:
+        for model in ("first-cannot", "fallback-cannot"):
+            raw = await client.images.with_raw_response.generate(
+                model=model, prompt=PROMPT, size="64x64", background="transparent")
+            assert raw.parse().background == "transparent"
+            job = await gateway.state.store.get_job(raw.headers["x-muxproxy-job-id"])
+            # Served by the demo, never by gemini, which cannot make a transparent image.
+            assert job is not None and job.provider == "demo", model

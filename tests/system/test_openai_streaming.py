@@ -235,3 +235,33 @@ async def test_stream_false_is_a_plain_answer(gateway: RunningGateway) -> None:
                                      "stream": False, "partial_images": 0}) as resp:
         assert resp.status == 200 and resp.content_type == "application/json"
         assert "url" in (await resp.json())["data"][0]
+
+
+async def test_wait_running_out_is_an_error_event_naming_the_job(tmp_path: Path) -> None:
+    config = merge(base_config(tmp_path), {
+        "surfaces": {"openai_wait_seconds": 0.2},
+        "providers": {"demo-slow": {"kind": "demo", "options": {"delay_seconds": 0.6}}},
+        "models": {"slow": {"routes": [{"provider": "demo-slow", "model": "slow"}]}},
+    })
+    async with run_gateway(config) as gateway:
+        resp, events = await raw_events(gateway, "/v1/images/generations", json={
+            "model": "slow", "prompt": PROMPT, "size": "64x64", "stream": True})
+        job_id = resp.headers["x-muxproxy-job-id"]
+        [(event, data)] = events
+        assert event == "error" and data["error"]["code"] == "timeout"
+        assert job_id in data["error"]["message"]
+        task = await gateway.wait_terminal(job_id)
+        assert task["state"] == "completed"
+
+
+async def test_json_edit_streams_edit_events(gateway: RunningGateway) -> None:
+    data_uri = "data:image/png;base64," + base64.b64encode(png_bytes(64, 32)).decode()
+    resp, events = await raw_events(gateway, "/v1/images/edits", json={
+        "model": "demo-image", "prompt": PROMPT, "images": [{"image_url": data_uri}],
+        "stream": True, "partial_images": 1})
+    assert resp.status == 200
+    [(event, data)] = events
+    assert event == data["type"] == "image_edit.completed" and set(data) == COMPLETED_KEYS
+    # No size sent: the edit keeps its input's 2:1 shape (the nearest listed ratio).
+    width, height = image_size(base64.b64decode(data["b64_json"]))
+    assert data["size"] == f"{width}x{height}" and abs(width / height - 16 / 9) < 0.02
