@@ -22,6 +22,7 @@ from muxproxy.generation import QUALITY_TIERS
 from muxproxy.settings import (
     AdminSettings,
     ApiKeySettings,
+    ConsoleSettings,
     Credits,
     DatabaseSettings,
     JobSettings,
@@ -63,7 +64,7 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str], *,
     by default now, when the settings are read)."""
     data = _expand(raw, env, "")
     known = {"server", "database", "storage", "limits", "jobs", "surfaces", "admin",
-             "metrics", "webhooks", "logging", "keys",
+             "metrics", "console", "webhooks", "logging", "keys",
              "providers", "models"}
     _no_unknown(data, known, "")
     providers = _providers(data.get("providers", {}))
@@ -76,6 +77,7 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str], *,
         surfaces=_section(SurfaceSettings, data, "surfaces"),
         admin=_section(AdminSettings, data, "admin"),
         metrics=_section(MetricsSettings, data, "metrics"),
+        console=_section(ConsoleSettings, data, "console"),
         webhooks=_section(WebhookSettings, data, "webhooks"),
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),

@@ -5,9 +5,9 @@ uvicorn on a loopback port) on the demo provider, built from nothing but the bas
 URL and an API key. Clients other than openai-python run as child processes: the
 Node ones from ``tests/clients/node`` (``npm ci`` there installs them from the
 committed lockfile), LiteLLM and LangChain from ``tests/clients/python`` with this
-interpreter (the test extra installs them; LiteLLM's import is slow and noisy). The one rule for a missing client:
-under ``CI=true`` its tests fail (CI must run them); elsewhere they are skipped
-with a message saying how to install it.
+interpreter (the test extra installs them; LiteLLM's import is slow and noisy).
+The one rule for a missing client: under ``CI=true`` its tests fail (CI must run
+them); elsewhere they are skipped with a message saying how to install it.
 """
 
 from __future__ import annotations
