@@ -91,6 +91,12 @@ def targets(out: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     return rows
 
 
+def storage_ratios(s5: dict[str, Any]) -> dict[str, float]:
+    """Each gateway path's c=32 rate with an S3 bucket over its rate on the folder."""
+    return {path: s5["s3"][path]["c32"]["rps"] / s5["local"][path]["c32"]["rps"]
+            for path in s5["local"] if path in s5["s3"]}
+
+
 def table(out: dict[str, Any]) -> str:
     m = out["machine"]
     parts = [f"muxproxy benchmark, {out['date']}, {m['cpu']} ({m['cores']} cores), "
@@ -162,6 +168,22 @@ def table(out: dict[str, Any]) -> str:
         parts += ["", "4. Native rates by stored jobs (pre-filled straight into SQLite)",
                   _grid(["stored jobs", "submits/s", "polls/s", "submit vs first",
                          "poll vs first", "RSS MB end / peak"], rows)]
+    s5 = out.get("s5")
+    if s5 and "error" in s5:
+        parts += ["", f"5. image storage: not measured: {s5['error']}"]
+    if s5 and "local" in s5 and "s3" in s5:
+        rows = []
+        for path, ratio in storage_ratios(s5).items():
+            for name in ("local", "s3"):
+                c1, c32 = s5[name][path]["c1"], s5[name][path]["c32"]
+                rows.append([path, name, _f(c1["p50_ms"], 2), _f(c32["p50_ms"], 2),
+                             _f(c32["p99_ms"], 2), _f(c32["rps"], 0),
+                             f"{ratio:.2f}x" if name == "s3" else "1.00x",
+                             str(c1["errors"] + c32["errors"])])
+        parts += ["", "5. POST /v1/images/generations by image storage: the local folder, "
+                  "an S3 bucket (moto's server on loopback) - medians, ms",
+                  _grid(["path", "storage", "c1 p50", "c32 p50", "c32 p99", "c32 req/s",
+                         "rps/local", "errors"], rows)]
     s6 = out.get("s6")
     if s6:
         back = s6["back_to_steady_s"]

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from muxproxy import cli_client, cli_generate, cli_keys
+from muxproxy import cli_client, cli_generate, cli_keys, cli_storage
 from muxproxy.settings import Settings, SettingsError, load_settings
 
 # Descriptors beyond the connections: the database, image files, upstream and
@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "migrate", help="bring the database's schema to this version and exit")
     migrate.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"))
     cli_keys.add_parser(commands)
+    cli_storage.add_parser(commands)
     cli_generate.add_parser(commands)
     mcp = commands.add_parser(
         "mcp", help="serve MCP on stdio, relaying to a running gateway's /mcp",
@@ -54,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "keys":
         return cli_keys.run(settings, args)
+    if args.command == "copy-storage":
+        return cli_storage.run(settings, args)
     if args.command == "migrate":
         return _migrate(settings)
     if args.command == "check-config":

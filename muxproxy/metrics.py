@@ -81,7 +81,7 @@ class Metrics:
             ["provider"], registry=r)
         self.storage_errors = Children(Counter(
             "muxproxy_storage_errors", "Failed operations on the gateway's own blob storage "
-            "(write, read, delete)", ["operation"], registry=r))
+            "(write, read, delete, sign)", ["operation"], registry=r))
         self.upstream_latency = Children(Histogram(
             "muxproxy_upstream_request_duration_seconds", "Upstream call latency",
             ["provider"], buckets=JOB_BUCKETS, registry=r))

@@ -47,6 +47,21 @@ def _s1(gateway_p50: float, gateway_rps: float) -> dict[str, Any]:
             "portkey": path(2.2, 20.0, 1000), "litellm": path(15.0, 900.0, 100)}
 
 
+def test_the_storage_scenario_reports_s3_against_the_local_folder() -> None:
+    def path(rps: float) -> dict[str, Any]:
+        figures = {"p50_ms": 1.0, "p99_ms": 9.0, "rps": rps, "errors": 0}
+        return {"c1": figures, "c32": figures}
+
+    s5 = {"local": {"gateway": path(800), "gateway (url)": path(1000)},
+          "s3": {"gateway": path(200), "gateway (url)": path(400)}}
+    assert report.storage_ratios(s5) == {"gateway": 0.25, "gateway (url)": 0.4}
+    out = {"date": "2026-12-01", "machine": {"cpu": "cpu", "cores": 2, "python": "3.11"},
+           "litellm": {"version": None, "error": None}, "s5": s5}
+    text = report.table(out)
+    assert "5. POST /v1/images/generations by image storage" in text
+    assert "0.25x" in text and "0.40x" in text
+
+
 def test_targets_are_ratios_to_the_peers_in_the_same_run() -> None:
     # Portkey adds 2.0 ms at c=1: the gateway may add at most 1.0 ms.
     met = {row[0]: row[3] for row in report.targets({"s1": _s1(1.2, 2001)})}
