@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -24,6 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="config file (default: $MUXPROXY_CONFIG or ./config.toml)")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes sharing the port (PostgreSQL only; default 1)")
+    # Given by the supervisor of --workers to each worker it starts.
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"))
     migrate = commands.add_parser(
@@ -48,7 +54,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(settings.providers)} providers, "
               f"{len(settings.models)} models)")
         return 0
-    return _serve(settings, args.host, args.port)
+    if args.workers != 1:
+        return _supervise(settings, args)
+    return _serve(settings, args.host, args.port, args.listen_fd, args.lifeline_fd)
+
+
+def _supervise(settings: Settings, args: argparse.Namespace) -> int:
+    """``serve --workers N``: N processes on one port, on a database they can share."""
+    from muxproxy.logs import configure_logging
+    from muxproxy.store import store_backend
+    from muxproxy.workers import supervise
+
+    if args.workers < 1:
+        print("muxproxy: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if not store_backend(settings.database.url).shared:
+        print(f"muxproxy: --workers {args.workers} needs PostgreSQL: database.url is "
+              f"{settings.database.url.partition(':')[0]}, a file that one process writes. "
+              f"Run one worker, or move to PostgreSQL (muxproxy copy-db, see "
+              f"docs/operations.md).", file=sys.stderr)
+        return 2
+    writer = configure_logging(settings.logging.level, settings.logging.format)
+    worker = [sys.executable, "-m", "muxproxy.cli", "serve", "--config", args.config]
+    try:
+        return supervise(worker, args.host or settings.server.host,
+                         args.port or settings.server.port, args.workers,
+                         settings.server.graceful_shutdown_seconds)
+    finally:
+        writer.flush()
 
 
 def _migrate(settings: Settings) -> int:
@@ -74,7 +107,8 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _serve(settings: object, host: str | None, port: int | None) -> int:
+def _serve(settings: object, host: str | None, port: int | None,
+           listen_fd: int | None = None, lifeline_fd: int | None = None) -> int:
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
@@ -97,8 +131,10 @@ def _serve(settings: object, host: str | None, port: int | None) -> int:
         http=HttpProtocol.bounded(edge), log_level="warning", access_log=False,
         proxy_headers=False, timeout_keep_alive=math.ceil(edge.keepalive_timeout),
         timeout_graceful_shutdown=math.ceil(settings.server.graceful_shutdown_seconds))
-    server = Server(config, on_signal=lambda: begin_shutdown(app), edge=edge)
-    server.run()
+    server = Server(config, on_signal=lambda: begin_shutdown(app), edge=edge,
+                    lifeline_fd=lifeline_fd)
+    # A worker of --workers serves the supervisor's socket (muxproxy.workers).
+    server.run(sockets=None if listen_fd is None else [socket.socket(fileno=listen_fd)])
     return 0 if server.started else STARTUP_FAILURE
 
 

@@ -46,6 +46,8 @@ _UNSWEPT = "state IN ('completed', 'failed') AND swept < 2"
 
 
 class PostgresStore(PostgresAccounts, PostgresOutbox, Store):
+    shared = True
+
     @classmethod
     def check_url(cls, url: str) -> None:
         parts = urlsplit(url)

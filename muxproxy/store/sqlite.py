@@ -59,6 +59,8 @@ BUSY_TIMEOUT_MS = 5000
 
 
 class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
+    shared = False  # one process writes the file (it runs group commits of its own)
+
     @classmethod
     def check_url(cls, url: str) -> None:
         if not url.startswith("sqlite:///") or not sqlite_path(url).name:

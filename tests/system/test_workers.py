@@ -1,0 +1,154 @@
+"""``muxproxy serve --workers N``: N processes serve one port on PostgreSQL, a worker
+that dies is started again, SIGTERM stops them all, and SQLite is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from muxproxy.cli import main
+from tests.support.gateway import KEY_A
+from tests.support.process import gateway_process
+from tests.support.wait import eventually
+
+HEADERS = {"Authorization": f"Bearer {KEY_A}"}
+
+
+def write_config(path: Path, database_url: str) -> Path:
+    path.write_text(f"""
+[server]
+port = "${{MUXPROXY_PORT}}"
+public_url = "${{MUXPROXY_PUBLIC_URL}}"
+secret = "workers-test-secret-0123"
+graceful_shutdown_seconds = 3
+[database]
+url = "{database_url}"
+pool_size = 3
+[storage]
+url = "file://state/images"
+[jobs]
+retry_base_seconds = 0.01
+retry_cap_seconds = 0.05
+poll_initial_seconds = 0.01
+poll_cap_seconds = 0.05
+[logging]
+level = "info"
+[[keys]]
+name = "alpha"
+key = "{KEY_A}"
+unlimited = true
+[providers.demo]
+kind = "demo"
+[models."demo-image"]
+routes = [{{ provider = "demo", model = "demo-image" }}]
+""")
+    return path
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def answering_pid(url: str) -> int:
+    """The pid of the worker that answers a scrape on a new connection."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http, \
+            http.get(f"{url}/metrics") as resp:
+        assert resp.status == 200
+        match = re.search(r'^muxproxy_process_info\{pid="(\d+)"\} 1\.0$', await resp.text(),
+                          re.MULTILINE)
+    assert match is not None
+    return int(match.group(1))
+
+
+async def serving_pids(url: str, wanted: int) -> set[int]:
+    """Scrape on fresh connections until ``wanted`` different workers answered."""
+    seen: set[int] = set()
+
+    async def enough() -> bool:
+        seen.add(await answering_pid(url))
+        return len(seen) >= wanted
+
+    await eventually(enough, timeout=20)
+    return seen
+
+
+async def submit_and_finish(url: str, count: int) -> None:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        async def one(i: int) -> None:
+            async with http.post(f"{url}/api/v1/images/generations", headers=HEADERS,
+                                 json={"model": "demo-image", "prompt": f"p{i}"}) as resp:
+                assert resp.status == 200, await resp.text()
+                task_id = (await resp.json())["data"]["taskId"]
+
+            async def ended() -> bool:
+                async with http.get(f"{url}/api/v1/images/generations", headers=HEADERS,
+                                    params={"task_id": task_id}) as resp:
+                    state: str = (await resp.json())["data"]["state"]
+                    return state == "completed"
+
+            await eventually(ended, timeout=20, interval=0.02)
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def test_two_workers_serve_one_port_and_stop_together(tmp_path: Path,
+                                                            postgres_url: str) -> None:
+    config = write_config(tmp_path / "config.toml", postgres_url)
+    log = tmp_path / "gateway.log"
+    async with gateway_process(config, log=log, args=["--workers", "2"]) as gw:
+        await submit_and_finish(gw.url, 20)
+        workers = await serving_pids(gw.url, 2)
+        assert all(parent_of(pid) == gw.pid for pid in workers), workers
+
+        # A worker that dies is reported and replaced; the port keeps answering.
+        dead = min(workers)
+        os.kill(dead, signal.SIGKILL)
+        await eventually(lambda: "worker died" in log.read_text(), timeout=10)
+        await eventually(lambda: not alive(dead) or parent_of(dead) != gw.pid, timeout=10)
+        survivors = await serving_pids(gw.url, 2)
+        assert dead not in survivors and len(survivors) == 2
+        await submit_and_finish(gw.url, 10)
+
+        assert await gw.terminate() == 0
+        for pid in survivors:
+            await eventually(lambda pid=pid: not alive(pid), timeout=5)  # type: ignore[misc]
+    text = log.read_text()
+    assert text.count('"worker stopped"') == 2, text[-3000:]
+    assert "Traceback" not in text
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path,
+                                                          postgres_url: str) -> None:
+    config = write_config(tmp_path / "config.toml", postgres_url)
+    async with gateway_process(config, args=["--workers", "2"]) as gw:
+        workers = await serving_pids(gw.url, 2)
+        await gw.kill()
+    for pid in workers:
+        await eventually(lambda pid=pid: not alive(pid), timeout=10)  # type: ignore[misc]
+
+
+def test_several_workers_on_sqlite_are_refused(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_config(tmp_path / "config.toml", "sqlite:///state/jobs.db")
+    monkeypatch.setenv("MUXPROXY_PORT", "8080")
+    monkeypatch.setenv("MUXPROXY_PUBLIC_URL", "http://127.0.0.1:8080")
+    assert main(["serve", "--config", str(config), "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers 2 needs PostgreSQL" in err and "copy-db" in err
+    assert not (tmp_path / "state").exists()  # nothing was opened or created
