@@ -10,10 +10,11 @@ import pytest
 
 from tests.support.gateway import RunningGateway, base_config, run_gateway
 from tests.support.postgres import postgres_server, postgres_url
+from tests.support.private_postgres import stoppable_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 # PostgreSQL fixtures, for any suite (tests/support/postgres.py has the skip/fail rule).
-__all__ = ["postgres_server", "postgres_url"]
+__all__ = ["postgres_server", "postgres_url", "stoppable_postgres"]
 
 
 @pytest.fixture(autouse=True, scope="session")
