@@ -35,8 +35,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrate = commands.add_parser(
         "migrate", help="bring the database's schema to this version and exit")
     migrate.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"))
+    copy = commands.add_parser(
+        "copy-db", help="copy every key, job, credit and callback to another database")
+    copy.add_argument("--from", dest="source", required=True, metavar="URL",
+                      help="the database to copy (sqlite:///path/muxproxy.db, postgresql://...)")
+    copy.add_argument("--to", dest="target", required=True, metavar="URL",
+                      help="the database to fill; it must be empty (see --force)")
+    copy.add_argument("--force", action="store_true",
+                      help="replace what the target holds")
     cli_keys.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "copy-db":  # two URLs and no config file
+        from muxproxy.cli_copy import copy_db
+
+        return copy_db(args.source, args.target, force=args.force)
 
     # Every command loads through here: load_settings runs every check, the provider
     # kinds' and backends' own included, so serve refuses what check-config refuses,

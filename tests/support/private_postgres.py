@@ -12,6 +12,7 @@ failure under ``CI=true``, a skip elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import shutil
@@ -47,7 +48,7 @@ class PrivatePostgres:
         command = [str(self.bindir / tool), *args]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             log = self.root / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
@@ -88,10 +89,8 @@ async def private_postgres() -> AsyncIterator[PrivatePostgres]:
             unavailable(f"a private server could not start: {exc}")
         yield server
     finally:
-        try:
+        with contextlib.suppress(RuntimeError):  # already stopped
             await server.stop()
-        except RuntimeError:
-            pass  # already stopped
         shutil.rmtree(root, ignore_errors=True)
 
 
