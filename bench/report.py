@@ -140,6 +140,7 @@ def table(out: dict[str, Any]) -> str:
         parts += ["", "4. Native rates by stored jobs (pre-filled straight into SQLite)",
                   _grid(["stored jobs", "submits/s", "polls/s", "submit vs first",
                          "poll vs first", "RSS MB end / peak"], rows)]
+    parts += _pg_workers(out.get("s5"))
     checks = targets(out)
     if checks:
         parts += ["", "Targets (reported, never enforced)",
@@ -149,3 +150,21 @@ def table(out: dict[str, Any]) -> str:
     parts.append(f"\nwall time {out.get('wall_s', '-')} s; 1-minute load average "
                  f"{_f(out.get('load_before'), 2)} before, {_f(out.get('load_after'), 2)} after")
     return "\n".join(parts)
+
+
+def _pg_workers(s5: dict[str, Any] | None) -> list[str]:
+    if not s5:
+        return []
+    if "error" in s5:
+        return ["", f"5. PostgreSQL workers: not measured: {s5['error']}"]
+    rows = [[name, str(r["workers"]), _f(r["submit_rps"], 0), _f(r["poll_rps"], 0),
+             _f(r["openai_rps"], 0), _f(r["submit_p99_ms"], 2), _f(r["poll_p99_ms"], 2),
+             _f(r["openai_p99_ms"], 2), f"{r['rss_mb']:.0f}",
+             str(r["submit_errors"] + r["poll_errors"] + r["openai_errors"])]
+            for name, r in s5.items() if name != "ratios"]
+    rows += [[name, "", f"{r['submit']:.2f}x", f"{r['poll']:.2f}x", f"{r['openai']:.2f}x",
+              "", "", "", "", ""] for name, r in s5["ratios"].items()]
+    return ["", "5. Backends and workers: native submits and polls at c=64, OpenAI surface at "
+            "c=32",
+            _grid(["gateway", "procs", "submits/s", "polls/s", "openai/s", "submit p99",
+                   "poll p99", "openai p99", "RSS MB", "errors"], rows)]

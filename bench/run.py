@@ -1,5 +1,6 @@
 """The benchmark suite: ``python bench/run.py`` (``--quick`` for a short pass,
-``--no-litellm`` to leave LiteLLM out, ``--only 1,3`` for some scenarios).
+``--no-litellm`` to leave LiteLLM out, ``--only 1,3`` or ``--only pg-workers`` for
+some scenarios).
 
 Starts a fake upstream, the gateway (shipped config, SQLite) and LiteLLM's proxy
 as separate processes, drives them from this one, prints a table with each figure,
@@ -28,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import report, scenarios  # noqa: E402
+from bench.pg_workers import pg_workers  # noqa: E402
 from bench.services import (  # noqa: E402
     Service,
     litellm_version,
@@ -37,6 +39,23 @@ from bench.services import (  # noqa: E402
 )
 
 RESULTS = ROOT / "bench" / "results"
+# Scenarios by number, and the names some of them also answer to.
+SCENARIOS = (1, 2, 3, 4, 5)
+NAMES = {"openai": 1, "native": 2, "callbacks": 3, "table-size": 4, "pg-workers": 5}
+
+
+def chosen(only: str | None) -> set[int]:
+    if not only:
+        return set(SCENARIOS)
+    picked = set()
+    for part in only.split(","):
+        part = part.strip()
+        number = NAMES.get(part) or (int(part) if part.isdigit() else None)
+        if number not in SCENARIOS:
+            raise SystemExit(f"--only: unknown scenario {part!r} (1-5 or "
+                             f"{', '.join(NAMES)})")
+        picked.add(number)
+    return picked
 
 
 def machine() -> dict[str, Any]:
@@ -77,7 +96,7 @@ async def gateway_in(folder: Path, fake_port: int) -> AsyncIterator[tuple[Servic
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     scale = scenarios.QUICK if args.quick else scenarios.Scale()
-    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4}
+    only = chosen(args.only)
     out: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "quick": args.quick, "scale": scale.__dict__,
@@ -130,6 +149,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if 4 in only:
                 print("4. Table size", flush=True)
                 out["s4"] = await scenarios.table_sizes(work, fake_port, scale)
+            if 5 in only:
+                print("5. PostgreSQL, one worker against two (and SQLite)", flush=True)
+                out["s5"] = await pg_workers(work, fake_port, scale)
         finally:
             for service in services:
                 service.stop()
@@ -141,7 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short pass (rough figures)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
-    parser.add_argument("--only", help="comma-separated scenario numbers (1-4)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1-5) or names "
+                        f"({', '.join(NAMES)})")
     parser.add_argument("--polls", type=int, default=2,
                         help="status polls before the fake fal queue completes (default 2)")
     return parser.parse_args(argv)
