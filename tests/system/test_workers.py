@@ -14,7 +14,7 @@ import pytest
 
 from muxproxy.cli import main
 from tests.support.gateway import KEY_A
-from tests.support.process import gateway_process
+from tests.support.process import GatewayProcess, free_port, gateway_process
 from tests.support.wait import eventually
 
 HEADERS = {"Authorization": f"Bearer {KEY_A}"}
@@ -152,3 +152,15 @@ def test_several_workers_on_sqlite_are_refused(tmp_path: Path,
     err = capsys.readouterr().err
     assert "--workers 2 needs PostgreSQL" in err and "copy-db" in err
     assert not (tmp_path / "state").exists()  # nothing was opened or created
+
+
+async def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path,
+                                                         postgres_url: str) -> None:
+    # A database that does not exist: every worker would fail the same way forever.
+    config = write_config(tmp_path / "config.toml", postgres_url + "_missing")
+    log = tmp_path / "gateway.log"
+    process = GatewayProcess(config, free_port(), log, args=["--workers", "2"])
+    with pytest.raises(RuntimeError, match="gateway exited"):
+        await process.start()
+    assert await process.wait() == 3
+    assert "worker could not start; stopping every worker" in log.read_text()
