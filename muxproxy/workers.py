@@ -67,10 +67,11 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop.set)
         host, port = self.sock.getsockname()[:2]
         log.info("supervisor serving", workers=self.count, host=host, port=port,
-                    pid=os.getpid())
+                 pid=os.getpid())
         slots = [asyncio.create_task(self._keep(index)) for index in range(self.count)]
         await asyncio.gather(*slots)
-        os.close(self._lifeline[1])
+        for fd in self._lifeline:
+            os.close(fd)
         return STARTUP_FAILURE if self._failed else 0
 
     async def _start(self, index: int) -> asyncio.subprocess.Process:
