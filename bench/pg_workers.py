@@ -3,31 +3,25 @@ two (``serve --workers 2``), and SQLite with one, in the same run: native submit
 poll rates at c=64 and the OpenAI-surface rate at c=32, with the ratios two workers
 against one and PostgreSQL against SQLite.
 
-Each gateway gets a fresh database of its own, created on the server of
-``MUXPROXY_BENCH_POSTGRES_URL`` (default: the tests' server,
-``postgresql://postgres@127.0.0.1:5432/test``; the user must be allowed to CREATE
-DATABASE) and dropped afterwards. Without a server the scenario reports why and
-measures nothing.
+Each PostgreSQL gateway gets a fresh database of its own, made as scenario 6 makes
+its (:func:`bench.replicas.postgres_database`, on the server of
+``MUXPROXY_BENCH_POSTGRES_URL``) and dropped afterwards. Without a server the
+scenario reports why and measures nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from bench.loadgen import encode
+from bench.replicas import ADMIN_URL, postgres_database
 from bench.scenarios import HOST, OPENAI_BODY, NativeRates, Scale, _has_image, _rounds
 from bench.services import BENCH_KEY, Service, start_gateway
 
-ENV = "MUXPROXY_BENCH_POSTGRES_URL"
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 # (name, backend, workers), measured in this order.
 VARIANTS = (("sqlite, 1 worker", "sqlite", 1), ("postgres, 1 worker", "postgres", 1),
             ("postgres, 2 workers", "postgres", 2))
@@ -57,31 +51,11 @@ class PgNativeRates(NativeRates):
         raise RuntimeError("jobs still running after 120 s")
 
 
-@asynccontextmanager
-async def database(admin_url: str) -> AsyncIterator[str]:
-    """A new database on the server of ``admin_url``, dropped on leaving."""
-    import asyncpg
-
-    name = f"muxbench_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(admin_url, timeout=5)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-    finally:
-        admin = await asyncpg.connect(admin_url, timeout=5)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
 async def _measure(folder: Path, fake_port: int, scale: Scale, url: str | None,
                    workers: int) -> dict[str, Any]:
     os.mkdir(folder)
-    gateway, port = await start_gateway(folder, fake_port, database_url=url, workers=workers)
+    env = {} if url is None else {"MUXPROXY_DATABASE_URL": url}
+    gateway, port = await start_gateway(folder, fake_port, env=env, workers=workers)
     try:
         rates = (PgNativeRates(port, gateway, url) if url is not None
                  else NativeRates(port, gateway, folder / "data" / "muxproxy.db"))
@@ -103,22 +77,22 @@ async def _measure(folder: Path, fake_port: int, scale: Scale, url: str | None,
 
 
 async def pg_workers(workdir: Path, fake_port: int, scale: Scale) -> dict[str, Any]:
-    admin_url = os.environ.get(ENV) or DEFAULT_URL
     try:
         import asyncpg
 
-        conn = await asyncpg.connect(admin_url, timeout=5)
+        conn = await asyncpg.connect(ADMIN_URL, timeout=5)
         await conn.close()
     except Exception as exc:
-        print(f"  PostgreSQL unavailable ({type(exc).__name__}: {exc}); set {ENV}", flush=True)
-        return {"error": f"PostgreSQL at {admin_url}: {type(exc).__name__}: {exc}"}
+        print(f"  PostgreSQL unavailable ({type(exc).__name__}: {exc}); set "
+              f"MUXPROXY_BENCH_POSTGRES_URL", flush=True)
+        return {"error": f"PostgreSQL at {ADMIN_URL}: {type(exc).__name__}: {exc}"}
     results: dict[str, Any] = {}
     for name, backend, workers in VARIANTS:
         folder = workdir / f"pg-workers-{backend}-{workers}"
         if backend == "sqlite":
             results[name] = await _measure(folder, fake_port, scale, None, workers)
         else:
-            async with database(admin_url) as url:
+            async with postgres_database() as url:
                 results[name] = await _measure(folder, fake_port, scale, url, workers)
         r = results[name]
         print(f"  {name:<20} submit {r['submit_rps']:.0f}/s, poll {r['poll_rps']:.0f}/s, "
