@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from muxproxy.clock import ManualClock
+from muxproxy.errors import StoreUnavailable
+from muxproxy.pipeline.jobs import Job, JobState
+from muxproxy.pipeline.runner import WRITE_RETRY_SECONDS
 from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
 from tests.support.private_postgres import PrivatePostgres
 from tests.support.seed_models import seed_models
@@ -161,3 +166,41 @@ async def outage(gw: RunningGateway, pg: PrivatePostgres, load: Load,
         assert job.billing == "charged" and job.attempts <= 1, job
     key = await store.key_named("payer")
     assert key is not None and key.balance == await store.ledger_sum(key.id)
+
+
+async def test_a_step_whose_start_is_refused_starts_once_the_database_is_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write that starts a step (pending to processing, which charges the job) is
+    tried again on the runner's schedule, as its outcome's is: a cut of a few seconds
+    does not leave the job waiting for its lease to lapse."""
+    clock = ManualClock()
+    async with run_gateway(config(tmp_path, f"sqlite:///{tmp_path}/m.db"), clock=clock) as gw:
+        store = gw.state.store
+        transition, release = store.transition, store.release
+        refused: list[str] = []
+
+        def down() -> bool:  # for the start's first two tries: what a lost database raises
+            return len(refused) < 2
+
+        async def cut(job: Job | str, expected: JobState, target: JobState,
+                      **kwargs: Any) -> Job:
+            if expected is JobState.PENDING and down():
+                refused.append(job if isinstance(job, str) else job.id)
+                raise StoreUnavailable()
+            return await transition(job, expected, target, **kwargs)
+
+        async def cut_release(job_id: str, owner: str, *, now: int) -> None:
+            if down():
+                raise StoreUnavailable()
+            await release(job_id, owner, now=now)
+
+        monkeypatch.setattr(store, "transition", cut)
+        monkeypatch.setattr(store, "release", cut_release)
+        task_id = await gw.submit({"model": "demo-image", "prompt": "x"}, key=PAYER)
+        for tries, delay in enumerate(WRITE_RETRY_SECONDS[:2], start=1):
+            await eventually(lambda: len(refused) == tries)  # noqa: B023
+            clock.advance(delay)
+        data = await gw.wait_terminal(task_id, key=PAYER)
+        assert data["state"] == "completed" and refused == [task_id, task_id]
+        job = await store.get_job(task_id)
+        assert job is not None and job.attempts == 0 and job.recoveries == 0
