@@ -146,6 +146,7 @@ def test_several_workers_on_sqlite_are_refused(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     config = write_config(tmp_path / "config.toml", "sqlite:///state/jobs.db")
+    monkeypatch.chdir(tmp_path)  # where the relative database path would be made
     monkeypatch.setenv("MUXPROXY_PORT", "8080")
     monkeypatch.setenv("MUXPROXY_PUBLIC_URL", "http://127.0.0.1:8080")
     assert main(["serve", "--config", str(config), "--workers", "2"]) == 2
