@@ -137,7 +137,13 @@ class AccountStore(Transactional):
                                     note="initial credits from config")
             return await tx.key(key_id)
 
-        return _found(await self._transaction(upsert), name)
+        try:
+            return _found(await self._transaction(upsert), name)
+        except KeyExists:
+            # Another process starting at the same moment (a replica, a worker of
+            # serve --workers) inserted it between this one's look and its insert:
+            # it is there now, and only follows the file.
+            return _found(await self._transaction(upsert), name)
 
     async def create_key(self, name: str, key_hash: str, *, now: int,
                          limits: KeyLimits = NO_LIMITS, credits: int = 0) -> ApiKey:

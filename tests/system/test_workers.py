@@ -10,9 +10,11 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from muxproxy.cli import main
+from muxproxy.store.postgres import PostgresStore
 from tests.support.gateway import KEY_A
 from tests.support.process import GatewayProcess, free_port, gateway_process
 from tests.support.wait import eventually
@@ -45,8 +47,13 @@ key = "{KEY_A}"
 unlimited = true
 [providers.demo]
 kind = "demo"
+[providers.slow]
+kind = "demo"
+options = {{ delay_seconds = 1.5 }}
 [models."demo-image"]
 routes = [{{ provider = "demo", model = "demo-image" }}]
+[models."slow-image"]
+routes = [{{ provider = "slow", model = "demo-image" }}]
 """)
     return path
 
@@ -106,23 +113,63 @@ async def submit_and_finish(url: str, count: int) -> None:
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
+async def running_owners(url: str, database_url: str) -> set[str]:
+    """The lease owners of slow jobs running at once, submitted on fresh connections
+    until two owners hold some."""
+    owners: set[str] = set()
+    db = await asyncpg.connect(database_url)
+    try:
+        async with aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async def two_owners() -> bool:
+                async with http.post(f"{url}/api/v1/images/generations", headers=HEADERS,
+                                     json={"model": "slow-image", "prompt": "hold"}) as resp:
+                    assert resp.status == 200
+                rows = await db.fetch("SELECT DISTINCT lease_owner FROM jobs WHERE "
+                                      "state = 'processing' AND lease_owner IS NOT NULL")
+                owners.update(r[0] for r in rows)
+                return len(owners) >= 2
+
+            await eventually(two_owners, timeout=20, interval=0.05)
+    finally:
+        await db.close()
+    return owners
+
+
+async def nothing_runs(database_url: str) -> bool:
+    db = await asyncpg.connect(database_url)
+    try:
+        active = await db.fetchval(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'processing')")
+    finally:
+        await db.close()
+    return int(active) == 0
+
+
 async def test_two_workers_serve_one_port_and_stop_together(tmp_path: Path,
                                                             postgres_url: str) -> None:
     config = write_config(tmp_path / "config.toml", postgres_url)
     log = tmp_path / "gateway.log"
     async with gateway_process(config, log=log, args=["--workers", "2"]) as gw:
-        await submit_and_finish(gw.url, 20)
+        # Both serve before any job is made: a worker's recovery at start would take
+        # the leases of jobs its sibling already runs (the lease suite's to settle).
         workers = await serving_pids(gw.url, 2)
         assert all(parent_of(pid) == gw.pid for pid in workers), workers
+        await submit_and_finish(gw.url, 6)
+        # Each worker runs jobs under a lease owner of its own (host:pid:tag).
+        owners = await running_owners(gw.url, postgres_url)
+        assert {int(owner.split(":")[1]) for owner in owners} == workers, (owners, workers)
 
-        # A worker that dies is reported and replaced; the port keeps answering.
+        # A worker that dies is reported and replaced; the port keeps answering. (Killed
+        # once nothing runs, for the same reason.)
+        await eventually(lambda: nothing_runs(postgres_url), timeout=20, interval=0.1)
         dead = min(workers)
         os.kill(dead, signal.SIGKILL)
         await eventually(lambda: "worker died" in log.read_text(), timeout=10)
         await eventually(lambda: not alive(dead) or parent_of(dead) != gw.pid, timeout=10)
         survivors = await serving_pids(gw.url, 2)
         assert dead not in survivors and len(survivors) == 2
-        await submit_and_finish(gw.url, 10)
+        await submit_and_finish(gw.url, 6)
 
         assert await gw.terminate() == 0
         for pid in survivors:
@@ -165,3 +212,21 @@ async def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path,
         await process.start()
     assert await process.wait() == 3
     assert "worker could not start; stopping every worker" in log.read_text()
+
+
+async def test_processes_starting_together_make_each_config_key_once(postgres_url: str) -> None:
+    """Every process upserts the config file's keys as it starts: two at once must both
+    start, with one key and one initial top-up between them."""
+    stores = [PostgresStore(postgres_url, pool_size=2) for _ in range(2)]
+    for store in stores:
+        await store.open()
+    try:
+        for i in range(10):
+            keys = await asyncio.gather(*(store.upsert_key(
+                f"key-{i}", f"hash-{i}", now=1, initial_credits=5) for store in stores))
+            assert keys[0].id == keys[1].id
+            assert await stores[0].ledger_sum(keys[0].id) == 5 == \
+                (await stores[1].key_named(f"key-{i}") or keys[0]).balance
+    finally:
+        for store in stores:
+            await store.aclose()
