@@ -18,11 +18,13 @@ from muxproxy import __version__
 from muxproxy.app_state import AppState
 from muxproxy.auth import Authenticator, hash_key
 from muxproxy.clock import Clock, SystemClock, now_ms
+from muxproxy.cors import Cors
 from muxproxy.gateway import Gateway
 from muxproxy.idempotency import Idempotency
 from muxproxy.logs import configure_logging, get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.middleware import RequestContext
+from muxproxy.notify import Signal, open_notifier
 from muxproxy.openapi.document import OpenApiDocument
 from muxproxy.pipeline.breaker import CircuitBreaker
 from muxproxy.pipeline.events import JobEvents
@@ -38,7 +40,8 @@ from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage, open_storage
 from muxproxy.store import KeyLimits, Store, open_store
-from muxproxy.surfaces.registry import SURFACES, mounts
+from muxproxy.surfaces.mcp import McpServer
+from muxproxy.surfaces.registry import SURFACES, client_prefixes, mounts
 from muxproxy.webhooks.relay import WebhookRelay
 from muxproxy.webhooks.ssrf import AddressPolicy, CallbackGuard
 
@@ -65,11 +68,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             log.info("muxproxy stopped")
             log_writer.flush()
 
-    app = Starlette(
-        routes=mounts(SURFACES),
-        middleware=[Middleware(RequestContext, metrics=metrics), Middleware(Idempotency)],
-        lifespan=lifespan,
-    )
+    middleware = [Middleware(RequestContext, metrics=metrics), Middleware(Idempotency)]
+    if settings.server.cors_origins:
+        middleware.insert(1, Middleware(Cors, origins=settings.server.cors_origins,
+                                        prefixes=client_prefixes(SURFACES)))
+    app = Starlette(routes=mounts(SURFACES), middleware=middleware, lifespan=lifespan)
     app.state.openapi = OpenApiDocument(settings)
     return app
 
@@ -104,6 +107,7 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     signer = UrlSigner(settings.server.secret, settings.server.public_url,
                        settings.storage.url_ttl_seconds, clock)
     events = JobEvents()
+    notifier = open_notifier(settings.database, clock)
     breakers = {name: CircuitBreaker(ps.circuit_threshold, ps.circuit_cooldown_seconds, clock)
                 for name, ps in settings.providers.items()}
     runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events,
@@ -112,10 +116,18 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     guard = CallbackGuard(AddressPolicy(settings.webhooks.allow_networks), resolver)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
                       scheduler, events, shutdown, check_callback=guard.check,
-                      check_reference=fetcher.check)
+                      check_reference=fetcher.check,
+                      recheck_seconds=notifier.recheck_seconds)
     relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_links)
     events.subscribe(relay.on_job)
     retention = RetentionSweep(settings.storage, store, storage, clock)
+    auth = Authenticator(store)
+    # What other processes on the database change, this one hears here.
+    notifier.subscribe(Signal.JOB_ENDED, events.nudge)
+    notifier.subscribe(Signal.JOB_QUEUED, scheduler.queued_elsewhere)
+    notifier.subscribe(Signal.KEY_CHANGED, auth.forget_key)
+    closers.push_async_callback(notifier.aclose)
+    await notifier.start()
     # Stopped with what is left of the grace period since the signal (all of it
     # without one), so these ask the shutdown when they run.
     closers.push_async_callback(lambda: relay.stop(shutdown.remaining()))
@@ -124,12 +136,16 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     await scheduler.start()
     closers.push_async_callback(retention.stop)
     retention.start()
+    mcp = McpServer(settings)
+    # Entered last, so left first: MCP calls still waiting answer before the store closes.
+    await closers.enter_async_context(mcp.run())
     return AppState(settings=settings, clock=clock, metrics=metrics, store=store,
                     storage=storage, http=http, providers=providers, signer=signer,
-                    auth=Authenticator(store), gateway=gateway, runner=runner,
-                    scheduler=scheduler, events=events, breakers=breakers,
+                    auth=auth, gateway=gateway, runner=runner,
+                    scheduler=scheduler, events=events, notifier=notifier, breakers=breakers,
                     relay=relay, shutdown=shutdown, retention=retention,
-                    readiness=Readiness(store, storage, clock), closers=closers)
+                    readiness=Readiness(store, storage, clock), mcp=mcp,
+                    closers=closers)
 
 
 async def _open_backends(settings: Settings, clock: Clock, closers: AsyncExitStack

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -12,6 +13,7 @@ from muxproxy.auth import Authenticator
 from muxproxy.clock import Clock
 from muxproxy.gateway import Gateway
 from muxproxy.metrics import Metrics
+from muxproxy.notify import Notifier
 from muxproxy.pipeline.breaker import CircuitBreaker
 from muxproxy.pipeline.events import JobEvents
 from muxproxy.pipeline.retention import RetentionSweep
@@ -25,6 +27,9 @@ from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage
 from muxproxy.store import Store
 from muxproxy.webhooks.relay import WebhookRelay
+
+if TYPE_CHECKING:  # surfaces import this module
+    from muxproxy.surfaces.mcp import McpServer
 
 
 @dataclass
@@ -42,10 +47,13 @@ class AppState:
     runner: JobRunner
     scheduler: Scheduler
     events: JobEvents
+    notifier: Notifier
     breakers: Mapping[str, CircuitBreaker]
     relay: WebhookRelay
     shutdown: Shutdown
     retention: RetentionSweep
     readiness: Readiness
+    # The MCP server behind /mcp (surfaces/mcp.py).
+    mcp: McpServer
     # What _stop closes: every closer _start registered, run in reverse.
     closers: AsyncExitStack

@@ -30,17 +30,30 @@ from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.pipeline.events import EndWatch, JobEvents
-from muxproxy.pipeline.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evolve
+from muxproxy.pipeline.jobs import (
+    IdempotencyClaim,
+    Job,
+    JobState,
+    Lease,
+    NewJob,
+    StoredImage,
+    evolve,
+)
 from muxproxy.pipeline.retention import results_expired
 from muxproxy.pricing import billed, check_capabilities, price
 from muxproxy.providers import next_route
 from muxproxy.providers.base import Provider, Unsupported
-from muxproxy.ratelimit import RateLimiter
 from muxproxy.settings import ModelSettings, Settings
 from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobNotFound, BlobStorage, blob_key
-from muxproxy.store import ApiKey, ConcurrencyLimitReached, InsufficientBalance, Store
+from muxproxy.store import (
+    ApiKey,
+    ConcurrencyLimitReached,
+    InsufficientBalance,
+    StaleJob,
+    Store,
+)
 from muxproxy.store.accounts import IdempotencySuperseded
 from muxproxy.surfaces import SurfaceName
 from muxproxy.validation import UploadedImage
@@ -48,6 +61,8 @@ from muxproxy.validation import UploadedImage
 log = get_logger("muxproxy.gateway")
 # A failed write to our own storage: when a client may try again.
 STORAGE_RETRY_SECONDS = 30.0
+# The fail_code of a job its client cancelled.
+CANCELLED = "cancelled"
 
 
 def new_job_id() -> str:
@@ -90,6 +105,10 @@ class Dispatcher(Protocol):
     def running(self, job_id: str) -> bool:
         """Whether a step of the job runs in this process now."""
 
+    async def ended_elsewhere(self, job: Job) -> None:
+        """A job the gateway ended (a cancel): recorded and announced like any end,
+        its inputs deleted, and its upstream job cancelled where the provider can."""
+
 
 class Gateway:
     def __init__(self, settings: Settings, store: Store, storage: BlobStorage,
@@ -97,8 +116,10 @@ class Gateway:
                  metrics: Metrics, dispatcher: Dispatcher, events: JobEvents,
                  shutdown: Shutdown, *,
                  check_callback: Callable[[str, Sequence[str]], Awaitable[None]] | None = None,
-                 check_reference: Callable[[str, str, str], Awaitable[None]] | None = None
-                 ) -> None:
+                 check_reference: Callable[[str, str, str], Awaitable[None]] | None = None,
+                 recheck_seconds: float | None = None) -> None:
+        """``recheck_seconds``: how often a wait reads its job again, where a signal
+        of its end may be lost (:attr:`muxproxy.notify.Notifier.recheck_seconds`)."""
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -109,7 +130,7 @@ class Gateway:
         self.dispatcher = dispatcher
         self.events = events
         self.shutdown = shutdown
-        self.limiter = RateLimiter(clock)
+        self.recheck_seconds = recheck_seconds
         self._check_callback = check_callback
         self._check_reference = check_reference
 
@@ -128,12 +149,15 @@ class Gateway:
                 raise InvalidRequest("'model' is required", param="model")
         return self.model(model_id)
 
-    def admit(self, key: ApiKey) -> None:
+    async def admit(self, key: ApiKey) -> None:
         """The key's rate of create (and webhook redeliver) requests, checked before
-        any work (429 with Retry-After). Polls and downloads are not counted: they cost
-        nothing upstream."""
+        any work (429 with Retry-After), in the store: one count for every process
+        using it. Polls and downloads are not counted: they cost nothing upstream."""
         rpm = key.limits.rpm_limit
-        if rpm is not None and (wait := self.limiter.acquire(key.id, rpm)) is not None:
+        if rpm is None:
+            return
+        wait = await self.store.take_request(key.id, rpm, now_ms(self.clock))
+        if wait is not None:
             self._refuse("rate_limit")
             raise RateLimited(f"rate limit of {rpm} requests per minute exceeded",
                               retry_after=wait)
@@ -150,7 +174,7 @@ class Gateway:
         passes a :meth:`watch` there, and cannot miss it. ``idempotency`` is bound to
         the job as it is stored. Refusals are :class:`~muxproxy.errors.MuxError`
         (400 to 503), raised before anything is stored."""
-        self.admit(key)
+        await self.admit(key)
         model = self.model(submission.model)
         if not key.may_use(model.id):
             self._refuse("model_access")
@@ -160,7 +184,12 @@ class Gateway:
             names = ", ".join(sorted({r.provider for r in model.routes}))
             raise InvalidRequest(f"model {model.id!r} is not available: its providers ({names}) "
                                  "have no API key configured", param="model")
-        route_index, route = found
+        honouring = next_route(model, self.providers, request=submission.request)
+        if honouring is None:
+            option = self.providers[found[1].provider].unhonoured(submission.request)
+            raise InvalidRequest(f"model {model.id!r} does not support {option!r}",
+                                 param=option)
+        route_index, route = honouring
         check_capabilities(model, submission.request)
         # Priced and sent upstream at one explicit quality (see pricing.billed).
         request = billed(model, submission.request)
@@ -292,14 +321,16 @@ class Gateway:
             except Exception:
                 log.warning("could not remove a refused upload", key=key, exc_info=True)
 
-    def watch(self) -> EndWatch:
+    def watch(self, *, partials: bool = False) -> EndWatch:
         """A wait for the end of a job about to be submitted: pass it to
         :meth:`submit` as ``before_start``, then to :meth:`wait`; :meth:`EndWatch.close`
-        it when done (a caller cancelled before the job was stored leaves nothing)."""
-        return EndWatch(self.events)
+        it when done (a caller cancelled before the job was stored leaves nothing).
+        ``partials``: also receive the previews the upstream streams (``.partials``)."""
+        return EndWatch(self.events, partials=partials)
 
     async def wait(self, job: Job, timeout: float, *, watch: EndWatch | None = None) -> Job:
-        """The job once it has ended (completed or failed).
+        """The job once it has ended (completed or failed), here or in another process
+        on the same database.
 
         Raises :class:`~muxproxy.errors.StillRunning` (a 504) if ``timeout`` seconds
         pass first, or if the gateway stops first: at once when no step of the job
@@ -314,29 +345,46 @@ class Gateway:
                 job = await self.store.get_job(job.id) or job
                 if job.is_terminal:
                     return job
-            if ended.done():
-                return ended.result()
             return await self._until_end(job, ended, timeout)
         finally:
             self.events.discard(job.id, ended)
 
-    async def _until_end(self, job: Job, ended: asyncio.Future[Job], timeout: float) -> Job:
+    async def _until_end(self, job: Job, ended: asyncio.Future[Job | None],
+                         timeout: float) -> Job:
+        """Wait on ``ended``; read the job when nudged (it ended in another process)
+        and every ``recheck_seconds`` (in case that signal was lost)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
         stopping = asyncio.ensure_future(self._stop_answer_due(job.id))
         try:
-            watched: set[asyncio.Future[Any]] = {ended, stopping}
-            done, _ = await asyncio.wait(watched, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                if not ended.done():
+                    left = give_up - loop.time()
+                    if left > 0 and not stopping.done():
+                        watched: set[asyncio.Future[Any]] = {ended, stopping}
+                        await asyncio.wait(watched, timeout=min(left, self.recheck_seconds or left),
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    if not ended.done() and (stopping.done() or loop.time() >= give_up):
+                        raise _still_running(job.id, timeout, stopping=stopping.done())
+                if ended.done():
+                    if (found := ended.result()) is not None:
+                        return found
+                    # Nudged: watched again before the read, so a later end is not missed.
+                    self.events.discard(job.id, ended)
+                    ended = self.events.waiter(job.id)
+                current = await self._read_quietly(job.id)
+                if current is not None and current.is_terminal:
+                    return current
         finally:
             stopping.cancel()
-        if ended in done:
-            return ended.result()
-        poll = f"poll GET /api/v1/images/generations?task_id={job.id}"
-        if stopping in done:
-            raise StillRunning(f"the gateway is restarting before the image is ready; job "
-                               f"{job.id} continues after the restart: {poll}",
-                               job_id=job.id, stopping=True)
-        raise StillRunning(f"the image is not ready after {timeout:g} seconds; job {job.id} "
-                           f"continues: {poll}", job_id=job.id, stopping=False)
+            self.events.discard(job.id, ended)
+
+    async def _read_quietly(self, job_id: str) -> Job | None:
+        """The job as stored; None when the database cannot say now (the wait goes on)."""
+        try:
+            return await self.store.get_job(job_id)
+        except ServiceUnavailable:
+            return None
 
     async def _stop_answer_due(self, job_id: str) -> None:
         """Returns when a waiting caller must answer because the gateway stops: at
@@ -354,9 +402,43 @@ class Gateway:
         return job
 
     async def list_jobs(self, key: ApiKey, *, limit: int = 50,
-                        before: int | None = None) -> list[Job]:
-        """The caller's jobs, newest first; ``before`` (a ``created_at``, in ms) pages."""
-        return await self.store.list_jobs(key.id, limit=limit, before=before)
+                        before: int | None = None, before_id: str | None = None) -> list[Job]:
+        """The caller's jobs, newest first; ``before`` (a ``created_at``, in ms) pages,
+        and with ``before_id`` too, the page starts right after that job (see
+        :mod:`muxproxy.history` for the cursor the surfaces hand out)."""
+        return await self.store.list_jobs(key.id, limit=limit, before=before,
+                                          before_id=before_id)
+
+    async def cancel(self, key: ApiKey, job_id: str) -> Job:
+        """End the caller's unfinished job as ``failed`` with ``fail_code`` ``cancelled``.
+
+        Another key's job is :class:`~muxproxy.errors.NotFound`; a job that has ended
+        already is a :class:`~muxproxy.errors.Conflict` (409). The move is the store's
+        compare-and-swap on the state the job was read in, without a lease: it wins
+        over a step running now, whose own write then finds the job ended and is
+        dropped (the runner cancels an upstream job it started meanwhile). Billing
+        rides the move as for any failure (a hold released, a charge refunded), and
+        so does the callback delivery."""
+        job = await self.job_for(key, job_id)
+        # Each lost swap means the job moved along pending -> processing -> ended,
+        # so this ends within three reads.
+        while not job.is_terminal:
+            now = now_ms(self.clock)
+            try:
+                cancelled = await self.store.transition(
+                    job.id, job.state, JobState.FAILED, now=now, fail_code=CANCELLED,
+                    fail_msg="cancelled by the client", completed_at=now)
+            except StaleJob:
+                job = await self.job_for(key, job_id)
+                continue
+            log.info("job cancelled", job_id=job.id, was=job.state.value)
+            # Shielded: a client hanging up must not leave the upstream job running.
+            await asyncio.shield(self.dispatcher.ended_elsewhere(cancelled))
+            return cancelled
+        error = Conflict(f"the job has ended already ({job.state.value}); only a pending or "
+                         "processing job can be cancelled")
+        error.code = "already_finished"
+        raise error
 
     def result_links(self, job: Job) -> list[str]:
         """Signed links to the job's result images (none before it completes); each
@@ -381,6 +463,16 @@ class Gateway:
             return [await self.storage.get(image.key) for image in job.result.images]
         except BlobNotFound:
             raise InternalError("a result image is missing from storage") from None
+
+
+def _still_running(job_id: str, timeout: float, *, stopping: bool) -> StillRunning:
+    poll = f"poll GET /api/v1/images/generations?task_id={job_id}"
+    if stopping:
+        return StillRunning(f"the gateway is restarting before the image is ready; job "
+                            f"{job_id} continues after the restart: {poll}",
+                            job_id=job_id, stopping=True)
+    return StillRunning(f"the image is not ready after {timeout:g} seconds; job {job_id} "
+                        f"continues: {poll}", job_id=job_id, stopping=False)
 
 
 def _with_uploads(submission: Submission) -> GenerationRequest:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 from muxproxy.pipeline.jobs import Job, RowLike
+from muxproxy.ratelimit import RateLimiter
 from muxproxy.settings import DatabaseSettings, SettingsError, sqlite_path
 from muxproxy.store.base import Store
 from muxproxy.store.rows import job_from_row
@@ -83,6 +84,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
         self._lock: Any = None
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._commits: set[asyncio.Task[None]] = set()
+        # One process uses the file: its rate buckets live in its memory.
+        self._rates = RateLimiter()
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -138,6 +141,9 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
         for conn in {id(c): c for c in (self._reader, self._writer) if c}.values():
             await conn.close()
         self._reader = self._writer = None
+
+    async def take_request(self, key_id: str, rpm: int, now: int) -> float | None:
+        return self._rates.acquire(key_id, rpm, now)
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
@@ -265,11 +271,14 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
         row = await self._in_reader(lambda db: db.execute(sql, args).fetchone())
         return job_from_row(row) if row else None
 
-    async def list_jobs(self, key_id: str, *, limit: int = 50,
-                        before: int | None = None) -> list[Job]:
+    async def list_jobs(self, key_id: str, *, limit: int = 50, before: int | None = None,
+                        before_id: str | None = None) -> list[Job]:
         sql = "SELECT * FROM jobs WHERE key_id = ?"
         args: list[Any] = [key_id]
-        if before is not None:
+        if before is not None and before_id is not None:
+            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            args.extend((before, before, before_id))
+        elif before is not None:
             sql += " AND created_at < ?"
             args.append(before)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from muxproxy.pipeline.jobs import TERMINAL, Job, JobState
+from muxproxy.ratelimit import RateLimiter
 from muxproxy.store.accounts import ApiKey, KeyNotFound, LedgerEntry, UsageRow
 from muxproxy.store.base import Store
 from muxproxy.store.rows import job_from_row
@@ -37,6 +38,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self.t = Tables()
         self.probed_at: int | None = None
+        self.rates = RateLimiter()
 
     async def open(self) -> None:
         pass
@@ -69,10 +71,17 @@ class MemoryStore(Store):
             return None
         return job_from_row(row)
 
-    async def list_jobs(self, key_id: str, *, limit: int = 50,
-                        before: int | None = None) -> list[Job]:
-        rows = self._jobs(lambda r: r["key_id"] == key_id
-                          and (before is None or r["created_at"] < before))
+    async def list_jobs(self, key_id: str, *, limit: int = 50, before: int | None = None,
+                        before_id: str | None = None) -> list[Job]:
+        def listed(r: Mapping[str, Any]) -> bool:
+            if r["key_id"] != key_id:
+                return False
+            if before is None:
+                return True
+            return bool(r["created_at"] < before or (
+                before_id is not None and r["created_at"] == before and r["id"] < before_id))
+
+        rows = self._jobs(listed)
         rows.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
         return [job_from_row(r) for r in rows[:limit]]
 
@@ -156,6 +165,9 @@ class MemoryStore(Store):
             raise KeyNotFound(key_id)
         self.t.keys[key.id] = replace(key, revoked_at=key.revoked_at or now)
         return self.t.keys[key.id]
+
+    async def take_request(self, key_id: str, rpm: int, now: int) -> float | None:
+        return self.rates.acquire(key_id, rpm, now)
 
     async def ledger(self, key_id: str, *, limit: int = 100,
                      before: int | None = None) -> list[LedgerEntry]:
