@@ -1,4 +1,4 @@
-"""Scenario 5: the OpenAI-compatible surface with its images in the local folder and
+"""Scenario 8: the OpenAI-compatible surface with its images in the local folder and
 in an S3 bucket, side by side in one run, as a ratio.
 
 The bucket is moto's S3 server (``moto[server]``, in the test extra) on loopback,
@@ -65,7 +65,7 @@ async def storage_paths(workdir: Path, fake_port: int, scale: Scale) -> dict[str
     try:
         for name, url, extra in (("local", "", ""),
                                  ("s3", f"s3://{BUCKET}/images", s3_toml(moto_port))):
-            folder = workdir / f"s5-{name}"
+            folder = workdir / f"s8-{name}"
             folder.mkdir()
             gateway, port = await start_gateway(
                 folder, fake_port, tweak=functools.partial(_append, extra),
