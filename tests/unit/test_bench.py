@@ -101,7 +101,8 @@ def test_scenarios_are_picked_by_number_or_name() -> None:
 
     assert chosen("pg-workers") == {5}
     assert chosen("1, table-size") == {1, 4}
-    assert chosen(None) == {1, 2, 3, 4, 5, 6, 7}
+    assert chosen(None) == {1, 2, 3, 4, 5, 6, 7, 8}
+    assert chosen("storage") == {8}
     with pytest.raises(SystemExit, match="unknown scenario 'pg'"):
         chosen("pg")
 

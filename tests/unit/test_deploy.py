@@ -56,7 +56,7 @@ def test_the_stack_has_postgres_two_replicas_and_a_proxy() -> None:
             else:
                 assert source in compose()["volumes"], volume
     assert (DEPLOY.parent / gateways[0]["build"]["dockerfile"]).is_file()
-    assert ".[postgres]" in (DEPLOY / "Dockerfile").read_text()
+    assert ".[postgres,s3]" in (DEPLOY / "Dockerfile").read_text()
 
 
 def test_the_replicas_config_loads_onto_postgres(monkeypatch: pytest.MonkeyPatch) -> None:
