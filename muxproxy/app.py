@@ -113,7 +113,8 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
                       scheduler, events, shutdown, check_callback=guard.check,
                       check_reference=fetcher.check)
-    relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_links)
+    relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_links,
+                         lease_margin_seconds=settings.jobs.lease_margin_seconds)
     events.subscribe(relay.on_job)
     retention = RetentionSweep(settings.storage, store, storage, clock)
     # Stopped with what is left of the grace period since the signal (all of it

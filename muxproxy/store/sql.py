@@ -15,6 +15,11 @@ from muxproxy.store.accounts import KeyLimits
 from muxproxy.store.rows import JSON_COLUMNS
 from muxproxy.webhooks.outbox import new_delivery_id, target_host
 
+# A lapsed lease a claim takes over from another owner: a job not yet started, or
+# one the upstream has (it resumes polling). A job in processing without an upstream
+# id had its submit cut off: Store.recover takes it first, counting the interruption.
+TAKEN_OVER = f"(state = '{JobState.PENDING}' OR upstream_id IS NOT NULL)"
+
 
 def encoded(values: Mapping[str, Any]) -> dict[str, Any]:
     """Job column values as stored: JSON columns as text."""
