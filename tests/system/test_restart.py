@@ -31,6 +31,9 @@ url = "file://state/images"
 [jobs]
 poll_initial_seconds = 0.05
 poll_cap_seconds = 0.1
+# A crashed process's leases lapse within seconds (timeout + margin), and only then
+# does the next start take its jobs over.
+lease_margin_seconds = 1
 [logging]
 level = "warning"
 [[keys]]
@@ -39,9 +42,11 @@ key = "{KEY_A}"
 [providers.slow]
 kind = "demo"
 max_concurrency = 1
+timeout_seconds = 4
 options = {{ delay_seconds = {delay} }}
 [providers.slowq]
 kind = "demo"
+timeout_seconds = 4
 options = {{ delay_seconds = {delay}, async = true }}
 [models."sync"]
 routes = [{{ provider = "slow", model = "demo-sync" }}]
