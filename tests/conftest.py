@@ -8,12 +8,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.databases import database
 from tests.support.gateway import RunningGateway, base_config, run_gateway
 from tests.support.postgres import postgres_server, postgres_url
 
 ROOT = Path(__file__).resolve().parent.parent
-# PostgreSQL fixtures, for any suite (tests/support/postgres.py has the skip/fail rule).
-__all__ = ["postgres_server", "postgres_url"]
+# PostgreSQL fixtures, for any suite (tests/support/postgres.py has the skip/fail rule),
+# and a database on either backend (tests/support/databases.py).
+__all__ = ["database", "postgres_server", "postgres_url"]
 
 
 @pytest.fixture(autouse=True, scope="session")

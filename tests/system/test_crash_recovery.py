@@ -58,6 +58,9 @@ url = "sqlite:///state/jobs.db"
 url = "file://state/images"
 [jobs]
 deadline_seconds = 300
+# The killed process's leases (a provider's timeout plus this) lapse within seconds
+# of the restart, which takes its jobs over only then.
+lease_margin_seconds = 1
 poll_initial_seconds = 0.1
 poll_cap_seconds = 1.0
 [webhooks]
@@ -76,16 +79,19 @@ name = "bravo"
 key = "{KEY_B}"
 credits = 100000
 [providers.quick]
+timeout_seconds = 20
 kind = "openai-compatible"
 base_url = "{fake}/v1"
 api_key = "{CHAOS_KEY}"
 max_concurrency = 16
 [providers.held]
+timeout_seconds = 20
 kind = "openai-compatible"
 base_url = "{fake}/v1"
 api_key = "{CHAOS_KEY}"
 max_concurrency = {HELD_SLOTS}
 [providers.queue]
+timeout_seconds = 20
 kind = "fal"
 base_url = "{fake}/queue"
 api_key = "{CHAOS_KEY}"
@@ -97,6 +103,7 @@ credits = 2
 routes = [{{ provider = "held", model = "held-model" }}]
 credits = 3
 [providers.queue2]
+timeout_seconds = 20
 kind = "fal"
 base_url = "{fake}/queue"
 api_key = "{CHAOS_KEY}"
