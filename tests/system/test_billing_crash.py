@@ -37,11 +37,11 @@ key = "{KEY}"
 credits = 100
 [providers.works]
 kind = "demo"
-timeout_seconds = 4
+timeout_seconds = 2
 options = {{ delay_seconds = {delay} }}
 [providers.breaks]
 kind = "demo"
-timeout_seconds = 4
+timeout_seconds = 2
 options = {{ delay_seconds = {delay}, failure_rate = {1.0 if broken else 0.0} }}
 [models."sync"]
 credits = 10

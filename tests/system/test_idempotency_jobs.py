@@ -133,7 +133,7 @@ key = "{PAYER}"
 credits = {CREDITS}
 [providers.slow]
 kind = "demo"
-timeout_seconds = 4
+timeout_seconds = 2
 options = {{ delay_seconds = {delay} }}
 [models."paid"]
 credits = {PRICE}

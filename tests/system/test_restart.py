@@ -43,11 +43,11 @@ key = "{KEY_A}"
 [providers.slow]
 kind = "demo"
 max_concurrency = 1
-timeout_seconds = 4
+timeout_seconds = 2
 options = {{ delay_seconds = {delay} }}
 [providers.slowq]
 kind = "demo"
-timeout_seconds = 4
+timeout_seconds = 2
 options = {{ delay_seconds = {delay}, async = true }}
 [models."sync"]
 routes = [{{ provider = "slow", model = "demo-sync" }}]
