@@ -23,6 +23,7 @@ from muxproxy.idempotency import Idempotency
 from muxproxy.logs import configure_logging, get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.middleware import RequestContext
+from muxproxy.notify import Signal, open_notifier
 from muxproxy.openapi.document import OpenApiDocument
 from muxproxy.pipeline.breaker import CircuitBreaker
 from muxproxy.pipeline.events import JobEvents
@@ -104,6 +105,7 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     signer = UrlSigner(settings.server.secret, settings.server.public_url,
                        settings.storage.url_ttl_seconds, clock)
     events = JobEvents()
+    notifier = open_notifier(settings.database, clock)
     breakers = {name: CircuitBreaker(ps.circuit_threshold, ps.circuit_cooldown_seconds, clock)
                 for name, ps in settings.providers.items()}
     runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events,
@@ -112,11 +114,19 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     guard = CallbackGuard(AddressPolicy(settings.webhooks.allow_networks), resolver)
     gateway = Gateway(settings, store, storage, providers, signer, clock, metrics,
                       scheduler, events, shutdown, check_callback=guard.check,
-                      check_reference=fetcher.check)
+                      check_reference=fetcher.check,
+                      recheck_seconds=notifier.recheck_seconds)
     relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_links,
                          lease_margin_seconds=settings.jobs.lease_margin_seconds)
     events.subscribe(relay.on_job)
     retention = RetentionSweep(settings.storage, store, storage, clock)
+    auth = Authenticator(store)
+    # What other processes on the database change, this one hears here.
+    notifier.subscribe(Signal.JOB_ENDED, events.nudge)
+    notifier.subscribe(Signal.JOB_QUEUED, scheduler.queued_elsewhere)
+    notifier.subscribe(Signal.KEY_CHANGED, auth.forget_key)
+    closers.push_async_callback(notifier.aclose)
+    await notifier.start()
     # Stopped with what is left of the grace period since the signal (all of it
     # without one), so these ask the shutdown when they run.
     closers.push_async_callback(lambda: relay.stop(shutdown.remaining()))
@@ -127,8 +137,8 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     retention.start()
     return AppState(settings=settings, clock=clock, metrics=metrics, store=store,
                     storage=storage, http=http, providers=providers, signer=signer,
-                    auth=Authenticator(store), gateway=gateway, runner=runner,
-                    scheduler=scheduler, events=events, breakers=breakers,
+                    auth=auth, gateway=gateway, runner=runner,
+                    scheduler=scheduler, events=events, notifier=notifier, breakers=breakers,
                     relay=relay, shutdown=shutdown, retention=retention,
                     readiness=Readiness(store, storage, clock), closers=closers)
 

@@ -12,6 +12,7 @@ from muxproxy.auth import Authenticator
 from muxproxy.clock import Clock
 from muxproxy.gateway import Gateway
 from muxproxy.metrics import Metrics
+from muxproxy.notify import Notifier
 from muxproxy.pipeline.breaker import CircuitBreaker
 from muxproxy.pipeline.events import JobEvents
 from muxproxy.pipeline.retention import RetentionSweep
@@ -42,6 +43,7 @@ class AppState:
     runner: JobRunner
     scheduler: Scheduler
     events: JobEvents
+    notifier: Notifier
     breakers: Mapping[str, CircuitBreaker]
     relay: WebhookRelay
     shutdown: Shutdown

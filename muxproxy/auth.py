@@ -5,9 +5,10 @@ is never compared, stored or logged.
 
 A looked-up key is kept in memory for ``CACHE_SECONDS`` (one second), sparing a
 store read on every request. The admin API clears the cache whenever it changes a
-key, so a key revoked there gets 401 on its very next request; ``muxproxy keys
-revoke`` runs in another process, so there the revocation takes effect within
-``CACHE_SECONDS``. Keys that are not found are not cached.
+key, so a key revoked there gets 401 on its very next request. A change made by
+another process (another replica's admin API, ``muxproxy keys``) is dropped from
+the cache when its signal arrives (:mod:`muxproxy.notify`: at once on PostgreSQL),
+and in any case within ``CACHE_SECONDS``. Keys that are not found are not cached.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from starlette.requests import Request
 
 from muxproxy.errors import Unauthorized
+from muxproxy.notify import EVERY
 from muxproxy.store import ApiKey, Store
 
 
@@ -64,6 +66,15 @@ class Authenticator:
     def forget(self) -> None:
         """Drop every cached key (after a key changed: revoked, limits, credits)."""
         self._cache.clear()
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop the cached copies of one key (:data:`~muxproxy.notify.EVERY`: of all),
+        changed by another process: a :class:`~muxproxy.notify.Notifier` handler."""
+        if key_id == EVERY:
+            self._cache.clear()
+            return
+        for presented in [p for p, (key, _) in self._cache.items() if key.id == key_id]:
+            del self._cache[presented]
 
     async def authenticate(self, request: Request) -> ApiKey:
         key = presented_key(request)

@@ -35,7 +35,6 @@ from muxproxy.pipeline.retention import results_expired
 from muxproxy.pricing import billed, check_capabilities, price
 from muxproxy.providers import next_route
 from muxproxy.providers.base import Provider, Unsupported
-from muxproxy.ratelimit import RateLimiter
 from muxproxy.settings import ModelSettings, Settings
 from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
@@ -97,8 +96,10 @@ class Gateway:
                  metrics: Metrics, dispatcher: Dispatcher, events: JobEvents,
                  shutdown: Shutdown, *,
                  check_callback: Callable[[str, Sequence[str]], Awaitable[None]] | None = None,
-                 check_reference: Callable[[str, str, str], Awaitable[None]] | None = None
-                 ) -> None:
+                 check_reference: Callable[[str, str, str], Awaitable[None]] | None = None,
+                 recheck_seconds: float | None = None) -> None:
+        """``recheck_seconds``: how often a wait reads its job again, where a signal
+        of its end may be lost (:attr:`muxproxy.notify.Notifier.recheck_seconds`)."""
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -109,7 +110,7 @@ class Gateway:
         self.dispatcher = dispatcher
         self.events = events
         self.shutdown = shutdown
-        self.limiter = RateLimiter(clock)
+        self.recheck_seconds = recheck_seconds
         self._check_callback = check_callback
         self._check_reference = check_reference
 
@@ -128,12 +129,15 @@ class Gateway:
                 raise InvalidRequest("'model' is required", param="model")
         return self.model(model_id)
 
-    def admit(self, key: ApiKey) -> None:
+    async def admit(self, key: ApiKey) -> None:
         """The key's rate of create (and webhook redeliver) requests, checked before
-        any work (429 with Retry-After). Polls and downloads are not counted: they cost
-        nothing upstream."""
+        any work (429 with Retry-After), in the store: one count for every process
+        using it. Polls and downloads are not counted: they cost nothing upstream."""
         rpm = key.limits.rpm_limit
-        if rpm is not None and (wait := self.limiter.acquire(key.id, rpm)) is not None:
+        if rpm is None:
+            return
+        wait = await self.store.take_request(key.id, rpm, now_ms(self.clock))
+        if wait is not None:
             self._refuse("rate_limit")
             raise RateLimited(f"rate limit of {rpm} requests per minute exceeded",
                               retry_after=wait)
@@ -150,7 +154,7 @@ class Gateway:
         passes a :meth:`watch` there, and cannot miss it. ``idempotency`` is bound to
         the job as it is stored. Refusals are :class:`~muxproxy.errors.MuxError`
         (400 to 503), raised before anything is stored."""
-        self.admit(key)
+        await self.admit(key)
         model = self.model(submission.model)
         if not key.may_use(model.id):
             self._refuse("model_access")
@@ -299,7 +303,8 @@ class Gateway:
         return EndWatch(self.events)
 
     async def wait(self, job: Job, timeout: float, *, watch: EndWatch | None = None) -> Job:
-        """The job once it has ended (completed or failed).
+        """The job once it has ended (completed or failed), here or in another process
+        on the same database.
 
         Raises :class:`~muxproxy.errors.StillRunning` (a 504) if ``timeout`` seconds
         pass first, or if the gateway stops first: at once when no step of the job
@@ -314,29 +319,46 @@ class Gateway:
                 job = await self.store.get_job(job.id) or job
                 if job.is_terminal:
                     return job
-            if ended.done():
-                return ended.result()
             return await self._until_end(job, ended, timeout)
         finally:
             self.events.discard(job.id, ended)
 
-    async def _until_end(self, job: Job, ended: asyncio.Future[Job], timeout: float) -> Job:
+    async def _until_end(self, job: Job, ended: asyncio.Future[Job | None],
+                         timeout: float) -> Job:
+        """Wait on ``ended``; read the job when nudged (it ended in another process)
+        and every ``recheck_seconds`` (in case that signal was lost)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
         stopping = asyncio.ensure_future(self._stop_answer_due(job.id))
         try:
-            watched: set[asyncio.Future[Any]] = {ended, stopping}
-            done, _ = await asyncio.wait(watched, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                if not ended.done():
+                    left = give_up - loop.time()
+                    if left > 0 and not stopping.done():
+                        watched: set[asyncio.Future[Any]] = {ended, stopping}
+                        await asyncio.wait(watched, timeout=min(left, self.recheck_seconds or left),
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    if not ended.done() and (stopping.done() or loop.time() >= give_up):
+                        raise _still_running(job.id, timeout, stopping=stopping.done())
+                if ended.done():
+                    if (found := ended.result()) is not None:
+                        return found
+                    # Nudged: watched again before the read, so a later end is not missed.
+                    self.events.discard(job.id, ended)
+                    ended = self.events.waiter(job.id)
+                current = await self._read_quietly(job.id)
+                if current is not None and current.is_terminal:
+                    return current
         finally:
             stopping.cancel()
-        if ended in done:
-            return ended.result()
-        poll = f"poll GET /api/v1/images/generations?task_id={job.id}"
-        if stopping in done:
-            raise StillRunning(f"the gateway is restarting before the image is ready; job "
-                               f"{job.id} continues after the restart: {poll}",
-                               job_id=job.id, stopping=True)
-        raise StillRunning(f"the image is not ready after {timeout:g} seconds; job {job.id} "
-                           f"continues: {poll}", job_id=job.id, stopping=False)
+            self.events.discard(job.id, ended)
+
+    async def _read_quietly(self, job_id: str) -> Job | None:
+        """The job as stored; None when the database cannot say now (the wait goes on)."""
+        try:
+            return await self.store.get_job(job_id)
+        except ServiceUnavailable:
+            return None
 
     async def _stop_answer_due(self, job_id: str) -> None:
         """Returns when a waiting caller must answer because the gateway stops: at
@@ -381,6 +403,16 @@ class Gateway:
             return [await self.storage.get(image.key) for image in job.result.images]
         except BlobNotFound:
             raise InternalError("a result image is missing from storage") from None
+
+
+def _still_running(job_id: str, timeout: float, *, stopping: bool) -> StillRunning:
+    poll = f"poll GET /api/v1/images/generations?task_id={job_id}"
+    if stopping:
+        return StillRunning(f"the gateway is restarting before the image is ready; job "
+                            f"{job_id} continues after the restart: {poll}",
+                            job_id=job_id, stopping=True)
+    return StillRunning(f"the image is not ready after {timeout:g} seconds; job {job_id} "
+                        f"continues: {poll}", job_id=job_id, stopping=False)
 
 
 def _with_uploads(submission: Submission) -> GenerationRequest:

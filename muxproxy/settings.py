@@ -91,6 +91,9 @@ class JobSettings:
     poll_initial_seconds: float = 1.0
     poll_cap_seconds: float = 15.0
     lease_margin_seconds: float = 30.0
+    # How often the scheduler looks for overdue jobs, lapsed leases and due jobs
+    # nobody woke it for, and renews the leases of its running steps.
+    sweep_seconds: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,10 @@ def check(settings: Settings) -> None:
             raise SettingsError(f"providers.{name}.max_response_bytes: must be at least 65536")
     if settings.jobs.max_attempts < 1:
         raise SettingsError("jobs.max_attempts: must be at least 1")
+    if not 0 < settings.jobs.sweep_seconds <= settings.jobs.lease_margin_seconds / 2:
+        # Leases are renewed on sweeps, once half of one is gone.
+        raise SettingsError("jobs.sweep_seconds: must be above 0 and at most half of "
+                            "jobs.lease_margin_seconds")
     if settings.surfaces.openai_wait_seconds < 0:
         raise SettingsError("surfaces.openai_wait_seconds: must be positive, or 0 for "
                             "jobs.deadline_seconds")

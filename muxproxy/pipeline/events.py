@@ -1,6 +1,11 @@
-"""In-process notice that a job reached a terminal state, for callers that wait
-(the OpenAI surface answers only when the image exists) and for subscribers (the
-webhook relay)."""
+"""The notice that a job reached a terminal state, for callers that wait (the OpenAI
+surface answers only when the image exists) and for subscribers (the webhook relay).
+
+A job that ends in this process is published here with the job itself. One that
+ends in another process on the same database arrives as a signal with its id only
+(:mod:`muxproxy.notify`): :meth:`JobEvents.nudge` then tells its waiters to read it
+(:meth:`~muxproxy.gateway.Gateway.wait` does), and subscribers hear nothing (the
+process that ended it told its own)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from muxproxy.logs import get_logger
+from muxproxy.notify import EVERY
 from muxproxy.pipeline.jobs import Job
 
 log = get_logger("muxproxy.pipeline.events")
@@ -16,7 +22,8 @@ log = get_logger("muxproxy.pipeline.events")
 
 class JobEvents:
     def __init__(self) -> None:
-        self._waiters: defaultdict[str, set[asyncio.Future[Job]]] = defaultdict(set)
+        # A waiter gets the job once it ended here, or None: read it (see nudge).
+        self._waiters: defaultdict[str, set[asyncio.Future[Job | None]]] = defaultdict(set)
         self._subscribers: list[Callable[[Job], None]] = []
 
     def subscribe(self, callback: Callable[[Job], None]) -> None:
@@ -34,8 +41,19 @@ class JobEvents:
             except Exception:
                 log.exception("job event subscriber failed")
 
+    def nudge(self, job_id: str) -> None:
+        """The job ended elsewhere (or, given :data:`~muxproxy.notify.EVERY`, any job
+        may have): its waiters get None, read the job, and wait again if it has not
+        ended after all. A signal handler of :class:`~muxproxy.notify.Notifier`."""
+        ids = list(self._waiters) if job_id == EVERY else [job_id]
+        for waited in ids:
+            for future in self._waiters.pop(waited, ()):
+                if not future.done():
+                    future.set_result(None)
+
     async def wait(self, job_id: str, timeout: float) -> Job | None:
-        """The job once terminal, or None after ``timeout`` seconds.
+        """The job once terminal here, or None after ``timeout`` seconds or when
+        nudged.
 
         Subscribe before checking the store, so a job finishing in between is not
         missed: callers do ``waiter = events.waiter(id)``, read, then await it.
@@ -49,8 +67,8 @@ class JobEvents:
         finally:
             self.discard(job_id, future)
 
-    def waiter(self, job_id: str) -> asyncio.Future[Job]:
-        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+    def waiter(self, job_id: str) -> asyncio.Future[Job | None]:
+        future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
         self._waiters[job_id].add(future)
         return future
 
@@ -58,7 +76,7 @@ class JobEvents:
         """How many callers wait for the job's end."""
         return len(self._waiters.get(job_id, ()))
 
-    def discard(self, job_id: str, future: asyncio.Future[Job]) -> None:
+    def discard(self, job_id: str, future: asyncio.Future[Job | None]) -> None:
         waiters = self._waiters.get(job_id)
         if waiters is not None:
             waiters.discard(future)
@@ -77,15 +95,16 @@ class EndWatch:
         self._events = events
         self._closed = False
         self._job_id = ""
-        self._future: asyncio.Future[Job] | None = None
+        self._future: asyncio.Future[Job | None] | None = None
 
     def __call__(self, job: Job) -> None:
         if not self._closed:
             self._job_id, self._future = job.id, self._events.waiter(job.id)
 
     @property
-    def ended(self) -> asyncio.Future[Job]:
-        """Resolves with the job once terminal; there once the job was created."""
+    def ended(self) -> asyncio.Future[Job | None]:
+        """Resolves with the job once terminal (None: read it, see :meth:`JobEvents.nudge`);
+        there once the job was created."""
         if self._future is None:
             raise RuntimeError("the job was not created")
         return self._future

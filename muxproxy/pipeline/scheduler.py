@@ -2,8 +2,10 @@
 limit and runs them.
 
 The loop is the shared :class:`~muxproxy.pipeline.worker.WorkerLoop`: submits wake it at
-once; the timer is the earliest ``run_after`` in the store (next poll, next retry)
-or the earliest lease to lapse, capped so deadlines are swept regularly.
+once, here and (a signal of :mod:`muxproxy.notify`) in every other process on the
+database with a free slot for the job; the timer is the earliest ``run_after`` in the
+store (next poll, next retry) or the earliest lease to lapse, capped so deadlines
+are swept every ``jobs.sweep_seconds``.
 
 A step's lease covers the provider's timeout plus ``jobs.lease_margin_seconds``,
 yet a step may make several calls (references, the upstream, the result's
@@ -25,6 +27,7 @@ import structlog
 from muxproxy.clock import Clock, now_ms
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
+from muxproxy.notify import EVERY
 from muxproxy.pipeline.jobs import Job, Lease
 from muxproxy.pipeline.runner import JobRunner
 from muxproxy.pipeline.worker import WorkerLoop
@@ -34,14 +37,12 @@ from muxproxy.store import Store
 
 log = get_logger("muxproxy.pipeline.scheduler")
 
-SWEEP_SECONDS = 1.0
-
 
 class Scheduler(WorkerLoop[Job, bool]):
     def __init__(self, store: Store, providers: Mapping[str, Provider], runner: JobRunner,
                  clock: Clock, settings: JobSettings, metrics: Metrics) -> None:
         super().__init__(clock, log, name="scheduler", label="scheduler",
-                         sweep_seconds=SWEEP_SECONDS)
+                         sweep_seconds=settings.sweep_seconds)
         self.store = store
         self.providers = providers
         self.runner = runner
@@ -98,19 +99,27 @@ class Scheduler(WorkerLoop[Job, bool]):
         self._draining = True
         self._wake.set()
 
+    def queued_elsewhere(self, provider: str) -> None:
+        """Another process queued a job of ``provider`` (:data:`~muxproxy.notify.EVERY`:
+        jobs may have been queued unheard): a pass claims it now if there is a free
+        slot for it here, rather than at the next sweep. A
+        :class:`~muxproxy.notify.Notifier` handler."""
+        if provider == EVERY or (provider in self.providers and not self._full(provider)):
+            self._wake.set()
+
     def running(self, job_id: str) -> bool:
         """Is a step of this job running in this process now?"""
         return job_id in self._leases
 
     async def _pass(self) -> None:
         now = now_ms(self.clock)
-        # Deadlines are swept once per SWEEP_SECONDS, not on every wake-up: a busy
+        # Deadlines are swept once per jobs.sweep_seconds, not on every wake-up: a busy
         # gateway wakes per submit and per finished step, and a running step already
         # enforces its own deadline. Likewise only configured providers get new jobs,
         # so the others are looked at on sweeps only (for jobs an earlier config left).
         sweep = now >= self._next_sweep
         if sweep:
-            self._next_sweep = now + int(SWEEP_SECONDS * 1000)
+            self._next_sweep = now + int(self.settings.sweep_seconds * 1000)
             await self._renew_leases(now)
             if not (self._draining or self._stopping):
                 await self._recover(now)

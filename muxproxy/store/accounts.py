@@ -137,7 +137,12 @@ class AccountStore(Transactional):
                                     note="initial credits from config")
             return await tx.key(key_id)
 
-        return _found(await self._transaction(upsert), name)
+        try:
+            return _found(await self._transaction(upsert), name)
+        except KeyExists:
+            # Another replica starting with the same file inserted it first (or the hash
+            # belongs to another key: then this raises KeyExists again).
+            return _found(await self._transaction(upsert), name)
 
     async def create_key(self, name: str, key_hash: str, *, now: int,
                          limits: KeyLimits = NO_LIMITS, credits: int = 0) -> ApiKey:
@@ -172,6 +177,12 @@ class AccountStore(Transactional):
 
     @abc.abstractmethod
     async def revoke_key(self, key_id: str, *, now: int) -> ApiKey: ...
+
+    @abc.abstractmethod
+    async def take_request(self, key_id: str, rpm: int, now: int) -> float | None:
+        """Count one request of the key against its ``rpm`` (a token bucket, see
+        :mod:`muxproxy.ratelimit`) at ``now``: None when allowed, else seconds until
+        one would be. Exact for every process using the store."""
 
     async def topup(self, key_id: str, amount: int, *, now: int,
                     note: str | None = None) -> ApiKey:

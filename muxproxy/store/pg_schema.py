@@ -216,4 +216,51 @@ CREATE TABLE store_probe (
 );
 {_counts_triggers()}
 """,
+    # 2: signals to every replica (muxproxy.notify), sent by the transaction that
+    # makes the change, so only a committed change is heard; and the rate buckets
+    # every replica shares (muxproxy.ratelimit).
+    """
+CREATE FUNCTION muxproxy_job_signal() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM pg_notify('muxproxy_job_queued', NEW.provider);
+    ELSE
+        PERFORM pg_notify('muxproxy_job_ended', NEW.id);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_queued_signal AFTER INSERT ON jobs
+    FOR EACH ROW WHEN (NEW.lease_owner IS NULL) EXECUTE FUNCTION muxproxy_job_signal();
+CREATE TRIGGER jobs_ended_signal AFTER UPDATE OF state ON jobs
+    FOR EACH ROW WHEN (NEW.state IN ('completed', 'failed') AND OLD.state <> NEW.state)
+    EXECUTE FUNCTION muxproxy_job_signal();
+CREATE FUNCTION muxproxy_key_signal() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- One branch per table: a branch is planned only when it runs, for its table.
+    IF TG_TABLE_NAME = 'ledger' THEN
+        PERFORM pg_notify('muxproxy_key_changed', NEW.key_id);
+    ELSE
+        PERFORM pg_notify('muxproxy_key_changed', NEW.id);
+    END IF;
+    RETURN NULL;
+END $$;
+-- Not the balance alone: every hold, charge and refund moves it.
+CREATE TRIGGER api_keys_changed_signal AFTER UPDATE ON api_keys
+    FOR EACH ROW WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at
+        OR OLD.key_hash IS DISTINCT FROM NEW.key_hash
+        OR OLD.unlimited IS DISTINCT FROM NEW.unlimited
+        OR OLD.rpm_limit IS DISTINCT FROM NEW.rpm_limit
+        OR OLD.max_concurrent IS DISTINCT FROM NEW.max_concurrent
+        OR OLD.allowed_models IS DISTINCT FROM NEW.allowed_models
+        OR OLD.webhook_allow_networks IS DISTINCT FROM NEW.webhook_allow_networks)
+    EXECUTE FUNCTION muxproxy_key_signal();
+CREATE TRIGGER ledger_credits_signal AFTER INSERT ON ledger
+    FOR EACH ROW WHEN (NEW.kind IN ('topup', 'deduct')) EXECUTE FUNCTION muxproxy_key_signal();
+CREATE TABLE rate_buckets (
+    key_id     TEXT PRIMARY KEY,
+    tokens     DOUBLE PRECISION NOT NULL,
+    updated_at BIGINT NOT NULL,
+    granted    BOOLEAN NOT NULL
+);
+""",
 )

@@ -8,8 +8,23 @@ from typing import Any
 
 import asyncpg
 
+from muxproxy.ratelimit import retry_after
 from muxproxy.store.accounts import ApiKey, KeyNotFound, LedgerEntry, LedgerKind, UsageRow
 from muxproxy.store.rows import key_from_row
+
+# The key's bucket refilled to $3 (ms) at $2 tokens a minute, capped at $2.
+_REFILLED = "LEAST($2::float8, b.tokens + GREATEST($3 - b.updated_at, 0) * $2 / 60000.0)"
+# One token taken in one statement: the row lock of ON CONFLICT makes concurrent
+# requests of one key, on any replica, take their turns. ``granted`` says whether
+# this request took one (RETURNING sees only the new row).
+_TAKE = f"""
+    INSERT INTO rate_buckets AS b (key_id, tokens, updated_at, granted)
+    VALUES ($1, $2::float8 - 1, $3, TRUE)
+    ON CONFLICT (key_id) DO UPDATE SET
+        granted = {_REFILLED} >= 1,
+        tokens = {_REFILLED} - CASE WHEN {_REFILLED} >= 1 THEN 1 ELSE 0 END,
+        updated_at = GREATEST(b.updated_at, $3)
+    RETURNING tokens, granted"""  # noqa: S608 - constant fragments only
 
 
 class PostgresAccounts:
@@ -41,6 +56,11 @@ class PostgresAccounts:
         if row is None:
             raise KeyNotFound(key_id)
         return key_from_row(row)
+
+    async def take_request(self, key_id: str, rpm: int, now: int) -> float | None:
+        row = await self._fetchrow(_TAKE, key_id, rpm, now)
+        assert row is not None  # an upsert always returns its row
+        return None if row["granted"] else retry_after(float(row["tokens"]), rpm)
 
     async def ledger(self, key_id: str, *, limit: int = 100,
                      before: int | None = None) -> list[LedgerEntry]:

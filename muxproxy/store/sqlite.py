@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 from muxproxy.pipeline.jobs import Job, RowLike
+from muxproxy.ratelimit import RateLimiter
 from muxproxy.settings import DatabaseSettings, SettingsError, sqlite_path
 from muxproxy.store.base import Store
 from muxproxy.store.rows import job_from_row
@@ -83,6 +84,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
         self._lock: Any = None
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._commits: set[asyncio.Task[None]] = set()
+        # One process uses the file: its rate buckets live in its memory.
+        self._rates = RateLimiter()
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -138,6 +141,9 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
         for conn in {id(c): c for c in (self._reader, self._writer) if c}.values():
             await conn.close()
         self._reader = self._writer = None
+
+    async def take_request(self, key_id: str, rpm: int, now: int) -> float | None:
+        return self._rates.acquire(key_id, rpm, now)
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")

@@ -58,7 +58,7 @@ async def redeliver(request: Request) -> Response:
     state: AppState = request.app.state.mux
     key = await state.auth.authenticate(request)
     # Each redelivery is an outgoing POST the key asks for: it spends its rate.
-    state.gateway.admit(key)
+    await state.gateway.admit(key)
     task_id = request.query_params.get("task_id")
     if task_id is None:
         body = parse_json_object(await read_body(request, MAX_BODY_BYTES))

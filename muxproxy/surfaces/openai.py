@@ -39,7 +39,6 @@ from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.logs import get_logger
 from muxproxy.pipeline.events import EndWatch
 from muxproxy.pipeline.jobs import Job, JobState
-from muxproxy.pipeline.scheduler import SWEEP_SECONDS
 from muxproxy.settings import ModelSettings, Settings
 from muxproxy.store import ApiKey
 from muxproxy.surfaces import SurfaceName
@@ -287,7 +286,7 @@ def wait_seconds(settings: Settings) -> float:
     """``surfaces.openai_wait_seconds``, or by default the job's whole life: its
     deadline, plus the time the scheduler may take to notice a deadline passed."""
     return settings.surfaces.openai_wait_seconds or \
-        settings.jobs.deadline_seconds + SWEEP_SECONDS + 1
+        settings.jobs.deadline_seconds + settings.jobs.sweep_seconds + 1
 
 
 async def run(request: Request, state: AppState, key: ApiKey, submission: Submission,

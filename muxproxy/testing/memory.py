@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from muxproxy.pipeline.jobs import TERMINAL, Job, JobState
+from muxproxy.ratelimit import RateLimiter
 from muxproxy.store.accounts import ApiKey, KeyNotFound, LedgerEntry, UsageRow
 from muxproxy.store.base import Store
 from muxproxy.store.rows import job_from_row
@@ -37,6 +38,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self.t = Tables()
         self.probed_at: int | None = None
+        self.rates = RateLimiter()
 
     async def open(self) -> None:
         pass
@@ -160,6 +162,9 @@ class MemoryStore(Store):
             raise KeyNotFound(key_id)
         self.t.keys[key.id] = replace(key, revoked_at=key.revoked_at or now)
         return self.t.keys[key.id]
+
+    async def take_request(self, key_id: str, rpm: int, now: int) -> float | None:
+        return self.rates.acquire(key_id, rpm, now)
 
     async def ledger(self, key_id: str, *, limit: int = 100,
                      before: int | None = None) -> list[LedgerEntry]:

@@ -72,6 +72,21 @@ async def test_a_legacy_name_equal_to_an_id_never_stands_for_that_id(store: Stor
     assert await store.key_by_hash("digest-1") is not None
 
 
+async def test_requests_per_minute_are_a_token_bucket_per_key(store: Store) -> None:
+    assert [await store.take_request("key-a", 60, T0) for _ in range(60)] == [None] * 60
+    assert await store.take_request("key-a", 60, T0) == pytest.approx(1.0)
+    assert await store.take_request("key-a", 60, T0 + 500) == pytest.approx(0.5)
+    assert await store.take_request("key-a", 60, T0 + 1000) is None
+    assert await store.take_request("key-b", 2, T0) is None  # a bucket per key
+    # A clock a little behind (another replica's) refills nothing and takes nothing back.
+    assert await store.take_request("key-a", 60, T0 + 900) == pytest.approx(1.0)
+    # Refilled to the burst and no further; a lower limit caps the bucket at once.
+    later = T0 + 3_600_000
+    assert [await store.take_request("key-a", 60, later) for _ in range(61)].count(None) == 60
+    assert [await store.take_request("key-b", 1, later) for _ in range(2)] == \
+        [None, pytest.approx(60.0)]
+
+
 async def test_topups_and_deducts_are_ledger_rows_the_balance_follows(store: Store) -> None:
     key = await store.create_key("team", "digest", now=T0, credits=10)
     await store.topup(key.id, 25, now=T0 + 1, note="invoice 7")

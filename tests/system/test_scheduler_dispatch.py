@@ -114,7 +114,7 @@ async def test_a_caller_waiting_for_the_end_subscribes_before_the_job_can_run(
         state = gateway.state
         key = await _key(gateway)
         seen: list[tuple[JobState, bool]] = []
-        ended: list[asyncio.Future[Job]] = []
+        ended: list[asyncio.Future[Job | None]] = []
 
         def before_start(job: Job) -> None:
             seen.append((job.state, state.scheduler.running(job.id)))
@@ -126,6 +126,7 @@ async def test_a_caller_waiting_for_the_end_subscribes_before_the_job_can_run(
                                          before_start=before_start)
         assert seen == [(JobState.PENDING, False)]
         finished = await asyncio.wait_for(ended[0], 20)
+        assert finished is not None  # ended here: published with the job, not a nudge
         assert (finished.id, finished.state) == (job.id, JobState.COMPLETED)
 
 

@@ -116,16 +116,15 @@ async def test_revoked_key_is_refused_at_once(config: dict[str, Any]) -> None:
 
 
 def test_token_bucket() -> None:
-    clock = ManualClock()
-    limiter = RateLimiter(clock)
-    assert [limiter.acquire("k", 60) for _ in range(60)] == [None] * 60
-    assert limiter.acquire("k", 60) == pytest.approx(1.0)
-    clock.advance(0.5)
-    assert limiter.acquire("k", 60) == pytest.approx(0.5)
-    clock.advance(0.5)
-    assert limiter.acquire("k", 60) is None
-    clock.advance(3600)  # refills to the burst, no further
-    assert [limiter.acquire("k", 60) for _ in range(61)].count(None) == 60
+    limiter, now = RateLimiter(), 1_700_000_000_000
+    assert [limiter.acquire("k", 60, now) for _ in range(60)] == [None] * 60
+    assert limiter.acquire("k", 60, now) == pytest.approx(1.0)
+    assert limiter.acquire("k", 60, now + 500) == pytest.approx(0.5)
+    assert limiter.acquire("k", 60, now + 1000) is None
+    # Refills to the burst, no further; a clock that steps back refills nothing.
+    later = now + 3_600_000
+    assert [limiter.acquire("k", 60, later) for _ in range(61)].count(None) == 60
+    assert limiter.acquire("k", 60, later - 5000) == pytest.approx(1.0)
 
 
 # -- idempotency -----------------------------------------------------------------
