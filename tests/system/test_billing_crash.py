@@ -30,7 +30,7 @@ url = "file://state/images"
 [logging]
 level = "warning"
 [jobs]
-lease_margin_seconds = 1  # the killed process's leases lapse within seconds
+lease_margin_seconds = 2  # the killed process's leases lapse within seconds
 [[keys]]
 name = "alpha"
 key = "{KEY}"

@@ -60,7 +60,7 @@ url = "file://state/images"
 deadline_seconds = 300
 # The killed process's leases (a provider's timeout plus this) lapse within seconds
 # of the restart, which takes its jobs over only then.
-lease_margin_seconds = 1
+lease_margin_seconds = 2
 poll_initial_seconds = 0.1
 poll_cap_seconds = 1.0
 [webhooks]

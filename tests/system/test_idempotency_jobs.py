@@ -126,7 +126,7 @@ url = "file://state/images"
 [logging]
 level = "warning"
 [jobs]
-lease_margin_seconds = 1  # the killed process's lease lapses within seconds
+lease_margin_seconds = 2  # the killed process's lease lapses within seconds
 [[keys]]
 name = "payer"
 key = "{PAYER}"

@@ -34,7 +34,7 @@ poll_initial_seconds = 0.05
 poll_cap_seconds = 0.1
 # A crashed process's leases lapse within seconds (timeout + margin), and only then
 # does the next start take its jobs over.
-lease_margin_seconds = 1
+lease_margin_seconds = 2
 [logging]
 level = "warning"
 [[keys]]
