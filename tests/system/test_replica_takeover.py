@@ -135,7 +135,7 @@ async def takeover_run(tmp: Path) -> TakeoverRun:
             try:
                 await asyncio.gather(*(r.start() for r in replicas))
                 async with aiohttp.ClientSession() as http:
-                    await _scenario(run, replicas, http, db, fake, receiver)
+                    await _scenario(run, replicas, http, db, db_url, fake, receiver)
                 run.rows = await rows(db, "jobs", "id")
                 run.deliveries = await rows(db, "webhook_deliveries", "job_id")
                 run.billing = await billing_problems(db_url)
@@ -154,7 +154,7 @@ async def takeover_run(tmp: Path) -> TakeoverRun:
 
 
 async def _scenario(run: TakeoverRun, replicas: list[GatewayProcess],
-                    http: aiohttp.ClientSession, db: asyncpg.Connection,
+                    http: aiohttp.ClientSession, db: asyncpg.Connection, db_url: str,
                     fake: ChaosUpstream, receiver: Receiver) -> None:
     victim = replicas[0]
     run.victim_pid = victim.pid
@@ -205,8 +205,8 @@ async def _scenario(run: TakeoverRun, replicas: list[GatewayProcess],
     await eventually(lambda: fake.polls_waiting >= 3, timeout=10)
 
     async def victim_holds_leases() -> bool:
-        return await db.fetchval("SELECT COUNT(*) FROM jobs WHERE lease_owner LIKE $1",
-                                 f"%:{victim.pid}:%") > 0
+        return int(await db.fetchval("SELECT COUNT(*) FROM jobs WHERE lease_owner LIKE $1",
+                                     f"%:{victim.pid}:%")) > 0
 
     await eventually(victim_holds_leases, timeout=10)
     # And sync calls of its own in flight, which the upstream holds at its door: the
@@ -225,10 +225,7 @@ async def _scenario(run: TakeoverRun, replicas: list[GatewayProcess],
     fake.release_sync()
 
     async def settled() -> bool:
-        return await db.fetchval("SELECT COUNT(*) FROM jobs WHERE state IN "
-                                 "('pending', 'processing')") == 0 \
-            and await db.fetchval("SELECT COUNT(*) FROM webhook_deliveries "
-                                  "WHERE status = 'pending'") == 0
+        return await unfinished(db_url) == 0
 
     await eventually(settled, timeout=60, interval=0.2)
     answers = await asyncio.wait_for(asyncio.gather(*waits), timeout=30)
