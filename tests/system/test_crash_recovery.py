@@ -50,12 +50,15 @@ class Sizes:
     held: int         # sync, calls held by the upstream (a slot's worth in flight)
     queue_slots: int
     held_slots: int
+    # The providers' timeout: with jobs.lease_margin_seconds, how long the killed
+    # process's leases last. Above the time the run holds calls before the kill.
+    timeout: int
 
 
 # SQLite gets the full run; PostgreSQL the same phases with fewer jobs (the rules are
 # the store's, shared; what differs is the backend under them).
-SIZES = {"sqlite": Sizes(200, 60, 200, 40, 200, 16, 8),
-         "postgres": Sizes(40, 12, 40, 12, 24, 6, 4)}
+SIZES = {"sqlite": Sizes(200, 60, 200, 40, 200, 16, 8, timeout=20),
+         "postgres": Sizes(40, 12, 40, 12, 24, 6, 4, timeout=8)}
 
 
 def config_text(fake: str, url: str, sizes: Sizes) -> str:
@@ -92,19 +95,19 @@ name = "bravo"
 key = "{KEY_B}"
 credits = 100000
 [providers.quick]
-timeout_seconds = 20
+timeout_seconds = {sizes.timeout}
 kind = "openai-compatible"
 base_url = "{fake}/v1"
 api_key = "{CHAOS_KEY}"
 max_concurrency = 16
 [providers.held]
-timeout_seconds = 20
+timeout_seconds = {sizes.timeout}
 kind = "openai-compatible"
 base_url = "{fake}/v1"
 api_key = "{CHAOS_KEY}"
 max_concurrency = {sizes.held_slots}
 [providers.queue]
-timeout_seconds = 20
+timeout_seconds = {sizes.timeout}
 kind = "fal"
 base_url = "{fake}/queue"
 api_key = "{CHAOS_KEY}"
@@ -116,7 +119,7 @@ credits = 2
 routes = [{{ provider = "held", model = "held-model" }}]
 credits = 3
 [providers.queue2]
-timeout_seconds = 20
+timeout_seconds = {sizes.timeout}
 kind = "fal"
 base_url = "{fake}/queue"
 api_key = "{CHAOS_KEY}"
