@@ -7,7 +7,7 @@ end completed or failed with a reason that names the fault, every failure must b
 refunded and every ledger balance, callbacks must arrive, and the process's memory,
 descriptors and tasks must come back to their level from before the load. The CI
 variant runs 1.2k jobs (``MUXPROXY_CHAOS_JOBS`` changes it) on SQLite, the postgres
-variant 300 on PostgreSQL; ``-m soak`` runs 10k.
+variant 150 on PostgreSQL; ``-m soak`` runs 10k.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ async def _chaos_run(tmp: Path, jobs: int, url: str, db: Database) -> ChaosRun:
 @pytest.fixture(scope="module", params=[
     pytest.param(("sqlite", int(os.environ.get("MUXPROXY_CHAOS_JOBS", "1200"))), id="ci"),
     # The same load on PostgreSQL, shorter: the rules are the store's, shared.
-    pytest.param(("postgres", 300), id="postgres"),
+    pytest.param(("postgres", 150), id="postgres"),
     pytest.param(("sqlite", 10_000), id="soak", marks=pytest.mark.soak),
 ])
 def chaos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ChaosRun:
