@@ -4,6 +4,10 @@ in front of it. Run as its own process: ``python bench/fake_upstream.py PORT [PO
 * OpenAI images: ``POST /v1/images/generations`` answers a small real PNG, as
   ``b64_json`` (the default, as gpt-image-1 does) or, with
   ``"response_format": "url"``, as a link to ``/files/image.png``.
+* ``/slow/v1/images/generations``: the same, but a generation takes
+  ``SLOW_MS`` as a real one takes seconds; with ``"stream": true`` it answers
+  server-sent events as OpenAI does, ``partial_images`` partial events spread over
+  that time, then the completed one (scenario 7).
 * fal queue: ``POST /{owner}/{alias}`` queues a request whose status answers
   ``IN_PROGRESS`` until the POLLS-th status poll, which answers ``COMPLETED``; the
   result lists the PNG on ``/files/``. Cancel is accepted.
@@ -27,6 +31,10 @@ import orjson
 from aiohttp import web
 from PIL import Image
 
+SLOW_MS = 400
+USAGE = {"input_tokens": 8, "output_tokens": 16, "total_tokens": 24,
+         "input_tokens_details": {"text_tokens": 8, "image_tokens": 0}}
+
 
 def small_png() -> bytes:
     image = Image.new("RGB", (64, 64))
@@ -49,6 +57,7 @@ class Fake:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/images/generations", self.generate)
+        app.router.add_post("/slow/v1/images/generations", self.generate_slowly)
         app.router.add_get("/files/{name}", self.file)
         app.router.add_get("/stats", self.stats)
         app.router.add_get("/{owner}/{alias}/requests/{id}/status", self.status)
@@ -74,6 +83,33 @@ class Fake:
         return self.json({"created": int(time.time()), "data": [item] * n,
                           "usage": {"input_tokens": 8, "output_tokens": 16,
                                     "total_tokens": 24}})
+
+    async def generate_slowly(self, request: web.Request) -> web.StreamResponse:
+        self.counts["generate_slowly"] += 1
+        body = orjson.loads(await request.read())
+        if not body.get("stream"):
+            await asyncio.sleep(SLOW_MS / 1000)
+            return self.json({"created": int(time.time()), "data": [{"b64_json": self.b64}],
+                              "usage": USAGE})
+        partials = int(body.get("partial_images") or 0)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        common = {"size": "1024x1024", "quality": "high", "background": "opaque",
+                  "output_format": "png", "created_at": int(time.time()), "b64_json": self.b64}
+        for index in range(partials):
+            await asyncio.sleep(SLOW_MS / 1000 / (partials + 1))
+            await self._event(response, {"type": "image_generation.partial_image",
+                                         "partial_image_index": index, **common})
+        await asyncio.sleep(SLOW_MS / 1000 / (partials + 1))
+        await self._event(response, {"type": "image_generation.completed", **common,
+                                     "usage": USAGE})
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    async def _event(response: web.StreamResponse, data: dict[str, Any]) -> None:
+        await response.write(f"event: {data['type']}\ndata: ".encode() + orjson.dumps(data)
+                             + b"\n\n")
 
     async def file(self, request: web.Request) -> web.Response:
         self.counts["file"] += 1

@@ -1,10 +1,12 @@
 """The benchmark suite: ``python bench/run.py`` (``--quick`` for a short pass,
-``--no-litellm`` to leave LiteLLM out, ``--only 1,3`` for some scenarios).
+``--no-litellm`` / ``--no-portkey`` to leave a peer out, ``--only 1,3`` for some
+scenarios).
 
-Starts a fake upstream, the gateway (shipped config, SQLite) and LiteLLM's proxy
-as separate processes, drives them from this one, prints a table with each figure,
-its target and its ratio to the direct path or to LiteLLM, and writes the figures
-as JSON to bench/results/. It reports; it never fails on a missed target.
+Starts a fake upstream, the gateway (shipped config, SQLite) and the peer gateways
+(Portkey's and LiteLLM's) as separate processes, drives them from this one, prints
+a table with each figure, its target and its ratio to the direct path and to each
+peer, and writes the figures as JSON to bench/results/. It reports; it never fails
+on a missed target.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import report, scenarios  # noqa: E402
-from bench.services import (  # noqa: E402
-    Service,
+from bench import replicas, report, scenarios, streaming  # noqa: E402
+from bench.peers import (  # noqa: E402
     litellm_version,
-    start_fake,
-    start_gateway,
+    portkey_version,
     start_litellm,
+    start_portkey,
 )
+from bench.services import Service, start_fake, start_gateway  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -75,42 +77,61 @@ async def gateway_in(folder: Path, fake_port: int) -> AsyncIterator[tuple[Servic
         gateway.stop()
 
 
+@contextlib.asynccontextmanager
+async def peer(record: dict[str, Any], left_out: bool, flag: str,
+               starting: Coroutine[Any, Any, tuple[Service, int]],
+               version: Callable[[], str | None]) -> AsyncIterator[int | None]:
+    """A peer gateway's port while it runs, or None (and why, in ``record``) when it
+    was left out or could not start: a missing peer never stops the run."""
+    if left_out:
+        starting.close()
+        record["error"] = f"left out ({flag})"
+        yield None
+        return
+    try:
+        service, port = await starting
+    except Exception as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"  peer unavailable: {record['error']}", flush=True)
+        yield None
+        return
+    record["version"] = version()
+    try:
+        yield port
+    finally:
+        service.stop()
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     scale = scenarios.QUICK if args.quick else scenarios.Scale()
-    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4}
+    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 6, 7}
     out: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "quick": args.quick, "scale": scale.__dict__,
-        "litellm": {"version": None, "error": None}, "load_before": load_average(),
+        "litellm": {"version": None, "error": None},
+        "portkey": {"version": None, "error": None}, "load_before": load_average(),
     }
     with tempfile.TemporaryDirectory(prefix="muxbench-") as tmp:
         work = Path(tmp)
         fake, fake_port = await start_fake(work, polls=args.polls)
-        services: list[Service] = [fake]
         try:
             if 1 in only:
-                print("1. OpenAI-compatible images, direct vs gateway vs LiteLLM", flush=True)
+                print("1. OpenAI-compatible images, direct vs gateway vs the peers", flush=True)
                 async with gateway_in(work / "s1", fake_port) as (gateway, port):
                     out["gateway_runtime"] = loaded_modules(gateway)
-                    out["s1"] = await scenarios.openai_path(
-                        scenarios.gateway_targets(port, fake_port), scale)
+                    targets = scenarios.gateway_targets(port, fake_port)
+                    async with peer(out["portkey"], args.no_portkey, "--no-portkey",
+                                    start_portkey(work), portkey_version) as portkey:
+                        if portkey is not None:
+                            targets.update(scenarios.portkey_target(portkey, fake_port))
+                        out["s1"] = await scenarios.openai_path(targets, scale)
                 # LiteLLM starts only now: it works for a while after it comes up,
                 # which would take CPU from the paths measured before it.
-                if args.no_litellm:
-                    out["litellm"]["error"] = "left out (--no-litellm)"
-                else:
-                    try:
-                        litellm, litellm_port = await start_litellm(work, fake_port)
-                        services.append(litellm)
-                        out["litellm"]["version"] = litellm_version()
-                    except Exception as exc:
-                        out["litellm"]["error"] = f"{type(exc).__name__}: {exc}"
-                        print(f"  LiteLLM unavailable: {out['litellm']['error']}", flush=True)
-                    else:
+                async with peer(out["litellm"], args.no_litellm, "--no-litellm",
+                                start_litellm(work, fake_port), litellm_version) as litellm:
+                    if litellm is not None:
                         out["s1"].update(await scenarios.openai_path(
-                            scenarios.litellm_target(litellm_port), scale))
-                        litellm.stop()
-                        services.remove(litellm)
+                            scenarios.litellm_target(litellm), scale))
             if 2 in only:
                 print("2. Native task API, concurrency 64", flush=True)
                 async with gateway_in(work / "s2", fake_port) as (gateway, port):
@@ -130,9 +151,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if 4 in only:
                 print("4. Table size", flush=True)
                 out["s4"] = await scenarios.table_sizes(work, fake_port, scale)
+            if 7 in only:
+                print("7. Image streaming: first and completed events vs unstreamed", flush=True)
+                async with gateway_in(work / "s7", fake_port) as (_, port):
+                    out["s7"] = await streaming.streaming(port)
+            if 6 in only:
+                print("6. Three replicas on PostgreSQL, one killed under load", flush=True)
+                (work / "s6").mkdir()
+                out["s6"] = await replicas.replica_failover(work / "s6", fake_port)
         finally:
-            for service in services:
-                service.stop()
+            fake.stop()
     return out
 
 
@@ -141,7 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short pass (rough figures)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
-    parser.add_argument("--only", help="comma-separated scenario numbers (1-4)")
+    parser.add_argument("--no-portkey", action="store_true", help="leave Portkey out")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1-7)")
     parser.add_argument("--polls", type=int, default=2,
                         help="status polls before the fake fal queue completes (default 2)")
     return parser.parse_args(argv)

@@ -17,7 +17,8 @@ import orjson
 from aiohttp import web
 
 from bench.loadgen import Run, drive, encode, median
-from bench.services import BENCH_KEY, LITELLM_KEY, Service, free_port, start_gateway
+from bench.peers import LITELLM_KEY, portkey_headers
+from bench.services import BENCH_KEY, Service, free_port, start_gateway
 
 HOST = "127.0.0.1"
 OPENAI_BODY = {"model": "bench-image", "prompt": "a red fox in the snow", "size": "1024x1024",
@@ -62,32 +63,45 @@ async def _rounds(port: int, raw: bytes, total: int, concurrency: int, rounds: i
     return _summary(runs)
 
 
-# -- 1. OpenAI-compatible images: direct vs gateway vs LiteLLM ------------------------
+# -- 1. OpenAI-compatible images: direct vs gateway vs the peers --------------------
 
 def _has_image(status: int, body: bytes) -> bool:
     return status == 200 and (b'"b64_json"' in body or b'"url"' in body)
 
 
-async def openai_path(targets: dict[str, tuple[int, dict[str, str], dict[str, Any]]],
-                      scale: Scale) -> dict[str, Any]:
-    """For each target (name -> port, headers, body): c=1 latency and c=32 rate."""
-    results: dict[str, Any] = {}
-    for name, (port, headers, body) in targets.items():
-        raw = encode("POST", HOST, port, "/v1/images/generations", headers, body)
-        divisor = scale.litellm_divisor if name == "litellm" else 1
-        results[name] = {
-            "c1": await _rounds(port, raw, scale.latency_requests // divisor, 1, scale.rounds,
-                                _has_image),
-            "c32": await _rounds(port, raw, scale.rate_requests // divisor, 32, scale.rounds,
-                                 _has_image),
-        }
-        print(f"  {name:<14} c=1 p50 {results[name]['c1']['p50_ms']:.2f} ms, "
-              f"c=32 {results[name]['c32']['rps']:.0f} req/s", flush=True)
+Target = tuple[int, dict[str, str], dict[str, Any]]  # port, headers, body
+
+
+async def openai_path(targets: dict[str, Target], scale: Scale) -> dict[str, Any]:
+    """For each target: latency at c=1 and rate at c=32. The targets take turns
+    round by round, so a slow minute on the machine falls on all of them alike."""
+    raws = {name: encode("POST", HOST, port, "/v1/images/generations", headers, body)
+            for name, (port, headers, body) in targets.items()}
+
+    def count(name: str, requests: int) -> int:
+        return requests // (scale.litellm_divisor if name == "litellm" else 1)
+
+    async def measure(name: str, requests: int, concurrency: int) -> Run:
+        raw = raws[name]
+        return await drive(HOST, targets[name][0], lambda _: raw, count(name, requests),
+                           concurrency, ok=_has_image)
+
+    for name in raws:  # warm-up
+        await measure(name, max(1000, scale.rate_requests // 10), 32)
+    runs: dict[str, dict[str, list[Run]]] = {name: {"c1": [], "c32": []} for name in raws}
+    for _ in range(scale.rounds):
+        for name in raws:
+            runs[name]["c1"].append(await measure(name, scale.latency_requests, 1))
+            runs[name]["c32"].append(await measure(name, scale.rate_requests, 32))
+    results = {name: {level: _summary(r) for level, r in levels.items()}
+               for name, levels in runs.items()}
+    for name, r in results.items():
+        print(f"  {name:<14} c=1 p50 {r['c1']['p50_ms']:.2f} ms, "
+              f"c=32 {r['c32']['rps']:.0f} req/s", flush=True)
     return results
 
 
-def gateway_targets(gateway: int, fake: int
-                    ) -> dict[str, tuple[int, dict[str, str], dict[str, Any]]]:
+def gateway_targets(gateway: int, fake: int) -> dict[str, Target]:
     return {
         "direct": (fake, {"Authorization": "Bearer sk-fake"}, OPENAI_BODY),
         "gateway": (gateway, {"Authorization": f"Bearer {BENCH_KEY}"}, OPENAI_BODY),
@@ -96,7 +110,12 @@ def gateway_targets(gateway: int, fake: int
     }
 
 
-def litellm_target(litellm: int) -> dict[str, tuple[int, dict[str, str], dict[str, Any]]]:
+def portkey_target(portkey: int, fake: int) -> dict[str, Target]:
+    """Portkey passes the body through to the fake, as the direct path sends it."""
+    return {"portkey": (portkey, portkey_headers(fake), OPENAI_BODY)}
+
+
+def litellm_target(litellm: int) -> dict[str, Target]:
     return {"litellm": (litellm, {"Authorization": f"Bearer {LITELLM_KEY}"}, OPENAI_BODY)}
 
 

@@ -1,7 +1,7 @@
-"""The processes a benchmark run starts: the fake upstream, the gateway (shipped
-config with its providers pointed at the fake) and LiteLLM's proxy (in a virtual
-environment of its own, made on first use). Each is a :class:`Service` whose CPU
-time and memory are read from ``/proc``."""
+"""The processes a benchmark run starts: the fake upstream and the gateway (shipped
+config with its providers pointed at the fake); the peer gateways are in
+``peers.py``. Each is a :class:`Service` whose CPU time and memory are read from
+``/proc``."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.loadgen import Connection, HTTPError, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_KEY = "mux-bench-key-0123456789"
-LITELLM_KEY = "sk-bench-master-key-0123456789"
-LITELLM_VENV = ROOT / "bench" / ".venv-litellm"
-LITELLM_REQUIREMENT = "litellm[proxy]"
 FAKE_MODEL = "gpt-image-1"
 FAL_APP = "fal-ai/flux/dev"
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -103,26 +101,30 @@ async def start_fake(workdir: Path, polls: int) -> tuple[Service, int]:
 
 # -- the gateway ------------------------------------------------------------------
 
-def _replace(text: str, old: str, new: str) -> str:
+def replace_once(text: str, old: str, new: str) -> str:
     if old not in text:
         raise RuntimeError(f"config.toml changed: cannot find {old!r} to point it at the fake")
     return text.replace(old, new, 1)
 
 
 def gateway_config(fake_port: int) -> str:
-    """The shipped config.toml, with the ``modelmax`` (openai-compatible) and ``fal``
-    providers pointed at the fake upstream, and what the benchmark adds: its models,
+    """The shipped config.toml, with the ``modelmax`` (openai-compatible), ``openai``
+    (on the fake's slow route) and ``fal`` providers pointed at the fake upstream,
+    and what the benchmark adds: its models,
     loopback callbacks, and an unlimited key. Provider concurrency is raised from the
     shipped 4/8 so the limit measured is the gateway's, not a configured queue."""
     fake = f"http://127.0.0.1:{fake_port}"
     text = (ROOT / "config.toml").read_text()
-    text = _replace(text, 'base_url = "https://api.modelmax.io/v1"\n'
+    text = replace_once(text, 'base_url = "https://api.modelmax.io/v1"\n'
                           'api_key = "${MODELMAX_API_KEY:-}"\n'
                           'timeout_seconds = 120\n'
                           'max_concurrency = 4',
                     f'base_url = "{fake}/v1"\napi_key = "sk-fake"\n'
                     'timeout_seconds = 120\nmax_concurrency = 64')
-    text = _replace(text, 'base_url = "https://queue.fal.run"\n'
+    text = replace_once(text, 'base_url = "https://api.openai.com/v1"\n'
+                              'api_key = "${OPENAI_API_KEY:-}"\n',
+                        f'base_url = "{fake}/slow/v1"\napi_key = "sk-fake"\n')
+    text = replace_once(text, 'base_url = "https://queue.fal.run"\n'
                           'api_key = "${FAL_KEY:-}"\n'
                           'timeout_seconds = 60\n'
                           'max_concurrency = 8',
@@ -154,83 +156,33 @@ provider = "modelmax"
 model = "{FAKE_MODEL}"
 params = {{ response_format = "url" }}
 
+[models."bench-slow"]
+description = "benchmark: the fake OpenAI upstream that takes a real-ish generation time"
+
+[[models."bench-slow".routes]]
+provider = "openai"
+model = "{FAKE_MODEL}"
+
 [models."bench-queue"]
 description = "benchmark: the fake fal queue"
 routes = [{{ provider = "fal", model = "{FAL_APP}" }}]
 """
 
 
-async def start_gateway(workdir: Path, fake_port: int) -> tuple[Service, int]:
-    """``muxproxy serve`` on a copy of the shipped config, in ``workdir`` (its SQLite
-    file and images land in ``workdir/data``); the log goes to ``gateway.log``."""
+async def start_gateway(workdir: Path, fake_port: int, *,
+                        tweak: Callable[[str], str] | None = None,
+                        env: dict[str, str] | None = None) -> tuple[Service, int]:
+    """``muxproxy serve`` on a copy of the shipped config (changed by ``tweak``), in
+    ``workdir`` (its SQLite file and images land in ``workdir/data`` unless ``env``
+    says otherwise); the log goes to ``gateway.log``."""
     port = free_port()
     config = workdir / "config.toml"
-    config.write_text(gateway_config(fake_port))
+    text = gateway_config(fake_port)
+    config.write_text(tweak(text) if tweak else text)
     env = {"PYTHONPATH": str(ROOT), "MUXPROXY_PORT": str(port),
-           "MUXPROXY_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+           "MUXPROXY_PUBLIC_URL": f"http://127.0.0.1:{port}", **(env or {})}
     service = Service("gateway", [sys.executable, "-m", "muxproxy.cli", "serve", "--config",
                                   str(config)],
                       cwd=workdir, log=workdir / "gateway.log", env=env)
     await service.wait_http(port, "/readyz", 30)
     return service, port
-
-
-# -- LiteLLM ----------------------------------------------------------------------
-
-def ensure_litellm(log: Path) -> Path:
-    """The ``litellm`` executable of bench/.venv-litellm, installing it on first use.
-    Raises RuntimeError saying what failed."""
-    exe = LITELLM_VENV / "bin" / "litellm"
-    if exe.exists():
-        return exe
-    with log.open("ab") as out:
-        for argv in ([sys.executable, "-m", "venv", str(LITELLM_VENV)],
-                     [str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet",
-                      LITELLM_REQUIREMENT]):
-            print(f"  $ {' '.join(argv)}", flush=True)
-            code = subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
-            if code != 0:
-                tail = log.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"{' '.join(argv[:3])} ... failed with {code}:\n{tail}")
-    if not exe.exists():
-        raise RuntimeError(f"{exe} missing after installing {LITELLM_REQUIREMENT}")
-    return exe
-
-
-def litellm_config(fake_port: int) -> str:
-    return f"""model_list:
-  - model_name: bench-image
-    litellm_params:
-      model: openai/{FAKE_MODEL}
-      api_base: http://127.0.0.1:{fake_port}/v1
-      api_key: sk-fake
-litellm_settings:
-  # gpt-image-1 takes no response_format: drop it, as OpenAI's own API would ignore it
-  drop_params: true
-general_settings:
-  master_key: {LITELLM_KEY}
-"""
-
-
-async def start_litellm(workdir: Path, fake_port: int) -> tuple[Service, int]:
-    exe = ensure_litellm(workdir / "litellm-install.log")
-    port = free_port()
-    config = workdir / "litellm.yaml"
-    config.write_text(litellm_config(fake_port))
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": LITELLM_KEY,
-           "PYTHONPATH": ""}
-    service = Service("litellm", [str(exe), "--config", str(config), "--host", "127.0.0.1",
-                                  "--port", str(port)],
-                      cwd=workdir, log=workdir / "litellm.log", env=env)
-    await service.wait_http(port, "/health/liveliness", 120)
-    return service, port
-
-
-def litellm_version() -> str | None:
-    python = LITELLM_VENV / "bin" / "python"
-    if not python.exists():
-        return None
-    code = "import importlib.metadata as m; print(m.version('litellm'))"
-    out = subprocess.run([str(python), "-c", code],  # noqa: S603 - our own argv
-                         capture_output=True, text=True, check=False)
-    return out.stdout.strip() or None
