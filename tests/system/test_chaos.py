@@ -285,7 +285,9 @@ def test_every_callback_is_delivered_at_least_once(chaos: ChaosRun) -> None:
 def test_memory_descriptors_and_tasks_return_to_their_level(chaos: ChaosRun) -> None:
     before, after = chaos.before, chaos.after
     assert before is not None and after is not None
-    assert after.tasks == before.tasks
+    # A leak only grows: on PostgreSQL the driver's and the listener's housekeeping
+    # tasks come and go, so fewer after than before is no leak.
+    assert after.tasks <= before.tasks
     assert after.fds <= before.fds + 2
     # Python keeps some freed memory; a leak per job would show as far more.
     assert after.rss_kib - before.rss_kib < 48 * 1024, (before, after)
