@@ -18,6 +18,7 @@ from muxproxy import __version__
 from muxproxy.app_state import AppState
 from muxproxy.auth import Authenticator, hash_key
 from muxproxy.clock import Clock, SystemClock, now_ms
+from muxproxy.cors import Cors
 from muxproxy.gateway import Gateway
 from muxproxy.idempotency import Idempotency
 from muxproxy.logs import configure_logging, get_logger
@@ -39,7 +40,8 @@ from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage, open_storage
 from muxproxy.store import KeyLimits, Store, open_store
-from muxproxy.surfaces.registry import SURFACES, mounts
+from muxproxy.surfaces.mcp import McpServer
+from muxproxy.surfaces.registry import SURFACES, client_prefixes, mounts
 from muxproxy.webhooks.relay import WebhookRelay
 from muxproxy.webhooks.ssrf import AddressPolicy, CallbackGuard
 
@@ -66,11 +68,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             log.info("muxproxy stopped")
             log_writer.flush()
 
-    app = Starlette(
-        routes=mounts(SURFACES),
-        middleware=[Middleware(RequestContext, metrics=metrics), Middleware(Idempotency)],
-        lifespan=lifespan,
-    )
+    middleware = [Middleware(RequestContext, metrics=metrics), Middleware(Idempotency)]
+    if settings.server.cors_origins:
+        middleware.insert(1, Middleware(Cors, origins=settings.server.cors_origins,
+                                        prefixes=client_prefixes(SURFACES)))
+    app = Starlette(routes=mounts(SURFACES), middleware=middleware, lifespan=lifespan)
     app.state.openapi = OpenApiDocument(settings)
     return app
 
@@ -135,12 +137,16 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     await scheduler.start()
     closers.push_async_callback(retention.stop)
     retention.start()
+    mcp = McpServer(settings)
+    # Entered last, so left first: MCP calls still waiting answer before the store closes.
+    await closers.enter_async_context(mcp.run())
     return AppState(settings=settings, clock=clock, metrics=metrics, store=store,
                     storage=storage, http=http, providers=providers, signer=signer,
                     auth=auth, gateway=gateway, runner=runner,
                     scheduler=scheduler, events=events, notifier=notifier, breakers=breakers,
                     relay=relay, shutdown=shutdown, retention=retention,
-                    readiness=Readiness(store, storage, clock), closers=closers)
+                    readiness=Readiness(store, storage, clock), mcp=mcp,
+                    closers=closers)
 
 
 async def _open_backends(settings: Settings, clock: Clock, closers: AsyncExitStack

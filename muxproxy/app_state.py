@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -26,6 +27,9 @@ from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage
 from muxproxy.store import Store
 from muxproxy.webhooks.relay import WebhookRelay
+
+if TYPE_CHECKING:  # surfaces import this module
+    from muxproxy.surfaces.mcp import McpServer
 
 
 @dataclass
@@ -49,5 +53,7 @@ class AppState:
     shutdown: Shutdown
     retention: RetentionSweep
     readiness: Readiness
+    # The MCP server behind /mcp (surfaces/mcp.py).
+    mcp: McpServer
     # What _stop closes: every closer _start registered, run in reverse.
     closers: AsyncExitStack

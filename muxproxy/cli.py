@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from muxproxy import cli_keys
+from muxproxy import cli_client, cli_generate, cli_keys
 from muxproxy.settings import Settings, SettingsError, load_settings
 
 # Descriptors beyond the connections: the database, image files, upstream and
@@ -30,7 +30,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "migrate", help="bring the database's schema to this version and exit")
     migrate.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"))
     cli_keys.add_parser(commands)
+    cli_generate.add_parser(commands)
+    mcp = commands.add_parser(
+        "mcp", help="serve MCP on stdio, relaying to a running gateway's /mcp",
+        description="An MCP server on stdin/stdout for agents (Claude Desktop, Cursor, "
+                    "Claude Code) whose calls go to the gateway at $MUXPROXY_URL with "
+                    "$MUXPROXY_API_KEY.")
+    cli_client.add_gateway_options(mcp)
     args = parser.parse_args(argv)
+    # Clients of a running gateway: a config file is only one place they look.
+    if args.command == "generate":
+        return cli_generate.run(args)
+    if args.command == "mcp":
+        return _mcp(args)
 
     # Every command loads through here: load_settings runs every check, the provider
     # kinds' and backends' own included, so serve refuses what check-config refuses,
@@ -49,6 +61,20 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{len(settings.models)} models)")
         return 0
     return _serve(settings, args.host, args.port)
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    import anyio
+
+    from muxproxy.mcp_stdio import serve
+
+    try:
+        gateway = cli_client.locate(args)
+    except cli_client.NoGateway as exc:
+        print(f"muxproxy mcp: {exc}", file=sys.stderr)
+        return 2
+    anyio.run(serve, gateway.url, gateway.api_key)
+    return 0
 
 
 def _migrate(settings: Settings) -> int:

@@ -30,7 +30,15 @@ from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
 from muxproxy.pipeline.events import EndWatch, JobEvents
-from muxproxy.pipeline.jobs import IdempotencyClaim, Job, Lease, NewJob, StoredImage, evolve
+from muxproxy.pipeline.jobs import (
+    IdempotencyClaim,
+    Job,
+    JobState,
+    Lease,
+    NewJob,
+    StoredImage,
+    evolve,
+)
 from muxproxy.pipeline.retention import results_expired
 from muxproxy.pricing import billed, check_capabilities, price
 from muxproxy.providers import next_route
@@ -39,7 +47,13 @@ from muxproxy.settings import ModelSettings, Settings
 from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobNotFound, BlobStorage, blob_key
-from muxproxy.store import ApiKey, ConcurrencyLimitReached, InsufficientBalance, Store
+from muxproxy.store import (
+    ApiKey,
+    ConcurrencyLimitReached,
+    InsufficientBalance,
+    StaleJob,
+    Store,
+)
 from muxproxy.store.accounts import IdempotencySuperseded
 from muxproxy.surfaces import SurfaceName
 from muxproxy.validation import UploadedImage
@@ -47,6 +61,8 @@ from muxproxy.validation import UploadedImage
 log = get_logger("muxproxy.gateway")
 # A failed write to our own storage: when a client may try again.
 STORAGE_RETRY_SECONDS = 30.0
+# The fail_code of a job its client cancelled.
+CANCELLED = "cancelled"
 
 
 def new_job_id() -> str:
@@ -88,6 +104,10 @@ class Dispatcher(Protocol):
 
     def running(self, job_id: str) -> bool:
         """Whether a step of the job runs in this process now."""
+
+    async def ended_elsewhere(self, job: Job) -> None:
+        """A job the gateway ended (a cancel): recorded and announced like any end,
+        its inputs deleted, and its upstream job cancelled where the provider can."""
 
 
 class Gateway:
@@ -164,7 +184,12 @@ class Gateway:
             names = ", ".join(sorted({r.provider for r in model.routes}))
             raise InvalidRequest(f"model {model.id!r} is not available: its providers ({names}) "
                                  "have no API key configured", param="model")
-        route_index, route = found
+        honouring = next_route(model, self.providers, request=submission.request)
+        if honouring is None:
+            option = self.providers[found[1].provider].unhonoured(submission.request)
+            raise InvalidRequest(f"model {model.id!r} does not support {option!r}",
+                                 param=option)
+        route_index, route = honouring
         check_capabilities(model, submission.request)
         # Priced and sent upstream at one explicit quality (see pricing.billed).
         request = billed(model, submission.request)
@@ -296,11 +321,12 @@ class Gateway:
             except Exception:
                 log.warning("could not remove a refused upload", key=key, exc_info=True)
 
-    def watch(self) -> EndWatch:
+    def watch(self, *, partials: bool = False) -> EndWatch:
         """A wait for the end of a job about to be submitted: pass it to
         :meth:`submit` as ``before_start``, then to :meth:`wait`; :meth:`EndWatch.close`
-        it when done (a caller cancelled before the job was stored leaves nothing)."""
-        return EndWatch(self.events)
+        it when done (a caller cancelled before the job was stored leaves nothing).
+        ``partials``: also receive the previews the upstream streams (``.partials``)."""
+        return EndWatch(self.events, partials=partials)
 
     async def wait(self, job: Job, timeout: float, *, watch: EndWatch | None = None) -> Job:
         """The job once it has ended (completed or failed), here or in another process
@@ -376,9 +402,43 @@ class Gateway:
         return job
 
     async def list_jobs(self, key: ApiKey, *, limit: int = 50,
-                        before: int | None = None) -> list[Job]:
-        """The caller's jobs, newest first; ``before`` (a ``created_at``, in ms) pages."""
-        return await self.store.list_jobs(key.id, limit=limit, before=before)
+                        before: int | None = None, before_id: str | None = None) -> list[Job]:
+        """The caller's jobs, newest first; ``before`` (a ``created_at``, in ms) pages,
+        and with ``before_id`` too, the page starts right after that job (see
+        :mod:`muxproxy.history` for the cursor the surfaces hand out)."""
+        return await self.store.list_jobs(key.id, limit=limit, before=before,
+                                          before_id=before_id)
+
+    async def cancel(self, key: ApiKey, job_id: str) -> Job:
+        """End the caller's unfinished job as ``failed`` with ``fail_code`` ``cancelled``.
+
+        Another key's job is :class:`~muxproxy.errors.NotFound`; a job that has ended
+        already is a :class:`~muxproxy.errors.Conflict` (409). The move is the store's
+        compare-and-swap on the state the job was read in, without a lease: it wins
+        over a step running now, whose own write then finds the job ended and is
+        dropped (the runner cancels an upstream job it started meanwhile). Billing
+        rides the move as for any failure (a hold released, a charge refunded), and
+        so does the callback delivery."""
+        job = await self.job_for(key, job_id)
+        # Each lost swap means the job moved along pending -> processing -> ended,
+        # so this ends within three reads.
+        while not job.is_terminal:
+            now = now_ms(self.clock)
+            try:
+                cancelled = await self.store.transition(
+                    job.id, job.state, JobState.FAILED, now=now, fail_code=CANCELLED,
+                    fail_msg="cancelled by the client", completed_at=now)
+            except StaleJob:
+                job = await self.job_for(key, job_id)
+                continue
+            log.info("job cancelled", job_id=job.id, was=job.state.value)
+            # Shielded: a client hanging up must not leave the upstream job running.
+            await asyncio.shield(self.dispatcher.ended_elsewhere(cancelled))
+            return cancelled
+        error = Conflict(f"the job has ended already ({job.state.value}); only a pending or "
+                         "processing job can be cancelled")
+        error.code = "already_finished"
+        raise error
 
     def result_links(self, job: Job) -> list[str]:
         """Signed links to the job's result images (none before it completes); each

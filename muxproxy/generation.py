@@ -7,9 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Quality names clients send, mapped to the tiers a price table may list.
+# Quality names clients send, mapped to the tiers a price table may list (OpenAI's
+# xhigh and max, above high, are priced at the dearest tier).
 QUALITY_TIERS: Mapping[str, str] = {"low": "standard", "standard": "standard",
-                                    "medium": "medium", "hd": "high", "high": "high"}
+                                    "medium": "medium", "hd": "high", "high": "high",
+                                    "xhigh": "high", "max": "high"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,20 @@ class ImageRef:
     def from_json(cls, data: Mapping[str, Any]) -> ImageRef:
         return cls(url=data.get("url"), blob=data.get("blob"),
                    content_type=data.get("content_type"))
+
+
+@dataclass(frozen=True)
+class PartialImage:
+    """A preview an upstream streamed while the job runs (OpenAI's ``partial_images``).
+
+    Only passed along in memory to a client streaming the job; never stored.
+    ``fields`` are the upstream's own ``size``/``quality``/``background``/
+    ``output_format`` for the event, when it sent them.
+    """
+
+    index: int
+    b64_json: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ class ServerSettings:
     body_timeout_seconds: float = 120.0
     keepalive_timeout_seconds: float = 5.0
     max_connections: int = 4096
+    # Browser origins allowed to call the client surfaces (CORS), e.g.
+    # "https://app.example"; "*" allows any. Empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,9 @@ class SurfaceSettings:
     openai_wait_seconds: float = 0.0
     # The model used when an OpenAI or ModelMux request names none; "" = the first model.
     default_model: str = ""
+    # How long an MCP generate_image or edit_image call waits for its job before it
+    # answers with the job id and asks for get_generation (the job runs on).
+    mcp_wait_seconds: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,12 @@ class ModelSettings:
     # The quality a request that omits it (or sends "auto") is priced at and sent
     # upstream with; "" means the dearest tier of the price entry.
     default_quality: str = ""
+    # The OpenAI surface's response_format when a generation sends none: "url" or
+    # "b64_json"; "" means as OpenAI answers (b64_json for GPT Image ids, else url).
+    response_format: str = ""
+    # When the model was configured, in Unix seconds (GET /v1/models "created"):
+    # as set, else when the config file was last written, else when it was read.
+    created: int = 0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,9 @@ from muxproxy.settings import (
     WebhookSettings,
 )
 
+# A CORS origin as browsers send it: scheme, host, optional port; nothing after.
+ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
 
 def check(settings: Settings) -> None:
     """Every rule a loaded config must pass, the backends' and provider kinds' own
@@ -30,6 +34,10 @@ def check(settings: Settings) -> None:
         raise SettingsError("server.public_url: must start with http:// or https://")
     if len(settings.server.secret) < 16:
         raise SettingsError("server.secret: required, at least 16 characters")
+    for origin in settings.server.cors_origins:
+        if origin != "*" and not ORIGIN.fullmatch(origin):
+            raise SettingsError(f"server.cors_origins: {origin!r} is not an origin: "
+                                "scheme://host[:port] with no path, or \"*\"")
     if settings.logging.format not in {"json", "console"}:
         raise SettingsError("logging.format: must be 'json' or 'console'")
     for name, provider in settings.providers.items():
@@ -50,6 +58,8 @@ def check(settings: Settings) -> None:
     if settings.surfaces.openai_wait_seconds < 0:
         raise SettingsError("surfaces.openai_wait_seconds: must be positive, or 0 for "
                             "jobs.deadline_seconds")
+    if settings.surfaces.mcp_wait_seconds <= 0:
+        raise SettingsError("surfaces.mcp_wait_seconds: must be positive")
     default_model = settings.surfaces.default_model
     if default_model and default_model not in settings.models:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")

@@ -6,9 +6,11 @@ are the public names; they call :func:`load` and :func:`parse` here.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import os
 import re
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -48,10 +50,15 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         raise SettingsError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"{path}: invalid TOML: {exc}") from None
-    return parse(raw, os.environ if env is None else env)
+    # A model with no ``created`` was configured when the file was last written.
+    return parse(raw, os.environ if env is None else env,
+                 configured_at=int(os.stat(path).st_mtime))
 
 
-def parse(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+def parse(raw: Mapping[str, Any], env: Mapping[str, str], *,
+          configured_at: int | None = None) -> Settings:
+    """``configured_at``: the ``created`` of models that name none (Unix seconds;
+    by default now, when the settings are read)."""
     data = _expand(raw, env, "")
     known = {"server", "database", "storage", "limits", "jobs", "surfaces", "admin",
              "metrics", "webhooks", "logging", "keys",
@@ -71,7 +78,8 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),
         providers=providers,
-        models=_models(data.get("models", {}), providers),
+        models=_models(data.get("models", {}), providers,
+                       configured_at if configured_at is not None else int(time.time())),
     )
     check(settings)
     return settings
@@ -217,7 +225,8 @@ def _providers(raw: Any) -> dict[str, ProviderSettings]:
     return result
 
 
-def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, ModelSettings]:
+def _models(raw: Any, providers: Mapping[str, ProviderSettings],
+            configured_at: int) -> dict[str, ModelSettings]:
     if not isinstance(raw, Mapping):
         raise SettingsError("models: expected a table")
     result = {}
@@ -226,7 +235,7 @@ def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Mo
         if not isinstance(table, Mapping):
             raise SettingsError(f"{where}: expected a table")
         _no_unknown(table, {"routes", "description", "credits", "resolutions", "aspect_ratios",
-                            "default_quality"}, where)
+                            "default_quality", "response_format", "created"}, where)
         routes_raw = table.get("routes")
         if not isinstance(routes_raw, list) or not routes_raw:
             raise SettingsError(f"{where}.routes: at least one route is required")
@@ -253,8 +262,30 @@ def _models(raw: Any, providers: Mapping[str, ProviderSettings]) -> dict[str, Mo
             id=model_id, routes=tuple(routes), description=description, credits=credits,
             resolutions=tuple(r.lower() for r in _strings(table, "resolutions", where)),
             aspect_ratios=_strings(table, "aspect_ratios", where),
-            default_quality=_default_quality(table.get("default_quality", ""), credits, where))
+            default_quality=_default_quality(table.get("default_quality", ""), credits, where),
+            response_format=_response_format(table.get("response_format", ""), where),
+            created=_created(table.get("created", configured_at), where))
     return result
+
+
+def _response_format(value: Any, where: str) -> str:
+    if value not in ("", "url", "b64_json"):
+        raise SettingsError(f"{where}.response_format: expected 'url' or 'b64_json', "
+                            f"got {value!r}")
+    return str(value)
+
+
+def _created(value: Any, where: str) -> int:
+    """Unix seconds, or a TOML date / date-time."""
+    if isinstance(value, datetime.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+        return int(moment.timestamp())
+    if isinstance(value, datetime.date):
+        return int(datetime.datetime(value.year, value.month, value.day,
+                                     tzinfo=datetime.UTC).timestamp())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SettingsError(f"{where}.created: expected Unix seconds or a date, got {value!r}")
+    return value
 
 
 def _default_quality(value: Any, credits: Credits, where: str) -> str:

@@ -14,7 +14,8 @@ from muxproxy import images
 from muxproxy.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from muxproxy.settings import LimitSettings
 
-QUALITIES = frozenset({"auto", "low", "medium", "high", "standard", "hd"})
+QUALITIES = frozenset({"auto", "low", "medium", "high", "xhigh", "max", "standard",
+                       "hd"})
 # Patterns matched in full, and quoted by the OpenAPI document (ECMA-262 reads them
 # the same way). A URL may hold no control character and no kind of white space,
 # so nothing can split a header line or hide in a log.
@@ -115,6 +116,7 @@ def output_format(body: Mapping[str, Any]) -> str | None:
         return None
     fmt = images.normalize_format(value)
     if fmt is None:
+        # gif and svg too (openai-python lists them): no provider here renders them.
         raise InvalidRequest(f"unsupported output_format {value!r}: use png, jpeg or webp",
                              param="output_format")
     return fmt

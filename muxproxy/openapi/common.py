@@ -167,6 +167,16 @@ def query(name: str, schema: Schema, description: str, *,
             "schema": schema}
 
 
+def history_params() -> list[dict[str, Any]]:
+    """``limit`` and ``before`` of the list endpoints (``muxproxy/history.py``)."""
+    return [
+        # Empty is the same as left out.
+        query("limit", string(pattern="^[0-9]*$"), "How many, 1 to 100 (default 20)."),
+        query("before", string(pattern=r"^([0-9]{1,15}(\.[A-Za-z0-9_-]{1,64})?)?$"),
+              "The nextCursor of the page before (or a time in ms: jobs created earlier)."),
+    ]
+
+
 def path_param(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": description,
             "schema": string(minLength=1)}

@@ -15,6 +15,7 @@ from muxproxy.openapi.common import (
     as_text,
     choice,
     errors,
+    history_params,
     integer,
     millis,
     nullable,
@@ -72,21 +73,51 @@ def part(settings: Settings) -> Part:
             "creditsUsed": integer("0 for a failed (refunded) generation."),
             "completedAt": nullable(integer()),
             "errorMessage": nullable(string()),
+            "code": nullable(string("A failed generation: why, as a code ('cancelled' "
+                                    "when its client cancelled it).")),
         }, [*common, "outputUrl", "creditsUsed", "completedAt"]),
+        "ModelMuxGenerationList": obj({
+            "generations": {"type": "array", "items": ref("ModelMuxGeneration"),
+                            "description": "The key's generations, newest first."},
+            "nextCursor": nullable(string("The 'before' of the next page; null on the "
+                                          "last.")),
+        }, ["generations", "nextCursor"]),
     }
     generation_id = path_param("id", "The historyId (any task id works).")
     read_errors = {401: "missing or invalid API key.",
                    404: "no such generation for this key.", 500: "unexpected server error."}
     image = {"type": "string", "format": "binary"}
     paths: dict[str, dict[str, Any]] = {
-        "/api/v1/generations": {"post": operation(
-            "Submit a generation", TAG, operation_id="modelmuxCreate", security=API_KEY,
-            parameters=[IDEMPOTENCY_KEY],
-            body={"required": True, "content": {
-                "application/json": {"schema": ref("ModelMuxRequest")},
-                "multipart/form-data": {"schema": ref("ModelMuxFormRequest")}}},
-            responses={"200": answer("Stored; poll the historyId.", ref("ModelMuxCreated")),
-                       **errors(SHAPE, CREATE_ERRORS)})},
+        "/api/v1/generations": {
+            "post": operation(
+                "Submit a generation", TAG, operation_id="modelmuxCreate", security=API_KEY,
+                parameters=[IDEMPOTENCY_KEY],
+                body={"required": True, "content": {
+                    "application/json": {"schema": ref("ModelMuxRequest")},
+                    "multipart/form-data": {"schema": ref("ModelMuxFormRequest")}}},
+                responses={"200": answer("Stored; poll the historyId.",
+                                         ref("ModelMuxCreated")),
+                           **errors(SHAPE, CREATE_ERRORS)}),
+            "get": operation(
+                "List the key's generations", TAG, operation_id="modelmuxList",
+                security=API_KEY, parameters=history_params(),
+                description="Newest first; pass nextCursor as 'before' for the next page.",
+                responses={"200": answer("A page of generations.",
+                                         ref("ModelMuxGenerationList")),
+                           **errors(SHAPE, {400: "an invalid limit or before.",
+                                            401: "missing or invalid API key.",
+                                            500: "unexpected server error."})}),
+        },
+        "/api/v1/generations/{id}/cancel": {"post": operation(
+            "Cancel a generation", TAG, operation_id="modelmuxCancel", security=API_KEY,
+            parameters=[generation_id],
+            description="A pending or processing generation ends as failed with code "
+                        "'cancelled'; its credits come back and the upstream job is "
+                        "cancelled where the provider can (docs/history.md).",
+            responses={"200": answer("The generation, cancelled.", ref("ModelMuxGeneration")),
+                       **errors(SHAPE, {**read_errors,
+                                        409: "the generation has ended already (code "
+                                             "already_finished)."})})},
         "/api/v1/generations/{id}": {"get": operation(
             "Poll a generation", TAG, operation_id="modelmuxStatus", security=API_KEY,
             parameters=[generation_id],

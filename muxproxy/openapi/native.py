@@ -14,6 +14,7 @@ from muxproxy.openapi.common import (
     answer,
     choice,
     errors,
+    history_params,
     integer,
     json_body,
     millis,
@@ -115,6 +116,12 @@ def part(settings: Settings) -> Part:
             "failMsg": nullable(string()),
         }, ["taskId", "state"])),
         "NativeTask": envelope(task_view()),
+        "NativeTaskList": envelope(obj({
+            "tasks": {"type": "array", "items": task_view(),
+                      "description": "The key's tasks, newest first."},
+            "nextCursor": nullable(string("The 'before' of the next page; null on the "
+                                          "last.")),
+        }, ["tasks", "nextCursor"])),
     }
     task_id = query("task_id", string(minLength=1), "The task id from the create call.",
                     required=True)
@@ -133,6 +140,29 @@ def part(settings: Settings) -> Part:
                 responses={"200": answer("The task.", ref("NativeTask")),
                            **errors(SHAPE, {400: "'task_id' is missing.", **READ_ERRORS})}),
         },
+        "/api/v1/images/generations/cancel": {"post": operation(
+            "Cancel a task", TAG, operation_id="cancelTask", security=API_KEY,
+            parameters=[query("task_id", string(minLength=1),
+                              "The task; when given, the body is not read.")],
+            body=json_body(obj({"task_id": string(minLength=1)}, ["task_id"], closed=False),
+                           required=False),
+            description="A pending or processing task ends as failed with failCode "
+                        "'cancelled'; its hold is released or its charge refunded, its "
+                        "callback is sent, and the upstream job is cancelled where the "
+                        "provider can (docs/history.md). The task id comes from the query "
+                        "or the JSON body.",
+            responses={"200": answer("The task, cancelled.", ref("NativeTask")),
+                       **errors(SHAPE, {400: "no task id, or a malformed body.",
+                                        **READ_ERRORS,
+                                        409: "the task has ended already.",
+                                        413: "the body is over 4096 bytes."})})},
+        "/api/v1/images/generations/list": {"get": operation(
+            "List the key's tasks", TAG, operation_id="listTasks", security=API_KEY,
+            parameters=history_params(),
+            description="Newest first; pass nextCursor as 'before' for the next page.",
+            responses={"200": answer("A page of tasks.", ref("NativeTaskList")),
+                       **errors(SHAPE, {400: "an invalid limit or before.",
+                                        **AUTH_ERRORS})})},
     }
     return Part(paths=paths, schemas=schemas)
 

@@ -1,5 +1,6 @@
 """The OpenAI-compatible images API (``surfaces/openai.py``): the calls wait for
-the job; errors are ``{"error": {"message", "type", "param", "code"}}``."""
+the job, or stream it as server-sent events; errors are
+``{"error": {"message", "type", "param", "code"}}``."""
 
 from __future__ import annotations
 
@@ -44,14 +45,25 @@ def _common_fields(settings: Settings) -> dict[str, Schema]:
         "n": whole_number(1, limits.max_n, "How many images (default 1)."),
         "size": fields.size(),
         "quality": fields.quality(),
-        "response_format": nullable(choice(["url", "b64_json"], "url (the default): signed "
-                                           "links; b64_json: the bytes inline.")),
+        "response_format": nullable(choice(["url", "b64_json"], (
+            "url: signed links; b64_json: the bytes inline. Left out: b64_json for edits "
+            "and for model ids starting gpt-image- or chatgpt-image- (as OpenAI answers), "
+            "else the model's response_format setting, else url."))),
         "output_format": fields.output_format(),
         "output_compression": nullable(whole_number(0, 100, "0-100, for jpeg and webp.")),
         "user": nullable(string(maxLength=256)),
         "safety_identifier": nullable(string(maxLength=256)),
-        "stream": {"enum": [False, "false", None],
-                   "description": "Streaming is not supported: leave it out or false."},
+        "stream": {"enum": [True, False, "true", "false", None],
+                   "description": "true: answer with server-sent events (text/event-stream) "
+                                  "in OpenAI's image streaming shapes."},
+        "partial_images": nullable(whole_number(
+            0, 3, "With stream: previews to send before the image (default 0). Only an "
+                  "OpenAI upstream streams them; others send the completed event alone.")),
+        # Gateway extensions (the SDKs' extra_body).
+        "aspect_ratio": fields.aspect_ratio(),
+        "resolution": fields.resolution(),
+        "seed": nullable(whole_number(0, 2**32 - 1, "Extension: a seed, for providers that "
+                                                    "take one (others refuse it).")),
     }
     for name, allowed in surface.CHOICES.items():
         if name != "input_fidelity":
@@ -84,7 +96,9 @@ def edit_form_request(settings: Settings) -> Schema:
     text = {name: as_text(schema) for name, schema in _common_fields(settings).items()}
     text["n"] = string("How many images (default 1).", pattern=validation.DIGITS_PATTERN)
     text["output_compression"] = string("0-100.", pattern=validation.DIGITS_PATTERN)
-    text["stream"] = choice(["false"])
+    text["partial_images"] = string("0-3.", pattern="^[0-3]$")
+    text["seed"] = string("A whole number.", pattern=validation.DIGITS_PATTERN)
+    text["stream"] = choice(["true", "false"])
     text["input_fidelity"] = choice(surface.CHOICES["input_fidelity"])
     count = settings.limits.max_reference_images
     schema = obj({
@@ -100,26 +114,52 @@ def edit_form_request(settings: Settings) -> Schema:
     return schema
 
 
-def images_response() -> Schema:
-    item = obj({"url": string("A signed link to the image.", format="uri"),
-                "b64_json": string("The image, base64."),
-                "revised_prompt": string()})
-    usage = obj({
+def usage() -> Schema:
+    return obj({
         "input_tokens": integer(), "output_tokens": integer(), "total_tokens": integer(),
         "prompt_tokens": integer(), "completion_tokens": integer(),
         "input_tokens_details": obj({"image_tokens": integer(), "text_tokens": integer()},
                                     ["image_tokens", "text_tokens"]),
         "credits": integer("The job's price."),
     }, ["input_tokens", "output_tokens", "total_tokens", "input_tokens_details", "credits"])
+
+
+def images_response() -> Schema:
+    item = obj({"url": string("A signed link to the image.", format="uri"),
+                "b64_json": string("The image, base64."),
+                "revised_prompt": string()})
     return obj({
         "created": integer("Unix seconds."),
         "data": {"type": "array", "items": item},
-        "usage": usage,
+        "usage": ref("OpenAIUsage"),
         "output_format": choice(["png", "jpeg", "webp", "gif"]),
         "size": string(pattern="^[0-9]+x[0-9]+$"),
-        "quality": choice(["low", "medium", "high"]),
+        "quality": choice(["low", "medium", "high", "xhigh", "max"]),
         "background": choice(["transparent", "opaque"]),
     }, ["created", "data", "usage", "output_format"])
+
+
+def stream_event() -> Schema:
+    """One event's data (the ``data:`` line of each event in the stream)."""
+    fields_: dict[str, Schema] = {
+        "b64_json": string("The image (or a preview), base64."),
+        "created_at": integer("Unix seconds."),
+        "size": string(), "quality": choice(["low", "medium", "high", "xhigh", "max", "auto"]),
+        "background": choice(["transparent", "opaque", "auto"]),
+        "output_format": choice(["png", "jpeg", "webp", "gif"]),
+    }
+    common = ["type", "b64_json", "created_at", "size", "quality", "background",
+              "output_format"]
+    kinds = ("image_generation", "image_edit")
+    partial = obj({"type": choice([f"{k}.partial_image" for k in kinds]),
+                   "partial_image_index": integer(), **fields_},
+                  [*common, "partial_image_index"])
+    completed = obj({"type": choice([f"{k}.completed" for k in kinds]), **fields_,
+                     "usage": ref("OpenAIUsage")}, [*common, "usage"])
+    error = obj({"error": ref(SHAPE + "Detail")}, ["error"])
+    return {"description": "Events: event: <type> then data: <this JSON>. Previews "
+                           "(partial_image), one completed per image, or error.",
+            "oneOf": [partial, completed, error]}
 
 
 JOB_HEADER = {surface.JOB_HEADER: {
@@ -140,9 +180,12 @@ def _wait_errors() -> dict[str, Any]:
 
 def part(settings: Settings) -> Part:
     schemas: dict[str, Schema] = {
-        SHAPE: obj({"error": obj({
-            "message": string(), "type": string(), "param": nullable(string()),
-            "code": string()}, ["message", "type", "param", "code"])}, ["error"]),
+        SHAPE + "Detail": obj({"message": string(), "type": string(),
+                               "param": nullable(string()), "code": string()},
+                              ["message", "type", "param", "code"]),
+        SHAPE: obj({"error": ref(SHAPE + "Detail")}, ["error"]),
+        "OpenAIUsage": usage(),
+        "OpenAIImageStreamEvent": stream_event(),
         "OpenAIImagesRequest": generate_request(settings),
         "OpenAIEditJSONRequest": edit_json_request(settings),
         "OpenAIEditFormRequest": edit_form_request(settings),
@@ -157,14 +200,24 @@ def part(settings: Settings) -> Part:
                                      ["object", "data"])
     done = answer("The job is done: its images.", ref("OpenAIImagesResponse"),
                   headers=JOB_HEADER)
+    kinds = ("image_generation", "image_edit")
+    done["content"]["text/event-stream"] = {"schema": obj({
+        "event": choice([*(f"{k}.{e}" for k in kinds for e in ("partial_image", "completed")),
+                         "error"]),
+        "data": string("An OpenAIImageStreamEvent as JSON.",
+                       contentMediaType="application/json",
+                       contentSchema=ref("OpenAIImageStreamEvent")),
+    }, ["event", "data"], closed=False, description=(
+        "With stream: true, server-sent events (one per image, after any previews). A "
+        "failure after the stream began is an error event."))}
     paths: dict[str, dict[str, Any]] = {
         "/v1/images/generations": {"post": operation(
-            "Generate images (waits for them)", TAG, operation_id="openaiGenerate",
+            "Generate images (waits for them, or streams them)", TAG, operation_id="openaiGenerate",
             security=API_KEY, parameters=[IDEMPOTENCY_KEY],
             body=json_body(ref("OpenAIImagesRequest")),
             responses={"200": done, **_wait_errors()})},
         "/v1/images/edits": {"post": operation(
-            "Edit images (waits for them)", TAG, operation_id="openaiEdit",
+            "Edit images (waits for them, or streams them)", TAG, operation_id="openaiEdit",
             security=API_KEY, parameters=[IDEMPOTENCY_KEY],
             body={"required": True, "content": {
                 "multipart/form-data": {"schema": ref("OpenAIEditFormRequest")},

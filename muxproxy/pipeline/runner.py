@@ -7,6 +7,7 @@ job either terminal or released with a ``run_after`` for its next step.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,7 @@ from muxproxy.metrics import Metrics
 from muxproxy.pipeline.backoff import RetryPolicy, next_delay, next_poll
 from muxproxy.pipeline.breaker import CircuitBreaker, provider_fault
 from muxproxy.pipeline.events import JobEvents
-from muxproxy.pipeline.jobs import Job, JobResult, JobState, StoredImage
+from muxproxy.pipeline.jobs import Job, JobResult, JobState, StoredImage, evolve
 from muxproxy.providers import next_route
 from muxproxy.providers.base import (
     Call,
@@ -73,9 +74,14 @@ class JobRunner:
         step is due (False also when another writer changed the job first)."""
         now = now_ms(self.clock)
         if job.state is JobState.PENDING:
-            job = await self.store.transition(job, JobState.PENDING, JobState.PROCESSING,
-                                              now=now, owner=owner, release=False,
-                                              started_at=now)
+            try:
+                job = await self.store.transition(job, JobState.PENDING, JobState.PROCESSING,
+                                                  now=now, owner=owner, release=False,
+                                                  started_at=now)
+            except StaleJob as exc:
+                # Ended since the claim (cancelled): nothing to run.
+                log.info("job changed before its first step", actual=exc.actual)
+                return False
             self.record(job)
         provider = self.providers[job.provider]
         breaker = self.breakers[job.provider]
@@ -141,14 +147,23 @@ class JobRunner:
         if result is not None:
             done = await self._move(job, owner, JobState.COMPLETED, result=result.to_json(),
                                     completed_at=now, fail_code=None, fail_msg=None)
-            if done is not None:
-                await self.ended(done)
-            return done is not None
+            if done is None:
+                # Ended meanwhile (cancelled): no job row names these images.
+                await self._delete_blobs(job, [image.key for image in result.images])
+                return False
+            await self.ended(done)
+            return True
         if isinstance(outcome, Submitted):
             delay = next_poll(self.retry, 0)
-            await self._move(job, owner, JobState.PROCESSING, upstream_id=outcome.upstream_id,
-                             upstream_state=dict(outcome.state), polls=0,
-                             run_after=now + int(delay * 1000))
+            moved = await self._move(job, owner, JobState.PROCESSING,
+                                     upstream_id=outcome.upstream_id,
+                                     upstream_state=dict(outcome.state), polls=0,
+                                     run_after=now + int(delay * 1000))
+            if moved is None:
+                # Ended while the upstream took it (cancelled): the upstream job just
+                # started belongs to no one, so it is cancelled too.
+                await self.cancel_upstream(evolve(job, upstream_id=outcome.upstream_id,
+                                                  upstream_state=dict(outcome.state)))
         elif isinstance(outcome, Running):
             delay = next_poll(self.retry, job.polls + 1)
             changes: dict[str, Any] = {"polls": job.polls + 1,
@@ -191,7 +206,8 @@ class JobRunner:
 
     async def _fall_back(self, job: Job, owner: str) -> bool:
         model = self.settings.models.get(job.model)
-        found = next_route(model, self.providers, after=job.route_index) if model else None
+        found = next_route(model, self.providers, after=job.route_index,
+                           request=job.request) if model else None
         if found is None:
             return False
         index, route = found
@@ -294,7 +310,8 @@ class JobRunner:
         mask = request.mask
         return Call(job_id=job.id, request=request, upstream_model=job.upstream_model,
                     params=self._route_params(job), images=refs,
-                    mask=await self._reference(mask, "the mask", budget) if mask else None)
+                    mask=await self._reference(mask, "the mask", budget) if mask else None,
+                    on_partial=functools.partial(self.events.partial, job.id))
 
     def _route_params(self, job: Job) -> Mapping[str, Any]:
         model = self.settings.models.get(job.model)

@@ -111,6 +111,13 @@ class Scheduler(WorkerLoop[Job, bool]):
         """Is a step of this job running in this process now?"""
         return job_id in self._leases
 
+    async def ended_elsewhere(self, job: Job) -> None:
+        """A job the gateway ended (a cancel): what the runner does for a job that
+        ends. A step of it running now finds it ended and writes nothing."""
+        await self.runner.ended(job)
+        if job.upstream_id is not None:
+            await self.runner.cancel_upstream(job)
+
     async def _pass(self) -> None:
         now = now_ms(self.clock)
         # Deadlines are swept once per jobs.sweep_seconds, not on every wake-up: a busy

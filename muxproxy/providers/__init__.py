@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import aiohttp
 
 from muxproxy.clock import Clock
+from muxproxy.generation import GenerationRequest
 from muxproxy.providers.base import Provider
 from muxproxy.settings import ModelSettings, ProviderSettings, RouteSettings
 from muxproxy.settings_checks import choose
@@ -50,11 +51,13 @@ def build_providers(settings: Mapping[str, ProviderSettings] | None,
 
 
 def next_route(model: ModelSettings, providers: Mapping[str, Provider],
-               after: int = -1) -> tuple[int, RouteSettings] | None:
+               after: int = -1, request: GenerationRequest | None = None
+               ) -> tuple[int, RouteSettings] | None:
     """The first of a model's routes, after index ``after``, whose provider can work
-    (an upstream that needs a key and was given none cannot)."""
+    (an upstream that needs a key and was given none cannot) and, given ``request``,
+    honours every client option it asks for (``Provider.unhonoured``)."""
     for index in range(after + 1, len(model.routes)):
-        route = model.routes[index]
-        if providers[route.provider].configured:
-            return index, route
+        provider = providers[model.routes[index].provider]
+        if provider.configured and (request is None or provider.unhonoured(request) is None):
+            return index, model.routes[index]
     return None

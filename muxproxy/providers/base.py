@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,7 +31,7 @@ import aiohttp
 import orjson
 
 from muxproxy.clock import Clock
-from muxproxy.generation import GenerationRequest
+from muxproxy.generation import GenerationRequest, PartialImage
 from muxproxy.pipeline.backoff import parse_retry_after
 from muxproxy.providers.wire import message_at, read_error, read_limited
 from muxproxy.settings import ProviderSettings, SettingsError
@@ -150,6 +150,8 @@ class Call:
     params: Mapping[str, Any]
     images: tuple[Reference, ...]
     mask: Reference | None
+    #: Where an upstream that streams previews hands each one (a no-op by default).
+    on_partial: Callable[[PartialImage], None] = lambda _: None
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,16 @@ class Handle:
     state: Mapping[str, Any]
 
 
+# Options a client may send (the OpenAI surface's fields, the gateway's ``seed``) that
+# change the image, in ``GenerationRequest.extra``, with the value that asks for
+# nothing (None: any value asks). A provider whose ``honours`` lacks one that asks
+# for something gets no such request: the gateway refuses it (400, naming the model).
+CLIENT_OPTIONS: Mapping[str, object] = {
+    "background": "auto", "output_compression": 100, "moderation": "auto",
+    "input_fidelity": None, "style": None, "seed": None,
+}
+
+
 class Provider(abc.ABC):
     """Base class for upstream adapters. Subclasses set ``kind`` and implement ``submit``."""
 
@@ -172,6 +184,9 @@ class Provider(abc.ABC):
     needs_key: ClassVar[bool] = True
     #: The ``options`` keys this kind reads; a config naming any other is refused.
     option_names: ClassVar[frozenset[str]] = frozenset()
+    #: The :data:`CLIENT_OPTIONS` this kind carries out (or passes to an upstream
+    #: that does, its ``check`` refusing what a model cannot).
+    honours: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def validate(cls, settings: ProviderSettings) -> None:
@@ -222,6 +237,14 @@ class Provider(abc.ABC):
         """The key in this kind's own header (none without a key)."""
         upstream = UPSTREAMS.get(self.kind)
         return upstream.auth_headers(self.api_key) if upstream else {}
+
+    def unhonoured(self, request: GenerationRequest) -> str | None:
+        """The first client option the request asks for that this kind cannot honour."""
+        for name, neutral in CLIENT_OPTIONS.items():
+            value = request.extra.get(name)
+            if value is not None and value != neutral and name not in self.honours:
+                return name
+        return None
 
     def check(self, request: GenerationRequest, upstream_model: str,  # noqa: B027
               params: Mapping[str, Any]) -> None:

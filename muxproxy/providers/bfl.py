@@ -116,6 +116,7 @@ def ratio_of(request: GenerationRequest) -> str | None:
 
 class BflProvider(Provider):
     kind = "bfl"
+    honours = frozenset({"seed"})
     is_async = True
     # ``{"detail": "..."}`` or 422 ``{"detail": [{"loc", "msg", "type"}]}``.
     error_paths = ("detail",)

@@ -1,6 +1,10 @@
 """An offline provider that renders real images: the prompt on a gradient.
 
-Deterministic for a given prompt, so tests can compare bytes. ``options``:
+Deterministic for a given prompt (and ``seed``), so tests can compare bytes. It
+honours ``background`` (transparent: the gradient in an oval on real alpha, PNG or
+WebP only), ``output_compression`` (the JPEG/WebP quality), ``style`` (vivid: more
+saturated, natural: less), ``seed`` (part of the colours' source) and
+``moderation`` (it blocks nothing, so either level holds). ``options``:
 ``delay_seconds`` (per image job); ``failure_rate`` (0..1, the share of calls
 that fail, drawn from the job id, prompt and attempt); ``failure_kind``
 (``permanent``, the default, or ``transient`` to act like an overloaded upstream
@@ -16,11 +20,13 @@ import io
 import math
 import random
 import textwrap
+from collections.abc import Mapping
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from muxproxy import images
+from muxproxy.generation import GenerationRequest
 from muxproxy.providers.base import (
     Call,
     Finished,
@@ -30,6 +36,7 @@ from muxproxy.providers.base import (
     Provider,
     SubmitOutcome,
     Submitted,
+    Unsupported,
     UpstreamError,
 )
 from muxproxy.settings import ProviderSettings, SettingsError
@@ -38,6 +45,7 @@ from muxproxy.settings import ProviderSettings, SettingsError
 class DemoProvider(Provider):
     needs_key = False
     kind = "demo"
+    honours = frozenset({"background", "output_compression", "moderation", "style", "seed"})
     is_async = True
     option_names = frozenset({"delay_seconds", "failure_rate", "failure_kind", "async"})
     #: Submits seen, for tests and the curious.
@@ -61,6 +69,13 @@ class DemoProvider(Provider):
         if not isinstance(options.get("async", False), bool):
             raise SettingsError(f"{where}.async: expected true or false, "
                                 f"got {options['async']!r}")
+
+    def check(self, request: GenerationRequest, upstream_model: str,
+              params: Mapping[str, Any]) -> None:
+        if request.extra.get("background") == "transparent" and \
+                request.output_format == "jpeg":
+            raise Unsupported("a transparent background needs output_format png or webp",
+                              param="background")
 
     @property
     def _delay(self) -> float:
@@ -108,17 +123,22 @@ def _number(value: Any) -> float | None:
 def _spec(call: Call) -> dict[str, Any]:
     request = call.request
     width, height = images.pixel_size(request.size, request.aspect_ratio, request.resolution)
+    extra = request.extra
     return {"prompt": request.prompt, "n": request.n, "width": width, "height": height,
-            "format": request.output_format or "png"}
+            "format": request.output_format or "png",
+            "background": extra.get("background"), "style": extra.get("style"),
+            "compression": extra.get("output_compression"), "seed": extra.get("seed")}
 
 
 def _render_all(spec: dict[str, Any]) -> list[tuple[bytes, str]]:
-    return [_render(spec["prompt"], spec["width"], spec["height"], spec["format"], i)
-            for i in range(spec["n"])]
+    return [_render(spec, i) for i in range(spec["n"])]
 
 
-def _render(prompt: str, width: int, height: int, fmt: str, index: int) -> tuple[bytes, str]:
-    digest = hashlib.sha256(f"{prompt}\0{index}".encode()).digest()
+def _render(spec: Mapping[str, Any], index: int) -> tuple[bytes, str]:
+    prompt, width, height, fmt = spec["prompt"], spec["width"], spec["height"], spec["format"]
+    seed = spec.get("seed")
+    source = f"{prompt}\0{index}" if seed is None else f"{prompt}\0{index}\0{seed}"
+    digest = hashlib.sha256(source.encode()).digest()
     start, end = digest[:3], digest[3:6]
     # Turn the square ramp before resizing it, so a rotation cannot swap the sides.
     ramp = Image.linear_gradient("L").transpose(
@@ -132,9 +152,20 @@ def _render(prompt: str, width: int, height: int, fmt: str, index: int) -> tuple
     text = "\n".join(textwrap.wrap(prompt, width=max(8, width // (font_size // 2 + 1)))[:6])
     draw.multiline_text((width // 16, height // 16), text, fill=(255, 255, 255), font=font,
                         stroke_width=max(1, font_size // 16), stroke_fill=(0, 0, 0))
+    style = spec.get("style")
+    if style is not None:
+        image = ImageEnhance.Color(image).enhance(1.6 if style == "vivid" else 0.6)
+    if spec.get("background") == "transparent":
+        # Real alpha: the picture in an oval, clear outside it.
+        alpha = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(alpha).ellipse((0, 0, width - 1, height - 1), fill=255)
+        image.putalpha(alpha)
     out = io.BytesIO()
     pil_format = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[fmt]
-    image.save(out, format=pil_format, **({"compress_level": 1} if fmt == "png" else {}))
+    options: dict[str, Any] = {"compress_level": 1} if fmt == "png" else {}
+    if fmt != "png" and spec.get("compression") is not None:
+        options["quality"] = int(spec["compression"])
+    image.save(out, format=pil_format, **options)
     return out.getvalue(), images.FORMATS[fmt]
 
 

@@ -107,6 +107,7 @@ class Plan:
 
 class FalProvider(Provider):
     kind = "fal"
+    honours = frozenset({"seed"})
     is_async = True
     # ``{"detail": "..."}``, or on 422 a list of ``{loc, msg, type}``.
     error_paths = ("detail",)

@@ -4,13 +4,17 @@ The wire format is the general one of :mod:`muxproxy.providers.openai_compatible
 this module maps the normalized request onto what each model family accepts and
 refuses the rest in ``check`` (a 400 before any upstream call):
 
-- gpt-image-2: any WxH with sides divisible by 16, ratio 1:3..3:1, long side at
-  most 3840 and at most 3840x2160 pixels; aspect_ratio + resolution give the
-  resolution's pixel area at that ratio, shrunk to fit.
+- gpt-image-2 (and 2.5, which adds quality xhigh and max): any WxH with sides
+  divisible by 16, ratio 1:3..3:1, long side at most 3840 and at most 3840x2160
+  pixels; aspect_ratio + resolution give the resolution's pixel area at that
+  ratio, shrunk to fit.
 - gpt-image-1 / 1.5 / 1-mini: 1024x1024, 1536x1024, 1024x1536 or auto; an aspect
   ratio picks the nearest size of the same orientation; 1k only.
 - dall-e-3: 1024x1024, 1792x1024, 1024x1792, n=1, no edits, quality standard|hd.
 - dall-e-2: 256/512/1024 squares, one reference image for edits.
+
+A client streaming ``partial_images`` on a GPT Image model makes the call stream
+too: previews go to ``Call.on_partial`` as OpenAI sends them.
 
 Qualities follow the gateway's price tiers (pricing.QUALITY_TIERS: standard is
 the low tier, hd the high one). A model not in the table gets no rules.
@@ -18,6 +22,7 @@ the low tier, hd the high one). A model not in the table gets no rules.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +65,10 @@ GPT_QUALITIES: Mapping[str, str | None] = {
 GPT_OPTIONS = frozenset({"background", "moderation", "output_compression", "input_fidelity",
                          "user"})
 
+# gpt-image-2.5 (sunburst, flare) adds xhigh and max above high.
+GPT_IMAGE_2_5 = Family(sizes=(), auto_size=True,
+                       qualities={**GPT_QUALITIES, "xhigh": "xhigh", "max": "max"}, max_n=10,
+                       max_edit_images=16, gpt_image=True, options=GPT_OPTIONS)
 GPT_IMAGE_2 = Family(sizes=(), auto_size=True, qualities=GPT_QUALITIES, max_n=10,
                      max_edit_images=16, gpt_image=True, options=GPT_OPTIONS)
 GPT_IMAGE_1 = Family(sizes=((1024, 1024), (1536, 1024), (1024, 1536)), auto_size=True,
@@ -77,6 +86,7 @@ DALL_E_2 = Family(sizes=((256, 256), (512, 512), (1024, 1024)), auto_size=False,
 
 # By model-name prefix, first match wins (dated snapshots share their family).
 FAMILIES: tuple[tuple[str, Family], ...] = (
+    ("gpt-image-2.5", GPT_IMAGE_2_5),
     ("gpt-image-2", GPT_IMAGE_2),
     ("gpt-image-1", GPT_IMAGE_1),
     ("chatgpt-image", GPT_IMAGE_1),
@@ -136,6 +146,10 @@ class OpenAIProvider(OpenAICompatibleProvider):
             elif request.output_format != "png":
                 raise Unsupported(f"{model} returns PNG images only", param="output_format")
         body.update(_options(family, model, request, params))
+        partials = request.extra.get("partial_images")
+        if family.gpt_image and isinstance(partials, int) and partials > 0:
+            # A client streams previews: ask for them, and pass them on as they come.
+            body.update(stream=True, partial_images=partials)
         return body
 
 
@@ -188,7 +202,11 @@ def _size(family: Family, model: str, request: GenerationRequest) -> str | None:
     ratio = images.parse_ratio(ratio_name) if ratio_name else 1.0
     if ratio is None:
         raise Unsupported(f"unsupported aspect_ratio {ratio_name!r}", param="aspect_ratio")
-    if family.sizes:
+    if family.sizes and request.extra.get("aspect_from_input"):
+        # Only the input image's shape, not the client's ask: the nearest size there is.
+        width, height = min(family.sizes, key=lambda s: (abs(math.log(s[0] / s[1] / ratio)),
+                                                         -s[0] * s[1]))
+    elif family.sizes:
         width, height = _nearest(family.sizes, ratio, model, ratio_name or "1:1")
     else:
         width, height = _free_size(model, ratio, resolution, ratio_name or "1:1")

@@ -5,6 +5,10 @@ with multipart when the request carries reference images, ``Authorization: Beare
 No model tables here: size, quality, style and response_format go through as given,
 and the service may answer with ``url`` or ``b64_json`` images.
 
+With ``stream`` in the body (set by the OpenAI adapter for a client streaming
+``partial_images``), the answer is read as server-sent events: each partial image
+goes to ``Call.on_partial`` as it arrives, the ``*.completed`` events are the result.
+
 This is the general class; :mod:`muxproxy.providers.openai` adds OpenAI's model
 rules and :mod:`muxproxy.providers.xai` xAI's dialect on top of it, through the
 ``fields`` / ``edit_payload`` hooks.
@@ -19,9 +23,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 
-from muxproxy import images
-from muxproxy.generation import GenerationRequest
+from muxproxy import images, sse
+from muxproxy.generation import GenerationRequest, PartialImage
 from muxproxy.providers.base import (
     Call,
     Finished,
@@ -32,6 +37,7 @@ from muxproxy.providers.base import (
     SubmitOutcome,
     Unsupported,
     UpstreamError,
+    ok,
 )
 from muxproxy.providers.wire import message_at, read_error
 
@@ -40,7 +46,10 @@ from muxproxy.providers.wire import message_at, read_error
 OPTIONS = frozenset({"style", "background", "user", "moderation", "output_compression",
                      "input_fidelity", "response_format"})
 # Fields the adapter owns; a route param cannot replace them.
-RESERVED = frozenset({"model", "prompt", "image", "image[]", "images", "mask", "stream"})
+RESERVED = frozenset({"model", "prompt", "image", "image[]", "images", "mask", "stream",
+                      "partial_images"})
+# What a streamed event may say about its image, passed on to a streaming client.
+EVENT_FIELDS = ("size", "quality", "background", "output_format")
 # Where these APIs put the message and the code: ``{"error": {"message", "code"}}``,
 # ``{"code", "error": "..."}`` (xAI), a plain ``{"message"}`` or ``{"detail"}``.
 MESSAGE_PATHS = ("error.message", "error", "message", "detail")
@@ -50,6 +59,8 @@ CODE_PATHS = ("error.code", "code")
 class OpenAICompatibleProvider(Provider):
     needs_key = False
     kind = "openai-compatible"
+    honours = frozenset({"background", "output_compression", "moderation", "input_fidelity",
+                         "style"})
     error_paths = MESSAGE_PATHS
 
     def check(self, request: GenerationRequest, upstream_model: str,
@@ -83,7 +94,64 @@ class OpenAICompatibleProvider(Provider):
         else:
             url = f"{self.base_url}/images/generations"
             payload = {"json": body}
+        if body.get("stream"):
+            return await self.streamed(url, payload, call)
         return self.finished(await self.call_json("POST", url, **payload))
+
+    async def streamed(self, url: str, payload: dict[str, Any], call: Call) -> Finished:
+        """A streamed answer: partial images handed on as they come, the completed
+        images kept. A JSON answer (a server that does not stream) is read as usual."""
+        outputs: list[Output] = []
+        async with self.call("POST", url, **payload) as response:
+            if not ok(response):
+                raise await self.upstream_error(response)
+            if response.content_type != "text/event-stream":
+                return self.finished(await self.read_json(response))
+            limit = self.settings.max_response_bytes
+            try:
+                async for event in sse.read_events(response.content.iter_any(), limit):
+                    self._on_event(event, call, outputs)
+            except sse.TooLarge:
+                raise UpstreamError(f"{self.name}: upstream stream larger than {limit} "
+                                    f"bytes (providers.{self.name}.max_response_bytes)",
+                                    transient=False, code="response_too_large") from None
+        if not outputs:
+            raise UpstreamError(f"{self.name}: the stream ended without an image",
+                                transient=True)
+        return Finished(images=tuple(outputs))
+
+    def _on_event(self, event: sse.Event, call: Call, outputs: list[Output]) -> None:
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"{self.name}: invalid JSON in a streamed event",
+                                transient=True) from None
+        if not isinstance(data, dict):
+            return
+        kind = data["type"] if isinstance(data.get("type"), str) else event.event
+        if event.event == "error" or kind == "error" or data.get("error"):
+            raise self._stream_error(data)
+        b64 = data.get("b64_json")
+        if not isinstance(b64, str):
+            return
+        if kind.endswith(".partial_image"):
+            index = data.get("partial_image_index")
+            fields = {k: data[k] for k in EVENT_FIELDS if isinstance(data.get(k), str)}
+            call.on_partial(PartialImage(index=index if isinstance(index, int) else 0,
+                                         b64_json=b64, fields=fields))
+        elif kind.endswith(".completed"):
+            outputs.append(ImageData(self._decode(b64)))
+
+    def _stream_error(self, data: Mapping[str, Any]) -> UpstreamError:
+        """An ``error`` event: a failure after the answer began (its status was 200)."""
+        error = data.get("error")
+        error = error if isinstance(error, dict) else data
+        message = error.get("message") if isinstance(error.get("message"), str) else ""
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+        # A server fault mid-stream may pass on a new try; anything else is final.
+        transient = error.get("type") == "server_error" and code != "moderation_blocked"
+        return UpstreamError(f"{self.name}: {message or 'error during the stream'}",
+                             transient=transient, code=code)
 
     async def edit_payload(self, call: Call, body: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the edits request: OpenAI's multipart form.

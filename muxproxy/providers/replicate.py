@@ -73,6 +73,7 @@ def dialect(model: str) -> Dialect:
 
 class ReplicateProvider(Provider):
     kind = "replicate"
+    honours = frozenset({"seed"})
     is_async = True
     # RFC 7807: {"type", "title", "status", "detail"}
     error_paths = ("detail", "title")

@@ -27,7 +27,7 @@ from muxproxy.providers.openai_compatible import (
     require_image_for_mask,
 )
 from muxproxy.providers.payloads import data_uri
-from muxproxy.providers.sizes import nearest_ratio
+from muxproxy.providers.sizes import nearest_ratio, ratio_value
 
 ASPECT_RATIOS = ("1:1", "3:4", "4:3", "9:16", "16:9", "2:3", "3:2", "1:2", "2:1", "9:19.5",
                  "19.5:9", "9:20", "20:9")
@@ -99,6 +99,8 @@ def _aspect_ratio(request: GenerationRequest) -> str | None:
     if name is not None:
         if name == "auto" or name in ASPECT_RATIOS:
             return name
+        if request.extra.get("aspect_from_input"):
+            return nearest_ratio(ratio_value(name), 1, ASPECT_RATIOS)
         raise Unsupported(f"xAI supports aspect ratios {', '.join(ASPECT_RATIOS)} or auto, "
                           f"not {name}", param="aspect_ratio")
     if request.size is None:

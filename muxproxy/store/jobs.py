@@ -97,9 +97,12 @@ class JobStore(Transactional):
         """The job, or None; with ``key_id``, None also when another key owns it."""
 
     @abc.abstractmethod
-    async def list_jobs(self, key_id: str, *, limit: int = 50,
-                        before: int | None = None) -> list[Job]:
-        """A key's jobs, newest first; ``before`` pages by ``created_at``."""
+    async def list_jobs(self, key_id: str, *, limit: int = 50, before: int | None = None,
+                        before_id: str | None = None) -> list[Job]:
+        """A key's jobs, newest first (``created_at``, then ``id``, descending);
+        ``before`` pages by ``created_at``: the jobs created earlier, and with
+        ``before_id`` also those created in that same millisecond with a smaller id,
+        so a page boundary between two jobs of one millisecond loses neither."""
 
     @abc.abstractmethod
     async def scan_jobs(self, *, after: str | None = None, limit: int = 500) -> list[Job]:

@@ -136,11 +136,12 @@ class PostgresStore(PostgresAccounts, PostgresOutbox, Store):
                                        job_id, key_id)
         return job_from_row(row) if row else None
 
-    async def list_jobs(self, key_id: str, *, limit: int = 50,
-                        before: int | None = None) -> list[Job]:
+    async def list_jobs(self, key_id: str, *, limit: int = 50, before: int | None = None,
+                        before_id: str | None = None) -> list[Job]:
         rows = await self._fetch(
-            "SELECT * FROM jobs WHERE key_id = $1 AND ($2::bigint IS NULL OR created_at < $2) "
-            "ORDER BY created_at DESC, id DESC LIMIT $3", key_id, before, limit)
+            "SELECT * FROM jobs WHERE key_id = $1 AND ($2::bigint IS NULL OR created_at < $2 "
+            "OR ($3::text IS NOT NULL AND created_at = $2 AND id < $3)) "
+            "ORDER BY created_at DESC, id DESC LIMIT $4", key_id, before, before_id, limit)
         return [job_from_row(r) for r in rows]
 
     async def scan_jobs(self, *, after: str | None = None, limit: int = 500) -> list[Job]:

@@ -271,11 +271,14 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
         row = await self._in_reader(lambda db: db.execute(sql, args).fetchone())
         return job_from_row(row) if row else None
 
-    async def list_jobs(self, key_id: str, *, limit: int = 50,
-                        before: int | None = None) -> list[Job]:
+    async def list_jobs(self, key_id: str, *, limit: int = 50, before: int | None = None,
+                        before_id: str | None = None) -> list[Job]:
         sql = "SELECT * FROM jobs WHERE key_id = ?"
         args: list[Any] = [key_id]
-        if before is not None:
+        if before is not None and before_id is not None:
+            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            args.extend((before, before, before_id))
+        elif before is not None:
             sql += " AND created_at < ?"
             args.append(before)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"

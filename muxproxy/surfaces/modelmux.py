@@ -1,6 +1,7 @@
 """The ModelMux-style generations API (docs/modelmux-api.md): submit returns a ``historyId`` at
-once; poll ``GET /api/v1/generations/{id}``; fetch the bytes from ``.../image``.
-Errors: ``{"error": "...", "code": "..."}``.
+once; poll ``GET /api/v1/generations/{id}``; fetch the bytes from ``.../image``; cancel
+with ``POST .../cancel``; list the key's generations with ``GET /api/v1/generations``
+(docs/history.md). Errors: ``{"error": "...", "code": "..."}``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from muxproxy import images
+from muxproxy import history, images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
 from muxproxy.clock import now_ms
@@ -121,6 +122,31 @@ async def status(request: Request) -> Response:
     return JSONResponse(generation_view(job, urls[0] if urls else None))
 
 
+@surface(render_error)
+async def cancel(request: Request) -> Response:
+    """End an unfinished generation as failed (``code`` ``cancelled``); 409 once ended."""
+    state: AppState = request.app.state.mux
+    key = await state.auth.authenticate(request)
+    try:
+        job = await state.gateway.cancel(key, request.path_params["id"])
+    except NotFound:
+        raise NotFound("generation not found") from None
+    return JSONResponse(generation_view(job, None))
+
+
+@surface(render_error)
+async def listing(request: Request) -> Response:
+    """The key's generations, newest first, with the cursor of the next page."""
+    state: AppState = request.app.state.mux
+    key = await state.auth.authenticate(request)
+    page = await history.page(state.gateway, key, request.query_params)
+    generations = []
+    for job in page.jobs:
+        urls = state.gateway.result_links(job)
+        generations.append(generation_view(job, urls[0] if urls else None))
+    return JSONResponse({"generations": generations, "nextCursor": page.next_cursor})
+
+
 def generation_view(job: Job, output_url: str | None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "historyId": job.id, "status": job.state.value, "provider": job.provider,
@@ -133,6 +159,7 @@ def generation_view(job: Job, output_url: str | None) -> dict[str, Any]:
     }
     if job.state is JobState.FAILED:
         data["errorMessage"] = job.fail_msg
+        data["code"] = job.fail_code
     return data
 
 
@@ -168,6 +195,8 @@ async def _job(state: AppState, key: ApiKey, job_id: str) -> Job:
 
 routes = [
     Route("/api/v1/generations", create, methods=["POST"]),
+    Route("/api/v1/generations", listing, methods=["GET"]),
+    Route("/api/v1/generations/{id}/cancel", cancel, methods=["POST"]),
     Route("/api/v1/generations/{id}", status, methods=["GET"]),
     Route("/api/v1/generations/{id}/image", image, methods=["GET"]),
 ]

@@ -1,5 +1,7 @@
 """The native task API (docs/native-api.md): submit returns a ``taskId``; poll by
-``task_id``; errors as ``{"code", "msg", "data": null}`` with the same HTTP status."""
+``task_id``; cancel (``POST .../cancel``, ``task_id`` in the query or the JSON body,
+as for a redelivery); list the key's tasks (``GET .../list``, docs/history.md).
+Errors as ``{"code", "msg", "data": null}`` with the same HTTP status."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from muxproxy import history
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
 from muxproxy.errors import InvalidRequest, MuxError, UnsupportedMediaType
@@ -33,6 +36,8 @@ FIELDS = frozenset({
 })
 _BASE64_FIELDS = ("image_base64", "mask_base64", "image", "mask")
 _IMAGE_FIELDS = frozenset({"image_url", "image_urls", "image_base64", "image"})
+# A cancel's body holds a task id at most.
+MAX_CANCEL_BODY_BYTES = 4096
 
 
 def render_error(exc: MuxError) -> Response:
@@ -81,6 +86,32 @@ async def get_task(request: Request) -> Response:
         raise InvalidRequest("'task_id' query parameter is required", param="task_id")
     job = await state.gateway.job_for(key, task_id)
     return ok(task_view(job, state.gateway.result_links(job)))
+
+
+@surface(render_error)
+async def cancel_task(request: Request) -> Response:
+    """End an unfinished task as failed (``failCode`` ``cancelled``); 409 once it ended."""
+    state: AppState = request.app.state.mux
+    key = await state.auth.authenticate(request)
+    task_id: Any = request.query_params.get("task_id")
+    if task_id is None:
+        body = parse_json_object(await read_body(request, MAX_CANCEL_BODY_BYTES))
+        task_id = body.get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        raise InvalidRequest("'task_id' is required, in the query or the JSON body",
+                             param="task_id")
+    job = await state.gateway.cancel(key, task_id)
+    return ok(task_view(job, []))
+
+
+@surface(render_error)
+async def list_tasks(request: Request) -> Response:
+    """The key's tasks, newest first, with the cursor of the next page."""
+    state: AppState = request.app.state.mux
+    key = await state.auth.authenticate(request)
+    page = await history.page(state.gateway, key, request.query_params)
+    return ok({"tasks": [task_view(job, state.gateway.result_links(job)) for job in page.jobs],
+               "nextCursor": page.next_cursor})
 
 
 def task_view(job: Job, result_urls: list[str]) -> dict[str, Any]:
@@ -173,4 +204,6 @@ def _placeholder(value: Any) -> Any:
 routes = [
     Route("/api/v1/images/generations", create_task, methods=["POST"]),
     Route("/api/v1/images/generations", get_task, methods=["GET"]),
+    Route("/api/v1/images/generations/cancel", cancel_task, methods=["POST"]),
+    Route("/api/v1/images/generations/list", list_tasks, methods=["GET"]),
 ]

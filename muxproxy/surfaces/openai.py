@@ -3,7 +3,9 @@ official SDKs pointed at ``base_url=<gateway>/v1``.
 
 ``POST /v1/images/*`` creates a job like any surface, then waits for it (bounded by
 ``surfaces.openai_wait_seconds``; by default the job's whole life) and answers as
-OpenAI does. The job id leaves in the ``x-muxproxy-job-id`` header; a client that
+OpenAI does, with OpenAI's defaults (``null`` is absent; b64_json for edits and GPT
+Image ids); with ``stream: true`` it streams the job instead (openai_answers.py).
+The job id leaves in the ``x-muxproxy-job-id`` header; a client that
 hangs up or times out can poll it on the native task API, or retry with the first
 call's Idempotency-Key to wait for the same job.
 Errors: ``{"error": {"message", "type", "param", "code"}}``.
@@ -11,7 +13,6 @@ Errors: ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,8 +23,8 @@ from starlette.routing import Route
 from muxproxy import images
 from muxproxy import validation as v
 from muxproxy.app_state import AppState
-from muxproxy.errors import InvalidRequest, MuxError, NotFound, StillRunning, UpstreamFailed
-from muxproxy.forms import FormLimits, Part, parse_form
+from muxproxy.errors import InvalidRequest, MuxError, NotFound, StillRunning
+from muxproxy.forms import FormLimits, parse_form
 from muxproxy.gateway import Submission
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.http import (
@@ -39,9 +40,25 @@ from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.logs import get_logger
 from muxproxy.pipeline.events import EndWatch
 from muxproxy.pipeline.jobs import Job, JobState
+from muxproxy.providers.sizes import nearest_ratio
 from muxproxy.settings import ModelSettings, Settings
 from muxproxy.store import ApiKey
 from muxproxy.surfaces import SurfaceName
+from muxproxy.surfaces.openai_answers import (
+    EventStream,
+    Reply,
+    error_body,
+    failure,
+    images_response,
+    job_events,
+)
+from muxproxy.surfaces.openai_inputs import (
+    IMAGE_PARTS,
+    describe_files,
+    form_images,
+    json_images,
+    without_data,
+)
 from muxproxy.validation import UploadedImage
 
 log = get_logger("muxproxy.openai")
@@ -50,28 +67,27 @@ JOB_HEADER = "x-muxproxy-job-id"
 GENERATE_FIELDS = frozenset({
     "model", "prompt", "n", "size", "quality", "response_format", "style", "background",
     "output_format", "output_compression", "moderation", "user", "safety_identifier", "stream",
+    "partial_images",
+    # Gateway extensions, sent through the SDKs' ``extra_body``.
+    "aspect_ratio", "resolution", "seed",
 })
 EDIT_FIELDS = GENERATE_FIELDS | {"input_fidelity", "images", "mask"}
-_IMAGE_PARTS = ("image", "image[]")
 # Passed to providers in ``GenerationRequest.extra`` under these names when sent.
 CHOICES: Mapping[str, tuple[str, ...]] = {
     "style": ("vivid", "natural"), "background": ("transparent", "opaque", "auto"),
     "moderation": ("low", "auto"), "input_fidelity": ("high", "low"),
 }
-# Failure codes that mean the request itself was refused (400); any other failed
-# job is an upstream error (502). Adapters use ``moderation_blocked`` for safety blocks.
-REFUSAL_CODES = frozenset({
-    "unsupported", "invalid_request", "moderation_blocked", "content_policy_violation",
-    "bad_image_url", "invalid_reference",
-})
+# An edit that names no size keeps its first image's shape: the nearest of the model's
+# ``aspect_ratios``, else of these (providers map a ratio to a size they render).
+EDIT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+# Model ids OpenAI answers with b64_json when no response_format is sent.
+GPT_IMAGE_PREFIXES = ("gpt-image-", "chatgpt-image-")
 
 
 def render_error(exc: MuxError) -> Response:
     # OpenAI answers a file that is not an image, or a wrong Content-Type, with 400.
     status = 400 if exc.status == 415 else exc.status
-    body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param,
-                      "code": exc.code}}
-    response = JSONResponse(body, status_code=status)
+    response = JSONResponse(error_body(exc), status_code=status)
     if status in (502, 504):
         # The job already ran (or still runs): an SDK retry would only start another.
         response.headers["x-should-retry"] = "false"
@@ -100,8 +116,9 @@ async def get_model(request: Request) -> Response:
 
 
 def model_view(model: ModelSettings) -> dict[str, Any]:
-    # The config does not know when a model "was created"; 0 keeps the field an int.
-    data: dict[str, Any] = {"id": model.id, "object": "model", "created": 0,
+    # When the model was configured: its ``created`` setting, else the config
+    # file's last write (settings_parse.load).
+    data: dict[str, Any] = {"id": model.id, "object": "model", "created": model.created,
                             "owned_by": "muxproxy"}
     if model.description:
         data["description"] = model.description
@@ -116,8 +133,8 @@ async def generate(request: Request) -> Response:
         raise InvalidRequest("Content-Type must be application/json")
     body = parse_json_object(await read_body(request, state.settings.limits.max_body_bytes))
     v.unknown_fields(body, GENERATE_FIELDS)
-    submission, response_format = parse_submission(body, dict(body), state)
-    return await run(request, state, key, submission, response_format)
+    submission, reply = parse_submission(present(body), dict(body), state)
+    return await run(request, state, key, submission, reply)
 
 
 @surface(render_error)
@@ -130,48 +147,52 @@ async def edit(request: Request) -> Response:
         raise InvalidRequest("Content-Type must be multipart/form-data or application/json")
     raw = await read_body(request, limits.max_body_bytes)
     if kind == "application/json":
-        body = parse_json_object(raw)
+        body = present(parse_json_object(raw))
         v.unknown_fields(body, EDIT_FIELDS)
-        ordered, mask_ref, mask_upload = _json_images(body, state)
+        ordered, mask_ref, mask_upload = json_images(body, state)
         refs = [i for i in ordered if isinstance(i, ImageRef)]
         uploads = [i for i in ordered if not isinstance(i, ImageRef)]
-        params = _without_data(body)
+        params = without_data(body)
     else:
         form = await parse_form(raw, request.headers["content-type"], FormLimits(
             max_parts=limits.max_reference_images + 1 + len(EDIT_FIELDS),
             max_file_bytes=limits.max_image_bytes,
             max_field_bytes=limits.max_prompt_chars * 4 + 1024))
         body = dict(form.fields)
-        for name in (*_IMAGE_PARTS, "mask"):
+        for name in (*IMAGE_PARTS, "mask"):
             if name in body:
                 raise InvalidRequest(f"'{name}' must be a file part", param=name)
         v.unknown_fields(body, EDIT_FIELDS - {"images", "mask"})
-        uploads, mask_upload = _form_images(form.files, state)
+        uploads, mask_upload = form_images(form.files, state)
         refs, mask_ref = [], None
         ordered = list(uploads)
-        params = {**body, **_describe_files(form.files)}
+        params = {**body, **describe_files(form.files)}
     if not refs and not uploads:
         raise InvalidRequest("'image' is required: send one or more image files",
                              param="image")
     if len(refs) + len(uploads) > limits.max_reference_images:
         raise InvalidRequest(f"at most {limits.max_reference_images} images", param="image")
-    submission, response_format = parse_submission(
+    submission, reply = parse_submission(
         body, params, state, images=ordered, mask_ref=mask_ref, mask_upload=mask_upload)
-    return await run(request, state, key, submission, response_format)
+    return await run(request, state, key, submission, reply)
+
+
+def present(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields sent with a value: ``null`` means absent, as in OpenAI's API."""
+    return {name: value for name, value in body.items() if value is not None}
 
 
 def parse_submission(body: Mapping[str, Any], params: Mapping[str, Any], state: AppState, *,
                      images: Sequence[ImageRef | UploadedImage] = (),
                      mask_ref: ImageRef | None = None,
-                     mask_upload: UploadedImage | None = None) -> tuple[Submission, str]:
-    """The fields both endpoints share; returns the submission and response_format."""
+                     mask_upload: UploadedImage | None = None) -> tuple[Submission, Reply]:
+    """The fields both endpoints share; returns the submission and how to answer."""
     limits = state.settings.limits
     model = state.gateway.model_or_default(v.string(body, "model", max_len=200))
-    response_format = _choice(body, "response_format", ("url", "b64_json")) or "url"
-    stream = body.get("stream")
-    if not (stream is None or stream is False or stream == "false"):
-        raise InvalidRequest("streaming is not supported; omit 'stream'", param="stream")
+    reply = reply_for(body, model, edit=bool(images))
     extra: dict[str, Any] = {}
+    if reply.stream:
+        extra["partial_images"] = reply.stream
     for name, allowed in CHOICES.items():
         if (value := _choice(body, name, allowed)) is not None:
             extra[name] = value
@@ -181,17 +202,61 @@ def parse_submission(body: Mapping[str, Any], params: Mapping[str, Any], state: 
     for name in ("user", "safety_identifier"):
         if (value := v.string(body, name, max_len=256)) is not None:
             extra[name] = value
+    if body.get("seed") is not None:
+        extra["seed"] = v.integer(body, "seed", default=0, low=0, high=2**32 - 1)
+    size, aspect_ratio, resolution = v.size(body), v.aspect_ratio(body), v.resolution(body)
+    if body.get("size") is None and aspect_ratio is None and resolution is None and \
+            (aspect_ratio := _input_aspect(images, model)) is not None:
+        extra["aspect_from_input"] = True
     request = GenerationRequest(
         prompt=v.prompt(body, limits),
         n=v.integer(body, "n", default=1, low=1, high=limits.max_n),
-        size=v.size(body),
+        size=size,
+        aspect_ratio=aspect_ratio,
+        resolution=resolution,
         quality=v.quality(body),
         output_format=v.output_format(body),
         mask=mask_ref,
         extra=extra,
     )
     return Submission(model=model.id, request=request, client_params=params,
-                      images=images, mask_upload=mask_upload), response_format
+                      images=images, mask_upload=mask_upload), reply
+
+
+def _input_aspect(refs: Sequence[ImageRef | UploadedImage], model: ModelSettings
+                  ) -> str | None:
+    """The ratio nearest the first uploaded image's shape (a URL's is unknown yet)."""
+    first = refs[0] if refs else None
+    if not isinstance(first, UploadedImage):
+        return None
+    width, height = images.dimensions(first.data)
+    if not width or not height:
+        return None
+    return nearest_ratio(width, height, model.aspect_ratios or EDIT_RATIOS)
+
+
+def reply_for(body: Mapping[str, Any], model: ModelSettings, *, edit: bool) -> Reply:
+    """``response_format`` (by default as OpenAI answers: ``b64_json`` for edits and
+    GPT Image models, else the model's ``response_format`` setting), and
+    ``stream`` with its ``partial_images``."""
+    response_format = _choice(body, "response_format", ("url", "b64_json")) or \
+        default_response_format(model, edit=edit)
+    partials = v.integer(body, "partial_images", default=0, low=0, high=3)
+    stream = body.get("stream", False)
+    if stream in (True, "true"):
+        return Reply(response_format, stream=partials, edit=edit)
+    if stream not in (False, "false"):
+        raise InvalidRequest("'stream' must be true or false", param="stream")
+    return Reply(response_format, edit=edit)
+
+
+def default_response_format(model: ModelSettings, *, edit: bool) -> str:
+    if edit:
+        return "b64_json"
+    if model.response_format:
+        return model.response_format
+    name = model.id.rsplit("/", 1)[-1]
+    return "b64_json" if name.startswith(GPT_IMAGE_PREFIXES) else "url"
 
 
 def _choice(body: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str | None:
@@ -202,86 +267,6 @@ def _choice(body: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> str
     return value
 
 
-def _form_images(files: Sequence[Part], state: AppState
-                 ) -> tuple[list[UploadedImage], UploadedImage | None]:
-    limits = state.settings.limits
-    uploads = []
-    mask = None
-    for part in files:
-        if part.name in _IMAGE_PARTS:
-            uploads.append(v.image_bytes(part.data, part.name, limits))
-        elif part.name == "mask":
-            if mask is not None:
-                raise InvalidRequest("send one 'mask' file", param="mask")
-            mask = v.image_bytes(part.data, "mask", limits)
-        else:
-            raise InvalidRequest(f"unexpected file field '{part.name}': send images as "
-                                 "'image' or 'image[]' and the mask as 'mask'", param=part.name)
-    return uploads, mask
-
-
-def _json_images(body: Mapping[str, Any], state: AppState) -> tuple[
-        list[ImageRef | UploadedImage], ImageRef | None, UploadedImage | None]:
-    """``images: [{"image_url"}]`` and ``mask: {"image_url"}``, as URLs or data URIs."""
-    items = body.get("images")
-    if items is None:
-        items = []
-    if not isinstance(items, list):
-        raise InvalidRequest("'images' must be an array of {\"image_url\": ...}",
-                             param="images")
-    ordered: list[ImageRef | UploadedImage] = []
-    for item in items:
-        ref, upload = _image_url(item, "images", state)
-        ordered.extend(x for x in (ref, upload) if x is not None)
-    mask_ref = mask_upload = None
-    if body.get("mask") is not None:
-        mask_ref, mask_upload = _image_url(body["mask"], "mask", state)
-    return ordered, mask_ref, mask_upload
-
-
-def _image_url(item: Any, name: str, state: AppState
-               ) -> tuple[ImageRef | None, UploadedImage | None]:
-    if isinstance(item, dict) and "file_id" in item:
-        raise InvalidRequest("file_id references are not supported; send image_url",
-                             param=name)
-    # Nothing but the URL: other keys would be kept, unchecked, with the job.
-    if not isinstance(item, dict) or set(item) != {"image_url"}:
-        raise InvalidRequest(f"'{name}' entries must be {{\"image_url\": URL}}", param=name)
-    url = v.http_url(item["image_url"], name, allow_data=True)
-    if url.startswith("data:"):
-        return None, v.decode_image(url, name, state.settings.limits)
-    return ImageRef(url=url), None
-
-
-def _without_data(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON body for the job's record, data URIs replaced by a note."""
-
-    def clean(item: Any) -> Any:
-        url = item.get("image_url") if isinstance(item, dict) else None
-        if isinstance(url, str) and url.startswith("data:"):
-            return {**item, "image_url": f"<data URI, {len(url)} chars>"}
-        return item
-
-    params = dict(body)
-    if isinstance(params.get("images"), list):
-        params["images"] = [clean(item) for item in params["images"]]
-    if params.get("mask") is not None:
-        params["mask"] = clean(params["mask"])
-    return params
-
-
-def _describe_files(files: Sequence[Part]) -> dict[str, Any]:
-    described: dict[str, Any] = {}
-    for part in files:
-        name = "image" if part.name in _IMAGE_PARTS else part.name
-        note = f"<file {part.filename!r}, {len(part.data)} bytes>"
-        if name == "mask":
-            described[name] = note
-        else:
-            described.setdefault(name, []).append(note)
-    return described
-
-
 def wait_seconds(settings: Settings) -> float:
     """``surfaces.openai_wait_seconds``, or by default the job's whole life: its
     deadline, plus the time the scheduler may take to notice a deadline passed."""
@@ -290,22 +275,41 @@ def wait_seconds(settings: Settings) -> float:
 
 
 async def run(request: Request, state: AppState, key: ApiKey, submission: Submission,
-              response_format: str) -> Response:
-    """Create the job, wait for it, and answer with its images or its failure."""
-    watch = state.gateway.watch()
+              reply: Reply) -> Response:
+    """Create the job, then wait for it and answer with its images or its failure,
+    or stream it."""
+    watch = state.gateway.watch(partials=reply.stream is not None)
     try:
         job = await state.gateway.submit(key, SurfaceName.OPENAI, submission,
                                          before_start=watch,
                                          idempotency=idempotency_claim(request))
-        return await answer(request, state, job, response_format, watch)
+    except BaseException:
+        watch.close()
+        raise
+    if reply.stream is not None:
+        # The stream closes the watch when it ends (or the job's end drops it).
+        return EventStream(job_events(
+            state, job, reply,
+            lambda: state.gateway.wait(job, wait_seconds(state.settings), watch=watch),
+            watch.partials, watch.close), {JOB_HEADER: job.id})
+    try:
+        return await answer(request, state, job, reply.response_format, watch)
     finally:
         watch.close()
 
 
 async def replay(request: Request, state: AppState, job: Job) -> Response:
     """A create call's retry (same Idempotency-Key): waits for the job the first
-    call created, like the first call did, and answers with its result."""
-    return await answer(request, state, job, await _response_format(request, state))
+    call created, like the first call did, and answers with its result (streamed
+    when the call streams: previews from now on, then the end)."""
+    reply = await _reply(request, state, job)
+    if reply.stream is None:
+        return await answer(request, state, job, reply.response_format)
+    events = state.gateway.events
+    queue = events.listen(job.id)
+    return EventStream(job_events(
+        state, job, reply, lambda: state.gateway.wait(job, wait_seconds(state.settings)),
+        queue, lambda: events.unlisten(job.id, queue)), {JOB_HEADER: job.id})
 
 
 async def answer(request: Request, state: AppState, job: Job, response_format: str,
@@ -327,8 +331,8 @@ async def answer(request: Request, state: AppState, job: Job, response_format: s
     return response
 
 
-async def _response_format(request: Request, state: AppState) -> str:
-    """The retried request's ``response_format`` (its body is the first call's)."""
+async def _reply(request: Request, state: AppState, job: Job) -> Reply:
+    """How the retried request wants its answer (its body is the first call's)."""
     raw = await request.body()
     try:
         if media_type(request) == "multipart/form-data":
@@ -337,54 +341,13 @@ async def _response_format(request: Request, state: AppState) -> str:
                 max_parts=1000, max_file_bytes=limit, max_field_bytes=limit))
             fields: Mapping[str, Any] = form.fields
         else:
-            fields = parse_json_object(raw)
+            fields = present(parse_json_object(raw))
+        model = state.settings.models.get(job.model)
+        if model is not None:
+            return reply_for(fields, model, edit=job.request.is_edit)
     except MuxError:
-        fields = {}
-    return "b64_json" if fields.get("response_format") == "b64_json" else "url"
-
-
-def failure(job: Job) -> MuxError:
-    code = job.fail_code or "upstream_error"
-    message = job.fail_msg or "image generation failed"
-    error: MuxError = InvalidRequest(message) if code in REFUSAL_CODES \
-        else UpstreamFailed(message)
-    error.code = code
-    return error
-
-
-async def images_response(state: AppState, job: Job, response_format: str) -> dict[str, Any]:
-    assert job.result is not None
-    result = job.result
-    if response_format == "b64_json":
-        items = [{"b64_json": base64.b64encode(blob).decode("ascii")}
-                 for blob in await state.gateway.result_images(job)]
-    else:
-        items = [{"url": url} for url in state.gateway.result_links(job)]
-    data: list[dict[str, Any]] = []
-    for item in items:
-        if result.revised_prompt is not None:
-            item["revised_prompt"] = result.revised_prompt
-        data.append(item)
-    body: dict[str, Any] = {"created": (job.completed_at or job.created_at) // 1000,
-                            "data": data, "usage": usage(job)}
-    first = result.images[0]
-    body["output_format"] = images.EXTENSIONS.get(first.content_type, "png")
-    if first.width and first.height:
-        body["size"] = f"{first.width}x{first.height}"
-    # Echoed only in the values OpenAI's response type allows.
-    if job.request.quality in ("low", "medium", "high"):
-        body["quality"] = job.request.quality
-    if job.request.extra.get("background") in ("transparent", "opaque"):
-        body["background"] = job.request.extra["background"]
-    return body
-
-
-def usage(job: Job) -> dict[str, Any]:
-    """Token counts in OpenAI's names (the gateway does not meter
-    tokens: zeros), and the job's price in credits."""
-    return {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
-            "output_tokens": 0, "total_tokens": 0, "prompt_tokens": 0, "completion_tokens": 0,
-            "credits": job.credits}
+        pass
+    return Reply("b64_json" if job.request.is_edit else "url", edit=job.request.is_edit)
 
 
 routes = [

@@ -24,6 +24,7 @@ from muxproxy.app_state import AppState
 from muxproxy.errors import MuxError, status_error
 from muxproxy.http import ErrorRenderer
 from muxproxy.openapi import admin as admin_doc
+from muxproxy.openapi import mcp as mcp_doc
 from muxproxy.openapi import modelmux as modelmux_doc
 from muxproxy.openapi import native as native_doc
 from muxproxy.openapi import openai as openai_doc
@@ -31,7 +32,17 @@ from muxproxy.openapi import ops as ops_doc
 from muxproxy.openapi.common import Part
 from muxproxy.pipeline.jobs import Job
 from muxproxy.settings import Settings
-from muxproxy.surfaces import SurfaceName, admin, callbacks, files, modelmux, native, openai, ops
+from muxproxy.surfaces import (
+    SurfaceName,
+    admin,
+    callbacks,
+    files,
+    mcp,
+    modelmux,
+    native,
+    openai,
+    ops,
+)
 
 # The answer a create call's retry gets for the job the first call created.
 Replayer = Callable[[Request, AppState, Job], Awaitable[Response]]
@@ -75,6 +86,8 @@ SURFACES: tuple[Surface, ...] = (
     Surface(SurfaceName.MODELMUX, modelmux.routes, modelmux.render_error, Access.API_KEY,
             modelmux_doc.part, prefix="/api/v1/generations",
             creates=frozenset({"/api/v1/generations"}), replay=modelmux.replay),
+    Surface(SurfaceName.MCP, mcp.routes, mcp.render_error, Access.API_KEY, mcp_doc.part,
+            prefix="/mcp"),
     Surface(SurfaceName.ADMIN, admin.routes, admin.render_error, Access.ADMIN,
             admin_doc.part, prefix="/admin/"),
     Surface(SurfaceName.OPS, ops.routes, native.render_error, Access.OPEN, ops_doc.part),
@@ -85,6 +98,13 @@ SURFACES: tuple[Surface, ...] = (
 DEFAULT = SURFACES[0]
 # Create path -> the surface that serves it.
 CREATES: Mapping[str, Surface] = {path: s for s in SURFACES for path in s.creates}
+
+
+def client_prefixes(surfaces: Sequence[Surface] = SURFACES) -> tuple[str, ...]:
+    """Where browser clients may call (CORS): the surfaces an API key opens, and the
+    signed file links; not admin or ops."""
+    return tuple(s.prefix for s in surfaces if s.prefix is not None and (
+        s.access is Access.API_KEY or s.name is SurfaceName.FILES))
 
 
 def surface_for(path: str) -> Surface:

@@ -71,10 +71,17 @@ class MemoryStore(Store):
             return None
         return job_from_row(row)
 
-    async def list_jobs(self, key_id: str, *, limit: int = 50,
-                        before: int | None = None) -> list[Job]:
-        rows = self._jobs(lambda r: r["key_id"] == key_id
-                          and (before is None or r["created_at"] < before))
+    async def list_jobs(self, key_id: str, *, limit: int = 50, before: int | None = None,
+                        before_id: str | None = None) -> list[Job]:
+        def listed(r: Mapping[str, Any]) -> bool:
+            if r["key_id"] != key_id:
+                return False
+            if before is None:
+                return True
+            return bool(r["created_at"] < before or (
+                before_id is not None and r["created_at"] == before and r["id"] < before_id))
+
+        rows = self._jobs(listed)
         rows.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
         return [job_from_row(r) for r in rows[:limit]]
 

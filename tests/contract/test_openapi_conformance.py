@@ -140,7 +140,7 @@ async def test_other_methods_are_405_with_allow(api: Api) -> None:
     """A method the document does not list for a path is a 405 naming, in Allow,
     exactly the methods it does list, in the path's surface error shape."""
     shapes = {"/v1/": "OpenAIError", "/api/v1/generations": "ModelMuxError",
-              "/admin/": "AdminError"}
+              "/admin/": "AdminError", "/mcp": "McpError"}
     for template, ops in api.contract.document["paths"].items():
         documented = {m.upper() for m in ops} | ({"HEAD"} if "get" in ops else set())
         path = re.sub(r"\{[^}]+\}", "x", template)
@@ -288,7 +288,8 @@ async def test_openai_surface(api: Api) -> None:
     assert failed.status == 502 and failed.headers["x-should-retry"] == "false"
     cases: list[tuple[dict[str, Any], int]] = [
         ({"json": {"model": "demo-image", "prompt": "x", "style": "loud"}}, 400),
-        ({"json": {"model": "demo-image", "prompt": "x", "stream": True}}, 400),
+        ({"json": {"model": "demo-image", "prompt": "x", "stream": True}}, 200),
+        ({"json": {"model": "demo-image", "prompt": "x", "partial_images": 9}}, 400),
         ({"data": b"{}", "headers": {"Content-Type": "text/plain"}}, 400),
         ({"json": {"prompt": "x"}, "key": None}, 401),
         ({"json": {"model": "demo-priced", "prompt": "x"}, "key": POOR_KEY}, 402),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from pytest_aiohttp import AiohttpServer
 
 from muxproxy.clock import SystemClock
-from muxproxy.generation import GenerationRequest, ImageRef
+from muxproxy.generation import GenerationRequest, ImageRef, PartialImage
 from muxproxy.providers import provider_class
 from muxproxy.providers.base import (
     Finished,
@@ -361,6 +363,52 @@ async def test_compatible_200_with_error_body(compatible: OpenAICompatibleProvid
     assert (first.transient, first.message) == (False,
                                                 "upstream: model does not support images")
     assert (second.transient, "invalid base64" in second.message) == (False, True)
+
+
+async def test_streams_partials_to_the_call(openai: OpenAIProvider, fake: FakeOpenAI) -> None:
+    seen: list[PartialImage] = []
+    call = make_call("gpt-image-1", extra={"partial_images": 2}, quality="high")
+    outcome = await openai.submit(replace(call, on_partial=seen.append))
+    assert isinstance(outcome, Finished)
+    assert [image.data for image in outcome.images if isinstance(image, ImageData)] == [
+        fake.image]
+    assert [(p.index, base64.b64decode(p.b64_json)) for p in seen] == list(
+        enumerate(fake.partials))
+    assert seen[0].fields == {"size": "1024x1024", "quality": "high", "background": "opaque",
+                              "output_format": "png"}
+    [sent] = fake.calls(GENERATIONS)
+    assert sent.json["stream"] is True and sent.json["partial_images"] == 2
+
+
+async def test_stream_only_for_gpt_image_and_partials(openai: OpenAIProvider,
+                                                      fake: FakeOpenAI) -> None:
+    await openai.submit(make_call("dall-e-3", extra={"partial_images": 2}))
+    await openai.submit(make_call("gpt-image-1", extra={"partial_images": 0}))
+    assert all("stream" not in call.json for call in fake.calls(GENERATIONS))
+
+
+async def test_stream_error_event_is_classified(openai: OpenAIProvider,
+                                                fake: FakeOpenAI) -> None:
+    fake.stream_error = {"message": "blocked", "type": "image_generation_user_error",
+                         "param": None, "code": "moderation_blocked"}
+    with pytest.raises(UpstreamError) as caught:
+        await openai.submit(make_call("gpt-image-1", extra={"partial_images": 1}))
+    assert caught.value.code == "moderation_blocked" and not caught.value.transient
+    assert caught.value.message == "upstream: blocked"
+    fake.stream_error = {"message": "oops", "type": "server_error", "param": None,
+                         "code": None}
+    with pytest.raises(UpstreamError) as caught:
+        await openai.submit(make_call("gpt-image-1", extra={"partial_images": 1}))
+    assert caught.value.transient
+
+
+async def test_stream_edit_is_multipart(openai: OpenAIProvider, fake: FakeOpenAI) -> None:
+    seen: list[PartialImage] = []
+    call = make_call("gpt-image-1", refs=(data_ref(PNG),), extra={"partial_images": 3})
+    outcome = await openai.submit(replace(call, on_partial=seen.append))
+    assert isinstance(outcome, Finished) and len(seen) == 3
+    [sent] = fake.calls(EDITS)
+    assert sent.fields["stream"] == ["true"] and sent.fields["partial_images"] == ["3"]
 
 
 def test_compatible_needs_a_base_url(http: aiohttp.ClientSession) -> None:

@@ -118,6 +118,17 @@ async def test_list_newest_first_with_paging(store: Store) -> None:
     assert [j.id for j in rest] == ["j1", "j0"]
 
 
+async def test_list_pages_through_jobs_of_one_millisecond(store: Store) -> None:
+    for name in ("a", "b", "c", "d"):
+        await store.create_job(new_job(name, created=T0))
+    await store.create_job(new_job("older", created=T0 - 1))
+    page = await store.list_jobs("key-a", limit=2)
+    assert [j.id for j in page] == ["d", "c"]
+    last = page[-1]
+    rest = await store.list_jobs("key-a", limit=10, before=last.created_at, before_id=last.id)
+    assert [j.id for j in rest] == ["b", "a", "older"]
+
+
 async def test_claim_leases_due_jobs_once(store: Store) -> None:
     await store.create_job(new_job("due", created=T0))
     await store.create_job(new_job("later", created=T0 + 5_000))

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import itertools
+import json
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -180,7 +181,8 @@ MODELS: Mapping[str, ModelSpec] = {
                           frozenset({"standard"}), 10, 1, False),
 }
 _COMMON = {"model", "prompt", "n", "size", "quality", "user"}
-_GPT_ONLY = {"background", "moderation", "output_compression", "output_format"}
+_GPT_ONLY = {"background", "moderation", "output_compression", "output_format", "stream",
+             "partial_images"}
 _EDIT_FILES = {"image", "image[]", "mask"}
 
 
@@ -191,6 +193,13 @@ class FakeOpenAI(FakeImagesAPI):
     def __init__(self, key: str = OPENAI_KEY, *, compatible: bool = False) -> None:
         super().__init__(key, (200, 40, 40) if compatible else (40, 160, 90))
         self.compatible = compatible
+        #: Streaming: an error object sent as an ``error`` event after the partials,
+        #: instead of the completed events (a failure mid-stream).
+        self.stream_error: dict[str, Any] | None = None
+        #: Streaming: set, the stream waits for it after the partials (a slow render).
+        self.stream_gate: asyncio.Event | None = None
+        #: The partial images sent, in order (distinct images, one color each).
+        self.partials: list[bytes] = []
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/images/generations", self._generations)
@@ -226,7 +235,7 @@ class FakeOpenAI(FakeImagesAPI):
                 "API key at https://platform.openai.com/account/api-keys.",
                 code="invalid_api_key"))
 
-    async def _generations(self, request: web.Request) -> web.Response:
+    async def _generations(self, request: web.Request) -> web.StreamResponse:
         recorded = Recorded(request.method, request.path, dict(request.headers))
         try:
             await self.gate(request, recorded)
@@ -236,11 +245,11 @@ class FakeOpenAI(FakeImagesAPI):
                                            "application/json."))
             body = await request.json()
             recorded.json = body
-            return self._answer(request, self._validate(body, edit=False))
+            return await self._respond(request, self._validate(body, edit=False), edit=False)
         except ApiError as exc:
             return web.json_response(exc.body, status=exc.status, headers=exc.headers)
 
-    async def _edits(self, request: web.Request) -> web.Response:
+    async def _edits(self, request: web.Request) -> web.StreamResponse:
         recorded = Recorded(request.method, request.path, dict(request.headers))
         try:
             await self.gate(request, recorded)
@@ -257,10 +266,13 @@ class FakeOpenAI(FakeImagesAPI):
                                                "but got a string instead.", param="n",
                                                code="invalid_type"))
                 body["n"] = int(body["n"])
-            if "output_compression" in body:
-                body["output_compression"] = int(body["output_compression"])
+            for name in ("output_compression", "partial_images"):
+                if name in body:
+                    body[name] = int(body[name])
+            if "stream" in body:
+                body["stream"] = body["stream"] == "true"
             body.update({k: v for k, v in recorded.files.items()})
-            return self._answer(request, self._validate(body, edit=True))
+            return await self._respond(request, self._validate(body, edit=True), edit=True)
         except ApiError as exc:
             return web.json_response(exc.body, status=exc.status, headers=exc.headers)
 
@@ -330,6 +342,47 @@ class FakeOpenAI(FakeImagesAPI):
             raise ApiError(400, _error(f"Too many images: at most {spec.edits}.",
                                        param="image"))
         return body
+
+    async def _respond(self, request: web.Request, body: Mapping[str, Any], *, edit: bool
+                       ) -> web.StreamResponse:
+        if body.get("stream"):
+            return await self._stream(request, body, edit=edit)
+        return self._answer(request, body)
+
+    async def _stream(self, request: web.Request, body: Mapping[str, Any], *, edit: bool
+                      ) -> web.StreamResponse:
+        """Server-sent events as OpenAI streams images: ``partial_images`` previews,
+        then one completed event per image (or an ``error`` event)."""
+        prefix = "image_edit" if edit else "image_generation"
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        common = {"background": "opaque", "output_format": "png",
+                  "quality": body.get("quality", "medium"),
+                  "size": body.get("size", "1024x1024")}
+
+        async def send(event: str, data: Mapping[str, Any]) -> None:
+            await response.write(f"event: {event}\ndata: ".encode()
+                                 + json.dumps(data).encode() + b"\n\n")
+
+        for index in range(body.get("partial_images", 0)):
+            image = make_image((10 * index, 20, 200))
+            self.partials.append(image)
+            await send(f"{prefix}.partial_image", {
+                "type": f"{prefix}.partial_image", "b64_json": base64.b64encode(image).decode(),
+                "created_at": int(time.time()), "partial_image_index": index, **common})
+        if self.stream_gate is not None:
+            await self.stream_gate.wait()
+        if self.stream_error is not None:
+            await send("error", {"error": self.stream_error})
+        else:
+            for _ in range(body.get("n", 1)):
+                await send(f"{prefix}.completed", {
+                    "type": f"{prefix}.completed", "b64_json": self.b64(),
+                    "created_at": int(time.time()), **common,
+                    "usage": {"input_tokens": 50, "output_tokens": 1056, "total_tokens": 1106,
+                              "input_tokens_details": {"image_tokens": 0, "text_tokens": 50}}})
+        await response.write_eof()
+        return response
 
     def _answer(self, request: web.Request, body: Mapping[str, Any]) -> web.Response:
         model = body.get("model", "dall-e-2")

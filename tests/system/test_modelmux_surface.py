@@ -208,7 +208,7 @@ async def test_not_found_and_not_ready_are_404(gateway: RunningGateway) -> None:
     status, _ = await call(gateway, "GET", f"/api/v1/generations/{history_id}/image", key=KEY_B)
     assert status == 404
 
-    for method, path, expected in [("GET", "/api/v1/generations", 405),
+    for method, path, expected in [("DELETE", "/api/v1/generations", 405),
                                    ("GET", f"/api/v1/generations/{history_id}/thumb", 404)]:
         status, body = await call(gateway, method, path)
         assert status == expected and set(body) == {"error", "code"}

@@ -93,8 +93,10 @@ async def test_sync_client_in_a_thread(gateway: RunningGateway, tmp_path: Path) 
 
     ids, edited = await asyncio.to_thread(use_sync_client)
     assert "demo-image" in ids
-    assert edited.data is not None and edited.data[0].url is not None
-    assert image_size(await download(gateway, edited.data[0].url)) == (64, 64)
+    # Edits answer b64_json when no response_format is sent, as OpenAI does.
+    assert edited.data is not None and edited.data[0].b64_json is not None
+    assert edited.data[0].url is None
+    assert image_size(base64.b64decode(edited.data[0].b64_json)) == (64, 64)
 
 
 async def test_generate_b64_json(gateway: RunningGateway, client: AsyncOpenAI) -> None:
@@ -174,7 +176,7 @@ async def test_edit_json_form_with_image_urls(gateway: RunningGateway,
         result = await client.post("/images/edits", cast_to=ImagesResponse, body={
             "model": "demo-image", "prompt": PROMPT, "size": "64x64",
             "images": [{"image_url": images.url()}, {"image_url": data_uri}],
-            "mask": {"image_url": data_uri}})
+            "mask": {"image_url": data_uri}, "response_format": "url"})
     assert images.paths == ["/image.png"]
     assert result.data is not None and result.data[0].url
     key = await gateway.state.store.key_by_hash(hash_key(KEY_A))
@@ -225,8 +227,11 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"background": "glass"}, "background"),
     ({"output_format": "tiff"}, "output_format"),
     ({"output_compression": 101}, "output_compression"),
-    ({"stream": True}, "stream"),
-    ({"seed": 7}, "seed"),
+    ({"stream": "yes"}, "stream"),
+    ({"partial_images": 4}, "partial_images"),
+    ({"seed": -1}, "seed"),
+    ({"aspect_ratio": "9:1"}, "aspect_ratio"),
+    ({"resolution": "8k"}, "resolution"),
 ]
 
 

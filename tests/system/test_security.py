@@ -32,6 +32,8 @@ JOB = "no-such-task"
 PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/v1/images/generations", {"json": {"model": "demo-image", "prompt": "x"}}),
     ("GET", f"/api/v1/images/generations?task_id={JOB}", {}),
+    ("POST", f"/api/v1/images/generations/cancel?task_id={JOB}", {}),
+    ("GET", "/api/v1/images/generations/list", {}),
     ("POST", "/v1/images/generations", {"json": {"model": "demo-image", "prompt": "x"}}),
     ("POST", "/v1/images/edits", {"data": "form"}),
     ("GET", "/v1/models", {}),
@@ -39,11 +41,14 @@ PROTECTED: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/v1/generations", {"json": {"model": "demo-image", "prompt": "x"}}),
     ("GET", f"/api/v1/generations/{JOB}", {}),
     ("GET", f"/api/v1/generations/{JOB}/image", {}),
+    ("POST", f"/api/v1/generations/{JOB}/cancel", {}),
+    ("GET", "/api/v1/generations", {}),
     ("GET", f"/api/v1/webhooks/deliveries?task_id={JOB}", {}),
     ("POST", "/api/v1/webhooks/redeliver", {"json": {"task_id": JOB}}),
     ("POST", "/api/v1/webhooks/secret", {}),
     ("GET", "/api/v1/webhooks/secret", {}),
     ("DELETE", "/api/v1/webhooks/secret", {}),
+    ("POST", "/mcp", {"json": {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}}),
 ]
 ADMIN_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/admin/keys", {"json": {"name": "mallory", "credits": 10**9}}),
@@ -62,6 +67,8 @@ def shape_ok(path: str, body: Any) -> bool:
     """The 401 comes in the surface's own error shape."""
     if path.startswith("/v1/"):
         return bool(body["error"]["type"] == "authentication_error")
+    if path.startswith("/mcp"):  # a JSON-RPC error
+        return bool(body["error"]["data"]["type"] == "invalid_api_key" and body["id"] is None)
     if path.startswith(("/api/v1/generations", "/admin/")):
         return isinstance(body["error"], str) and isinstance(body["code"], str)
     return bool(body["code"] == 401 and body["data"] is None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ def test_env_references_and_defaults() -> None:
     ({"server": {**MINIMAL["server"], "prot": 1}}, "unknown setting server.prot"),
     ({"server": {**MINIMAL["server"], "port": "eighty"}}, "server.port: expected int"),
     ({**MINIMAL, "jobs": {"max_attempts": 0}}, "jobs.max_attempts"),
+    ({**MINIMAL, "jobs": {"sweep_seconds": 0}}, "jobs.sweep_seconds: must be above 0"),
+    ({**MINIMAL, "jobs": {"sweep_seconds": 16}}, "at most half of jobs.lease_margin_seconds"),
     ({"server": {**MINIMAL["server"], "max_header_bytes": 100}}, "server.max_header_bytes"),
     ({"server": {**MINIMAL["server"], "body_timeout_seconds": 0}},
      "server.body_timeout_seconds: must be positive"),
@@ -150,3 +153,30 @@ def test_shipped_config_routes_every_seed_model() -> None:
     assert {p.kind for p in settings.providers.values()} == {
         "demo", "openai", "openai-compatible", "gemini", "xai", "fal", "replicate", "bfl",
         "task"}
+
+
+def test_model_created_and_response_format(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[server]\nsecret = "0123456789abcdef"\n'
+                    '[providers.demo]\nkind = "demo"\n'
+                    '[models.plain]\nroutes = [{provider = "demo", model = "x"}]\n'
+                    '[models.dated]\nroutes = [{provider = "demo", model = "x"}]\n'
+                    'created = 2025-04-23\nresponse_format = "b64_json"\n'
+                    '[models.stamped]\nroutes = [{provider = "demo", model = "x"}]\n'
+                    'created = 1700000000\n')
+    os.utime(path, (1_750_000_000, 1_750_000_000))
+    models = load_settings(path, env={}).models
+    # Without a setting: when the config file was last written.
+    assert models["plain"].created == 1_750_000_000 and models["plain"].response_format == ""
+    assert models["dated"].created == 1_745_366_400
+    assert models["dated"].response_format == "b64_json"
+    assert models["stamped"].created == 1_700_000_000
+
+
+@pytest.mark.parametrize(("field", "value"), [("response_format", "png"), ("created", -1),
+                                              ("created", "yesterday")])
+def test_model_created_and_response_format_errors(field: str, value: Any) -> None:
+    raw = {**MINIMAL, "providers": {"demo": {"kind": "demo"}},
+           "models": {"m": {"routes": [{"provider": "demo", "model": "x"}], field: value}}}
+    with pytest.raises(SettingsError, match=f'models."m".{field}'):
+        parse_settings(raw, {})
