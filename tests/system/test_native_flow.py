@@ -121,7 +121,8 @@ async def test_signed_urls_reject_tampering(gateway: RunningGateway) -> None:
     prefix, token, name = url.rsplit("/", 2)
     payload, stamp, signature = token.split(".")
     forged_key = "InJlc3VsdHMvb3RoZXIvMC5wbmci"  # "results/other/0.png"
-    for bad in (f"{prefix}/{payload}.{stamp}.{signature[:-2]}xx/{name}",
+    flipped = "yy" if signature.endswith("xx") else "xx"
+    for bad in (f"{prefix}/{payload}.{stamp}.{signature[:-2]}{flipped}/{name}",
                 f"{prefix}/{forged_key}.{stamp}.{signature}/{name}",
                 f"{prefix}/{payload}.{'ZZZZZZ'}.{signature}/{name}",
                 f"{prefix}/garbage/{name}"):
