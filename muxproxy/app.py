@@ -122,7 +122,8 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
                       scheduler, events, shutdown, check_callback=guard.check,
                       check_reference=fetcher.check,
                       recheck_seconds=notifier.recheck_seconds)
-    relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_links)
+    relay = WebhookRelay(settings.webhooks, store, clock, metrics, guard, gateway.result_links,
+                         lease_margin_seconds=settings.jobs.lease_margin_seconds)
     events.subscribe(relay.on_job)
     retention = RetentionSweep(settings.storage, store, storage, clock)
     auth = Authenticator(store)

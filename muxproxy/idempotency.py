@@ -8,9 +8,10 @@ surface (``Idempotent-Replayed: true``), and nothing is created. The table keeps
 the job id and a digest of the request, never a response.
 
 The same key with another body is refused with 422. A retry while the first
-request is still in its create step (no job bound yet) gets 409; a reservation
-whose create step is over (made by a process that is gone, or older than
-:data:`CREATE_STEP_MS`) is taken over by the retry. A request that fails before
+request is still in its create step (no job bound yet) gets 409, whichever
+replica holds it: the reservation is leased for :data:`CREATE_STEP_MS`. Once that
+lease lapsed (its process died, or the request never finished the step) the retry
+takes the key over. A request that fails before
 creating a job drops its reservation: a retry runs again. Keys belong to the API
 key that sent them and expire after ``limits.idempotency_ttl_seconds``.
 """
@@ -36,10 +37,10 @@ from muxproxy.surfaces.registry import CREATES
 
 log = get_logger("muxproxy.idempotency")
 
-# How long a reservation with no job yet answers 409 to a retry in the same
-# process. A create step (validation, storing uploads, the insert) takes well under
-# a second; a reservation older than this belongs to a request that never finished
-# it, and the retry takes the key over.
+# The lease of a reservation with no job yet: until it lapses a retry gets 409, on
+# any replica. A create step (validation, storing uploads, the insert) takes well
+# under a second; a reservation older than this belongs to a request that never
+# finished it (or to a process that died), and the retry takes the key over.
 CREATE_STEP_MS = 30_000
 
 

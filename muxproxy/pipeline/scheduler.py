@@ -11,8 +11,10 @@ A step's lease covers the provider's timeout plus ``jobs.lease_margin_seconds``,
 yet a step may make several calls (references, the upstream, the result's
 download), each with that timeout. So the sweep renews the lease of every step
 still running here once half of it is gone: a live step's lease never lapses,
-while a job whose lease could not be handed back (the release failed) falls due
-again when it lapses, and the next claim takes it up.
+while a job whose lease could not be handed back (the release failed), or whose
+process died, falls due again when it lapses, and the next claim (of any replica)
+takes it up. A job whose submit a dead process cut off is the sweep's
+``Store.recover`` instead, which counts the interruption (retried once, then failed).
 """
 
 from __future__ import annotations
@@ -55,13 +57,19 @@ class Scheduler(WorkerLoop[Job, bool]):
         self._next_sweep = 0
 
     async def start(self) -> None:
-        recovery = await self.store.recover(self.owner, now_ms(self.clock))
+        await self._recover(now_ms(self.clock))
+        self._start_loop()
+
+    async def _recover(self, now: int) -> None:
+        """Take over the jobs whose lease lapsed in another process (it died, or
+        stopped renewing): at start, and on every sweep, so any replica takes over
+        a dead one's jobs within a sweep of their lease lapsing."""
+        recovery = await self.store.recover(self.owner, now)
         if recovery.resumed or recovery.retried or recovery.failed:
-            log.info("recovered jobs after restart", resumed=recovery.resumed,
+            log.info("took over jobs whose lease lapsed", resumed=recovery.resumed,
                      retried=recovery.retried, failed=len(recovery.failed))
         for job in recovery.failed:
             await self.runner.ended(job)
-        self._start_loop()
 
     def reserve(self, provider: str) -> Lease | None:
         """A slot for a job about to be created, when ``provider`` has one free and
@@ -120,6 +128,8 @@ class Scheduler(WorkerLoop[Job, bool]):
         if sweep:
             self._next_sweep = now + int(self.settings.sweep_seconds * 1000)
             await self._renew_leases(now)
+            if not (self._draining or self._stopping):
+                await self._recover(now)
             for job in await self.store.expire_overdue(now):
                 log.info("job deadline exceeded", job_id=job.id)
                 await self.runner.ended(job)

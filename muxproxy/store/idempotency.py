@@ -18,10 +18,13 @@ class IdempotencyStore(Transactional):
         """Reserve ``idem_key`` for a request about to create a job (a claim, bound to
         the job by :meth:`create_job`), or the record already there.
 
-        A reservation without a job is taken over (a new claim) when its create step
-        is over: made by another ``owner`` (a process that is gone: one process
-        serves a database), or ``create_step_ms`` ago or more. A record whose job no
-        longer exists is taken over too."""
+        A reservation without a job is leased to its request for ``create_step_ms``
+        from when it was made: until then a retry gets the record (in progress),
+        whichever process holds it, since that process may be a live replica still
+        creating the job. Once the lease lapsed, the request is taken as gone (its
+        process died, or it never finished) and the retry takes the key over (a new
+        claim); the overtaken request can no longer bind a job. ``owner`` is
+        recorded for operators. A record whose job no longer exists is taken over."""
         claim = IdempotencyClaim(key_id, idem_key, secrets.token_hex(8))
 
         async def begin(tx: Tx) -> IdempotencyClaim | IdempotencyRecord:
@@ -31,12 +34,11 @@ class IdempotencyStore(Transactional):
             if row is not None:
                 if row.job_id is not None and row.job_exists:
                     return IdempotencyRecord(request_hash=row.request_hash, job_id=row.job_id)
-                in_create_step = row.job_id is None and row.owner == owner \
-                    and row.created_at > now - create_step_ms
-                if in_create_step:
+                leased = row.job_id is None and row.created_at > now - create_step_ms
+                if leased:
                     return IdempotencyRecord(request_hash=row.request_hash, job_id=None)
-            # New, or nothing was created under it (a crash, or a request that never
-            # came back): the key starts over with this request.
+            # New, or nothing was created under it before its lease lapsed (a crash,
+            # or a request that never came back): the key starts over with this one.
             await tx.put_idempotency(claim, request_hash, owner, now, now + ttl_ms)
             return claim
 

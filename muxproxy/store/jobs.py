@@ -134,7 +134,12 @@ class JobStore(Transactional):
                         lease_until: int) -> list[Job]:
         """Atomically lease up to ``limit`` non-terminal jobs due by ``now``, earliest
         ``run_after`` first: unleased ones, and those whose lease lapsed by ``now``
-        (a step whose lease could not be handed back is never stranded)."""
+        (a step whose lease could not be handed back is never stranded; a replica
+        that died has its jobs taken over by any other).
+
+        One kind of lapsed lease is left to :meth:`recover` (every sweep): another
+        owner's job in processing without an upstream id, whose submit its owner may
+        have cut off; recovery counts that interruption (``recoveries``) first."""
         claimed = await self.claim_due_many({provider: (limit, lease_until)}, now, owner)
         return claimed.get(provider, [])
 
@@ -203,7 +208,8 @@ class JobStore(Transactional):
     async def next_due(self, providers: Sequence[str]) -> int | None:
         """When the next non-terminal job of those providers falls due: the earliest
         ``run_after`` of an unleased one, or ``lease_until`` of one whose lease will
-        lapse (then :meth:`claim_due` takes it again)."""
+        lapse and that :meth:`claim_due` then takes (pending, or with an upstream id;
+        the others wait for the sweep's :meth:`recover`)."""
 
     @abc.abstractmethod
     async def renew_leases(self, job_ids: Sequence[str], owner: str, until: int) -> None:
@@ -211,10 +217,13 @@ class JobStore(Transactional):
         a job no longer leased by ``owner`` is left alone."""
 
     async def recover(self, owner: str, now: int) -> Recovery:
-        """Take back jobs a dead process held.
+        """Take back the jobs whose lease, held by another owner, lapsed by ``now``: a
+        process that died, or stopped renewing. Never a live lease another replica
+        renews. The scheduler calls it at start and on every sweep.
 
-        A job with an upstream id resumes polling; one without is retried once,
-        then failed, so nothing stays stuck.
+        A job with an upstream id resumes polling; one without (its submit may have
+        been cut off) is retried once, then failed, so nothing stays stuck. Claims
+        leave such a job to this rule (see :meth:`claim_due`), so the count holds.
         """
         return await self._transaction(lambda tx: _recover(tx, owner, now))
 
@@ -245,7 +254,7 @@ class JobStore(Transactional):
 async def _recover(tx: Tx, owner: str, now: int) -> Recovery:
     resumed = retried = 0
     ended = []
-    for job in await tx.orphaned(owner):
+    for job in await tx.orphaned(owner, now):
         values: dict[str, Any] = dict(_UNLEASED)
         if job.state is JobState.PROCESSING:
             values.update(run_after=now, updated_at=now)

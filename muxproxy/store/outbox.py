@@ -48,8 +48,9 @@ class OutboxStore(abc.ABC):
         """Drop a lease without recording an attempt (stopping, or over a host limit)."""
 
     @abc.abstractmethod
-    async def recover_deliveries(self, owner: str) -> int:
-        """Drop the leases a dead process held; return how many."""
+    async def recover_deliveries(self, owner: str, now: int) -> int:
+        """Drop the leases other owners held that lapsed by ``now`` (their process
+        died mid-attempt); return how many. Never a live lease of another replica."""
 
     @abc.abstractmethod
     async def redeliver(self, job: Job, *, now: int) -> Delivery:
@@ -60,7 +61,9 @@ class OutboxStore(abc.ABC):
     @abc.abstractmethod
     async def next_delivery_due(self, skip_hosts: Sequence[str] = (),
                                 skip_keys: Sequence[str] = ()) -> int | None:
-        """The earliest ``next_attempt_at`` among unleased pending deliveries."""
+        """When the next pending delivery falls due: the earliest ``next_attempt_at``
+        of an unleased one, or just past ``lease_until`` of a leased one (its lease
+        lapses, and :meth:`claim_deliveries` takes it over)."""
 
     @abc.abstractmethod
     async def delivery_backlog(self) -> Backlog:

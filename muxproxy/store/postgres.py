@@ -29,18 +29,20 @@ from muxproxy.store.postgres_outbox import PostgresOutbox
 from muxproxy.store.postgres_tables import PostgresTables
 from muxproxy.store.postgres_tx import ACTIVE, Db, PostgresTx, pg, updated
 from muxproxy.store.rows import job_from_row
-from muxproxy.store.sql import job_search
+from muxproxy.store.sql import TAKEN_OVER, job_search
 from muxproxy.store.tx import Tx
 
 T = TypeVar("T")
 SCHEMES = ("postgresql", "postgres")
 # Due unleased jobs and those whose lease lapsed, earliest first, in one statement;
-# rows another process is claiming right now are skipped, not waited for.
+# rows another process is claiming right now are skipped, not waited for. Another
+# owner's lapsed job whose submit was cut off waits for Store.recover (TAKEN_OVER).
 _CLAIM = f"""
     WITH due AS (
         SELECT id FROM jobs
         WHERE provider = $3 AND {ACTIVE} AND run_after <= $4
-            AND (lease_owner IS NULL OR lease_until <= $4)
+            AND (lease_owner IS NULL OR (lease_until <= $4
+                                         AND (lease_owner = $1 OR {TAKEN_OVER})))
         ORDER BY run_after LIMIT $5
         FOR UPDATE SKIP LOCKED)
     UPDATE jobs SET lease_owner = $1, lease_until = $2 FROM due WHERE jobs.id = due.id
@@ -176,7 +178,8 @@ class PostgresStore(PostgresAccounts, PostgresOutbox, PostgresTables, Store):
             f"(SELECT MIN(run_after) FROM jobs WHERE {ACTIVE} AND lease_owner IS NULL "
             f"AND provider = ANY($1::text[])), "
             f"(SELECT MIN(GREATEST(run_after, lease_until)) FROM jobs WHERE {ACTIVE} "
-            f"AND lease_owner IS NOT NULL AND provider = ANY($1::text[])))", list(providers))
+            f"AND lease_owner IS NOT NULL AND {TAKEN_OVER} "
+            f"AND provider = ANY($1::text[])))", list(providers))
         return int(row[0]) if row and row[0] is not None else None
 
     async def renew_leases(self, job_ids: Sequence[str], owner: str, until: int) -> None:

@@ -96,12 +96,11 @@ class PostgresOutbox:
                             "lease_until = NULL WHERE id = $1 AND lease_owner = $2",
                             delivery_id, owner)
 
-    async def recover_deliveries(self, owner: str) -> int:
-        # As on SQLite: a lease held by another owner is taken as a dead process's
-        # (narrowing this to lapsed leases is the lease-renewal part of issue 16).
+    async def recover_deliveries(self, owner: str, now: int) -> int:
+        # Lapsed leases only: another replica's attempt in flight keeps its lease.
         return await self._execute("UPDATE webhook_deliveries SET lease_owner = NULL, "
                                    "lease_until = NULL WHERE lease_owner IS NOT NULL "
-                                   "AND lease_owner != $1", owner)
+                                   "AND lease_owner != $1 AND lease_until < $2", owner, now)
 
     async def redeliver(self, job: Job, *, now: int) -> Delivery:
         if job.callback_url is None or not job.is_terminal:
@@ -118,8 +117,9 @@ class PostgresOutbox:
     async def next_delivery_due(self, skip_hosts: Sequence[str] = (),
                                 skip_keys: Sequence[str] = ()) -> int | None:
         row = await self._fetchrow(
-            f"SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE {_PENDING} "  # noqa: S608
-            f"AND lease_owner IS NULL AND host <> ALL($1::text[]) "
+            f"SELECT MIN(CASE WHEN lease_owner IS NULL THEN next_attempt_at "  # noqa: S608
+            f"ELSE GREATEST(next_attempt_at, lease_until + 1) END) "
+            f"FROM webhook_deliveries WHERE {_PENDING} AND host <> ALL($1::text[]) "
             f"AND key_id <> ALL($2::text[])", list(skip_hosts), list(skip_keys))
         return int(row[0]) if row and row[0] is not None else None
 

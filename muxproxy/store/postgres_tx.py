@@ -96,12 +96,12 @@ class PostgresTx(Tx):
         rows = await self.db.fetch(pg(sql), *stored.values(), now, now, limit)
         return [job_from_row(r) for r in rows]
 
-    async def orphaned(self, owner: str) -> list[Job]:
-        # As on SQLite: every lease held by another owner is taken as a dead process's.
-        # With several replicas this must narrow to lapsed leases (issue 16's lease
-        # renewal), which is not this backend's to decide alone.
+    async def orphaned(self, owner: str, now: int) -> list[Job]:
+        # Lapsed leases only: a live replica renews its own. Rows another replica is
+        # claiming or recovering right now are skipped, not waited for.
         rows = await self.db.fetch(f"SELECT * FROM jobs WHERE lease_owner IS NOT NULL "  # noqa: S608
-                                   f"AND lease_owner != $1 AND {ACTIVE} FOR UPDATE", owner)
+                                   f"AND lease_owner != $1 AND lease_until <= $2 AND {ACTIVE} "
+                                   f"FOR UPDATE SKIP LOCKED", owner, now)
         return [job_from_row(r) for r in rows]
 
     async def set_billing(self, job_id: str, expected: str, target: str) -> bool:

@@ -16,6 +16,11 @@ from muxproxy.store.jobs import JobQuery
 from muxproxy.store.rows import JSON_COLUMNS
 from muxproxy.webhooks.outbox import new_delivery_id, target_host
 
+# A lapsed lease a claim takes over from another owner: a job not yet started, or
+# one the upstream has (it resumes polling). A job in processing without an upstream
+# id had its submit cut off: Store.recover takes it first, counting the interruption.
+TAKEN_OVER = f"(state = '{JobState.PENDING}' OR upstream_id IS NOT NULL)"
+
 
 def job_search(query: JobQuery) -> tuple[str, list[Any]]:
     """:meth:`~muxproxy.store.jobs.JobStore.find_jobs` as one statement and its values."""

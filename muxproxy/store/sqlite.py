@@ -33,7 +33,7 @@ from muxproxy.store.base import Store
 from muxproxy.store.jobs import JobQuery
 from muxproxy.store.rows import job_from_row
 from muxproxy.store.schema import MIGRATIONS
-from muxproxy.store.sql import job_search
+from muxproxy.store.sql import TAKEN_OVER, job_search
 from muxproxy.store.sqlite_accounts import AccountsMixin
 from muxproxy.store.sqlite_faults import faults_mapped
 from muxproxy.store.sqlite_outbox import SqliteOutbox
@@ -43,7 +43,8 @@ from muxproxy.store.sqlite_tx import ACTIVE, SqliteTx
 from muxproxy.store.tx import Tx, run_inline
 
 # Unleased due jobs (index jobs_due) and those whose lease lapsed (jobs_lapsing: the
-# few in flight), earliest first, in one statement.
+# few in flight), earliest first, in one statement; another owner's lapsed job whose
+# submit was cut off waits for Store.recover (TAKEN_OVER).
 _CLAIM = f"""
     UPDATE jobs SET lease_owner = ?, lease_until = ?
     WHERE id IN (
@@ -55,7 +56,8 @@ _CLAIM = f"""
             UNION ALL
             SELECT id, run_after FROM jobs
             WHERE provider = ? AND {ACTIVE} AND lease_owner IS NOT NULL
-                AND lease_until <= ? AND run_after <= ?)
+                AND lease_until <= ? AND run_after <= ?
+                AND (lease_owner = ? OR {TAKEN_OVER}))
         ORDER BY run_after LIMIT ?)
     RETURNING *"""  # noqa: S608 - constant fragments only
 T = TypeVar("T")
@@ -304,7 +306,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
 
         def claim(db: sqlite3.Connection) -> dict[str, list[RowLike]]:
             return {name: db.execute(_CLAIM, (owner, lease_until, name, now, limit,
-                                              name, now, now, limit)).fetchall()
+                                              name, now, now, owner, limit)).fetchall()
                     for name, (limit, lease_until) in wanted.items()}
 
         rows = await self._in_writer(claim, transaction=False)
@@ -320,7 +322,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
         sql = (f"SELECT MIN(run_after) FROM jobs WHERE {ACTIVE} AND lease_owner IS NULL "  # noqa: S608
                f"AND provider IN ({marks}) UNION ALL "
                f"SELECT MIN(MAX(run_after, lease_until)) FROM jobs WHERE {ACTIVE} "
-               f"AND lease_owner IS NOT NULL AND provider IN ({marks})")
+               f"AND lease_owner IS NOT NULL AND {TAKEN_OVER} AND provider IN ({marks})")
         args = (*providers, *providers)
         rows = await self._in_reader(lambda db: db.execute(sql, args).fetchall())
         found = [int(row[0]) for row in rows if row[0] is not None]

@@ -118,12 +118,13 @@ class SqliteOutbox:
             "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL "
             "WHERE id = ? AND lease_owner = ?", (delivery_id, owner)), transaction=False)
 
-    async def recover_deliveries(self, owner: str) -> int:
-        # One process serves a SQLite file: a lease held by another owner is stale.
+    async def recover_deliveries(self, owner: str, now: int) -> int:
+        # Lapsed leases only, as on PostgreSQL: another process's attempt in flight
+        # keeps its lease.
         async with self._write() as db:
             cur = await db.execute("UPDATE webhook_deliveries SET lease_owner = NULL, "
                                    "lease_until = NULL WHERE lease_owner IS NOT NULL "
-                                   "AND lease_owner != ?", (owner,))
+                                   "AND lease_owner != ? AND lease_until < ?", (owner, now))
             return cur.rowcount
 
     async def redeliver(self, job: Job, *, now: int) -> Delivery:
@@ -147,8 +148,9 @@ class SqliteOutbox:
 
     async def next_delivery_due(self, skip_hosts: Sequence[str] = (),
                                 skip_keys: Sequence[str] = ()) -> int | None:
-        sql = (f"SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE {_PENDING} "  # noqa: S608
-               f"AND lease_owner IS NULL {_not_in('host', skip_hosts)} "
+        sql = (f"SELECT MIN(CASE WHEN lease_owner IS NULL THEN next_attempt_at "  # noqa: S608
+               f"ELSE MAX(next_attempt_at, lease_until + 1) END) "
+               f"FROM webhook_deliveries WHERE {_PENDING} {_not_in('host', skip_hosts)} "
                f"{_not_in('key_id', skip_keys)}")
         row = await self._fetch_one(sql, (*skip_hosts, *skip_keys))
         return int(row[0]) if row and row[0] is not None else None

@@ -81,11 +81,13 @@ class SqliteTx(Tx):
         rows = self.db.execute(sql, (*stored.values(), now, now, limit)).fetchall()
         return [job_from_row(r) for r in rows]
 
-    async def orphaned(self, owner: str) -> list[Job]:
-        # Only one process serves a SQLite file, so every lease held by another
-        # owner belongs to a process that is gone.
+    async def orphaned(self, owner: str, now: int) -> list[Job]:
+        # Lapsed leases only, as on PostgreSQL: a second process on the same file
+        # (an operator's mistake, or a restart while the old one still drains) keeps
+        # the jobs it renews.
         rows = self.db.execute(f"SELECT * FROM jobs WHERE lease_owner IS NOT NULL "  # noqa: S608
-                               f"AND lease_owner != ? AND {ACTIVE}", (owner,)).fetchall()
+                               f"AND lease_owner != ? AND lease_until <= ? AND {ACTIVE}",
+                               (owner, now)).fetchall()
         return [job_from_row(r) for r in rows]
 
     async def set_billing(self, job_id: str, expected: str, target: str) -> bool:

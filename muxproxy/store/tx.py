@@ -66,8 +66,10 @@ class Tx(abc.ABC):
         statement; return them as they are now."""
 
     @abc.abstractmethod
-    async def orphaned(self, owner: str) -> list[Job]:
-        """Non-terminal jobs leased by a process that is gone, as seen by ``owner``."""
+    async def orphaned(self, owner: str, now: int) -> list[Job]:
+        """Non-terminal jobs whose lease, held by another owner than ``owner``, lapsed
+        by ``now`` (its process is gone, or stopped renewing it), locked for the
+        transaction; never a live lease another process still renews."""
 
     @abc.abstractmethod
     async def set_billing(self, job_id: str, expected: str, target: str) -> bool:

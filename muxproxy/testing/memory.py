@@ -20,7 +20,7 @@ from muxproxy.store.base import Store
 from muxproxy.store.jobs import JobQuery
 from muxproxy.store.rows import job_from_row
 from muxproxy.store.tx import Tx, run_inline
-from muxproxy.testing.memory_tx import MemoryTx, Tables, active, new_delivery
+from muxproxy.testing.memory_tx import MemoryTx, Tables, active, new_delivery, taken_over
 from muxproxy.webhooks.outbox import (
     Attempt,
     Backlog,
@@ -108,7 +108,10 @@ class MemoryStore(Store):
         for provider, (limit, lease_until) in wanted.items():
             due = sorted(self._jobs(lambda r, p=provider: r["provider"] == p  # type: ignore[misc]
                                     and active(r) and r["run_after"] <= now
-                                    and (r["lease_owner"] is None or r["lease_until"] <= now)),
+                                    and (r["lease_owner"] is None
+                                         or (r["lease_until"] <= now
+                                             and (r["lease_owner"] == owner
+                                                  or taken_over(r))))),
                          key=lambda r: r["run_after"])[:max(limit, 0)]
             for row in due:
                 self.t.jobs[row["id"]] = dict(row, lease_owner=owner, lease_until=lease_until)
@@ -119,7 +122,8 @@ class MemoryStore(Store):
     async def next_due(self, providers: Sequence[str]) -> int | None:
         times = [r["run_after"] if r["lease_owner"] is None
                  else max(r["run_after"], r["lease_until"])
-                 for r in self._jobs(lambda r: active(r) and r["provider"] in providers)]
+                 for r in self._jobs(lambda r: active(r) and r["provider"] in providers
+                                     and (r["lease_owner"] is None or taken_over(r)))]
         return min(times, default=None)
 
     async def renew_leases(self, job_ids: Sequence[str], owner: str, until: int) -> None:
@@ -219,15 +223,13 @@ class MemoryStore(Store):
     async def list_attempts(self, delivery_id: str) -> list[Attempt]:
         return list(self.t.attempts.get(delivery_id, []))
 
-    def _due(self, now: int | None, skip_hosts: Sequence[str],
+    def _due(self, now: int, skip_hosts: Sequence[str],
              skip_keys: Sequence[str]) -> list[Delivery]:
         return sorted((d for d in self.t.deliveries.values()
                        if d.status is DeliveryStatus.PENDING and d.host not in skip_hosts
                        and d.key_id not in skip_keys
-                       and d.next_attempt_at is not None
-                       and (d.lease_owner is None if now is None else
-                            d.next_attempt_at <= now
-                            and (d.lease_owner is None or (d.lease_until or 0) < now))),
+                       and d.next_attempt_at is not None and d.next_attempt_at <= now
+                       and (d.lease_owner is None or (d.lease_until or 0) < now)),
                       key=lambda d: d.next_attempt_at or 0)
 
     async def claim_deliveries(self, now: int, limit: int, owner: str, lease_until: int,
@@ -267,8 +269,9 @@ class MemoryStore(Store):
         if held is not None:
             self.t.deliveries[held.job_id] = replace(held, lease_owner=None, lease_until=None)
 
-    async def recover_deliveries(self, owner: str) -> int:
-        stale = [d for d in self.t.deliveries.values() if d.lease_owner not in (None, owner)]
+    async def recover_deliveries(self, owner: str, now: int) -> int:
+        stale = [d for d in self.t.deliveries.values() if d.lease_owner not in (None, owner)
+                 and (d.lease_until or 0) < now]
         for found in stale:
             self.t.deliveries[found.job_id] = replace(found, lease_owner=None, lease_until=None)
         return len(stale)
@@ -287,8 +290,12 @@ class MemoryStore(Store):
 
     async def next_delivery_due(self, skip_hosts: Sequence[str] = (),
                                 skip_keys: Sequence[str] = ()) -> int | None:
-        due = self._due(None, skip_hosts, skip_keys)
-        return due[0].next_attempt_at if due else None
+        times = [d.next_attempt_at if d.lease_owner is None
+                 else max(d.next_attempt_at, (d.lease_until or 0) + 1)
+                 for d in self.t.deliveries.values()
+                 if d.status is DeliveryStatus.PENDING and d.host not in skip_hosts
+                 and d.key_id not in skip_keys and d.next_attempt_at is not None]
+        return min(times, default=None)
 
     async def delivery_backlog(self) -> Backlog:
         pending = [d for d in self.t.deliveries.values()

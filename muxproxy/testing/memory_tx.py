@@ -72,6 +72,11 @@ def active(row: Mapping[str, Any]) -> bool:
     return row["state"] in _ACTIVE
 
 
+def taken_over(row: Mapping[str, Any]) -> bool:
+    """A lapsed lease a claim may take from another owner (store/sql.py, TAKEN_OVER)."""
+    return row["state"] == JobState.PENDING.value or row["upstream_id"] is not None
+
+
 class MemoryTx(Tx):
     def __init__(self, tables: Tables) -> None:
         self.t = tables
@@ -104,10 +109,10 @@ class MemoryTx(Tx):
         return [job for job_id in due
                 if (job := await self.update_job(job_id, None, None, values)) is not None]
 
-    async def orphaned(self, owner: str) -> list[Job]:
-        # Like SQLite's: one process serves a memory store, so any other owner is gone.
+    async def orphaned(self, owner: str, now: int) -> list[Job]:
         return [job_from_row(r) for r in self.t.jobs.values()
-                if active(r) and r["lease_owner"] not in (None, owner)]
+                if active(r) and r["lease_owner"] not in (None, owner)
+                and r["lease_until"] <= now]
 
     async def set_billing(self, job_id: str, expected: str, target: str) -> bool:
         row = self.t.jobs.get(job_id)

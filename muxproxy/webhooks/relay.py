@@ -42,14 +42,14 @@ from muxproxy.webhooks.ssrf import CallbackGuard
 log = get_logger("muxproxy.webhooks")
 
 SWEEP_SECONDS = 5.0
-LEASE_MARGIN_SECONDS = 30.0
 
 
 class WebhookRelay(WorkerLoop[Delivery, None]):
     def __init__(self, settings: WebhookSettings, store: Store, clock: Clock,
                  metrics: Metrics, guard: CallbackGuard,
                  result_urls: Callable[[Job], Awaitable[list[str]]],
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random, *,
+                 lease_margin_seconds: float = 30.0) -> None:
         super().__init__(clock, log, name="webhooks", label="webhook relay",
                          sweep_seconds=SWEEP_SECONDS)
         self.settings = settings
@@ -58,6 +58,10 @@ class WebhookRelay(WorkerLoop[Delivery, None]):
         self.guard = guard
         self.result_urls = result_urls
         self.rand = rand
+        # An attempt is one bounded POST, so its lease is never renewed: it covers the
+        # attempt's timeout plus the margin jobs use (jobs.lease_margin_seconds). If
+        # this process dies mid-attempt, another takes the delivery over once it lapses.
+        self.lease_ms = int((settings.attempt_timeout_seconds + lease_margin_seconds) * 1000)
         self.sender = Sender(guard, settings.attempt_timeout_seconds, settings.max_concurrency)
         # Deliveries whose attempt has not been recorded yet. Not the same as the
         # ids in ``_running``: a task stays there a moment after it recorded (and
@@ -68,9 +72,9 @@ class WebhookRelay(WorkerLoop[Delivery, None]):
 
     async def start(self) -> None:
         await self.sender.start()
-        recovered = await self.store.recover_deliveries(self.owner)
+        recovered = await self.store.recover_deliveries(self.owner, now_ms(self.clock))
         if recovered:
-            log.info("took back webhook deliveries after restart", count=recovered)
+            log.info("took back webhook deliveries whose lease lapsed", count=recovered)
         self._start_loop()
 
     def on_job(self, job: Job) -> None:
@@ -115,8 +119,7 @@ class WebhookRelay(WorkerLoop[Delivery, None]):
         if free <= 0 or self._stopping:
             return
         now = now_ms(self.clock)
-        lease = int((self.settings.attempt_timeout_seconds + LEASE_MARGIN_SECONDS) * 1000)
-        claimed = await self.store.claim_deliveries(now, free, self.owner, now + lease,
+        claimed = await self.store.claim_deliveries(now, free, self.owner, now + self.lease_ms,
                                                     self._busy_hosts(), self._busy_keys())
         for delivery in claimed:
             if delivery.id in self._attempting:

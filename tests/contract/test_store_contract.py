@@ -13,7 +13,7 @@ import pytest
 
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.pipeline.jobs import IdempotencyClaim, IllegalTransition, Job, JobState, Lease, NewJob
-from muxproxy.store import StaleJob, Store
+from muxproxy.store import Recovery, StaleJob, Store
 from muxproxy.store.accounts import IdempotencyRecord, IdempotencySuperseded
 from muxproxy.store.jobs import JobQuery
 from muxproxy.store.sqlite import SqliteStore
@@ -377,7 +377,7 @@ async def test_the_retention_sweep_sees_each_ended_job_until_marked(store: Store
 async def test_recover_after_a_crash(store: Store) -> None:
     for name in ("polling", "submitting", "twice", "queued"):
         await store.create_job(new_job(name))
-    claimed = await store.claim_due("demo", T0, 10, "dead-worker", T0 + 10**6)
+    claimed = await store.claim_due("demo", T0, 10, "dead-worker", T0 + 1_000)
     assert len(claimed) == 4
     for name in ("polling", "submitting", "twice"):
         await store.transition(name, JobState.PENDING, JobState.PROCESSING, now=T0,
@@ -387,7 +387,11 @@ async def test_recover_after_a_crash(store: Store) -> None:
     await store.transition("twice", JobState.PROCESSING, JobState.PROCESSING, now=T0,
                            owner="dead-worker", release=False, recoveries=1)
 
-    recovery = await store.recover("new-worker", T0 + 5)
+    # Live leases (another replica may still renew them) are left alone...
+    assert await store.recover("new-worker", T0 + 999) == Recovery()
+    assert {j.lease_owner for j in await store.scan_jobs()} == {"dead-worker"}
+    # ...and taken back once they lapsed.
+    recovery = await store.recover("new-worker", T0 + 1_000)
     assert (recovery.resumed, recovery.retried) == (1, 1)
     assert [j.id for j in recovery.failed] == ["twice"]
     states = {n: await store.get_job(n) for n in ("polling", "submitting", "twice", "queued")}
@@ -401,14 +405,43 @@ async def test_recover_after_a_crash(store: Store) -> None:
     assert twice.fail_code == "interrupted"
     assert queued is not None and queued.state is JobState.PENDING
     # Everything not failed is claimable again at once.
-    again = await store.claim_due("demo", T0 + 5, 10, "new-worker", T0 + 10**6)
+    again = await store.claim_due("demo", T0 + 1_000, 10, "new-worker", T0 + 10**6)
     assert {j.id for j in again} == {"polling", "submitting", "queued"}
+
+
+async def test_a_claim_leaves_a_cut_off_submit_of_another_owner_to_recovery(
+        store: Store) -> None:
+    for name in ("queued", "polling", "submitting", "mine"):
+        await store.create_job(new_job(name))
+    await store.claim_due("demo", T0, 3, "dead-worker", T0 + 1_000)
+    await store.claim_due("demo", T0, 1, OWNER, T0 + 1_000)
+    for name, owner in (("polling", "dead-worker"), ("submitting", "dead-worker"),
+                        ("mine", OWNER)):
+        await store.transition(name, JobState.PENDING, JobState.PROCESSING, now=T0,
+                               owner=owner, release=False)
+    await store.transition("polling", JobState.PROCESSING, JobState.PROCESSING, now=T0,
+                           owner="dead-worker", release=False, upstream_id="up-1")
+    # Not due while the leases live; then due when they lapse, except the cut-off
+    # submit of another owner, which only recovery takes (it counts the interruption).
+    assert await store.next_due(["demo"]) == T0 + 1_000
+    assert await store.claim_due("demo", T0 + 999, 10, "replica-2", T0 + 9_000) == []
+    taken = await store.claim_due("demo", T0 + 1_000, 10, "replica-2", T0 + 9_000)
+    assert sorted(j.id for j in taken) == ["polling", "queued"]
+    # The two left are not waited for (the sweep claims or recovers them), but the
+    # owner of "mine" may take it back.
+    assert await store.next_due(["demo"]) == T0 + 9_000
+    [own] = await store.claim_due("demo", T0 + 1_000, 10, OWNER, T0 + 9_000)
+    assert own.id == "mine"
+    recovery = await store.recover("replica-2", T0 + 1_000)
+    assert (recovery.resumed, recovery.retried, recovery.failed) == (0, 1, ())
+    [retried] = await store.claim_due("demo", T0 + 1_000, 10, "replica-2", T0 + 9_000)
+    assert (retried.id, retried.recoveries) == ("submitting", 1)
 
 
 async def test_recover_leaves_own_leases_alone(store: Store) -> None:
     await store.create_job(new_job("mine"))
     await claim_one(store, "mine")
-    recovery = await store.recover(OWNER, T0)
+    recovery = await store.recover(OWNER, T0 + 10**7)  # lapsed, but its own
     assert (recovery.resumed, recovery.retried, recovery.failed) == (0, 0, ())
     job = await store.get_job("mine")
     assert job is not None
@@ -542,10 +575,15 @@ async def test_a_reservation_whose_create_step_is_over_is_taken_over(store: Stor
     key = await store.create_key("payer", "digest-payer", now=T0, credits=100)
     args: dict[str, Any] = {"ttl_ms": 600_000, "create_step_ms": 30_000}
     first = await store.idempotency_begin(key.id, "k", "h", now=T0, owner=OWNER, **args)
-    # Made by a process that is gone: taken over at once.
-    second = await store.idempotency_begin(key.id, "k", "h", now=T0 + 1, owner="new", **args)
-    # Made by this process, but its create step is long over: taken over too.
-    third = await store.idempotency_begin(key.id, "k", "h", now=T0 + 30_001, owner="new",
+    # Another process's reservation is leased like this one's: it may be a live
+    # replica still creating the job, so a retry there hears "in progress"...
+    assert await store.idempotency_begin(key.id, "k", "h", now=T0 + 29_999, owner="new",
+                                         **args) == IdempotencyRecord("h", None)
+    # ...until the lease lapses (its process died): then the retry takes it over.
+    second = await store.idempotency_begin(key.id, "k", "h", now=T0 + 30_000, owner="new",
+                                           **args)
+    # Made by this process, and its create step is long over: taken over too.
+    third = await store.idempotency_begin(key.id, "k", "h", now=T0 + 60_001, owner="new",
                                           **args)
     assert isinstance(first, IdempotencyClaim) and isinstance(second, IdempotencyClaim)
     assert isinstance(third, IdempotencyClaim)
@@ -559,7 +597,7 @@ async def test_a_reservation_whose_create_step_is_over_is_taken_over(store: Stor
         await store.idempotency_release(stale)  # not theirs to drop any more
     assert await store.ledger_sum(key.id) == 100
     await store.create_job(replace(new_job("j1", key_id=key.id), idempotency=third))
-    found = await store.idempotency_begin(key.id, "k", "h", now=T0 + 30_002, owner="new",
+    found = await store.idempotency_begin(key.id, "k", "h", now=T0 + 60_002, owner="new",
                                           **args)
     assert found == IdempotencyRecord(request_hash="h", job_id="j1")
 

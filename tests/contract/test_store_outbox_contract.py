@@ -77,11 +77,11 @@ async def test_expiry_and_failed_recovery_queue_callbacks(store: Store) -> None:
 
     # A job interrupted mid-submit twice is failed by recovery.
     job = await new_job(store, "crashed")
-    await store.claim_due("demo", T0, 10, "dead-1", T0 + 60_000)
+    await store.claim_due("demo", T0, 10, "dead-1", T0 + 50)
     await store.transition(job, JobState.PENDING, JobState.PROCESSING, now=T0,
                            owner="dead-1", release=False)
     await store.recover("dead-2", T0 + 100)  # retried once
-    await store.claim_due("demo", T0 + 100, 10, "dead-2", T0 + 60_000)
+    await store.claim_due("demo", T0 + 100, 10, "dead-2", T0 + 150)
     recovery = await store.recover("alive", T0 + 200)
     assert [j.id for j in recovery.failed] == ["crashed"]
     crashed = await store.get_delivery("crashed")
@@ -97,7 +97,7 @@ async def test_claim_leases_due_deliveries_once(store: Store) -> None:
     assert [d.job_id for d in claimed] == ["a", "b"]  # c is not due yet
     assert all(d.lease_owner == "me" for d in claimed)
     assert await store.claim_deliveries(T0 + 10, 10, "other", T0 + 40_000) == []
-    assert await store.next_delivery_due() == T0 + 50  # leased ones are not waited for
+    assert await store.next_delivery_due() == T0 + 50  # before the leases lapse
     # A lapsed lease (its holder died mid-attempt) can be taken.
     again = await store.claim_deliveries(T0 + 40_001, 1, "other", T0 + 80_000)
     assert [d.job_id for d in again] == ["a"]
@@ -156,12 +156,28 @@ async def test_redeliver_rearms_with_the_same_id(store: Store) -> None:
 
 async def test_recover_deliveries_drops_only_foreign_leases(store: Store) -> None:
     await finished(store, "a", at=T0)
-    await finished(store, "b", at=T0)
-    await store.claim_deliveries(T0, 1, "dead", T0 + 10**9)
-    await store.claim_deliveries(T0, 1, "me", T0 + 10**9)
-    assert await store.recover_deliveries("me") == 1
-    [free] = await store.claim_deliveries(T0, 10, "me", T0 + 10**9)
+    await finished(store, "b", at=T0 + 1)
+    await finished(store, "c", at=T0 + 2)
+    await store.claim_deliveries(T0 + 2, 1, "dead", T0 + 1_000)
+    await store.claim_deliveries(T0 + 2, 1, "me", T0 + 10**9)
+    await store.claim_deliveries(T0 + 2, 1, "alive", T0 + 10**9)
+    # Only the lapsed lease of another owner: never a live replica's, nor our own.
+    assert await store.recover_deliveries("me", T0 + 1_000) == 0
+    assert await store.recover_deliveries("me", T0 + 1_001) == 1
+    [free] = await store.claim_deliveries(T0 + 1_001, 10, "me", T0 + 10**9)
     assert free.job_id == "a"
+
+
+async def test_a_lapsed_delivery_lease_is_taken_over(store: Store) -> None:
+    await finished(store, "a", at=T0)
+    await finished(store, "b", at=T0 + 10)
+    await store.claim_deliveries(T0 + 10, 10, "dead", T0 + 1_000)
+    # Leased deliveries fall due when their lease lapses, and any replica claims them.
+    assert await store.next_delivery_due() == T0 + 1_001
+    assert await store.claim_deliveries(T0 + 1_000, 10, "replica-2", T0 + 9_000) == []
+    taken = await store.claim_deliveries(T0 + 1_001, 10, "replica-2", T0 + 9_000)
+    assert [d.job_id for d in taken] == ["a", "b"]
+    assert {d.lease_owner for d in taken} == {"replica-2"}
 
 
 async def test_signing_secrets(store: Store) -> None:

@@ -1,6 +1,7 @@
 """Reading a gateway's database from the test process (the gateway may be another
 process) through the store interface, and checking what must always hold in it.
-Any backend :func:`muxproxy.store.open_store` opens is audited the same way."""
+Any backend :func:`muxproxy.store.open_store` opens is audited the same way: a
+database is named by a SQLite file's path or by any store URL (``postgresql://``)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,17 @@ PAGE = 500
 T = TypeVar("T")
 
 
+# A SQLite file's path, or a store URL (postgresql://...).
+Database = Path | str
+
+
+def store_url(db: Database) -> str:
+    return db if isinstance(db, str) and "://" in db else f"sqlite:///{db}"
+
+
 @asynccontextmanager
-async def opened(db: Path) -> AsyncIterator[Store]:
-    store = open_store(f"sqlite:///{db}")
+async def opened(db: Database) -> AsyncIterator[Store]:
+    store = open_store(store_url(db))
     await store.open()
     try:
         yield store
@@ -74,25 +83,25 @@ def job_row(job: Job) -> dict[str, Any]:
     return row
 
 
-async def jobs(db: Path) -> list[dict[str, Any]]:
+async def jobs(db: Database) -> list[dict[str, Any]]:
     async with opened(db) as store:
         return [job_row(job) for job in await all_jobs(store)]
 
 
-async def job(db: Path, job_id: str) -> dict[str, Any]:
+async def job(db: Database, job_id: str) -> dict[str, Any]:
     async with opened(db) as store:
         found = await store.get_job(job_id)
     assert found is not None
     return job_row(found)
 
 
-async def deliveries(db: Path) -> dict[str, dict[str, Any]]:
+async def deliveries(db: Database) -> dict[str, dict[str, Any]]:
     """Callback deliveries by job id."""
     async with opened(db) as store:
         return {d.job_id: dict(vars(d)) for d in await all_deliveries(store)}
 
 
-async def unfinished(db: Path) -> int:
+async def unfinished(db: Database) -> int:
     """Jobs not terminal yet, plus callbacks still to be delivered."""
     async with opened(db) as store:
         active = sum(n for (_, _, state), n in (await store.count_jobs()).items()
@@ -100,7 +109,7 @@ async def unfinished(db: Path) -> int:
         return active + (await store.delivery_backlog()).pending
 
 
-async def phases(db: Path) -> dict[str, int]:
+async def phases(db: Database) -> dict[str, int]:
     """How many jobs are in each phase right now."""
     async with opened(db) as store:
         found = await all_jobs(store)
@@ -116,7 +125,7 @@ async def phases(db: Path) -> dict[str, int]:
     }
 
 
-async def billing_problems(db: Path) -> list[str]:
+async def billing_problems(db: Database) -> list[str]:
     """Everything wrong with the credits: each key's balance must equal the sum of its
     ledger rows; each priced job must be charged if it completed and refunded or
     released if it failed, with exactly the ledger rows that state implies."""

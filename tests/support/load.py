@@ -139,10 +139,18 @@ class Load:
         task_id = data["data"]["taskId"]
         if callback:
             await asyncio.wait_for(self.hooks.arrived[task_id].wait(), 150)
-            async with http.get(f"{self.url}/api/v1/webhooks/deliveries",
-                                params={"task_id": task_id}, headers=self._headers(key)) as resp:
-                if resp.status != 200:
-                    self.problems.append(f"{tag}: deliveries answered {resp.status}")
+            # The receiver has the callback; the gateway records the attempt once the
+            # answer is back (a database round trip later): until then it is pending.
+            for _ in range(100):
+                async with http.get(f"{self.url}/api/v1/webhooks/deliveries",
+                                    params={"task_id": task_id},
+                                    headers=self._headers(key)) as resp:
+                    if resp.status != 200:
+                        self.problems.append(f"{tag}: deliveries answered {resp.status}")
+                        break
+                    if (await resp.json())["data"]["status"] != "pending":
+                        break
+                await asyncio.sleep(0.05)
             if number % 9 == 0:
                 async with http.post(f"{self.url}/api/v1/webhooks/redeliver",
                                      json={"task_id": task_id},

@@ -1,5 +1,6 @@
 """A real process killed between charge and completion: after the restart the
-ledger still balances and each job's billing matches its final state."""
+ledger still balances and each job's billing matches its final state, on SQLite
+and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.support.audit import job, key_ledger, opened
+from tests.support.audit import Database, job, key_ledger, opened
+from tests.support.databases import TestDatabase
 from tests.support.process import free_port, gateway_process
 from tests.support.wait import eventually
 from tests.system.test_restart import HEADERS, submit, wait_terminal
@@ -15,27 +17,31 @@ from tests.system.test_restart import HEADERS, submit, wait_terminal
 KEY = HEADERS["Authorization"].removeprefix("Bearer ")
 
 
-def write_config(path: Path, *, delay: float, broken: bool) -> Path:
+def write_config(path: Path, *, delay: float, broken: bool, url: str) -> Path:
     path.write_text(f"""
 [server]
 port = "${{MUXPROXY_PORT}}"
 public_url = "${{MUXPROXY_PUBLIC_URL}}"
 secret = "billing-crash-secret-01"
 [database]
-url = "sqlite:///state/jobs.db"
+url = "{url}"
 [storage]
 url = "file://state/images"
 [logging]
 level = "warning"
+[jobs]
+lease_margin_seconds = 2  # the killed process's leases lapse within seconds
 [[keys]]
 name = "alpha"
 key = "{KEY}"
 credits = 100
 [providers.works]
 kind = "demo"
+timeout_seconds = 2
 options = {{ delay_seconds = {delay} }}
 [providers.breaks]
 kind = "demo"
+timeout_seconds = 2
 options = {{ delay_seconds = {delay}, failure_rate = {1.0 if broken else 0.0} }}
 [models."sync"]
 credits = 10
@@ -47,7 +53,7 @@ routes = [{{ provider = "breaks", model = "b" }}]
     return path
 
 
-async def ledger(db: Path) -> tuple[int, int, dict[str, list[tuple[str, int]]]]:
+async def ledger(db: Database) -> tuple[int, int, dict[str, list[tuple[str, int]]]]:
     async with opened(db) as store:
         key = await store.key_named("alpha")
         assert key is not None
@@ -59,14 +65,15 @@ async def ledger(db: Path) -> tuple[int, int, dict[str, list[tuple[str, int]]]]:
     return balance, total, by_job
 
 
-async def billing(db: Path, task_id: str) -> str:
+async def billing(db: Database, task_id: str) -> str:
     return str((await job(db, task_id))["billing"])
 
 
-async def test_crash_between_charge_and_completion(tmp_path: Path) -> None:
-    slow = write_config(tmp_path / "slow.toml", delay=60, broken=False)
-    after = write_config(tmp_path / "after.toml", delay=0, broken=True)
-    db = tmp_path / "state" / "jobs.db"
+async def test_crash_between_charge_and_completion(tmp_path: Path,
+                                                   database: TestDatabase) -> None:
+    slow = write_config(tmp_path / "slow.toml", delay=60, broken=False, url=database.url)
+    after = write_config(tmp_path / "after.toml", delay=0, broken=True, url=database.url)
+    db = database.audit
     port = free_port()
     async with aiohttp.ClientSession() as http:
         async with gateway_process(slow, port) as gw:

@@ -6,7 +6,8 @@ One run per variant (module fixture); the tests read its record. Every job must
 end completed or failed with a reason that names the fault, every failure must be
 refunded and every ledger balance, callbacks must arrive, and the process's memory,
 descriptors and tasks must come back to their level from before the load. The CI
-variant runs 1.2k jobs (``MUXPROXY_CHAOS_JOBS`` changes it); ``-m soak`` runs 10k.
+variant runs 1.2k jobs (``MUXPROXY_CHAOS_JOBS`` changes it) on SQLite, the postgres
+variant 150 on PostgreSQL; ``-m soak`` runs 10k.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import aiohttp
 import pytest
 
 from tests.fakes.chaos import CHAOS_KEY, ChaosUpstream, Fault
-from tests.support.audit import billing_problems, deliveries, unfinished
+from tests.support.audit import Database, billing_problems, deliveries, unfinished
 from tests.support.audit import jobs as job_rows
 from tests.support.gateway import KEY_A, KEY_B
 from tests.support.load import Hooks, Load, Outcome
+from tests.support.postgres import fresh_database
 from tests.support.process import GatewayProcess, free_port
 from tests.support.procstats import Usage, open_fds, usage
 from tests.support.wait import eventually
@@ -55,7 +57,7 @@ REASONS: dict[Fault, str] = {
 DEADLINE = "job deadline exceeded"
 
 
-def config_text(fake: str) -> str:
+def config_text(fake: str, url: str) -> str:
     return f"""
 [server]
 port = "${{MUXPROXY_PORT}}"
@@ -63,7 +65,8 @@ public_url = "${{MUXPROXY_PUBLIC_URL}}"
 secret = "{SERVER_SECRET}"
 graceful_shutdown_seconds = 2
 [database]
-url = "sqlite:///state/jobs.db"
+url = "{url}"
+pool_size = 4
 [storage]
 url = "file://state/images"
 [limits]
@@ -141,7 +144,7 @@ class ChaosRun:
     problems: list[str] = field(default_factory=list)
 
 
-async def settle(gw: GatewayProcess, db: Path, timeout: float) -> None:
+async def settle(gw: GatewayProcess, db: Database, timeout: float) -> None:
     """Every job terminal, every callback delivered, and no idle upstream connection
     left (the fake closes them after 1 s of keep-alive)."""
     async def done() -> bool:
@@ -162,15 +165,21 @@ async def quiet_fds(pid: int) -> None:
                 last, since = now, time.monotonic()
 
 
-async def chaos_run(tmp: Path, jobs: int) -> ChaosRun:
+async def chaos_run(tmp: Path, backend: str, jobs: int) -> ChaosRun:
+    if backend == "sqlite":
+        return await _chaos_run(tmp, jobs, "sqlite:///state/jobs.db", tmp / "state" / "jobs.db")
+    async with fresh_database() as url:
+        return await _chaos_run(tmp, jobs, url, url)
+
+
+async def _chaos_run(tmp: Path, jobs: int, url: str, db: Database) -> ChaosRun:
     run = ChaosRun(jobs=jobs)
-    db = tmp / "state" / "jobs.db"
     log = tmp / "gateway.log"
     async with ChaosUpstream(seed=SEED, rate=0.3, hang_seconds=10) as fake:
         hooks = Hooks()
         await hooks.start()
         config = tmp / "config.toml"
-        config.write_text(config_text(fake.url))
+        config.write_text(config_text(fake.url, url))
         gw = GatewayProcess(config, free_port(), log)
         load = Load(gw.url, hooks, seed=SEED, admin_token=ADMIN_TOKEN)
         try:
@@ -206,11 +215,16 @@ async def chaos_run(tmp: Path, jobs: int) -> ChaosRun:
 
 
 @pytest.fixture(scope="module", params=[
-    pytest.param(int(os.environ.get("MUXPROXY_CHAOS_JOBS", "1200")), id="ci"),
-    pytest.param(10_000, id="soak", marks=pytest.mark.soak),
+    pytest.param(("sqlite", int(os.environ.get("MUXPROXY_CHAOS_JOBS", "1200"))), id="ci"),
+    # The same load on PostgreSQL, shorter: the rules are the store's, shared.
+    pytest.param(("postgres", 150), id="postgres"),
+    pytest.param(("sqlite", 10_000), id="soak", marks=pytest.mark.soak),
 ])
 def chaos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ChaosRun:
-    run = asyncio.run(chaos_run(tmp_path_factory.mktemp("chaos"), request.param))
+    backend, jobs = request.param
+    if backend == "postgres":
+        request.getfixturevalue("postgres_server")  # skips, or under CI fails, without one
+    run = asyncio.run(chaos_run(tmp_path_factory.mktemp("chaos"), backend, jobs))
     print(f"\nchaos ({run.jobs} jobs, seed {SEED}): {run.seconds:.1f} s; "
           f"faults {dict(run.faults)}; calls {dict(run.calls)}\n"
           f"  before: {run.before}\n  after:  {run.after}")
@@ -271,7 +285,9 @@ def test_every_callback_is_delivered_at_least_once(chaos: ChaosRun) -> None:
 def test_memory_descriptors_and_tasks_return_to_their_level(chaos: ChaosRun) -> None:
     before, after = chaos.before, chaos.after
     assert before is not None and after is not None
-    assert after.tasks == before.tasks
+    # A leak only grows: on PostgreSQL the driver's and the listener's housekeeping
+    # tasks come and go, so fewer after than before is no leak.
+    assert after.tasks <= before.tasks
     assert after.fds <= before.fds + 2
     # Python keeps some freed memory; a leak per job would show as far more.
     assert after.rss_kib - before.rss_kib < 48 * 1024, (before, after)

@@ -4,7 +4,8 @@ and storage: nothing is lost, nothing is done twice, and the credits add up.
 At the kill: jobs pending (their provider's slots taken), sync calls in flight,
 async submits in flight (the upstream had not accepted them), async jobs submitted
 and being polled (some polls in flight), and completed jobs whose callbacks are
-pending (their receiver is down). One run (module fixture); the tests read its record.
+pending (their receiver is down). One run per backend (module fixture: SQLite, and
+PostgreSQL with fewer jobs); the tests read its record.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PIL import Image
 
 from tests.fakes.chaos import CHAOS_KEY, ChaosUpstream
 from tests.support.audit import (
+    Database,
     billing_problems,
     deliveries,
     jobs,
@@ -33,19 +35,33 @@ from tests.support.audit import (
     unfinished,
 )
 from tests.support.gateway import KEY_A, KEY_B
+from tests.support.postgres import fresh_database
 from tests.support.process import GatewayProcess, free_port
 from tests.support.wait import eventually
 from tests.support.webhooks import Receiver
 
-DONE_DOWN = 200   # completed, callback to the receiver that is down
-DONE_UP = 60      # completed, callback delivered (or in flight) before the kill
-POLLED = 200      # submitted to the async upstream, being polled (16 polls in flight)
-SUBMITTING = 40   # async, submits held by the upstream (16 in flight, the rest pending)
-HELD = 200        # sync, calls held by the upstream (8 in flight, the rest pending)
-QUEUE_SLOTS, HELD_SLOTS = 16, 8
+
+@dataclass(frozen=True)
+class Sizes:
+    done_down: int    # completed, callback to the receiver that is down
+    done_up: int      # completed, callback delivered (or in flight) before the kill
+    polled: int       # submitted to the async upstream, being polled (a slot's worth in flight)
+    submitting: int   # async, submits held by the upstream (a slot's worth in flight)
+    held: int         # sync, calls held by the upstream (a slot's worth in flight)
+    queue_slots: int
+    held_slots: int
+    # The providers' timeout: with jobs.lease_margin_seconds, how long the killed
+    # process's leases last. Above the time the run holds calls before the kill.
+    timeout: int
 
 
-def config_text(fake: str) -> str:
+# SQLite gets the full run; PostgreSQL the same phases with fewer jobs (the rules are
+# the store's, shared; what differs is the backend under them).
+SIZES = {"sqlite": Sizes(200, 60, 200, 40, 200, 16, 8, timeout=20),
+         "postgres": Sizes(40, 12, 40, 12, 24, 6, 4, timeout=8)}
+
+
+def config_text(fake: str, url: str, sizes: Sizes) -> str:
     return f"""
 [server]
 port = "${{MUXPROXY_PORT}}"
@@ -53,11 +69,14 @@ public_url = "${{MUXPROXY_PUBLIC_URL}}"
 secret = "crash-test-secret-0123456"
 graceful_shutdown_seconds = 2
 [database]
-url = "sqlite:///state/jobs.db"
+url = "{url}"
 [storage]
 url = "file://state/images"
 [jobs]
 deadline_seconds = 300
+# The killed process's leases (a provider's timeout plus this) lapse within seconds
+# of the restart, which takes its jobs over only then.
+lease_margin_seconds = 2
 poll_initial_seconds = 0.1
 poll_cap_seconds = 1.0
 [webhooks]
@@ -76,20 +95,23 @@ name = "bravo"
 key = "{KEY_B}"
 credits = 100000
 [providers.quick]
+timeout_seconds = {sizes.timeout}
 kind = "openai-compatible"
 base_url = "{fake}/v1"
 api_key = "{CHAOS_KEY}"
 max_concurrency = 16
 [providers.held]
+timeout_seconds = {sizes.timeout}
 kind = "openai-compatible"
 base_url = "{fake}/v1"
 api_key = "{CHAOS_KEY}"
-max_concurrency = {HELD_SLOTS}
+max_concurrency = {sizes.held_slots}
 [providers.queue]
+timeout_seconds = {sizes.timeout}
 kind = "fal"
 base_url = "{fake}/queue"
 api_key = "{CHAOS_KEY}"
-max_concurrency = {QUEUE_SLOTS}
+max_concurrency = {sizes.queue_slots}
 [models."quick"]
 routes = [{{ provider = "quick", model = "quick-model" }}]
 credits = 2
@@ -97,10 +119,11 @@ credits = 2
 routes = [{{ provider = "held", model = "held-model" }}]
 credits = 3
 [providers.queue2]
+timeout_seconds = {sizes.timeout}
 kind = "fal"
 base_url = "{fake}/queue"
 api_key = "{CHAOS_KEY}"
-max_concurrency = {QUEUE_SLOTS}
+max_concurrency = {sizes.queue_slots}
 [models."queued"]
 routes = [{{ provider = "queue", model = "fal-ai/flux/dev" }}]
 credits = 5
@@ -112,6 +135,7 @@ credits = 5
 
 @dataclass
 class CrashRun:
+    sizes: Sizes
     tags: dict[str, str] = field(default_factory=dict)  # job id -> tag
     groups: dict[str, list[str]] = field(default_factory=dict)  # group -> job ids
     at_kill: dict[str, int] = field(default_factory=dict)
@@ -150,15 +174,15 @@ async def submit_group(run: CrashRun, http: aiohttp.ClientSession, url: str, gro
         await asyncio.gather(*(one(i) for i in range(start, min(count_, start + 50))))
 
 
-async def phase_holds(db: Path, name: str, test: Callable[[int], bool]) -> bool:
+async def phase_holds(db: Database, name: str, test: Callable[[int], bool]) -> bool:
     return test((await phases(db))[name])
 
 
-async def none_unfinished(db: Path) -> bool:
+async def none_unfinished(db: Database) -> bool:
     return await unfinished(db) == 0
 
 
-async def read_images(run: CrashRun, http: aiohttp.ClientSession, url: str, db: Path) -> None:
+async def read_images(run: CrashRun, http: aiohttp.ClientSession, url: str, db: Database) -> None:
     """Every completed job's images, through the API and its signed links."""
     semaphore = asyncio.Semaphore(32)
 
@@ -184,9 +208,16 @@ async def read_images(run: CrashRun, http: aiohttp.ClientSession, url: str, db: 
                            for r in rows))
 
 
-async def crash_run(tmp: Path) -> CrashRun:
-    run = CrashRun()
-    db = tmp / "state" / "jobs.db"
+async def crash_run(tmp: Path, backend: str) -> CrashRun:
+    if backend == "sqlite":
+        return await _crash_run(tmp, SIZES[backend], "sqlite:///state/jobs.db",
+                                tmp / "state" / "jobs.db")
+    async with fresh_database() as url:
+        return await _crash_run(tmp, SIZES[backend], url, url)
+
+
+async def _crash_run(tmp: Path, sizes: Sizes, url: str, db: Database) -> CrashRun:
+    run = CrashRun(sizes)
     port = free_port()
     fake = ChaosUpstream(hold_sync={"held-model"}, hold_async=True)
     up, down = Receiver(), Receiver()
@@ -194,27 +225,28 @@ async def crash_run(tmp: Path) -> CrashRun:
     await fake.start()
     await up.listen()
     config = tmp / "config.toml"
-    config.write_text(config_text(fake.url))
+    config.write_text(config_text(fake.url, url, sizes))
     try:
         async with aiohttp.ClientSession() as http:
             gw = GatewayProcess(config, port, tmp / "gateway.log")
             try:
                 await gw.start()
-                await submit_group(run, http, gw.url, "down", "quick", DONE_DOWN, down.url())
-                await submit_group(run, http, gw.url, "up", "quick", DONE_UP, up.url())
+                await submit_group(run, http, gw.url, "down", "quick", sizes.done_down, down.url())
+                await submit_group(run, http, gw.url, "up", "quick", sizes.done_up, up.url())
                 await eventually(lambda: phase_holds(db, "completed_callback_pending",
-                                                     lambda n: n >= DONE_DOWN), timeout=30)
-                await submit_group(run, http, gw.url, "polled", "queued", POLLED, up.url())
+                                                     lambda n: n >= sizes.done_down), timeout=30)
+                await submit_group(run, http, gw.url, "polled", "queued", sizes.polled, up.url())
                 await eventually(lambda: phase_holds(db, "submitted_being_polled",
-                                                     lambda n: n == POLLED), timeout=30)
+                                                     lambda n: n == sizes.polled), timeout=30)
                 fake.answering_polls.clear()
-                await eventually(lambda: fake.polls_waiting == QUEUE_SLOTS, timeout=30)
+                await eventually(lambda: fake.polls_waiting == sizes.queue_slots,
+                                 timeout=30)
                 fake.accepting.clear()
-                await submit_group(run, http, gw.url, "submitting", "queued2", SUBMITTING,
+                await submit_group(run, http, gw.url, "submitting", "queued2", sizes.submitting,
                                    up.url())
-                await submit_group(run, http, gw.url, "held", "held", HELD, up.url())
-                await eventually(lambda: fake.submits_waiting == QUEUE_SLOTS
-                                 and fake.waiting == HELD_SLOTS, timeout=30)
+                await submit_group(run, http, gw.url, "held", "held", sizes.held, up.url())
+                await eventually(lambda: fake.submits_waiting == sizes.queue_slots
+                                 and fake.waiting == sizes.held_slots, timeout=30)
                 await gw.kill()
                 run.at_kill = await phases(db)
                 run.before = {r["id"]: r for r in await jobs(db)}
@@ -250,23 +282,29 @@ async def crash_run(tmp: Path) -> CrashRun:
     return run
 
 
-@pytest.fixture(scope="module")
-def crash(tmp_path_factory: pytest.TempPathFactory) -> CrashRun:
-    run = asyncio.run(crash_run(tmp_path_factory.mktemp("crash")))
-    print(f"\ncrash: jobs by phase at the kill {run.at_kill}; "
+@pytest.fixture(scope="module", params=sorted(SIZES))
+def crash(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> CrashRun:
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_server")  # skips, or under CI fails, without one
+    run = asyncio.run(crash_run(tmp_path_factory.mktemp("crash"), request.param))
+    print(f"\ncrash ({request.param}): jobs by phase at the kill {run.at_kill}; "
           f"{len(run.rows)} jobs, {run.images_checked} images read back")
     return run
 
 
 def test_the_kill_caught_hundreds_of_jobs_in_every_phase(crash: CrashRun) -> None:
-    assert crash.at_kill["pending"] >= HELD - HELD_SLOTS + SUBMITTING - QUEUE_SLOTS
-    assert crash.at_kill["in_flight_no_upstream_id"] == HELD_SLOTS + QUEUE_SLOTS
-    assert crash.at_kill["submitted_being_polled"] == POLLED
-    assert crash.at_kill["completed_callback_pending"] >= DONE_DOWN
+    sizes = crash.sizes
+    assert crash.at_kill["pending"] >= sizes.held - sizes.held_slots \
+        + sizes.submitting - sizes.queue_slots
+    assert crash.at_kill["in_flight_no_upstream_id"] == sizes.held_slots + sizes.queue_slots
+    assert crash.at_kill["submitted_being_polled"] == sizes.polled
+    assert crash.at_kill["completed_callback_pending"] >= sizes.done_down
     # Mid-step when the process died: polls, submits and sync calls in flight.
     leased = Counter(crash.tags[job].rstrip("0123456789") for job, row in crash.before.items()
                      if row["lease_owner"])
-    assert leased == {"polled": QUEUE_SLOTS, "submitting": QUEUE_SLOTS, "held": HELD_SLOTS}
+    assert leased == {"polled": sizes.queue_slots, "submitting": sizes.queue_slots,
+                      "held": sizes.held_slots}
 
 
 def test_no_job_is_lost(crash: CrashRun) -> None:
@@ -290,7 +328,7 @@ def test_sync_calls_cut_by_the_crash_are_retried_once(crash: CrashRun) -> None:
     # call went through exactly once, after the restart.
     assert {crash.sync_started[crash.tags[job]] for job in held} == {1}
     cut = [job for job in held if crash.before[job]["state"] == "processing"]
-    assert len(cut) == HELD_SLOTS
+    assert len(cut) == crash.sizes.held_slots
     assert all(crash.rows[job]["recoveries"] == 1 for job in cut)
 
 

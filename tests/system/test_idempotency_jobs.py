@@ -125,12 +125,15 @@ url = "sqlite:///state/jobs.db"
 url = "file://state/images"
 [logging]
 level = "warning"
+[jobs]
+lease_margin_seconds = 2  # the killed process's lease lapses within seconds
 [[keys]]
 name = "payer"
 key = "{PAYER}"
 credits = {CREDITS}
 [providers.slow]
 kind = "demo"
+timeout_seconds = 2
 options = {{ delay_seconds = {delay} }}
 [models."paid"]
 credits = {PRICE}
@@ -327,15 +330,24 @@ async def test_409_only_while_the_first_request_creates_its_job(tmp_path: Path) 
         await billed_once(store, job)
 
 
-async def test_a_reservation_left_by_a_dead_process_is_taken_over(tmp_path: Path) -> None:
-    async with run_gateway(priced(tmp_path)) as gw:
+async def test_another_process_reservation_is_taken_over_once_its_lease_lapsed(
+        tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with run_gateway(priced(tmp_path), clock=clock) as gw:
         store = gw.state.store
         key = await store.key_by_hash(hash_key(PAYER))
         assert key is not None
         body = {"model": "paid", "prompt": "crashed mid-create"}
         await store.idempotency_begin(
             key.id, "orphan", await _digest_of(gw, body), now=now_ms(gw.state.clock),
-            ttl_ms=86_400_000, owner="gone:1:dead", create_step_ms=CREATE_STEP_MS)
+            ttl_ms=86_400_000, owner="replica-2:1:abcd", create_step_ms=CREATE_STEP_MS)
+        # Another replica may be creating the job right now: in progress, as for a
+        # request of this process...
+        status, error, _ = await post(gw, NATIVE, body, "orphan")
+        assert status == 409 and error["code"] == 409
+        assert await payer_jobs(store) == []
+        # ...until the reservation's lease lapses (that replica died mid-create).
+        clock.advance(CREATE_STEP_MS / 1000)
         status, answer, headers = await post(gw, NATIVE, body, "orphan")
         assert status == 200 and "Idempotent-Replayed" not in headers
         [job] = await payer_jobs(store)

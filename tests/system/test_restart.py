@@ -1,5 +1,5 @@
 """Crash recovery: a real gateway process killed with SIGKILL mid-job, restarted on
-the same SQLite file, finishes every job."""
+the same database (SQLite or PostgreSQL), finishes every job."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.audit import job
+from tests.support.audit import Database, job
+from tests.support.databases import TestDatabase
 from tests.support.gateway import KEY_A
 from tests.support.process import free_port, gateway_process
 from tests.support.wait import eventually
@@ -17,7 +18,7 @@ from tests.support.wait import eventually
 HEADERS = {"Authorization": f"Bearer {KEY_A}"}
 
 
-def write_config(path: Path, delay: float) -> Path:
+def write_config(path: Path, delay: float, url: str = "sqlite:///state/jobs.db") -> Path:
     path.write_text(f"""
 [server]
 port = "${{MUXPROXY_PORT}}"
@@ -25,12 +26,15 @@ public_url = "${{MUXPROXY_PUBLIC_URL}}"
 secret = "restart-test-secret-0123"
 graceful_shutdown_seconds = 1
 [database]
-url = "sqlite:///state/jobs.db"
+url = "{url}"
 [storage]
 url = "file://state/images"
 [jobs]
 poll_initial_seconds = 0.05
 poll_cap_seconds = 0.1
+# A crashed process's leases lapse within seconds (timeout + margin), and only then
+# does the next start take its jobs over.
+lease_margin_seconds = 2
 [logging]
 level = "warning"
 [[keys]]
@@ -39,9 +43,11 @@ key = "{KEY_A}"
 [providers.slow]
 kind = "demo"
 max_concurrency = 1
+timeout_seconds = 2
 options = {{ delay_seconds = {delay} }}
 [providers.slowq]
 kind = "demo"
+timeout_seconds = 2
 options = {{ delay_seconds = {delay}, async = true }}
 [models."sync"]
 routes = [{{ provider = "slow", model = "demo-sync" }}]
@@ -51,11 +57,11 @@ routes = [{{ provider = "slowq", model = "demo-queued" }}]
     return path
 
 
-async def row(db: Path, task_id: str) -> dict[str, Any]:
+async def row(db: Database, task_id: str) -> dict[str, Any]:
     return await job(db, task_id)
 
 
-async def processing(db: Path, task_id: str) -> bool:
+async def processing(db: Database, task_id: str) -> bool:
     return bool((await row(db, task_id))["state"] == "processing")
 
 
@@ -80,10 +86,11 @@ async def wait_terminal(http: aiohttp.ClientSession, url: str, task_id: str
             await asyncio.sleep(0.05)
 
 
-async def test_jobs_left_processing_by_a_crash_complete_after_restart(tmp_path: Path) -> None:
-    slow = write_config(tmp_path / "slow.toml", delay=60)
-    fast = write_config(tmp_path / "fast.toml", delay=0)
-    db = tmp_path / "state" / "jobs.db"
+async def test_jobs_left_processing_by_a_crash_complete_after_restart(
+        tmp_path: Path, database: TestDatabase) -> None:
+    slow = write_config(tmp_path / "slow.toml", delay=60, url=database.url)
+    fast = write_config(tmp_path / "fast.toml", delay=0, url=database.url)
+    db = database.audit
     port = free_port()
     async with aiohttp.ClientSession() as http:
         async with gateway_process(slow, port) as gw:
@@ -116,10 +123,11 @@ async def test_jobs_left_processing_by_a_crash_complete_after_restart(tmp_path: 
     assert (await row(db, waiting_job))["recoveries"] == 0
 
 
-async def test_a_job_interrupted_twice_fails_instead_of_looping(tmp_path: Path) -> None:
-    slow = write_config(tmp_path / "slow.toml", delay=60)
-    fast = write_config(tmp_path / "fast.toml", delay=0)
-    db = tmp_path / "state" / "jobs.db"
+async def test_a_job_interrupted_twice_fails_instead_of_looping(
+        tmp_path: Path, database: TestDatabase) -> None:
+    slow = write_config(tmp_path / "slow.toml", delay=60, url=database.url)
+    fast = write_config(tmp_path / "fast.toml", delay=0, url=database.url)
+    db = database.audit
     port = free_port()
     async with aiohttp.ClientSession() as http:
         async with gateway_process(slow, port) as gw:
@@ -141,10 +149,10 @@ async def test_a_job_interrupted_twice_fails_instead_of_looping(tmp_path: Path) 
     assert "restarted" in task["failMsg"]
 
 
-async def test_sigterm_hands_running_jobs_back(tmp_path: Path) -> None:
-    slow = write_config(tmp_path / "slow.toml", delay=60)
-    fast = write_config(tmp_path / "fast.toml", delay=0)
-    db = tmp_path / "state" / "jobs.db"
+async def test_sigterm_hands_running_jobs_back(tmp_path: Path, database: TestDatabase) -> None:
+    slow = write_config(tmp_path / "slow.toml", delay=60, url=database.url)
+    fast = write_config(tmp_path / "fast.toml", delay=0, url=database.url)
+    db = database.audit
     port = free_port()
     async with aiohttp.ClientSession() as http:
         async with gateway_process(slow, port) as gw:

@@ -1,5 +1,5 @@
 """The ``callback_url`` webhook over real HTTP: the exact payload, signatures,
-and the inspection / redelivery endpoints."""
+and the inspection / redelivery endpoints, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from muxproxy.clock import ManualClock
+from tests.support.databases import TestDatabase
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, merge, run_gateway
 from tests.support.webhooks import LOOPBACK, Answer, Receiver, next_attempt, wait_attempts
 
@@ -22,7 +23,10 @@ PAYLOAD_FIELDS = {"taskId", "model", "state", "param", "resultJson", "failCode",
 
 
 @pytest.fixture
-def hooks(config: dict[str, Any]) -> dict[str, Any]:
+def hooks(config: dict[str, Any], database: TestDatabase) -> dict[str, Any]:
+    """The suite's config, on SQLite and on PostgreSQL."""
+    if database.backend != "sqlite":
+        config = merge(config, {"database": {"url": database.url, "pool_size": 4}})
     return merge(config, {
         **LOOPBACK,
         "providers": {"broken": {"kind": "demo", "options": {"failure_rate": 1.0}}},
