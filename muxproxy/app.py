@@ -18,6 +18,7 @@ from muxproxy import __version__
 from muxproxy.app_state import AppState
 from muxproxy.auth import Authenticator, hash_key
 from muxproxy.clock import Clock, SystemClock, now_ms
+from muxproxy.console import Console
 from muxproxy.cors import Cors
 from muxproxy.gateway import Gateway
 from muxproxy.idempotency import Idempotency
@@ -41,7 +42,7 @@ from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage, open_storage
 from muxproxy.store import KeyLimits, Store, open_store
 from muxproxy.surfaces.mcp import McpServer
-from muxproxy.surfaces.registry import SURFACES, client_prefixes, mounts
+from muxproxy.surfaces.registry import client_prefixes, for_settings, mounts
 from muxproxy.webhooks.relay import WebhookRelay
 from muxproxy.webhooks.ssrf import AddressPolicy, CallbackGuard
 
@@ -69,11 +70,14 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
             log_writer.flush()
 
     middleware = [Middleware(RequestContext, metrics=metrics), Middleware(Idempotency)]
+    surfaces = for_settings(settings)
     if settings.server.cors_origins:
         middleware.insert(1, Middleware(Cors, origins=settings.server.cors_origins,
-                                        prefixes=client_prefixes(SURFACES)))
-    app = Starlette(routes=mounts(SURFACES), middleware=middleware, lifespan=lifespan)
+                                        prefixes=client_prefixes(surfaces)))
+    app = Starlette(routes=mounts(surfaces), middleware=middleware, lifespan=lifespan)
     app.state.openapi = OpenApiDocument(settings)
+    if settings.console.enabled:
+        app.state.console = Console(settings)
     return app
 
 

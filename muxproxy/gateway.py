@@ -54,7 +54,8 @@ from muxproxy.store import (
     StaleJob,
     Store,
 )
-from muxproxy.store.accounts import IdempotencySuperseded
+from muxproxy.store.accounts import IdempotencySuperseded, UsageRow
+from muxproxy.store.jobs import JobQuery
 from muxproxy.surfaces import SurfaceName
 from muxproxy.validation import UploadedImage
 
@@ -439,6 +440,28 @@ class Gateway:
                          "processing job can be cancelled")
         error.code = "already_finished"
         raise error
+
+    # -- for the console: a key sees its own jobs; the operator (key None) sees all --
+
+    async def find_jobs(self, key: ApiKey | None, query: JobQuery) -> list[Job]:
+        """Jobs matching ``query``, newest first: only ``key``'s own when given."""
+        if key is not None:
+            query = evolve(query, key_id=key.id)
+        return await self.store.find_jobs(query)
+
+    async def job_seen_by(self, key: ApiKey | None, job_id: str) -> Job:
+        """:meth:`job_for`, or for the operator (``key`` None) any job."""
+        if key is not None:
+            return await self.job_for(key, job_id)
+        job = await self.store.get_job(job_id) if job_id else None
+        if job is None:
+            raise NotFound("task not found")
+        return job
+
+    async def usage(self, key: ApiKey | None, since: int) -> list[UsageRow]:
+        """Jobs and credits per model per UTC day since ``since``: ``key``'s, or with
+        None every key's together."""
+        return await self.store.usage(key.id if key is not None else None, since=since)
 
     def result_links(self, job: Job) -> list[str]:
         """Signed links to the job's result images (none before it completes); each

@@ -169,6 +169,16 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    # The web console (docs/console.md), served by the gateway under ``path``. Only
+    # the admin token or an API key signs in, so it is on by default.
+    enabled: bool = True
+    path: str = "/console"
+    # How long a sign-in lasts.
+    session_hours: float = 12.0
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     # /metrics answers only to this bearer token; empty leaves it open.
     token: str = ""
@@ -234,6 +244,7 @@ class Settings:
     surfaces: SurfaceSettings = field(default_factory=SurfaceSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LogSettings = field(default_factory=LogSettings)
     keys: tuple[ApiKeySettings, ...] = ()

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from muxproxy.settings import (
+    ConsoleSettings,
     LimitSettings,
     ServerSettings,
     Settings,
@@ -64,6 +65,7 @@ def check(settings: Settings) -> None:
     if default_model and default_model not in settings.models:
         raise SettingsError(f"surfaces.default_model: unknown model {default_model!r}")
     _check_server(settings.server)
+    _check_console(settings.console)
     _check_webhooks(settings.webhooks)
     _check_limits(settings.limits)
     _check_faults(settings)
@@ -96,6 +98,23 @@ def _check_server(server: ServerSettings) -> None:
                  "keepalive_timeout_seconds"):
         if getattr(server, name) <= 0:
             raise SettingsError(f"server.{name}: must be positive")
+
+
+# First path segments other surfaces serve: the console may not shadow them.
+TAKEN_SEGMENTS = frozenset({"api", "v1", "admin", "files", "mcp", "healthz", "readyz",
+                            "metrics", "openapi.json"})
+
+
+def _check_console(console: ConsoleSettings) -> None:
+    path = console.path
+    if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path) or ".." in path:
+        raise SettingsError("console.path: must be a path such as '/console' (letters, "
+                            "digits, '.', '_', '~', '-'; no trailing slash)")
+    if path.split("/")[1] in TAKEN_SEGMENTS:
+        raise SettingsError(f"console.path: {path!r} is under a path the gateway serves "
+                            "already")
+    if console.session_hours <= 0:
+        raise SettingsError("console.session_hours: must be positive")
 
 
 def _check_limits(limits: LimitSettings) -> None:

@@ -21,6 +21,7 @@ from muxproxy.generation import QUALITY_TIERS
 from muxproxy.settings import (
     AdminSettings,
     ApiKeySettings,
+    ConsoleSettings,
     Credits,
     DatabaseSettings,
     JobSettings,
@@ -61,7 +62,7 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str], *,
     by default now, when the settings are read)."""
     data = _expand(raw, env, "")
     known = {"server", "database", "storage", "limits", "jobs", "surfaces", "admin",
-             "metrics", "webhooks", "logging", "keys",
+             "metrics", "console", "webhooks", "logging", "keys",
              "providers", "models"}
     _no_unknown(data, known, "")
     providers = _providers(data.get("providers", {}))
@@ -74,6 +75,7 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str], *,
         surfaces=_section(SurfaceSettings, data, "surfaces"),
         admin=_section(AdminSettings, data, "admin"),
         metrics=_section(MetricsSettings, data, "metrics"),
+        console=_section(ConsoleSettings, data, "console"),
         webhooks=_section(WebhookSettings, data, "webhooks"),
         logging=_section(LogSettings, data, "logging"),
         keys=_keys(data.get("keys", [])),

@@ -205,8 +205,9 @@ class AccountStore(Transactional):
     async def ledger_sum(self, key_id: str) -> int: ...
 
     @abc.abstractmethod
-    async def usage(self, key_id: str, *, since: int) -> list[UsageRow]:
-        """Jobs and credits per model per UTC day since ``since`` (ms)."""
+    async def usage(self, key_id: str | None, *, since: int) -> list[UsageRow]:
+        """Jobs and credits per model per UTC day since ``since`` (ms): of one key, or
+        with ``key_id`` None of every key together."""
 
 
 def new_key_id() -> str:

@@ -63,6 +63,23 @@ def new_row(new: NewJob) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class JobQuery:
+    """Which jobs :meth:`JobStore.find_jobs` returns: each field set narrows it (the
+    key, state, model and provider equal; ``since`` <= created_at < ``before``, or
+    with ``before_id`` too, the jobs after that one in the order, same millisecond
+    included)."""
+
+    key_id: str | None = None
+    state: JobState | None = None
+    model: str | None = None
+    provider: str | None = None
+    since: int | None = None
+    before: int | None = None
+    before_id: str | None = None
+    limit: int = 50
+
+
 class JobStore(Transactional):
     """Jobs. Times are integer milliseconds since the epoch.
 
@@ -103,6 +120,11 @@ class JobStore(Transactional):
         ``before`` pages by ``created_at``: the jobs created earlier, and with
         ``before_id`` also those created in that same millisecond with a smaller id,
         so a page boundary between two jobs of one millisecond loses neither."""
+
+    @abc.abstractmethod
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        """Jobs matching ``query``, of every key unless it names one, newest first
+        (``created_at``, then id); ``before`` pages."""
 
     @abc.abstractmethod
     async def scan_jobs(self, *, after: str | None = None, limit: int = 500) -> list[Job]:

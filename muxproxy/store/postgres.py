@@ -21,12 +21,14 @@ import asyncpg
 from muxproxy.pipeline.jobs import Job
 from muxproxy.settings import DatabaseSettings, SettingsError
 from muxproxy.store.base import Store
+from muxproxy.store.jobs import JobQuery
 from muxproxy.store.postgres_accounts import PostgresAccounts
 from muxproxy.store.postgres_faults import faults_mapped
 from muxproxy.store.postgres_migrate import migrate
 from muxproxy.store.postgres_outbox import PostgresOutbox
 from muxproxy.store.postgres_tx import ACTIVE, Db, PostgresTx, pg, updated
 from muxproxy.store.rows import job_from_row
+from muxproxy.store.sql import job_search
 from muxproxy.store.tx import Tx
 
 T = TypeVar("T")
@@ -140,6 +142,10 @@ class PostgresStore(PostgresAccounts, PostgresOutbox, Store):
             "OR ($3::text IS NOT NULL AND created_at = $2 AND id < $3)) "
             "ORDER BY created_at DESC, id DESC LIMIT $4", key_id, before, before_id, limit)
         return [job_from_row(r) for r in rows]
+
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        sql, args = job_search(query)
+        return [job_from_row(r) for r in await self._fetch(pg(sql), *args)]
 
     async def scan_jobs(self, *, after: str | None = None, limit: int = 500) -> list[Job]:
         rows = await self._fetch("SELECT * FROM jobs WHERE id > $1 ORDER BY id LIMIT $2",

@@ -76,7 +76,7 @@ class PostgresAccounts:
                                    "WHERE key_id = $1", key_id)
         return int(row[0]) if row else 0
 
-    async def usage(self, key_id: str, *, since: int) -> list[UsageRow]:
+    async def usage(self, key_id: str | None, *, since: int) -> list[UsageRow]:
         sql = """
             SELECT to_char(to_timestamp(created_at / 1000.0) AT TIME ZONE 'UTC',
                            'YYYY-MM-DD') AS day, model,
@@ -85,7 +85,7 @@ class PostgresAccounts:
                    COUNT(*) FILTER (WHERE state = 'failed')::bigint AS failed,
                    COALESCE(SUM(credits) FILTER (WHERE billing = 'charged'), 0)::bigint
                        AS credits
-            FROM jobs WHERE key_id = $1 AND created_at >= $2
+            FROM jobs WHERE ($1::text IS NULL OR key_id = $1) AND created_at >= $2
             GROUP BY day, model ORDER BY day, model"""
         rows = await self._fetch(sql, key_id, since)
         return [UsageRow(day=r["day"], model=r["model"], jobs=r["jobs"],

@@ -12,8 +12,33 @@ import orjson
 
 from muxproxy.pipeline.jobs import Job, JobState
 from muxproxy.store.accounts import KeyLimits
+from muxproxy.store.jobs import JobQuery
 from muxproxy.store.rows import JSON_COLUMNS
 from muxproxy.webhooks.outbox import new_delivery_id, target_host
+
+
+def job_search(query: JobQuery) -> tuple[str, list[Any]]:
+    """:meth:`~muxproxy.store.jobs.JobStore.find_jobs` as one statement and its values."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, op, value in (("key_id", "=", query.key_id),
+                              ("state", "=", query.state and query.state.value),
+                              ("model", "=", query.model), ("provider", "=", query.provider),
+                              ("created_at", ">=", query.since)):
+        if value is not None:
+            where.append(f"{column} {op} ?")
+            args.append(value)
+    if query.before is not None and query.before_id is not None:
+        where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        args.extend((query.before, query.before, query.before_id))
+    elif query.before is not None:
+        where.append("created_at < ?")
+        args.append(query.before)
+    sql = "SELECT * FROM jobs"  # column names and operators are the constants above
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    args.append(query.limit)
+    return sql + " ORDER BY created_at DESC, id DESC LIMIT ?", args
 
 
 def encoded(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,8 +30,10 @@ from muxproxy.pipeline.jobs import Job, RowLike
 from muxproxy.ratelimit import RateLimiter
 from muxproxy.settings import DatabaseSettings, SettingsError, sqlite_path
 from muxproxy.store.base import Store
+from muxproxy.store.jobs import JobQuery
 from muxproxy.store.rows import job_from_row
 from muxproxy.store.schema import MIGRATIONS
+from muxproxy.store.sql import job_search
 from muxproxy.store.sqlite_accounts import AccountsMixin
 from muxproxy.store.sqlite_faults import faults_mapped
 from muxproxy.store.sqlite_outbox import SqliteOutbox
@@ -280,6 +282,10 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
             args.append(before)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         args.append(limit)
+        return [job_from_row(r) for r in await self._fetch(sql, args)]
+
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        sql, args = job_search(query)
         return [job_from_row(r) for r in await self._fetch(sql, args)]
 
     async def scan_jobs(self, *, after: str | None = None, limit: int = 500) -> list[Job]:

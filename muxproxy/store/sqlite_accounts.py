@@ -83,16 +83,16 @@ class AccountsMixin:
                                     "WHERE key_id = ?", (key_id,))
         return int(row[0]) if row else 0
 
-    async def usage(self: Connected, key_id: str, *, since: int) -> list[UsageRow]:
+    async def usage(self: Connected, key_id: str | None, *, since: int) -> list[UsageRow]:
         sql = """
             SELECT date(created_at / 1000, 'unixepoch') AS day, model,
                    COUNT(*) AS jobs,
                    SUM(state = 'completed') AS completed,
                    SUM(state = 'failed') AS failed,
                    SUM(CASE WHEN billing = 'charged' THEN credits ELSE 0 END) AS credits
-            FROM jobs WHERE key_id = ? AND created_at >= ?
+            FROM jobs WHERE (? IS NULL OR key_id = ?) AND created_at >= ?
             GROUP BY day, model ORDER BY day, model"""
-        rows = await self._fetch(sql, (key_id, since))
+        rows = await self._fetch(sql, (key_id, key_id, since))
         return [UsageRow(day=r["day"], model=r["model"], jobs=r["jobs"],
                          completed=r["completed"], failed=r["failed"], credits=r["credits"])
                 for r in rows]

@@ -18,3 +18,4 @@ class SurfaceName(StrEnum):
     ADMIN = "admin"  # keys, credits and usage, behind the admin token
     FILES = "files"  # signed downloads of result images
     OPS = "ops"  # liveness, readiness, metrics and the OpenAPI document
+    CONSOLE = "console"  # the web console (docs/console.md); its playground creates jobs

@@ -10,7 +10,7 @@ their tables of protected routes from them. A new surface is one entry in
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from starlette._utils import get_route_path
@@ -36,6 +36,7 @@ from muxproxy.surfaces import (
     SurfaceName,
     admin,
     callbacks,
+    console,
     files,
     mcp,
     modelmux,
@@ -53,6 +54,7 @@ class Access(Enum):
 
     API_KEY = "api key"  # Authorization: Bearer KEY, or x-api-key
     ADMIN = "admin token"  # admin.token
+    SESSION = "console session"  # a console sign-in (admin token or API key), by cookie
     OPEN = "open"  # nothing, or a signed link
 
 
@@ -93,11 +95,28 @@ SURFACES: tuple[Surface, ...] = (
     Surface(SurfaceName.OPS, ops.routes, native.render_error, Access.OPEN, ops_doc.part),
     Surface(SurfaceName.FILES, files.routes, native.render_error, Access.OPEN,
             ops_doc.files_part, prefix="/files/"),
+    # At console.path (this is its default): see :func:`for_settings`.
+    Surface(SurfaceName.CONSOLE, console.routes, console.render_error, Access.SESSION,
+            console.openapi, prefix=console.DEFAULT_PATH),
 )
 # What answers anything outside every surface's prefix.
 DEFAULT = SURFACES[0]
 # Create path -> the surface that serves it.
 CREATES: Mapping[str, Surface] = {path: s for s in SURFACES for path in s.creates}
+
+
+def for_settings(settings: Settings) -> tuple[Surface, ...]:
+    """The surfaces a gateway with ``settings`` serves: the console at its
+    ``console.path``, or not at all when ``console.enabled`` is off."""
+    found = []
+    for surface in SURFACES:
+        if surface.name is SurfaceName.CONSOLE:
+            if not settings.console.enabled:
+                continue
+            path = settings.console.path
+            surface = replace(surface, routes=console.routes_at(path), prefix=path)
+        found.append(surface)
+    return tuple(found)
 
 
 def client_prefixes(surfaces: Sequence[Surface] = SURFACES) -> tuple[str, ...]:

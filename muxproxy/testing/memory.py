@@ -17,6 +17,7 @@ from muxproxy.pipeline.jobs import TERMINAL, Job, JobState
 from muxproxy.ratelimit import RateLimiter
 from muxproxy.store.accounts import ApiKey, KeyNotFound, LedgerEntry, UsageRow
 from muxproxy.store.base import Store
+from muxproxy.store.jobs import JobQuery
 from muxproxy.store.rows import job_from_row
 from muxproxy.store.tx import Tx, run_inline
 from muxproxy.testing.memory_tx import MemoryTx, Tables, active, new_delivery
@@ -84,6 +85,18 @@ class MemoryStore(Store):
         rows = self._jobs(listed)
         rows.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
         return [job_from_row(r) for r in rows[:limit]]
+
+    async def find_jobs(self, query: JobQuery) -> list[Job]:
+        wanted = {"key_id": query.key_id, "state": query.state, "model": query.model,
+                  "provider": query.provider}
+        rows = self._jobs(lambda r: all(v is None or r[k] == v for k, v in wanted.items())
+                          and (query.since is None or r["created_at"] >= query.since)
+                          and (query.before is None or r["created_at"] < query.before
+                               or (query.before_id is not None
+                                   and r["created_at"] == query.before
+                                   and r["id"] < query.before_id)))
+        rows.sort(key=lambda r: (r["created_at"], r["id"]), reverse=True)
+        return [job_from_row(r) for r in rows[:query.limit]]
 
     async def scan_jobs(self, *, after: str | None = None, limit: int = 500) -> list[Job]:
         rows = sorted(self._jobs(lambda r: r["id"] > (after or "")), key=lambda r: r["id"])
@@ -178,9 +191,10 @@ class MemoryStore(Store):
     async def ledger_sum(self, key_id: str) -> int:
         return sum(e.amount for e in self.t.ledger if e.key_id == key_id)
 
-    async def usage(self, key_id: str, *, since: int) -> list[UsageRow]:
+    async def usage(self, key_id: str | None, *, since: int) -> list[UsageRow]:
         days: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0, 0, 0])
-        for r in self._jobs(lambda r: r["key_id"] == key_id and r["created_at"] >= since):
+        for r in self._jobs(lambda r: key_id in (None, r["key_id"])
+                            and r["created_at"] >= since):
             day = datetime.datetime.fromtimestamp(r["created_at"] // 1000, datetime.UTC)
             counts = days[(day.date().isoformat(), r["model"])]
             counts[0] += 1

@@ -2,12 +2,12 @@
 
 Each client runs against a live gateway (:func:`tests.support.gateway.run_gateway`,
 uvicorn on a loopback port) on the demo provider, built from nothing but the base
-URL and an API key. Clients that are not the test extra's run as child processes:
-the Node ones from ``tests/clients/node`` (``npm ci`` there installs them from the
+URL and an API key. Clients other than openai-python run as child processes: the
+Node ones from ``tests/clients/node`` (``npm ci`` there installs them from the
 committed lockfile), LiteLLM and LangChain from ``tests/clients/python`` with this
-interpreter (``pip install -e '.[clients]'``). The one rule for a missing client:
-under ``CI=true`` its tests fail (CI must run them); elsewhere they are skipped
-with a message saying how to install it.
+interpreter (the test extra installs them; LiteLLM's import is slow and noisy).
+The one rule for a missing client: under ``CI=true`` its tests fail (CI must run
+them); elsewhere they are skipped with a message saying how to install it.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def need_node() -> str:
 
 def need_python_package(module: str, package: str) -> None:
     if importlib.util.find_spec(module) is None:
-        unavailable(f"the Python package {package}", "pip install -e '.[clients]'")
+        unavailable(f"the Python package {package}", "pip install -e '.[test]'")
 
 
 async def run_client(argv: list[str], env: dict[str, str], cwd: Path

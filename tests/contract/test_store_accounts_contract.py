@@ -179,3 +179,17 @@ async def test_usage_counts_jobs_and_charged_credits_per_day(store: Store) -> No
     assert [(r.day, r.jobs, r.completed, r.failed, r.credits) for r in rows] == [
         ("2023-11-14", 1, 0, 0, 0), ("2023-11-15", 1, 0, 0, 6)]
     assert await store.usage(key.id, since=T0 + 1) == rows[1:]
+
+
+async def test_usage_of_every_key_adds_them_together(store: Store) -> None:
+    payer = await store.create_key("payer", "digest-1", now=T0, credits=100)
+    other = await store.create_key("other", "digest-2", now=T0, credits=100)
+    await store.create_job(new_job("p", key_id=payer.id, credits=4))
+    await store.create_job(new_job("o", key_id=other.id, credits=3))
+    failed = await store.create_job(new_job("f", key_id=other.id, created=T0 + DAY))
+    await store.transition(failed, JobState.PENDING, JobState.FAILED, now=T0 + DAY,
+                           fail_code="x", fail_msg="gave up")
+    rows = await store.usage(None, since=T0 - DAY)
+    assert [(r.day, r.model, r.jobs, r.failed) for r in rows] == [
+        ("2023-11-14", "demo-image", 2, 0), ("2023-11-15", "demo-image", 1, 1)]
+    assert [r.jobs for r in await store.usage(payer.id, since=T0 - DAY)] == [1]

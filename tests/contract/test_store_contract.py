@@ -15,6 +15,7 @@ from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.pipeline.jobs import IdempotencyClaim, IllegalTransition, Job, JobState, Lease, NewJob
 from muxproxy.store import StaleJob, Store
 from muxproxy.store.accounts import IdempotencyRecord, IdempotencySuperseded
+from muxproxy.store.jobs import JobQuery
 from muxproxy.store.sqlite import SqliteStore
 from muxproxy.surfaces import SurfaceName
 from muxproxy.testing import MemoryStore
@@ -116,6 +117,35 @@ async def test_list_newest_first_with_paging(store: Store) -> None:
     assert [j.id for j in page] == ["j4", "j3", "j2"]
     rest = await store.list_jobs("key-a", limit=3, before=page[-1].created_at)
     assert [j.id for j in rest] == ["j1", "j0"]
+
+
+async def test_find_jobs_filters_every_key_newest_first_with_paging(store: Store) -> None:
+    for i in range(4):
+        await store.create_job(new_job(f"a{i}", created=T0 + i))
+    await store.create_job(new_job("b0", key_id="key-b", provider="other", created=T0 + 10))
+    failed = await store.create_job(new_job("b1", key_id="key-b", created=T0 + 11))
+    await store.transition(failed, JobState.PENDING, JobState.FAILED, now=T0 + 12,
+                           fail_code="x", fail_msg="gave up")
+
+    async def ids(**fields: Any) -> list[str]:
+        return [j.id for j in await store.find_jobs(JobQuery(**fields))]
+
+    assert await ids() == ["b1", "b0", "a3", "a2", "a1", "a0"]
+    assert await ids(key_id="key-b") == ["b1", "b0"]
+    assert await ids(state=JobState.FAILED) == ["b1"]
+    assert await ids(state=JobState.PENDING, key_id="key-b") == ["b0"]
+    assert await ids(provider="other") == ["b0"]
+    assert await ids(model="demo-image", since=T0 + 3) == ["b1", "b0", "a3"]
+    assert await ids(model="no-such-model") == []
+    assert await ids(since=T0 + 1, before=T0 + 3) == ["a2", "a1"]
+    page = await store.find_jobs(JobQuery(limit=4))
+    assert await ids(before=page[-1].created_at, limit=4) == ["a1", "a0"]
+    # Jobs of one millisecond page on by id.
+    for name in ("c", "d", "e"):
+        await store.create_job(new_job(name, key_id="key-c", created=T0 + 20))
+    first = await store.find_jobs(JobQuery(key_id="key-c", limit=2))
+    assert [j.id for j in first] == ["e", "d"]
+    assert await ids(key_id="key-c", before=T0 + 20, before_id="d") == ["c"]
 
 
 async def test_list_pages_through_jobs_of_one_millisecond(store: Store) -> None:

@@ -18,6 +18,7 @@ from muxproxy.clock import ManualClock
 from muxproxy.signing import UrlSigner
 from muxproxy.store.sqlite import SqliteStore
 from muxproxy.surfaces.registry import SURFACES, Access
+from tests.support.console import console_client
 from tests.support.gateway import KEY_A, KEY_B, RunningGateway, merge, run_gateway
 from tests.support.images import png_bytes
 from tests.support.webhooks import LOOPBACK, Receiver
@@ -62,6 +63,31 @@ ADMIN_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/admin/keys/alpha/usage", {}),
 ]
 
+# The console's routes (docs/console.md): who may use each once signed in. Without a
+# session every one but the sign-in form and the static files sends the browser to
+# sign in; every POST checks the session's CSRF token.
+CONSOLE_OPEN = [("GET", "/console/signin"), ("POST", "/console/signin"),
+                ("GET", "/console/static/console.css")]
+CONSOLE_ROUTES: list[tuple[str, str, str]] = [
+    ("GET", "/console", "any"),
+    ("POST", "/console/signout", "any"),
+    ("GET", "/console/overview", "any"),
+    ("GET", "/console/keys", "operator"),
+    ("POST", "/console/keys", "operator"),
+    ("GET", "/console/keys/alpha", "operator"),
+    ("POST", "/console/keys/alpha/credits", "operator"),
+    ("POST", "/console/keys/alpha/limits", "operator"),
+    ("POST", "/console/keys/alpha/revoke", "operator"),
+    ("GET", "/console/jobs", "any"),
+    ("GET", f"/console/jobs/{JOB}", "any"),
+    ("GET", f"/console/jobs/{JOB}/status", "any"),
+    ("POST", f"/console/jobs/{JOB}/redeliver", "any"),
+    ("POST", f"/console/jobs/{JOB}/cancel", "any"),
+    ("GET", "/console/providers", "operator"),
+    ("GET", "/console/playground", "any"),
+    ("POST", "/console/playground", "any"),
+]
+
 
 def shape_ok(path: str, body: Any) -> bool:
     """The 401 comes in the surface's own error shape."""
@@ -104,6 +130,9 @@ def test_the_tables_cover_every_route() -> None:
 
     assert listed(PROTECTED) == served(Access.API_KEY)
     assert listed(ADMIN_ROUTES) == served(Access.ADMIN)
+    console = [(m, p) for m, p in CONSOLE_OPEN] + [(m, p) for m, p, _ in CONSOLE_ROUTES]
+    assert listed([(m, p.replace("console.css", "{name}"), {}) for m, p in console]) \
+        == served(Access.SESSION)
 
 
 NO_KEY: dict[str, dict[str, str]] = {
@@ -381,3 +410,89 @@ def test_link_tokens_are_itsdangerous_signed_with_the_server_secret() -> None:
     loader = URLSafeTimedSerializer("server-secret-0123456789", salt="muxproxy.files")
     assert loader.loads(token) == "results/j/0.png"
     assert len(token.split(".")) == 3
+
+
+async def test_console_routes_send_anyone_without_a_session_to_sign_in(
+        secure: dict[str, Any]) -> None:
+    from itsdangerous import URLSafeTimedSerializer as Signer
+
+    forged = {
+        "none": None,
+        "garbage": "not-a-session",
+        # A well-formed session signed with another secret.
+        "other-secret": Signer("another-secret-0123456789", salt="muxproxy.console.session")
+        .dumps({"r": "operator", "c": "x", "k": None, "t": None}),
+    }
+    async with run_gateway(secure) as gateway:
+        wrong = []
+        for name, cookie in forged.items():
+            headers = {"Cookie": f"mux_console={cookie}"} if cookie else {}
+            for method, path, _ in CONSOLE_ROUTES:
+                async with gateway.http.request(method, gateway.url + path, headers=headers,
+                                                data={"csrf": "x", "name": "mallory"},
+                                                allow_redirects=False) as resp:
+                    if (resp.status, resp.headers.get("Location")) != (303, "/console/signin"):
+                        wrong.append((name, method, path, resp.status))
+            for method, path in CONSOLE_OPEN:
+                async with gateway.http.request(method, gateway.url + path, headers=headers,
+                                                data={"csrf": "x", "token": ADMIN_TOKEN},
+                                                allow_redirects=False) as resp:
+                    # The sign-in form and the styles; a sign-in without the form's
+                    # token is refused, even with the right admin token.
+                    if resp.status != (403 if method == "POST" else 200):
+                        wrong.append((name, method, path, resp.status))
+        assert wrong == []
+        assert await gateway.state.store.key_named("mallory") is None
+
+
+async def test_console_operator_pages_refuse_a_team_and_forms_need_their_csrf_token(
+        secure: dict[str, Any]) -> None:
+    async with run_gateway(secure) as gateway, \
+            console_client(gateway.url, KEY_A) as team, \
+            console_client(gateway.url, ADMIN_TOKEN) as operator:
+        alpha = await key_id(gateway, "alpha")
+        wrong: list[tuple[str | None, str, str, int]] = []
+        for method, path, who in CONSOLE_ROUTES:
+            path = path.replace("/alpha", f"/{alpha}")
+            if who == "operator":
+                status, _, _ = await (team.form(path, {"amount": "5", "confirm": "yes"})
+                                      if method == "POST" else team.get(path))
+                if status != 403:
+                    wrong.append(("team", method, path, status))
+            if method == "POST":
+                # (A team is refused the operator's forms before their token is read.)
+                for client in (team, operator) if who == "any" else (operator,):
+                    for token in (None, "forged", (operator if client is team else team).csrf):
+                        status, _, body = await client.form(
+                            path, {"name": "mallory", "amount": "5", "confirm": "yes",
+                                   "prompt": "x"}, csrf=token)
+                        if status != 403 or "CSRF" not in body:
+                            wrong.append((token, method, path, status))
+        assert wrong == []
+        key = await gateway.state.store.get_key(alpha)
+        assert key is not None and key.revoked_at is None
+        assert await gateway.state.store.ledger(alpha) == []
+        assert await gateway.state.store.key_named("mallory") is None
+        assert await gateway.state.store.list_jobs(alpha) == []
+
+
+async def test_console_team_sees_another_keys_job_as_none(secure: dict[str, Any]) -> None:
+    async with Receiver() as receiver, run_gateway(secure) as gateway, \
+            console_client(gateway.url, KEY_B) as team:
+        theirs = await gateway.submit({"model": "demo-image", "prompt": "secret plan",
+                                       "callback_url": receiver.url()}, KEY_A)
+        await gateway.wait_terminal(theirs, KEY_A)
+        await receiver.wait_hits(1)
+        for suffix in ("", "/status"):
+            mine = await team.get(f"/console/jobs/{theirs}{suffix}")
+            none = await team.get(f"/console/jobs/{JOB}{suffix}")
+            assert mine[0] == none[0] == 404
+            assert theirs not in mine[2] and "secret plan" not in mine[2]
+        for action in ("redeliver", "cancel"):
+            status, _, body = await team.form(f"/console/jobs/{theirs}/{action}")
+            assert status == 404 and theirs not in body, action
+        alpha = await key_id(gateway, "alpha")
+        for query in ("", f"?key={alpha}", "?state=completed&model=demo-image&since=1h"):
+            status, _, body = await team.get(f"/console/jobs{query}")
+            assert status == 200 and theirs not in body and "secret plan" not in body
+        assert len(receiver.hits) == 1  # no redelivery happened

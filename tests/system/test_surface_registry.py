@@ -3,8 +3,6 @@ path under a surface's prefix that nothing serves answers in that surface's shap
 
 from __future__ import annotations
 
-import orjson
-
 from muxproxy.errors import status_error
 from muxproxy.surfaces import SurfaceName
 from muxproxy.surfaces.registry import CREATES, DEFAULT, SURFACES, Surface
@@ -44,7 +42,7 @@ async def test_unknown_paths_and_methods_answer_in_the_mounts_shape(
         async with gateway.http.get(gateway.url + path, headers=gateway.headers()) as resp:
             body = await resp.read()
         expected = surface.render_error(status_error(404, f"no route for GET {path}"))
-        assert (resp.status, orjson.loads(body)) == (404, orjson.loads(expected.body)), path
+        assert (resp.status, body) == (404, expected.body), path
     for surface in SURFACES:
         route = surface.routes[0]
         path = route.path.replace("{", "").replace("}", "").replace(":path", "")
@@ -53,7 +51,7 @@ async def test_unknown_paths_and_methods_answer_in_the_mounts_shape(
             allow = resp.headers["Allow"]
         owner = _owner(route.path)
         expected = owner.render_error(status_error(405, "method PUT not allowed here"))
-        assert (resp.status, orjson.loads(body)) == (405, orjson.loads(expected.body)), path
+        assert (resp.status, body) == (405, expected.body), path
         served = {m for s in SURFACES for r in s.routes if r.path == route.path
                   for m in r.methods or ()}
         assert set(allow.split(", ")) == served, path
