@@ -91,6 +91,12 @@ def targets(out: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     return rows
 
 
+def storage_ratios(s8: dict[str, Any]) -> dict[str, float]:
+    """Each gateway path's c=32 rate with an S3 bucket over its rate on the folder."""
+    return {path: s8["s3"][path]["c32"]["rps"] / s8["local"][path]["c32"]["rps"]
+            for path in s8["local"] if path in s8["s3"]}
+
+
 def table(out: dict[str, Any]) -> str:
     m = out["machine"]
     parts = [f"muxproxy benchmark, {out['date']}, {m['cpu']} ({m['cores']} cores), "
@@ -162,6 +168,23 @@ def table(out: dict[str, Any]) -> str:
         parts += ["", "4. Native rates by stored jobs (pre-filled straight into SQLite)",
                   _grid(["stored jobs", "submits/s", "polls/s", "submit vs first",
                          "poll vs first", "RSS MB end / peak"], rows)]
+    parts += _pg_workers(out.get("s5"))
+    s8 = out.get("s8")
+    if s8 and "error" in s8:
+        parts += ["", f"8. image storage: not measured: {s8['error']}"]
+    if s8 and "local" in s8 and "s3" in s8:
+        rows = []
+        for path, ratio in storage_ratios(s8).items():
+            for name in ("local", "s3"):
+                c1, c32 = s8[name][path]["c1"], s8[name][path]["c32"]
+                rows.append([path, name, _f(c1["p50_ms"], 2), _f(c32["p50_ms"], 2),
+                             _f(c32["p99_ms"], 2), _f(c32["rps"], 0),
+                             f"{ratio:.2f}x" if name == "s3" else "1.00x",
+                             str(c1["errors"] + c32["errors"])])
+        parts += ["", "8. POST /v1/images/generations by image storage: the local folder, "
+                  "an S3 bucket (moto's server on loopback) - medians, ms",
+                  _grid(["path", "storage", "c1 p50", "c32 p50", "c32 p99", "c32 req/s",
+                         "rps/local", "errors"], rows)]
     s6 = out.get("s6")
     if s6:
         back = s6["back_to_steady_s"]
@@ -195,3 +218,21 @@ def table(out: dict[str, Any]) -> str:
     parts.append(f"\nwall time {out.get('wall_s', '-')} s; 1-minute load average "
                  f"{_f(out.get('load_before'), 2)} before, {_f(out.get('load_after'), 2)} after")
     return "\n".join(parts)
+
+
+def _pg_workers(s5: dict[str, Any] | None) -> list[str]:
+    if not s5:
+        return []
+    if "error" in s5:
+        return ["", f"5. PostgreSQL workers: not measured: {s5['error']}"]
+    rows = [[name, str(r["workers"]), _f(r["submit_rps"], 0), _f(r["poll_rps"], 0),
+             _f(r["openai_rps"], 0), _f(r["submit_p99_ms"], 2), _f(r["poll_p99_ms"], 2),
+             _f(r["openai_p99_ms"], 2), f"{r['rss_mb']:.0f}",
+             str(r["submit_errors"] + r["poll_errors"] + r["openai_errors"])]
+            for name, r in s5.items() if name != "ratios"]
+    rows += [[name, "", f"{r['submit']:.2f}x", f"{r['poll']:.2f}x", f"{r['openai']:.2f}x",
+              "", "", "", "", ""] for name, r in s5["ratios"].items()]
+    return ["", "5. Backends and workers: native submits and polls at c=64, OpenAI surface at "
+            "c=32",
+            _grid(["gateway", "procs", "submits/s", "polls/s", "openai/s", "submit p99",
+                   "poll p99", "openai p99", "RSS MB", "errors"], rows)]

@@ -1,6 +1,6 @@
 """The benchmark suite: ``python bench/run.py`` (``--quick`` for a short pass,
-``--no-litellm`` / ``--no-portkey`` to leave a peer out, ``--only 1,3`` for some
-scenarios).
+``--no-litellm`` / ``--no-portkey`` to leave a peer out, ``--only 1,3`` or
+``--only pg-workers`` for some scenarios).
 
 Starts a fake upstream, the gateway (shipped config, SQLite) and the peer gateways
 (Portkey's and LiteLLM's) as separate processes, drives them from this one, prints
@@ -29,16 +29,35 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import replicas, report, scenarios, streaming  # noqa: E402
+from bench import replicas, report, scenarios, storage, streaming  # noqa: E402
 from bench.peers import (  # noqa: E402
     litellm_version,
     portkey_version,
     start_litellm,
     start_portkey,
 )
+from bench.pg_workers import pg_workers  # noqa: E402
 from bench.services import Service, start_fake, start_gateway  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+# Scenarios by number, and the names they also answer to.
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
+NAMES = {"openai": 1, "native": 2, "callbacks": 3, "table-size": 4, "pg-workers": 5,
+         "replicas": 6, "streaming": 7, "storage": 8}
+
+
+def chosen(only: str | None) -> set[int]:
+    if not only:
+        return set(SCENARIOS)
+    picked = set()
+    for part in only.split(","):
+        part = part.strip()
+        number = NAMES.get(part) or (int(part) if part.isdigit() else None)
+        if number not in SCENARIOS:
+            raise SystemExit(f"--only: unknown scenario {part!r} (1-8 or "
+                             f"{', '.join(NAMES)})")
+        picked.add(number)
+    return picked
 
 
 def machine() -> dict[str, Any]:
@@ -104,7 +123,7 @@ async def peer(record: dict[str, Any], left_out: bool, flag: str,
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     scale = scenarios.QUICK if args.quick else scenarios.Scale()
-    only = {int(x) for x in args.only.split(",")} if args.only else {1, 2, 3, 4, 6, 7}
+    only = chosen(args.only)
     out: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "quick": args.quick, "scale": scale.__dict__,
@@ -151,6 +170,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if 4 in only:
                 print("4. Table size", flush=True)
                 out["s4"] = await scenarios.table_sizes(work, fake_port, scale)
+            if 5 in only:
+                print("5. PostgreSQL, one worker against two (and SQLite)", flush=True)
+                out["s5"] = await pg_workers(work, fake_port, scale)
+            if 8 in only:
+                print("8. OpenAI-compatible images, local folder vs S3 bucket (moto)",
+                      flush=True)
+                out["s8"] = await storage.storage_paths(work, fake_port, scale)
             if 7 in only:
                 print("7. Image streaming: first and completed events vs unstreamed", flush=True)
                 async with gateway_in(work / "s7", fake_port) as (_, port):
@@ -170,7 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a short pass (rough figures)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     parser.add_argument("--no-portkey", action="store_true", help="leave Portkey out")
-    parser.add_argument("--only", help="comma-separated scenario numbers (1-7)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1-8) or names "
+                        f"({', '.join(NAMES)})")
     parser.add_argument("--polls", type=int, default=2,
                         help="status polls before the fake fal queue completes (default 2)")
     return parser.parse_args(argv)

@@ -6,6 +6,7 @@ config with its providers pointed at the fake); the peer gateways are in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -70,14 +71,25 @@ class Service:
         fields = self._stat()
         return (int(fields[11]) + int(fields[12])) / _TICKS
 
+    def children(self) -> list[int]:
+        """The pids of the processes this one started (``serve --workers N``'s workers)."""
+        pid = self.proc.pid
+        with contextlib.suppress(OSError):
+            return [int(p) for p in
+                    Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return []
+
     def memory_mb(self) -> tuple[float, float]:
-        """(current RSS, peak RSS) in MB."""
-        values = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                values[name] = int(rest.split()[0]) / 1024
-        return values["VmRSS"], values["VmHWM"]
+        """(current RSS, peak RSS) in MB, summed over the workers when there are any."""
+        rss = peak = 0.0
+        for pid in self.children() or [self.proc.pid]:
+            values = {}
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                name, _, rest = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    values[name] = int(rest.split()[0]) / 1024
+            rss, peak = rss + values["VmRSS"], peak + values["VmHWM"]
+        return rss, peak
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -171,10 +183,11 @@ routes = [{{ provider = "fal", model = "{FAL_APP}" }}]
 
 async def start_gateway(workdir: Path, fake_port: int, *,
                         tweak: Callable[[str], str] | None = None,
-                        env: dict[str, str] | None = None) -> tuple[Service, int]:
-    """``muxproxy serve`` on a copy of the shipped config (changed by ``tweak``), in
-    ``workdir`` (its SQLite file and images land in ``workdir/data`` unless ``env``
-    says otherwise); the log goes to ``gateway.log``."""
+                        env: dict[str, str] | None = None,
+                        workers: int = 1) -> tuple[Service, int]:
+    """``muxproxy serve`` (``--workers``) on a copy of the shipped config (changed by
+    ``tweak``), in ``workdir`` (its SQLite file and images land in ``workdir/data``
+    unless ``env`` says otherwise); the log goes to ``gateway.log``."""
     port = free_port()
     config = workdir / "config.toml"
     text = gateway_config(fake_port)
@@ -182,7 +195,7 @@ async def start_gateway(workdir: Path, fake_port: int, *,
     env = {"PYTHONPATH": str(ROOT), "MUXPROXY_PORT": str(port),
            "MUXPROXY_PUBLIC_URL": f"http://127.0.0.1:{port}", **(env or {})}
     service = Service("gateway", [sys.executable, "-m", "muxproxy.cli", "serve", "--config",
-                                  str(config)],
+                                  str(config), "--workers", str(workers)],
                       cwd=workdir, log=workdir / "gateway.log", env=env)
     await service.wait_http(port, "/readyz", 30)
     return service, port

@@ -163,8 +163,9 @@ async def _open_backends(settings: Settings, clock: Clock, closers: AsyncExitSta
                            webhook_allow_networks=key.webhook_allow_networks)
         await store.upsert_key(key.name, hash_key(key.key), now=now_ms(clock),
                                limits=limits, initial_credits=key.credits)
-    storage = open_storage(settings.storage.url)
+    storage = open_storage(settings.storage.url, settings.storage)
     closers.push_async_callback(storage.aclose)
+    await storage.open()
     return store, storage
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
-from muxproxy import cli_client, cli_generate, cli_keys
+from muxproxy import cli_client, cli_generate, cli_keys, cli_storage
 from muxproxy.settings import Settings, SettingsError, load_settings
 
 # Descriptors beyond the connections: the database, image files, upstream and
@@ -24,12 +25,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="config file (default: $MUXPROXY_CONFIG or ./config.toml)")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="worker processes sharing the port (PostgreSQL only; default 1)")
+    # Given by the supervisor of --workers to each worker it starts.
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"))
     migrate = commands.add_parser(
         "migrate", help="bring the database's schema to this version and exit")
     migrate.add_argument("--config", default=os.environ.get("MUXPROXY_CONFIG", "config.toml"))
+    copy = commands.add_parser(
+        "copy-db", help="copy every key, job, credit and callback to another database")
+    copy.add_argument("--from", dest="source", required=True, metavar="URL",
+                      help="the database to copy (sqlite:///path/muxproxy.db, postgresql://...)")
+    copy.add_argument("--to", dest="target", required=True, metavar="URL",
+                      help="the database to fill; it must be empty (see --force)")
+    copy.add_argument("--force", action="store_true",
+                      help="replace what the target holds")
     cli_keys.add_parser(commands)
+    cli_storage.add_parser(commands)
     cli_generate.add_parser(commands)
     mcp = commands.add_parser(
         "mcp", help="serve MCP on stdio, relaying to a running gateway's /mcp",
@@ -38,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "$MUXPROXY_API_KEY.")
     cli_client.add_gateway_options(mcp)
     args = parser.parse_args(argv)
+    if args.command == "copy-db":  # two URLs and no config file
+        from muxproxy.cli_copy import copy_db
+
+        return copy_db(args.source, args.target, force=args.force)
     # Clients of a running gateway: a config file is only one place they look.
     if args.command == "generate":
         return cli_generate.run(args)
@@ -54,13 +73,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "keys":
         return cli_keys.run(settings, args)
+    if args.command == "copy-storage":
+        return cli_storage.run(settings, args)
     if args.command == "migrate":
         return _migrate(settings)
     if args.command == "check-config":
         print(f"{args.config}: ok ({len(settings.providers)} providers, "
               f"{len(settings.models)} models)")
         return 0
-    return _serve(settings, args.host, args.port)
+    if args.workers != 1:
+        return _supervise(settings, args)
+    return _serve(settings, args.host, args.port, args.listen_fd, args.lifeline_fd)
+
+
+def _supervise(settings: Settings, args: argparse.Namespace) -> int:
+    """``serve --workers N``: N processes on one port, on a database they can share."""
+    from muxproxy.logs import configure_logging
+    from muxproxy.store import store_backend
+    from muxproxy.workers import supervise
+
+    if args.workers < 1:
+        print("muxproxy: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if not store_backend(settings.database.url).shared:
+        print(f"muxproxy: --workers {args.workers} needs PostgreSQL: database.url is "
+              f"{settings.database.url.partition(':')[0]}, a file that one process writes. "
+              f"Run one worker, or move to PostgreSQL (muxproxy copy-db, see "
+              f"docs/operations.md).", file=sys.stderr)
+        return 2
+    writer = configure_logging(settings.logging.level, settings.logging.format)
+    worker = [sys.executable, "-m", "muxproxy.cli", "serve", "--config", args.config]
+    try:
+        return supervise(worker, args.host or settings.server.host,
+                         args.port or settings.server.port, args.workers,
+                         settings.server.graceful_shutdown_seconds)
+    finally:
+        writer.flush()
 
 
 def _mcp(args: argparse.Namespace) -> int:
@@ -100,7 +148,8 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _serve(settings: object, host: str | None, port: int | None) -> int:
+def _serve(settings: object, host: str | None, port: int | None,
+           listen_fd: int | None = None, lifeline_fd: int | None = None) -> int:
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
@@ -123,8 +172,10 @@ def _serve(settings: object, host: str | None, port: int | None) -> int:
         http=HttpProtocol.bounded(edge), log_level="warning", access_log=False,
         proxy_headers=False, timeout_keep_alive=math.ceil(edge.keepalive_timeout),
         timeout_graceful_shutdown=math.ceil(settings.server.graceful_shutdown_seconds))
-    server = Server(config, on_signal=lambda: begin_shutdown(app), edge=edge)
-    server.run()
+    server = Server(config, on_signal=lambda: begin_shutdown(app), edge=edge,
+                    lifeline_fd=lifeline_fd)
+    # A worker of --workers serves the supervisor's socket (muxproxy.workers).
+    server.run(sockets=None if listen_fd is None else [socket.socket(fileno=listen_fd)])
     return 0 if server.started else STARTUP_FAILURE
 
 

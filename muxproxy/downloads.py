@@ -5,14 +5,17 @@ every refusal, a bad Range included, in the calling surface's own error shape.
 A backend with files of its own is served by Starlette's ``FileResponse`` (it
 sends the file without reading it into memory, and handles If-Range and several
 ranges); any other backend is streamed in chunks from its ``open_read``, one range
-at most. When the caller gives ``redirect_ttl`` and the backend has a URL of its
-own for the blob (an object store's presigned GET), the answer is a 302 to it and
-the bytes never pass through the gateway.
+at most, its first chunk read before the answer starts, so a storage that fails
+then is still a 503 (with Retry-After) rather than a cut-off answer. When the
+caller gives ``redirect_ttl`` and the backend has a URL of its own for the blob (an
+object store's presigned GET), the answer is a 302 to it and the bytes never pass
+through the gateway.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import (
@@ -24,20 +27,38 @@ from starlette.responses import (
 )
 from starlette.responses import RangeNotSatisfiable as _Unsatisfiable
 
-from muxproxy.errors import InvalidRequest, NotFound, RangeNotSatisfiable
+from muxproxy.errors import InvalidRequest, NotFound, RangeNotSatisfiable, StorageFailing
 from muxproxy.http import ErrorRenderer
+from muxproxy.logs import get_logger
+from muxproxy.metrics import Metrics
 from muxproxy.storage import BlobNotFound, BlobStorage
+
+log = get_logger("muxproxy.downloads")
 
 CACHE_CONTROL = "private, max-age=300"
 
 
 async def serve_blob(request: Request, storage: BlobStorage, key: str, *,
                      content_type: str, render: ErrorRenderer, missing: str,
-                     filename: str | None = None,
-                     redirect_ttl: int | None = None) -> Response:
+                     filename: str | None = None, redirect_ttl: int | None = None,
+                     metrics: Metrics | None = None) -> Response:
     """The blob under ``key`` as the answer to ``request``. A missing blob raises
-    :class:`NotFound` with the message ``missing``; the caller's surface renders it
-    (``render`` is needed here only for the 416, which carries a header)."""
+    :class:`NotFound` with the message ``missing``, a failing storage
+    :class:`StorageFailing` (503); the caller's surface renders either (``render``
+    is needed here only for the 416, which carries a header)."""
+    try:
+        return await _serve(request, storage, key, content_type, render, missing, filename,
+                            redirect_ttl)
+    except OSError:
+        if metrics is not None:
+            metrics.storage_errors.labels("read").inc()
+        log.error("blob storage failed", operation="read", exc_info=True)
+        raise StorageFailing() from None
+
+
+async def _serve(request: Request, storage: BlobStorage, key: str, content_type: str,
+                 render: ErrorRenderer, missing: str, filename: str | None,
+                 redirect_ttl: int | None) -> Response:
     headers = {"Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
     if filename is not None:
         headers["Content-Disposition"] = f'inline; filename="{filename}"'
@@ -59,13 +80,14 @@ async def serve_blob(request: Request, storage: BlobStorage, key: str, *,
             return FileResponse(path, media_type=content_type, headers=headers,
                                 stat_result=stat)
         size = (await storage.stat(key)).size
+        return await _stream(request, storage, key, size, content_type, headers, render)
     except (BlobNotFound, FileNotFoundError):
         raise NotFound(missing) from None
-    return _stream(request, storage, key, size, content_type, headers, render)
 
 
-def _stream(request: Request, storage: BlobStorage, key: str, size: int,
-            content_type: str, headers: dict[str, str], render: ErrorRenderer) -> Response:
+async def _stream(request: Request, storage: BlobStorage, key: str, size: int,
+                  content_type: str, headers: dict[str, str], render: ErrorRenderer
+                  ) -> Response:
     try:
         ranges = _ranges(request, size)
     except _Unsatisfiable:
@@ -77,8 +99,25 @@ def _stream(request: Request, storage: BlobStorage, key: str, size: int,
     headers |= {"Accept-Ranges": "bytes", "Content-Length": str(end - start)}
     if request.method == "HEAD":
         return Response(b"", status_code=status, media_type=content_type, headers=headers)
-    return StreamingResponse(storage.open_read(key, start, end), status_code=status,
+    chunks = storage.open_read(key, start, end)
+    try:
+        first = await anext(chunks, b"")
+    except BaseException:
+        await chunks.aclose()
+        raise
+    return StreamingResponse(_after(first, chunks), status_code=status,
                              media_type=content_type, headers=headers)
+
+
+async def _after(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    """The chunk read ahead, then the rest of the stream (closed however it ends)."""
+    try:
+        if first:
+            yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
 
 
 def _ranges(request: Request, size: int) -> list[tuple[int, int]]:

@@ -144,6 +144,18 @@ class ServiceUnavailable(MuxError):
     type = "server_error"
 
 
+class StorageFailing(ServiceUnavailable):
+    """The gateway's own image storage could not be reached or refused the read (an
+    unreachable bucket, a failing disk): the image is kept, and the same request may
+    succeed once the storage is back."""
+
+    code = "storage_error"
+
+    def __init__(self, message: str = "the gateway's image storage is unreachable; "
+                 "retry shortly", *, retry_after: float = 30.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 class StoreUnavailable(ServiceUnavailable):
     """The gateway's own database refused the work (locked past its busy timeout,
     disk full, read-only): nothing was changed, and the same request may succeed

@@ -25,6 +25,7 @@ from muxproxy.errors import (
     RateLimited,
     ServiceUnavailable,
     StillRunning,
+    StorageFailing,
 )
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.logs import get_logger
@@ -463,15 +464,28 @@ class Gateway:
         None every key's together."""
         return await self.store.usage(key.id if key is not None else None, since=since)
 
-    def result_links(self, job: Job) -> list[str]:
+    async def result_links(self, job: Job) -> list[str]:
         """Signed links to the job's result images (none before it completes); each
         call signs afresh, valid ``storage.url_ttl_seconds``."""
         if job.result is None:
             return []
-        return [self.result_link(image) for image in job.result.images]
+        return [await self.result_link(image) for image in job.result.images]
 
-    def result_link(self, image: StoredImage) -> str:
-        """The signed link to a stored result image."""
+    async def result_link(self, image: StoredImage) -> str:
+        """The link to a stored result image: with ``storage.redirect`` and a storage
+        that presigns, the bucket's own URL (the bytes never pass through here);
+        otherwise, or if presigning fails, the gateway's signed ``/files`` link."""
+        storage = self.settings.storage
+        if storage.redirect:
+            try:
+                url = await self.storage.url_for(image.key, storage.url_ttl_seconds)
+            except OSError:
+                self.metrics.storage_errors.labels("sign").inc()
+                log.warning("could not presign a link; handing out the gateway's",
+                            exc_info=True)
+                url = None
+            if url is not None:
+                return url
         return self.signer.url(image.key)
 
     async def result_images(self, job: Job) -> list[bytes]:
@@ -486,6 +500,10 @@ class Gateway:
             return [await self.storage.get(image.key) for image in job.result.images]
         except BlobNotFound:
             raise InternalError("a result image is missing from storage") from None
+        except OSError:
+            self.metrics.storage_errors.labels("read").inc()
+            log.error("blob storage failed", operation="read", exc_info=True)
+            raise StorageFailing() from None
 
 
 def _still_running(job_id: str, timeout: float, *, stopping: bool) -> StillRunning:

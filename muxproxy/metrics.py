@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Generic, Protocol, Self, TypeVar
 
@@ -81,7 +82,7 @@ class Metrics:
             ["provider"], registry=r)
         self.storage_errors = Children(Counter(
             "muxproxy_storage_errors", "Failed operations on the gateway's own blob storage "
-            "(write, read, delete)", ["operation"], registry=r))
+            "(write, read, delete, sign)", ["operation"], registry=r))
         self.upstream_latency = Children(Histogram(
             "muxproxy_upstream_request_duration_seconds", "Upstream call latency",
             ["provider"], buckets=JOB_BUCKETS, registry=r))
@@ -111,6 +112,9 @@ class Metrics:
         # Leak watch: memory, descriptors (process_*, from /proc on Linux) and the
         # event loop's tasks should come back to their level once a load has passed.
         ProcessCollector(registry=r)
+        # Under serve --workers each scrape reaches one of the workers: its pid says which.
+        Gauge("muxproxy_process_info", "The process answering this scrape", ["pid"],
+              registry=r).labels(str(os.getpid())).set(1)
         Gauge("muxproxy_event_loop_tasks", "asyncio tasks alive in the server's event loop",
               registry=r).set_function(_loop_tasks)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import signal
 import socket
 from collections.abc import Callable
 from types import FrameType
@@ -36,9 +37,12 @@ from muxproxy.errors import HeaderTooLarge, MuxError, RequestTimeout, ServiceUna
 
 class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None],
-                 edge: EdgeLimits | None = None) -> None:
+                 edge: EdgeLimits | None = None, lifeline_fd: int | None = None) -> None:
         super().__init__(config)
         self._on_signal = on_signal
+        # Under a supervisor (muxproxy.workers): the read end of a pipe that ends when
+        # the supervisor does, whatever killed it; the worker then stops as on SIGTERM.
+        self._lifeline_fd = lifeline_fd
         self._loop: asyncio.AbstractEventLoop | None = None
         self._edge = edge or EdgeLimits()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -57,6 +61,13 @@ class Server(uvicorn.Server):
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
         self._sweep()
+        if self._lifeline_fd is not None:
+            asyncio.get_running_loop().add_reader(self._lifeline_fd, self._orphaned)
+
+    def _orphaned(self) -> None:
+        assert self._lifeline_fd is not None
+        asyncio.get_running_loop().remove_reader(self._lifeline_fd)
+        self.handle_exit(signal.SIGTERM, None)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Deadlines hold while the connections in flight drain.

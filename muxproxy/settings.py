@@ -56,14 +56,45 @@ class DatabaseSettings:
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    """``[storage.s3]``: where an ``s3://bucket/prefix`` storage URL's bucket is served
+    and how the gateway signs in. Empty values leave each to the standard AWS chain
+    (``AWS_*`` environment variables, ``~/.aws/config`` and ``credentials``, then the
+    container's or instance's role)."""
+
+    # Empty: AWS itself, for the region. R2, MinIO, B2 and friends name their own.
+    endpoint_url: str = ""
+    region: str = ""
+    # Bucket in the path (https://host/bucket/key) instead of the host name
+    # (https://bucket.host/key): MinIO and most self-hosted servers want this.
+    path_style: bool = False
+    # Use ${VAR} references; all three empty: the AWS chain, with ``profile`` if set.
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    session_token: str = ""
+    profile: str = ""
+    # Each request: the time to connect and to wait for the next bytes, and the tries
+    # (the first included) before a failure is the job's storage_error or a 503.
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 30.0
+    max_attempts: int = 3
+    max_connections: int = 64
+
+
+@dataclass(frozen=True)
 class StorageSettings:
     url: str = "file://data/images"
     url_ttl_seconds: int = 3600
+    # With a backend that signs URLs of its own (s3://): image links and downloads
+    # answer with (or 302 to) a presigned bucket URL valid url_ttl_seconds, so image
+    # bytes never pass through the gateway. Ignored by file:// storage.
+    redirect: bool = False
     # Result images (and any input left over) are deleted this long after their job
     # ended; 0 keeps them forever.
     retention_days: float = 30.0
     # How often the retention sweep looks for expired blobs.
     sweep_interval_seconds: float = 600.0
+    s3: S3Settings = field(default_factory=S3Settings)
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def _check_backends(settings: Settings) -> None:
     from muxproxy.store import check_store_url
 
     check_store_url(settings.database.url)
-    check_storage_url(settings.storage.url)
+    check_storage_url(settings.storage.url, settings.storage)
 
 
 def _check_providers(settings: Settings) -> None:

@@ -13,6 +13,7 @@ import re
 import time
 import tomllib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from muxproxy import keys as key_rules
@@ -31,6 +32,7 @@ from muxproxy.settings import (
     ModelSettings,
     ProviderSettings,
     RouteSettings,
+    S3Settings,
     ServerSettings,
     Settings,
     SettingsError,
@@ -69,7 +71,7 @@ def parse(raw: Mapping[str, Any], env: Mapping[str, str], *,
     settings = Settings(
         server=_section(ServerSettings, data, "server"),
         database=_section(DatabaseSettings, data, "database"),
-        storage=_section(StorageSettings, data, "storage"),
+        storage=_storage(data),
         limits=_section(LimitSettings, data, "limits"),
         jobs=_section(JobSettings, data, "jobs"),
         surfaces=_section(SurfaceSettings, data, "surfaces"),
@@ -141,6 +143,17 @@ def _section(cls: Any, data: Mapping[str, Any], name: str) -> Any:
     _no_unknown(table, fields, name)
     values = {k: _coerce(v, getattr(defaults, k), f"{name}.{k}") for k, v in table.items()}
     return cls(**values)
+
+
+def _storage(data: Mapping[str, Any]) -> StorageSettings:
+    """``[storage]`` with its one sub-table, ``[storage.s3]``."""
+    table = data.get("storage", {})
+    if not isinstance(table, Mapping):
+        raise SettingsError("storage: expected a table")
+    rest = {k: v for k, v in table.items() if k != "s3"}
+    storage: StorageSettings = _section(StorageSettings, {"storage": rest}, "storage")
+    s3: S3Settings = _section(S3Settings, {"storage.s3": table.get("s3", {})}, "storage.s3")
+    return replace(storage, s3=s3)
 
 
 def _keys(raw: Any) -> tuple[ApiKeySettings, ...]:

@@ -56,12 +56,19 @@ class UrlSigner:
         return f"{self.base}/files/{self.token(key)}/{name}"
 
     def verify(self, token: str) -> str:
+        return self.verify_timed(token)[0]
+
+    def verify_timed(self, token: str) -> tuple[str, int]:
+        """The key a token names, and the whole seconds its link has left (at least
+        1): a redirect from it to a presigned URL lives no longer than it."""
         try:
-            key = self._serializer.loads(token, max_age=self.ttl)
+            key, signed_at = self._serializer.loads(token, max_age=self.ttl,
+                                                    return_timestamp=True)
         except SignatureExpired:
             raise LinkExpired from None
         except BadSignature:
             raise LinkInvalid from None
         if not isinstance(key, str):
             raise LinkInvalid
-        return key
+        left = int(signed_at.timestamp()) + self.ttl - int(self._clock.now())
+        return key, max(1, left)

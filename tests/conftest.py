@@ -10,10 +10,13 @@ import pytest
 
 from tests.support.gateway import RunningGateway, base_config, run_gateway
 from tests.support.postgres import postgres_server, postgres_url
+from tests.support.private_postgres import stoppable_postgres
+from tests.support.s3 import s3_bucket, s3_server
 
 ROOT = Path(__file__).resolve().parent.parent
-# PostgreSQL fixtures, for any suite (tests/support/postgres.py has the skip/fail rule).
-__all__ = ["postgres_server", "postgres_url"]
+# PostgreSQL and S3 fixtures, for any suite (tests/support/postgres.py and s3.py have the
+# skip/fail rule).
+__all__ = ["postgres_server", "postgres_url", "s3_bucket", "s3_server", "stoppable_postgres"]
 
 
 @pytest.fixture(autouse=True, scope="session")

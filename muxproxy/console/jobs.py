@@ -50,12 +50,12 @@ def _query(ctx: Ctx) -> tuple[JobQuery, dict[str, str]]:
     return query, chosen
 
 
-def thumbnail(ctx: Ctx, job: Job) -> str | None:
+async def thumbnail(ctx: Ctx, job: Job) -> str | None:
     if job.result is None or not job.result.images:
         return None
     if results_expired(job, ctx.state.settings.storage, now_ms(ctx.state.clock)):
         return None
-    return ctx.state.gateway.result_link(job.result.images[0])
+    return await ctx.state.gateway.result_link(job.result.images[0])
 
 
 @page()
@@ -70,7 +70,7 @@ async def list_jobs(ctx: Ctx) -> Response:
     # The next page starts right after the last job shown (``after`` is its id).
     more = ctx.url("/jobs", **dict(chosen, before=found[-1].created_at, after=found[-1].id)) \
         if len(found) == PAGE_SIZE else None
-    return ctx.render("jobs.html", jobs=[(job, thumbnail(ctx, job)) for job in found],
+    return ctx.render("jobs.html", jobs=[(job, await thumbnail(ctx, job)) for job in found],
                       chosen=chosen, states=[s.value for s in JobState],
                       models=sorted(ctx.state.settings.models),
                       providers=sorted(ctx.state.settings.providers), key_names=names,
@@ -111,7 +111,7 @@ async def show_job(ctx: Ctx) -> Response:
     attempts = await state.store.list_attempts(delivery.id) if delivery is not None else []
     model = state.settings.models.get(job.model)
     expired = results_expired(job, state.settings.storage, now_ms(state.clock))
-    links = [] if expired else state.gateway.result_links(job)
+    links = [] if expired else await state.gateway.result_links(job)
     owner = await state.store.get_key(job.key_id) if ctx.viewer and ctx.viewer.operator \
         else None
     return ctx.render(
@@ -128,7 +128,7 @@ async def job_status(ctx: Ctx) -> Response:
     """The job's progress as JSON, read by the playground page's script."""
     job = await _job(ctx)
     body = {"id": job.id, "state": job.state.value, "attempts": job.attempts,
-            "polls": job.polls, "images": ctx.state.gateway.result_links(job),
+            "polls": job.polls, "images": await ctx.state.gateway.result_links(job),
             "failure": job.fail_msg, "page": ctx.url(f"/jobs/{job.id}")}
     return Response(orjson.dumps(body), media_type="application/json")
 

@@ -132,6 +132,18 @@ def answer(description: str, schema: Schema | None = None, *,
     return response
 
 
+def presigned_redirect() -> dict[str, Any]:
+    """The 302 of an image download with storage.redirect on a storage that presigns."""
+    return answer("With storage.redirect: the bucket's presigned URL for the image, living "
+                  "no longer than the link (or storage.url_ttl_seconds); the bytes never pass "
+                  "through the gateway.",
+                  headers={"Location": {"schema": {"type": "string", "format": "uri"}}})
+
+
+STORAGE_503 = ("the image storage is unreachable (or the database busy); retry after "
+               "Retry-After.")
+
+
 def errors(shape: str, reasons: Mapping[int, str]) -> dict[str, dict[str, Any]]:
     """Error answers in one surface's error shape, by status. Wherever the gateway
     may fail (500), its own database may too: 503 with Retry-After."""

@@ -9,6 +9,7 @@ from muxproxy.openapi import fields
 from muxproxy.openapi.common import (
     API_KEY,
     IDEMPOTENCY_KEY,
+    STORAGE_503,
     Part,
     Schema,
     answer,
@@ -22,6 +23,7 @@ from muxproxy.openapi.common import (
     obj,
     operation,
     path_param,
+    presigned_redirect,
     ref,
     string,
 )
@@ -129,7 +131,8 @@ def part(settings: Settings) -> Part:
             responses={
                 "200": {"description": "The image.", "content": {
                     ctype: {"schema": image} for ctype in IMAGE_TYPES}},
-                **errors(SHAPE, {**read_errors, 404: (
+                "302": presigned_redirect(),
+                **errors(SHAPE, {**read_errors, 503: STORAGE_503, 404: (
                     "no such generation (code not_found), not ready yet (not_ready), or "
                     "failed (generation_failed).")})})},
     }

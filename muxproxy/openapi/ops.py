@@ -7,6 +7,7 @@ from typing import Any
 
 from muxproxy.openapi.common import (
     NO_AUTH,
+    STORAGE_503,
     Part,
     Schema,
     answer,
@@ -15,6 +16,7 @@ from muxproxy.openapi.common import (
     obj,
     operation,
     path_param,
+    presigned_redirect,
     string,
 )
 from muxproxy.settings import Settings
@@ -34,13 +36,14 @@ def _download(summary: str, operation_id: str) -> dict[str, Any]:
                     path_param("name", "The file name, for the client's benefit.")],
         description="The links in resultUrls, outputUrl and url: they need no key, and "
                     "expire after storage.url_ttl_seconds (poll again for fresh ones).",
-        responses={"200": found,
+        responses={"200": found, "302": presigned_redirect(),
                    **errors("NativeError", {400: "the Range header is malformed.",
                                             403: "the link is expired or its signature wrong.",
                                             404: "the file is gone (or its retention "
                                                  "passed).",
                                             416: "the Range is past the end of the file.",
-                                            500: "unexpected server error."})})
+                                            500: "unexpected server error.",
+                                            503: STORAGE_503})})
 
 
 def part(settings: Settings) -> Part:

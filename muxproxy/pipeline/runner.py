@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -47,9 +47,11 @@ from muxproxy.store import Billing, StaleJob, Store
 
 log = get_logger("muxproxy.pipeline.runner")
 
-# Waits before each new try of a write the database refused (see JobRunner._move):
+# Waits before each new try of a write the database refused (JobRunner._retried:
+# the start of a step and the record of its outcome):
 # 7.5 s in all, well within a lease.
 WRITE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
+T = TypeVar("T")
 
 
 class JobRunner:
@@ -74,10 +76,11 @@ class JobRunner:
         step is due (False also when another writer changed the job first)."""
         now = now_ms(self.clock)
         if job.state is JobState.PENDING:
+            pending = job
             try:
-                job = await self.store.transition(job, JobState.PENDING, JobState.PROCESSING,
-                                                  now=now, owner=owner, release=False,
-                                                  started_at=now)
+                job = await self._retried(lambda: self.store.transition(
+                    pending, JobState.PENDING, JobState.PROCESSING, now=now, owner=owner,
+                    release=False, started_at=now), "processing")
             except StaleJob as exc:
                 # Ended since the claim (cancelled): nothing to run.
                 log.info("job changed before its first step", actual=exc.actual)
@@ -246,14 +249,20 @@ class JobRunner:
         A write the database refuses (locked, disk full) is tried again while the
         step still holds the lease (the scheduler renews it): let through at once,
         the job would be claimed again and its upstream call made twice."""
+        return await self._retried(lambda: self._transition(job, owner, target, changes),
+                                   target.value)
+
+    async def _retried(self, write: Callable[[], Awaitable[T]], state: str) -> T:
+        """``write()``, tried again on the WRITE_RETRY_SECONDS schedule while the
+        database refuses it; the last refusal is raised."""
         for delay in WRITE_RETRY_SECONDS:
             try:
-                return await self._transition(job, owner, target, changes)
+                return await write()
             except StoreUnavailable:
                 log.warning("the database refused a job's write; trying again",
-                            state=target.value, retry_in=delay)
+                            state=state, retry_in=delay)
                 await self.clock.sleep(delay)
-        return await self._transition(job, owner, target, changes)
+        return await write()
 
     async def _transition(self, job: Job, owner: str, target: JobState,
                           changes: Mapping[str, Any]) -> Job | None:

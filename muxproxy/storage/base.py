@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 from muxproxy.images import EXTENSIONS
 
-# The readiness probe's blob (its own folder; only one probe runs at a time).
-HEALTH_KEY = "health/probe.bin"
+# The readiness probe's blobs: a name of its own for each probe, since replicas
+# sharing a bucket probe it at the same time.
+HEALTH_FOLDER = "health"
 # What one chunk of a streamed read holds at most (as Starlette's FileResponse).
 CHUNK_BYTES = 64 * 1024
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_.-]+)*$")
@@ -40,6 +41,13 @@ def blob_key(kind: str, job_id: str, created_at_ms: int, name: str, extension: s
 
 class BlobNotFound(Exception):
     pass
+
+
+class StorageUnavailable(OSError):
+    """The backend could not be reached or refused the work (an object store's
+    network, credentials or server errors, mapped at the backend's one boundary).
+    An ``OSError``, as a failing disk's errors are: the job runner fails a job on a
+    failed write as ``storage_error``, and downloads answer 503 with Retry-After."""
 
 
 def check_key(key: str) -> str:
@@ -87,6 +95,14 @@ class BlobStorage(abc.ABC):
     async def delete(self, key: str) -> None:
         """Remove the blob; nothing happens when it is absent."""
 
+    @abc.abstractmethod
+    def list_keys(self) -> AsyncGenerator[str, None]:
+        """Every blob's key, in no promised order: for ``muxproxy copy-storage``,
+        never on a request's path."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Make ready what the backend needs before its first call (a client)."""
+
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         await self.put_stream(key, _single(data), content_type)
 
@@ -115,12 +131,13 @@ class BlobStorage(abc.ABC):
     async def check(self) -> None:
         """Raise unless a blob can be written, read back and deleted (readiness)."""
         data = secrets.token_bytes(16)
-        await self.put(HEALTH_KEY, data, "application/octet-stream")
+        key = f"{HEALTH_FOLDER}/probe-{data.hex()}.bin"
+        await self.put(key, data, "application/octet-stream")
         try:
-            if await self.get(HEALTH_KEY) != data:
+            if await self.get(key) != data:
                 raise OSError("storage probe read back other bytes")
         finally:
-            await self.delete(HEALTH_KEY)
+            await self.delete(key)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -88,6 +88,12 @@ class RecentCache(BlobStorage):
         self._forget(key)
         await self.inner.delete(key)
 
+    def list_keys(self) -> AsyncGenerator[str, None]:
+        return self.inner.list_keys()
+
+    async def open(self) -> None:
+        await self.inner.open()
+
     def local_path(self, key: str) -> str | None:
         return self.inner.local_path(key)
 

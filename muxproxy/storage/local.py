@@ -26,7 +26,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any, TypeVar
 
-from muxproxy.settings import SettingsError, file_path
+from muxproxy.settings import SettingsError, StorageSettings, file_path
 from muxproxy.storage.base import (
     CHUNK_BYTES,
     BlobInfo,
@@ -47,13 +47,13 @@ INLINE_BYTES = 64 * 1024
 
 class LocalStorage(BlobStorage):
     @classmethod
-    def check_url(cls, url: str) -> None:
+    def check_url(cls, url: str, settings: StorageSettings | None = None) -> None:
         if not url.startswith("file://") or not url.removeprefix("file://").strip("/"):
             raise SettingsError("storage.url: expected file://relative/folder or "
                                 "file:///absolute/folder")
 
     @classmethod
-    def from_url(cls, url: str) -> LocalStorage:
+    def from_url(cls, url: str, settings: StorageSettings | None = None) -> LocalStorage:
         cls.check_url(url)
         return cls(file_path(url))
 
@@ -184,6 +184,39 @@ class LocalStorage(BlobStorage):
     def local_path(self, key: str) -> str | None:
         path = self._path(key)
         return str(path) if path.is_file() else None
+
+    async def list_keys(self) -> AsyncGenerator[str, None]:
+        # One folder per step in a thread: a day's folder of images may be large.
+        folders = [self.root]
+        while folders:
+            entries = await asyncio.to_thread(_entries, folders.pop())
+            for path, is_folder in entries:
+                if is_folder:
+                    folders.append(path)
+                    continue
+                key = path.relative_to(self.root).as_posix()
+                if _is_key(key):
+                    yield key
+
+
+def _entries(folder: Path) -> list[tuple[Path, bool]]:
+    """The folder's regular files and folders (symlinks are neither)."""
+    found = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                found.append((Path(entry.path), True))
+            elif entry.is_file(follow_symlinks=False):
+                found.append((Path(entry.path), False))
+    return found
+
+
+def _is_key(key: str) -> bool:
+    try:
+        check_key(key)
+    except BlobNotFound:
+        return False
+    return True
 
 
 def _open_file(file: _ThreadFile, path: Path) -> int:

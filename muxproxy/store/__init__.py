@@ -32,6 +32,10 @@ BACKENDS: dict[str, str] = {
 class StoreBackend(Protocol):
     """What a backend class offers beside the :class:`Store` interface."""
 
+    # Whether several processes may run on one database at once (serve --workers N,
+    # replicas): a server database may, a SQLite file has one writer.
+    shared: bool
+
     def check_url(self, url: str) -> None:
         """Refuse a URL this backend cannot use (a SettingsError naming database.url)."""
 

@@ -26,6 +26,7 @@ from muxproxy.store.postgres_accounts import PostgresAccounts
 from muxproxy.store.postgres_faults import faults_mapped
 from muxproxy.store.postgres_migrate import migrate
 from muxproxy.store.postgres_outbox import PostgresOutbox
+from muxproxy.store.postgres_tables import PostgresTables
 from muxproxy.store.postgres_tx import ACTIVE, Db, PostgresTx, pg, updated
 from muxproxy.store.rows import job_from_row
 from muxproxy.store.sql import job_search
@@ -47,7 +48,9 @@ _CLAIM = f"""
 _UNSWEPT = "state IN ('completed', 'failed') AND swept < 2"
 
 
-class PostgresStore(PostgresAccounts, PostgresOutbox, Store):
+class PostgresStore(PostgresAccounts, PostgresOutbox, PostgresTables, Store):
+    shared = True
+
     @classmethod
     def check_url(cls, url: str) -> None:
         parts = urlsplit(url)

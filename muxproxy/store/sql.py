@@ -5,7 +5,7 @@ values that go with it. JSON columns travel as text on both."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -100,3 +100,18 @@ def delivery_values(job: Job, now: int) -> tuple[Any, ...]:
     url = job.callback_url
     assert url is not None
     return (new_delivery_id(), job.id, job.key_id, url, target_host(url), now, now, now)
+
+
+def page_select(table: str, columns: Sequence[str], order: Sequence[str],
+                after: bool) -> str:
+    """One page of a table's rows in ``order``: past a row value when ``after``, then
+    a limit (copy-db; the names come from :mod:`muxproxy.store.tables`)."""
+    keys = ", ".join(order)
+    where = f" WHERE ({keys}) > ({', '.join('?' for _ in order)})" if after else ""
+    return (f"SELECT {', '.join(columns)} FROM {table}{where} "  # noqa: S608
+            f"ORDER BY {keys} LIMIT ?")
+
+
+def row_insert(table: str, columns: Sequence[str]) -> str:
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608
+            f"VALUES ({', '.join('?' for _ in columns)})")

@@ -38,6 +38,7 @@ from muxproxy.store.sqlite_accounts import AccountsMixin
 from muxproxy.store.sqlite_faults import faults_mapped
 from muxproxy.store.sqlite_outbox import SqliteOutbox
 from muxproxy.store.sqlite_retention import SqliteRetention
+from muxproxy.store.sqlite_tables import SqliteTables
 from muxproxy.store.sqlite_tx import ACTIVE, SqliteTx
 from muxproxy.store.tx import Tx, run_inline
 
@@ -61,7 +62,9 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 
 
-class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, Store):
+class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, Store):
+    shared = False  # one process writes the file (it runs group commits of its own)
+
     @classmethod
     def check_url(cls, url: str) -> None:
         if not url.startswith("sqlite:///") or not sqlite_path(url).name:

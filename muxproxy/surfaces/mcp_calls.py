@@ -177,7 +177,7 @@ class McpCalls:
                     "images.")
             return types.CallToolResult(content=[types.TextContent(text=text)],
                                         structured_content=facts)
-        links = self.gateway.result_links(job)
+        links = await self.gateway.result_links(job)
         datas = await self.gateway.result_images(job)
         lines = [f"Generation {job.id} completed with {len(datas)} image(s) by "
                  f"{job.served_by}. The images shown are previews, scaled down to fit "

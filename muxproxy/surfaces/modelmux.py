@@ -81,7 +81,7 @@ async def replay(request: Request, state: AppState, job: Job) -> Response:
     as it stands now, with a fresh link to its image."""
     data = created_view(job)
     if job.state is JobState.COMPLETED:
-        urls = state.gateway.result_links(job)
+        urls = await state.gateway.result_links(job)
         data["outputUrl"] = urls[0] if urls else None
     elif job.state is JobState.FAILED:
         data["errorMessage"] = job.fail_msg
@@ -118,7 +118,7 @@ async def status(request: Request) -> Response:
     state: AppState = request.app.state.mux
     key = await state.auth.authenticate(request)
     job = await _job(state, key, request.path_params["id"])
-    urls = state.gateway.result_links(job)
+    urls = await state.gateway.result_links(job)
     return JSONResponse(generation_view(job, urls[0] if urls else None))
 
 
@@ -142,7 +142,7 @@ async def listing(request: Request) -> Response:
     page = await history.page(state.gateway, key, request.query_params)
     generations = []
     for job in page.jobs:
-        urls = state.gateway.result_links(job)
+        urls = await state.gateway.result_links(job)
         generations.append(generation_view(job, urls[0] if urls else None))
     return JSONResponse({"generations": generations, "nextCursor": page.next_cursor})
 
@@ -180,10 +180,13 @@ async def image(request: Request) -> Response:
         raise Expired()
     stored = job.result.images[0]
     extension = images.EXTENSIONS.get(stored.content_type, "bin")
+    storage = state.settings.storage
     return await serve_blob(request, state.storage, stored.key,
                             content_type=stored.content_type, render=render_error,
                             missing="the image file is missing",
-                            filename=f"{job.id}.{extension}")
+                            filename=f"{job.id}.{extension}",
+                            redirect_ttl=storage.url_ttl_seconds if storage.redirect else None,
+                            metrics=state.metrics)
 
 
 async def _job(state: AppState, key: ApiKey, job_id: str) -> Job:

@@ -64,7 +64,7 @@ async def create_task(request: Request) -> Response:
 async def replay(request: Request, state: AppState, job: Job) -> Response:
     """A create call's retry (same Idempotency-Key): the job the first call created,
     as it stands now, with fresh result links."""
-    return ok(created_view(job, state.gateway.result_links(job)))
+    return ok(created_view(job, await state.gateway.result_links(job)))
 
 
 def created_view(job: Job, result_urls: list[str]) -> dict[str, Any]:
@@ -85,7 +85,7 @@ async def get_task(request: Request) -> Response:
     if not task_id:
         raise InvalidRequest("'task_id' query parameter is required", param="task_id")
     job = await state.gateway.job_for(key, task_id)
-    return ok(task_view(job, state.gateway.result_links(job)))
+    return ok(task_view(job, await state.gateway.result_links(job)))
 
 
 @surface(render_error)
@@ -110,7 +110,8 @@ async def list_tasks(request: Request) -> Response:
     state: AppState = request.app.state.mux
     key = await state.auth.authenticate(request)
     page = await history.page(state.gateway, key, request.query_params)
-    return ok({"tasks": [task_view(job, state.gateway.result_links(job)) for job in page.jobs],
+    return ok({"tasks": [task_view(job, await state.gateway.result_links(job))
+                         for job in page.jobs],
                "nextCursor": page.next_cursor})
 
 

@@ -82,7 +82,7 @@ async def images_response(state: AppState, job: Job, response_format: str) -> di
         items = [{"b64_json": base64.b64encode(blob).decode("ascii")}
                  for blob in await state.gateway.result_images(job)]
     else:
-        items = [{"url": url} for url in state.gateway.result_links(job)]
+        items = [{"url": url} for url in await state.gateway.result_links(job)]
     data: list[dict[str, Any]] = []
     for item in items:
         if result.revised_prompt is not None:

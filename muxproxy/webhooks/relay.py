@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -48,7 +48,7 @@ LEASE_MARGIN_SECONDS = 30.0
 class WebhookRelay(WorkerLoop[Delivery, None]):
     def __init__(self, settings: WebhookSettings, store: Store, clock: Clock,
                  metrics: Metrics, guard: CallbackGuard,
-                 result_urls: Callable[[Job], list[str]],
+                 result_urls: Callable[[Job], Awaitable[list[str]]],
                  rand: Callable[[], float] = random.random) -> None:
         super().__init__(clock, log, name="webhooks", label="webhook relay",
                          sweep_seconds=SWEEP_SECONDS)
@@ -192,7 +192,7 @@ class WebhookRelay(WorkerLoop[Delivery, None]):
         job = await self.store.get_job(delivery.job_id)
         if job is None:
             return Reply(latency_ms=0, error="internal: the task no longer exists")
-        body = callback_body(job, self.result_urls(job))
+        body = callback_body(job, await self.result_urls(job))
         secret = await self.store.signing_secret(delivery.key_id)
         headers = signing.headers(delivery.id, int(self.clock.now()), body,
                                   secret.secret if secret is not None else None)

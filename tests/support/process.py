@@ -7,7 +7,7 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
@@ -28,11 +28,13 @@ class GatewayProcess:
     """``log``: a file that gets everything the process writes (stdout and stderr,
     appended across restarts); without it output is discarded but for the stderr
     of a failed start. ``open_files``: the soft RLIMIT_NOFILE the process starts
-    with (a shell's or systemd's usual 1024, say); None inherits this one's."""
+    with (a shell's or systemd's usual 1024, say); None inherits this one's.
+    ``args``: more ``serve`` options (``--workers 2``)."""
 
     def __init__(self, config: Path, port: int, log: Path | None = None,
-                 open_files: int | None = None) -> None:
+                 open_files: int | None = None, args: Sequence[str] = ()) -> None:
         self.config = config
+        self.args = tuple(args)
         self.port = port
         self.log = log
         self.open_files = open_files
@@ -56,7 +58,7 @@ class GatewayProcess:
             out, err = asyncio.subprocess.DEVNULL, asyncio.subprocess.PIPE
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "muxproxy.cli", "serve", "--config", str(self.config),
-            env=env, cwd=self.config.parent, stdout=out, stderr=err,
+            *self.args, env=env, cwd=self.config.parent, stdout=out, stderr=err,
             preexec_fn=None if self.open_files is None else self._limit_open_files)
         async with aiohttp.ClientSession() as http, asyncio.timeout(20):
             while True:
@@ -109,8 +111,9 @@ class GatewayProcess:
 
 @asynccontextmanager
 async def gateway_process(config: Path, port: int | None = None, *, log: Path | None = None,
-                          open_files: int | None = None) -> AsyncIterator[GatewayProcess]:
-    process = GatewayProcess(config, port or free_port(), log, open_files)
+                          open_files: int | None = None, args: Sequence[str] = ()
+                          ) -> AsyncIterator[GatewayProcess]:
+    process = GatewayProcess(config, port or free_port(), log, open_files, args)
     try:
         await process.start()
         yield process

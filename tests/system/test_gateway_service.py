@@ -49,7 +49,7 @@ async def test_submit_wait_and_the_results_as_bytes_and_as_links(
     assert (ended.id, ended.state, ended.surface) == (job.id, JobState.COMPLETED, "native")
     blobs = await service.result_images(ended)
     assert [image_size(blob) for blob in blobs] == [(96, 64), (96, 64)]
-    links = service.result_links(ended)
+    links = await service.result_links(ended)
     assert len(links) == 2
     for link, blob in zip(links, blobs, strict=True):
         async with gateway.http.get(link) as resp:
@@ -62,7 +62,7 @@ async def test_before_it_ends_a_job_has_no_results(gateway: RunningGateway) -> N
     service = gateway.state.gateway
     job = await service.submit(await _key(gateway), SurfaceName.NATIVE,
                                _submission("queued", model="demo-image-async"))
-    assert service.result_links(job) == []
+    assert await service.result_links(job) == []
     assert await service.result_images(job) == []
 
 

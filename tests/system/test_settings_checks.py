@@ -8,13 +8,14 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from muxproxy.clock import SystemClock
 from muxproxy.providers import KINDS, provider_class, validate_provider
-from muxproxy.settings import ProviderSettings, SettingsError, load_settings
+from muxproxy.settings import ProviderSettings, SettingsError, load_settings, parse_settings
 from muxproxy.storage import check_storage_url
 from muxproxy.store import check_store_url
 from tests.support.gateway import free_socket
@@ -70,8 +71,13 @@ BAD = [
      "database.connect_timeout_seconds: must be positive"),
     ("sqlite URL without its path", {"database": 'url = "sqlite://muxproxy.db"'},
      "database.url: expected sqlite:///relative/path.db"),
-    ("storage scheme", {"storage": 'url = "s3://bucket/images"'},
-     "storage.url: unknown scheme 's3'; known: file"),
+    ("storage scheme", {"storage": 'url = "gs://bucket/images"'},
+     "storage.url: unknown scheme 'gs'; known: file, s3"),
+    ("s3 key without its secret", {"storage": 'url = "s3://bucket/images"\n'
+                                              '[storage.s3]\naccess_key_id = "AKIA1"'},
+     "storage.s3: access_key_id and secret_access_key go together"),
+    ("s3 unknown option", {"storage": 'url = "s3://bucket"\n[storage.s3]\nbucket = "x"'},
+     "unknown setting storage.s3.bucket"),
     ("storage URL without a folder", {"storage": 'url = "file://"'},
      "storage.url: expected file://relative/folder"),
 ]
@@ -171,9 +177,39 @@ def test_store_urls(url: str, message: str) -> None:
 def test_storage_urls() -> None:
     check_storage_url("file://data/images")
     check_storage_url("file:///var/lib/muxproxy/images")
-    for url in ("file:///", "file:data", "gs://bucket"):
+    check_storage_url("s3://bucket")
+    check_storage_url("s3://my.bucket-1/some/prefix/")
+    for url in ("file:///", "file:data", "gs://bucket", "s3://", "s3://b/../x",
+                "s3://bucket/a//b", "s3://Bucket_1/images"):
         with pytest.raises(SettingsError, match=r"^storage\.url: "):
             check_storage_url(url)
+
+
+@pytest.mark.parametrize(("storage", "message"), [
+    ({"s3": {"endpoint_url": "minio:9000"}},
+     r"^storage\.s3\.endpoint_url: must start with http:// or https://"),
+    ({"s3": {"secret_access_key": "x"}}, r"^storage\.s3: access_key_id and secret_access_key"),
+    ({"s3": {"session_token": "x"}}, r"^storage\.s3\.session_token: needs access_key_id"),
+    ({"s3": {"max_attempts": 0}}, r"^storage\.s3: max_attempts and max_connections"),
+    ({"s3": {"read_timeout_seconds": 0}}, r"^storage\.s3: timeouts must be positive"),
+    ({"redirect": True, "url_ttl_seconds": 700_000},
+     r"^storage\.url_ttl_seconds: at most 604800"),
+])
+def test_s3_options(storage: dict[str, Any], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        parse_settings({"server": {"secret": "s" * 16},
+                        "storage": {"url": "s3://bucket/images", **storage}}, {})
+
+
+def test_s3_credentials_from_env_references() -> None:
+    settings = parse_settings({"server": {"secret": "s" * 16}, "storage": {
+        "url": "s3://bucket/images", "redirect": True,
+        "s3": {"endpoint_url": "https://acc.r2.cloudflarestorage.com", "region": "auto",
+               "access_key_id": "${R2_KEY}", "secret_access_key": "${R2_SECRET}"}}},
+        {"R2_KEY": "key-id", "R2_SECRET": "secret"})
+    s3 = settings.storage.s3
+    assert (s3.access_key_id, s3.secret_access_key, s3.region) == ("key-id", "secret", "auto")
+    assert settings.storage.redirect and not s3.path_style
 
 
 def test_only_what_a_config_names_is_imported() -> None:
@@ -195,7 +231,8 @@ print(" ".join(sorted(sys.modules)))
                 "muxproxy.providers.demo"}
     assert backends.isdisjoint(before)
     assert backends <= set(after)
-    assert {"asyncpg", "muxproxy.store.postgres"}.isdisjoint(after)
+    assert {"asyncpg", "muxproxy.store.postgres", "muxproxy.storage.s3", "aiobotocore",
+            "botocore"}.isdisjoint(after)
     for target in KINDS.values():
         module = target.partition(":")[0]
         assert module == "muxproxy.providers.demo" or module not in after

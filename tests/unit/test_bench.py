@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench import report
 from bench.loadgen import _parse, encode
 from bench.services import BENCH_KEY, gateway_config
@@ -47,6 +49,21 @@ def _s1(gateway_p50: float, gateway_rps: float) -> dict[str, Any]:
             "portkey": path(2.2, 20.0, 1000), "litellm": path(15.0, 900.0, 100)}
 
 
+def test_the_storage_scenario_reports_s3_against_the_local_folder() -> None:
+    def path(rps: float) -> dict[str, Any]:
+        figures = {"p50_ms": 1.0, "p99_ms": 9.0, "rps": rps, "errors": 0}
+        return {"c1": figures, "c32": figures}
+
+    s8 = {"local": {"gateway": path(800), "gateway (url)": path(1000)},
+          "s3": {"gateway": path(200), "gateway (url)": path(400)}}
+    assert report.storage_ratios(s8) == {"gateway": 0.25, "gateway (url)": 0.4}
+    out = {"date": "2026-12-01", "machine": {"cpu": "cpu", "cores": 2, "python": "3.11"},
+           "litellm": {"version": None, "error": None}, "s8": s8}
+    text = report.table(out)
+    assert "8. POST /v1/images/generations by image storage" in text
+    assert "0.25x" in text and "0.40x" in text
+
+
 def test_targets_are_ratios_to_the_peers_in_the_same_run() -> None:
     # Portkey adds 2.0 ms at c=1: the gateway may add at most 1.0 ms.
     met = {row[0]: row[3] for row in report.targets({"s1": _s1(1.2, 2001)})}
@@ -77,3 +94,37 @@ def test_polls_are_judged_against_the_direct_path_and_memory_at_the_largest_tabl
     out["s2"] = {"poll_rps": 7900.0}
     assert {row[0]: row[3] for row in report.targets(out)}[
         "2. native polls/s vs direct path req/s"] is False
+
+
+def test_scenarios_are_picked_by_number_or_name() -> None:
+    from bench.run import chosen
+
+    assert chosen("pg-workers") == {5}
+    assert chosen("1, table-size") == {1, 4}
+    assert chosen(None) == {1, 2, 3, 4, 5, 6, 7, 8}
+    assert chosen("storage") == {8}
+    with pytest.raises(SystemExit, match="unknown scenario 'pg'"):
+        chosen("pg")
+
+
+def test_the_workers_scenario_reports_rates_and_their_ratios() -> None:
+    from bench.pg_workers import ratios
+
+    def figures(submit: float, poll: float, openai: float, workers: int) -> dict[str, Any]:
+        return {"submit_rps": submit, "poll_rps": poll, "openai_rps": openai,
+                "submit_p99_ms": 1.0, "poll_p99_ms": 1.0, "openai_p99_ms": 1.0,
+                "rss_mb": 60.0, "submit_errors": 0, "poll_errors": 0, "openai_errors": 0,
+                "workers": workers}
+
+    s5: dict[str, Any] = {"sqlite, 1 worker": figures(1000, 4000, 300, 1),
+                          "postgres, 1 worker": figures(500, 2000, 200, 1),
+                          "postgres, 2 workers": figures(900, 3000, 380, 2)}
+    s5["ratios"] = ratios(s5)
+    assert s5["ratios"]["2 workers / 1 (postgres)"] == {"submit": 1.8, "poll": 1.5,
+                                                        "openai": 1.9}
+    assert s5["ratios"]["postgres / sqlite (1 worker)"]["submit"] == 0.5
+    out = {"date": "now", "machine": {"cpu": "cpu", "cores": 2, "python": "3.11"},
+           "litellm": {"version": None, "error": None}, "s5": s5}
+    text = report.table(out)
+    assert "postgres, 2 workers" in text and "1.80x" in text and "1.90x" in text
+    assert "not measured: no server" in report.table({**out, "s5": {"error": "no server"}})
