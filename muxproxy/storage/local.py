@@ -40,6 +40,9 @@ T = TypeVar("T")
 # The last component may not be a symlink; the folders above it are checked once.
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_CLOEXEC
+# A blob up to this size is written on the event loop's thread: creating and
+# writing it there costs less CPU than the hop to a worker thread (docs/performance.md).
+INLINE_BYTES = 64 * 1024
 
 
 class LocalStorage(BlobStorage):
@@ -67,9 +70,13 @@ class LocalStorage(BlobStorage):
         return path
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
-        # The whole blob in one thread hop: the path of every result image.
+        # The path of every result image: a small one is written at once, a larger
+        # one in one thread hop (copying it into the page cache would hold the loop).
         check_key(key)
-        await asyncio.to_thread(self._put, key, data)
+        if len(data) <= INLINE_BYTES:
+            self._put(key, data)
+        else:
+            await asyncio.to_thread(self._put, key, data)
 
     def _put(self, key: str, data: bytes) -> None:
         fd = self._create(key)

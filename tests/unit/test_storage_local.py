@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from muxproxy.storage import BlobNotFound, blob_key
-from muxproxy.storage.local import LocalStorage
+from muxproxy.storage.local import INLINE_BYTES, LocalStorage
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
 
@@ -30,6 +30,18 @@ async def test_a_blob_is_one_file_under_its_key(tmp_path: Path) -> None:
     assert (tmp_path / "results" / "20261123" / "j-0.png").read_bytes() == PNG
     assert sorted(os.listdir(tmp_path / "results" / "20261123")) == ["j-0.png", "k-0.png"]
     assert await storage.get("results/20261123/k-0.png") == PNG[::-1]
+
+
+async def test_a_small_blob_is_written_without_a_thread_hop(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    small, large = os.urandom(INLINE_BYTES), os.urandom(INLINE_BYTES + 1)
+    # A small put finishes in its first step: it never suspends on a worker thread.
+    step = storage.put("results/20261123/s-0.png", small, "image/png")
+    with pytest.raises(StopIteration):
+        step.send(None)
+    await storage.put("results/20261123/l-0.png", large, "image/png")
+    assert (tmp_path / "results" / "20261123" / "s-0.png").read_bytes() == small
+    assert await storage.get("results/20261123/l-0.png") == large
 
 
 async def test_keys_of_the_older_layout_still_read_and_write(tmp_path: Path) -> None:
