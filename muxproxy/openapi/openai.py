@@ -42,7 +42,7 @@ def _common_fields(settings: Settings) -> dict[str, Schema]:
     props: dict[str, Schema] = {
         "model": fields.model(settings, required=False),
         "prompt": fields.prompt(limits),
-        "n": whole_number(1, limits.max_n, "How many images (default 1)."),
+        "n": nullable(whole_number(1, limits.max_n, "How many images (default 1).")),
         "size": fields.size(),
         "quality": fields.quality(),
         "response_format": nullable(choice(["url", "b64_json"], (

@@ -165,6 +165,18 @@ async def quiet_fds(pid: int) -> None:
                 last, since = now, time.monotonic()
 
 
+async def usage_back_to(gw: GatewayProcess, before: Usage) -> Usage:
+    """The gateway's usage once its task count is back to ``before``'s, or after 10 s:
+    a task that finishes a delivery or a step's clean-up may still be on its way
+    out when the last row is written, and is no leak; a leaked one stays."""
+    deadline = time.monotonic() + 10
+    while True:
+        now = await usage(gw.pid, gw.url)
+        if now.tasks <= before.tasks or time.monotonic() > deadline:
+            return now
+        await asyncio.sleep(0.2)
+
+
 async def chaos_run(tmp: Path, backend: str, jobs: int) -> ChaosRun:
     if backend == "sqlite":
         return await _chaos_run(tmp, jobs, "sqlite:///state/jobs.db", tmp / "state" / "jobs.db")
@@ -195,7 +207,8 @@ async def _chaos_run(tmp: Path, jobs: int, url: str, db: Database) -> ChaosRun:
             await load.go(jobs, "j")
             await settle(gw, db, timeout=120)
             run.seconds = time.monotonic() - started
-            run.after = await usage(gw.pid, gw.url)
+            assert run.before is not None
+            run.after = await usage_back_to(gw, run.before)
             run.rows = await job_rows(db)
             run.deliveries = await deliveries(db)
             run.billing = await billing_problems(db)
