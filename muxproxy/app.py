@@ -41,7 +41,7 @@ from muxproxy.shutdown import Shutdown
 from muxproxy.signing import UrlSigner
 from muxproxy.storage import BlobStorage, open_storage
 from muxproxy.store import KeyLimits, Store, open_store
-from muxproxy.surfaces.mcp import McpServer
+from muxproxy.surfaces.mcp import McpHost
 from muxproxy.surfaces.registry import client_prefixes, for_settings, mounts
 from muxproxy.webhooks.relay import WebhookRelay
 from muxproxy.webhooks.ssrf import AddressPolicy, CallbackGuard
@@ -141,9 +141,9 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     await scheduler.start()
     closers.push_async_callback(retention.stop)
     retention.start()
-    mcp = McpServer(settings)
-    # Entered last, so left first: MCP calls still waiting answer before the store closes.
-    await closers.enter_async_context(mcp.run())
+    mcp = McpHost(settings)
+    # Pushed last, so closed first: MCP calls still waiting answer before the store closes.
+    closers.push_async_callback(mcp.aclose)
     return AppState(settings=settings, clock=clock, metrics=metrics, store=store,
                     storage=storage, http=http, providers=providers, signer=signer,
                     auth=auth, gateway=gateway, runner=runner,

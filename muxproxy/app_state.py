@@ -29,7 +29,7 @@ from muxproxy.store import Store
 from muxproxy.webhooks.relay import WebhookRelay
 
 if TYPE_CHECKING:  # surfaces import this module
-    from muxproxy.surfaces.mcp import McpServer
+    from muxproxy.surfaces.mcp import McpHost
 
 
 @dataclass
@@ -53,7 +53,7 @@ class AppState:
     shutdown: Shutdown
     retention: RetentionSweep
     readiness: Readiness
-    # The MCP server behind /mcp (surfaces/mcp.py).
-    mcp: McpServer
+    # The MCP server behind /mcp, started on its first call (surfaces/mcp.py).
+    mcp: McpHost
     # What _stop closes: every closer _start registered, run in reverse.
     closers: AsyncExitStack

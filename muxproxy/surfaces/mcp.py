@@ -1,5 +1,6 @@
 """The MCP server over Streamable HTTP at ``/mcp`` (docs/mcp.md), built on the
-official SDK's low-level ``Server`` and its session manager.
+official SDK's low-level ``Server`` and its session manager (``mcp_server.py``,
+loaded and started on the first call, and stopped with the app).
 
 Every HTTP request is authenticated here with the gateway's API keys before the SDK
 sees it (401 as a JSON-RPC error otherwise), then served statelessly: no MCP
@@ -12,32 +13,25 @@ that trust whoever can reach them, and every request here carries its key.
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
-from typing import Any
+import asyncio
+from typing import TYPE_CHECKING
 
-from mcp import types
-from mcp.server import Server, ServerRequestContext
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
-from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from muxproxy import __version__
 from muxproxy.app_state import AppState
-from muxproxy.auth import presented_key
-from muxproxy.errors import MuxError, Unauthorized
+from muxproxy.errors import MuxError
 from muxproxy.http import JSONResponse
 from muxproxy.http import with_retry_after as _retry_after
 from muxproxy.settings import Settings
-from muxproxy.surfaces.mcp_calls import McpCalls, error_text
-from muxproxy.surfaces.mcp_tools import INSTRUCTIONS, RESOURCE_TEMPLATES, TOOLS
+
+if TYPE_CHECKING:
+    from muxproxy.surfaces.mcp_server import McpServer
 
 # JSON-RPC's range for server-defined errors; the HTTP status says which one.
 SERVER_ERROR = -32000
-
 
 
 def render_error(exc: MuxError) -> Response:
@@ -49,81 +43,51 @@ def render_error(exc: MuxError) -> Response:
                                      status_code=exc.status), exc)
 
 
-class McpServer:
-    """The SDK server and the session manager that serves it over HTTP; run by the
-    app's lifespan (:meth:`run`)."""
+class McpHost:
+    """Starts the MCP server on the first ``/mcp`` call and stops it with the app.
+
+    The session manager's ``run()`` holds a task group, which must be left by the
+    task that entered it: a task of its own holds it open until :meth:`aclose`."""
 
     def __init__(self, settings: Settings) -> None:
-        self.server: Server[Any] = Server(
-            "muxproxy", version=__version__, title="muxproxy image generation",
-            instructions=INSTRUCTIONS, on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool, on_list_resources=self._list_resources,
-            on_list_resource_templates=self._list_templates,
-            on_read_resource=self._read_resource)
-        self.manager = StreamableHTTPSessionManager(
-            app=self.server, stateless=True,
-            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-            max_request_body_size=settings.limits.max_body_bytes)
-
-    def run(self) -> AbstractAsyncContextManager[None]:
-        return self.manager.run()
+        self.settings = settings
+        self._server: McpServer | None = None
+        self._starting = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.manager.handle_request(scope, receive, send)
+        server = self._server or await self._start()
+        await server.handle(scope, receive, send)
 
-    async def _list_tools(self, ctx: ServerRequestContext[Any],
-                          params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=list(TOOLS))
+    async def _start(self) -> McpServer:
+        async with self._starting:
+            if self._server is None:
+                from muxproxy.surfaces.mcp_server import McpServer
 
-    async def _list_templates(self, ctx: ServerRequestContext[Any],
-                              params: types.PaginatedRequestParams | None
-                              ) -> types.ListResourceTemplatesResult:
-        return types.ListResourceTemplatesResult(resource_templates=list(RESOURCE_TEMPLATES))
+                server = McpServer(self.settings)
+                running = asyncio.get_running_loop().create_future()
+                self._task = asyncio.create_task(self._hold(server, running),
+                                                 name="mcp server")
+                await running
+                self._server = server
+        return self._server
 
-    async def _call_tool(self, ctx: ServerRequestContext[Any],
-                         params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _hold(self, server: McpServer, running: asyncio.Future[None]) -> None:
         try:
-            calls = await _calls(ctx)
-        except MuxError as exc:
-            return types.CallToolResult(content=[types.TextContent(text=error_text(exc))],
-                                        is_error=True)
+            async with server.run():
+                running.set_result(None)
+                await self._stop.wait()
+        except BaseException as exc:
+            if not running.done():
+                running.set_exception(exc)
+            raise
 
-        async def progress(done: float, total: float | None, message: str | None) -> None:
-            await ctx.session.report_progress(done, total, message)
-
-        return await calls.call(params.name, params.arguments or {}, progress)
-
-    async def _list_resources(self, ctx: ServerRequestContext[Any],
-                              params: types.PaginatedRequestParams | None
-                              ) -> types.ListResourcesResult:
-        try:
-            return await (await _calls(ctx)).resources()
-        except MuxError as exc:
-            raise MCPError(types.INVALID_REQUEST, error_text(exc)) from None
-
-    async def _read_resource(self, ctx: ServerRequestContext[Any],
-                             params: types.ReadResourceRequestParams
-                             ) -> types.ReadResourceResult:
-        try:
-            return await (await _calls(ctx)).read(str(params.uri))
-        except MuxError as exc:
-            # The spec's code for a resource that is not there, with its URI.
-            raise MCPError(types.INVALID_PARAMS, error_text(exc),
-                           {"uri": str(params.uri)}) from None
-
-
-async def _calls(ctx: ServerRequestContext[Any]) -> McpCalls:
-    """The calling key's tools, from the request the message came in: the endpoint
-    checked it, and a key revoked since is refused here."""
-    request = ctx.request
-    if not isinstance(request, Request):
-        raise Unauthorized("the MCP endpoint needs an HTTP request with an API key")
-    state: AppState = request.app.state.mux
-    presented = presented_key(request)
-    found = await state.auth.lookup(presented) if presented else None
-    if found is None or found.revoked_at is not None:
-        raise Unauthorized("invalid API key")
-    return McpCalls(state, found)
+    async def aclose(self) -> None:
+        """Stop the server, letting calls still waiting answer first."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
 
 
 class McpEndpoint:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -224,3 +226,12 @@ async def test_a_cancelled_call_leaves_its_job_recorded_and_a_long_job_is_polled
 async def _call(client: Client, progress: ProgressFnT) -> types.CallToolResult:
     return await client.call_tool("generate_image", {"prompt": "slow", "model": "demo-slow"},
                                   progress_callback=progress)
+
+
+def test_the_gateway_loads_the_mcp_sdk_only_for_its_first_call() -> None:
+    # The SDK costs a process about 35 MB: a gateway no agent calls never loads it.
+    code = ("import sys, muxproxy.app, muxproxy.cli, muxproxy.surfaces.mcp; "
+            "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
