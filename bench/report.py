@@ -84,6 +84,11 @@ def targets(out: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                      f"{small['rss_mb']:.0f} MB)", "does not grow", ratio <= 1 + NOISE))
         rows.append((f"4. RSS per process at {int(sizes[-1]):,} jobs", f"{big['rss_mb']:.0f} MB",
                      "<= 100 MB", big["rss_mb"] <= 100))
+    s5 = out.get("s5")
+    if s5 and "ratios" in s5:
+        for kind, ratio in s5["ratios"]["2 workers / 1 (postgres)"].items():
+            rows.append((f"5. PostgreSQL {kind}/s, 2 workers vs 1", f"{ratio:.2f}x",
+                         ">= 1.5x", ratio >= 1.5))
     s6 = out.get("s6")
     if s6:
         rows.append(("6. jobs lost when a replica is killed", str(s6["jobs_lost"]), "0",

@@ -128,3 +128,11 @@ def test_the_workers_scenario_reports_rates_and_their_ratios() -> None:
     text = report.table(out)
     assert "postgres, 2 workers" in text and "1.80x" in text and "1.90x" in text
     assert "not measured: no server" in report.table({**out, "s5": {"error": "no server"}})
+
+
+def test_two_postgres_workers_are_judged_against_one() -> None:
+    ratios = {"2 workers / 1 (postgres)": {"submit": 1.6, "poll": 1.2, "openai": 1.5}}
+    met = {row[0]: row[3] for row in report.targets({"s5": {"ratios": ratios}})}
+    assert met == {"5. PostgreSQL submit/s, 2 workers vs 1": True,
+                   "5. PostgreSQL poll/s, 2 workers vs 1": False,
+                   "5. PostgreSQL openai/s, 2 workers vs 1": True}
