@@ -60,6 +60,15 @@ def check_key(key: str) -> str:
     return key
 
 
+def is_key(key: str) -> bool:
+    """Whether ``key`` is one :func:`check_key` lets through (a listing skips others)."""
+    try:
+        check_key(key)
+    except BlobNotFound:
+        return False
+    return True
+
+
 def content_type_of(key: str) -> str:
     """The content type a key's extension names (the gateway's keys all carry one)."""
     return _TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")

@@ -34,6 +34,7 @@ from muxproxy.storage.base import (
     BlobStorage,
     check_key,
     content_type_of,
+    is_key,
 )
 
 T = TypeVar("T")
@@ -195,7 +196,7 @@ class LocalStorage(BlobStorage):
                     folders.append(path)
                     continue
                 key = path.relative_to(self.root).as_posix()
-                if _is_key(key):
+                if is_key(key):
                     yield key
 
 
@@ -209,14 +210,6 @@ def _entries(folder: Path) -> list[tuple[Path, bool]]:
             elif entry.is_file(follow_symlinks=False):
                 found.append((Path(entry.path), False))
     return found
-
-
-def _is_key(key: str) -> bool:
-    try:
-        check_key(key)
-    except BlobNotFound:
-        return False
-    return True
 
 
 def _open_file(file: _ThreadFile, path: Path) -> int:

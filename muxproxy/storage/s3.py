@@ -34,6 +34,7 @@ from muxproxy.storage.base import (
     StorageUnavailable,
     check_key,
     content_type_of,
+    is_key,
 )
 
 if TYPE_CHECKING:
@@ -273,7 +274,7 @@ class S3Storage(BlobStorage):
             async for page in pages:
                 for item in page.get("Contents", []):
                     key = item["Key"].removeprefix(self.prefix)
-                    if _is_key(key):
+                    if is_key(key):
                         yield key
 
     async def url_for(self, key: str, ttl_seconds: int) -> str | None:
@@ -283,14 +284,6 @@ class S3Storage(BlobStorage):
                 "get_object", Params={"Bucket": self.bucket, "Key": name},
                 ExpiresIn=max(1, min(ttl_seconds, MAX_PRESIGN_SECONDS)))
         return url
-
-
-def _is_key(key: str) -> bool:
-    try:
-        check_key(key)
-    except BlobNotFound:
-        return False
-    return True
 
 
 async def _gather(stream: AsyncIterator[bytes], limit: int) -> bytearray:
