@@ -16,10 +16,16 @@ from asyncpg.pool import PoolConnectionProxy
 
 from muxproxy.pipeline.jobs import IdempotencyClaim, IllegalTransition, Job, JobState
 from muxproxy.store.accounts import ApiKey, KeyExists, KeyLimits, LedgerKind
-from muxproxy.store.rows import NEW_JOB_DEFAULTS, job_from_row, key_from_row
+from muxproxy.store.rows import (
+    NEW_JOB_DEFAULTS,
+    idempotency_from_row,
+    job_from_row,
+    key_from_row,
+)
 from muxproxy.store.sql import (
     INSERT_DELIVERY,
     INSERT_KEY,
+    SELECT_IDEMPOTENCY,
     delivery_values,
     encoded,
     job_update,
@@ -157,15 +163,8 @@ class PostgresTx(Tx):
                               "FOR UPDATE SKIP LOCKED)", now)
 
     async def idempotency(self, key_id: str, idem_key: str) -> IdempotencyRow | None:
-        row = await self.db.fetchrow(
-            "SELECT i.*, j.id IS NOT NULL AS job_exists FROM idempotency i "
-            "LEFT JOIN jobs j ON j.id = i.job_id WHERE i.key_id = $1 AND i.idem_key = $2",
-            key_id, idem_key)
-        if row is None:
-            return None
-        return IdempotencyRow(request_hash=row["request_hash"], job_id=row["job_id"],
-                              owner=row["owner"], created_at=row["created_at"],
-                              job_exists=bool(row["job_exists"]))
+        row = await self.db.fetchrow(pg(SELECT_IDEMPOTENCY), key_id, idem_key)
+        return None if row is None else idempotency_from_row(row)
 
     async def put_idempotency(self, claim: IdempotencyClaim, request_hash: str, owner: str,
                               now: int, expires_at: int) -> None:

@@ -14,6 +14,7 @@ import orjson
 from muxproxy.generation import GenerationRequest
 from muxproxy.pipeline.jobs import Job, JobResult, JobState, RowLike
 from muxproxy.store.accounts import ApiKey, KeyLimits
+from muxproxy.store.tx import IdempotencyRow
 from muxproxy.surfaces import SurfaceName
 
 # A job's columns that hold JSON.
@@ -99,3 +100,9 @@ def key_from_row(row: RowLike) -> ApiKey:
                                    allowed_models=tuple(json.loads(models)) if models else None,
                                    webhook_allow_networks=tuple(json.loads(networks))
                                    if networks else ()))
+
+
+def idempotency_from_row(row: RowLike) -> IdempotencyRow:
+    return IdempotencyRow(request_hash=row["request_hash"], job_id=row["job_id"],
+                          owner=row["owner"], created_at=row["created_at"],
+                          job_exists=bool(row["job_exists"]))

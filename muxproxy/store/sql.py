@@ -120,3 +120,7 @@ def page_select(table: str, columns: Sequence[str], order: Sequence[str],
 def row_insert(table: str, columns: Sequence[str]) -> str:
     return (f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608
             f"VALUES ({', '.join('?' for _ in columns)})")
+
+# An idempotency record, and whether the job it names exists yet.
+SELECT_IDEMPOTENCY = ("SELECT i.*, j.id IS NOT NULL AS job_exists FROM idempotency i "
+                      "LEFT JOIN jobs j ON j.id = i.job_id WHERE i.key_id = ? AND i.idem_key = ?")
