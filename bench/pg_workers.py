@@ -1,7 +1,7 @@
-"""Scenario 5 (``pg-workers``): the PostgreSQL backend with one worker process, then
-two (``serve --workers 2``), and SQLite with one, in the same run: native submit and
+"""Scenario 5 (``pg-workers``): each backend, SQLite and PostgreSQL, with one worker
+process and then two (``serve --workers 2``), in the same run: native submit and
 poll rates at c=64 and the OpenAI-surface rate at c=32, with the ratios two workers
-against one and PostgreSQL against SQLite.
+against one on each backend and PostgreSQL against SQLite.
 
 Each PostgreSQL gateway gets a fresh database of its own, made as scenario 6 makes
 its (:func:`bench.replicas.postgres_database`, on the server of
@@ -23,8 +23,8 @@ from bench.scenarios import HOST, OPENAI_BODY, NativeRates, Scale, _has_image, _
 from bench.services import BENCH_KEY, Service, start_gateway
 
 # (name, backend, workers), measured in this order.
-VARIANTS = (("sqlite, 1 worker", "sqlite", 1), ("postgres, 1 worker", "postgres", 1),
-            ("postgres, 2 workers", "postgres", 2))
+VARIANTS = (("sqlite, 1 worker", "sqlite", 1), ("sqlite, 2 workers", "sqlite", 2),
+            ("postgres, 1 worker", "postgres", 1), ("postgres, 2 workers", "postgres", 2))
 
 
 class PgNativeRates(NativeRates):
@@ -102,8 +102,11 @@ async def pg_workers(workdir: Path, fake_port: int, scale: Scale) -> dict[str, A
 
 
 def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    one, two = results["postgres, 1 worker"], results["postgres, 2 workers"]
-    lite = results["sqlite, 1 worker"]
     keys = {"submit": "submit_rps", "poll": "poll_rps", "openai": "openai_rps"}
-    return {"2 workers / 1 (postgres)": {k: two[v] / one[v] for k, v in keys.items()},
-            "postgres / sqlite (1 worker)": {k: one[v] / lite[v] for k, v in keys.items()}}
+
+    def ratio(a: str, b: str) -> dict[str, float]:
+        return {k: results[a][v] / results[b][v] for k, v in keys.items()}
+
+    return {"2 workers / 1 (postgres)": ratio("postgres, 2 workers", "postgres, 1 worker"),
+            "2 workers / 1 (sqlite)": ratio("sqlite, 2 workers", "sqlite, 1 worker"),
+            "postgres / sqlite (1 worker)": ratio("postgres, 1 worker", "sqlite, 1 worker")}

@@ -24,6 +24,9 @@ HOST = "127.0.0.1"
 OPENAI_BODY = {"model": "bench-image", "prompt": "a red fox in the snow", "size": "1024x1024",
                "response_format": "b64_json"}
 NATIVE_PATH = "/api/v1/images/generations"
+# serve --workers for the rows and scenarios that measure the gateway at its best on
+# this machine: one process per core.
+WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,20 @@ async def openai_path(targets: dict[str, Target], scale: Scale) -> dict[str, Any
     return results
 
 
-def gateway_targets(gateway: int, fake: int) -> dict[str, Target]:
-    return {
+def gateway_targets(gateway: int, fake: int, workers: int | None = None
+                    ) -> dict[str, Target]:
+    """The direct path; the gateway with one process (b64_json and url); and the
+    gateway with :data:`WORKERS` processes, given its port (``workers``)."""
+    auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+    targets: dict[str, Target] = {
         "direct": (fake, {"Authorization": "Bearer sk-fake"}, OPENAI_BODY),
-        "gateway": (gateway, {"Authorization": f"Bearer {BENCH_KEY}"}, OPENAI_BODY),
-        "gateway (url)": (gateway, {"Authorization": f"Bearer {BENCH_KEY}"},
+        "gateway": (gateway, auth, OPENAI_BODY),
+        "gateway (url)": (gateway, auth,
                           {**OPENAI_BODY, "model": "bench-image-url", "response_format": "url"}),
     }
+    if workers is not None:
+        targets[f"gateway x{WORKERS}"] = (workers, auth, OPENAI_BODY)
+    return targets
 
 
 def portkey_target(portkey: int, fake: int) -> dict[str, Target]:
@@ -182,7 +192,8 @@ class NativeRates:
                 "submit_errors": s["errors"],
                 "poll_rps": p["rps"], "poll_p99_ms": p["p99_ms"], "poll_errors": p["errors"],
                 "first_error": s["first_error"] or p["first_error"],
-                "drain_s": self.drained, "rss_mb": rss, "peak_rss_mb": peak}
+                "drain_s": self.drained, "rss_mb": rss, "peak_rss_mb": peak,
+                "workers": len(self.gateway.children()) or 1}
 
 
 async def native_rates(port: int, gateway: Service, db: Path, scale: Scale) -> dict[str, Any]:
