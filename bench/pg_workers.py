@@ -20,7 +20,7 @@ from typing import Any
 from bench.loadgen import encode
 from bench.replicas import ADMIN_URL, postgres_database
 from bench.scenarios import HOST, OPENAI_BODY, NativeRates, Scale, _has_image, _rounds
-from bench.services import BENCH_KEY, Service, start_gateway
+from bench.services import BENCH_KEY, Service, busy_share, machine_cpu, start_gateway
 
 # (name, backend, workers), measured in this order.
 VARIANTS = (("sqlite, 1 worker", "sqlite", 1), ("sqlite, 2 workers", "sqlite", 2),
@@ -60,6 +60,7 @@ async def _measure(folder: Path, fake_port: int, scale: Scale, url: str | None,
         rates = (PgNativeRates(port, gateway, url) if url is not None
                  else NativeRates(port, gateway, folder / "data" / "muxproxy.db"))
         await rates.warm_up()
+        cpu = machine_cpu()
         for _ in range(scale.rounds):
             await rates.submit_round(scale.submits)
         for _ in range(scale.rounds):
@@ -67,9 +68,11 @@ async def _measure(folder: Path, fake_port: int, scale: Scale, url: str | None,
         raw = encode("POST", HOST, port, "/v1/images/generations",
                      {"Authorization": f"Bearer {BENCH_KEY}"}, OPENAI_BODY)
         openai = await _rounds(port, raw, scale.rate_requests, 32, scale.rounds, _has_image)
+        busy = busy_share(cpu, machine_cpu())
         figures = rates.figures()
         figures.update(openai_rps=openai["rps"], openai_p99_ms=openai["p99_ms"],
-                       openai_errors=openai["errors"], workers=len(gateway.children()) or 1)
+                       openai_errors=openai["errors"], workers=len(gateway.children()) or 1,
+                       cpu_busy=busy)
         figures["first_error"] = figures["first_error"] or openai["first_error"]
         return figures
     finally:

@@ -142,12 +142,13 @@ def table(out: dict[str, Any]) -> str:
                          f"{c32['rps'] / direct['c32']['rps']:.2f}x",
                          f"{c32['rps'] / portkey_rps:.2f}x" if portkey_rps else "-",
                          f"{c32['rps'] / lite_rps:.1f}x" if lite_rps else "-",
+                         f"{c32['cpu_busy']:.0%}" if "cpu_busy" in c32 else "-",
                          str(c1["errors"] + c32["errors"])])
         parts += ["", "1. POST /v1/images/generations (b64_json; 'url': gateway stores and "
                   "links the image) - medians of per-round figures, ms",
                   _grid(["path", "c1 p50", "c1 p99", "c1 req/s", "c32 p50", "c32 p99",
                          "c32 req/s", "added p50 c1", "added p99 c32", "rps/direct",
-                         "rps/Portkey", "rps/LiteLLM", "errors"], rows)]
+                         "rps/Portkey", "rps/LiteLLM", "CPU busy c32", "errors"], rows)]
     s2 = out.get("s2")
     if s2:
         parts += ["", f"2. Native task API, concurrency 64, {s2.get('workers', 1)} gateway "
@@ -243,11 +244,12 @@ def _pg_workers(s5: dict[str, Any] | None) -> list[str]:
     rows = [[name, str(r["workers"]), _f(r["submit_rps"], 0), _f(r["poll_rps"], 0),
              _f(r["openai_rps"], 0), _f(r["submit_p99_ms"], 2), _f(r["poll_p99_ms"], 2),
              _f(r["openai_p99_ms"], 2), f"{r['rss_mb']:.0f}",
+             f"{r['cpu_busy']:.0%}" if "cpu_busy" in r else "-",
              str(r["submit_errors"] + r["poll_errors"] + r["openai_errors"])]
             for name, r in s5.items() if name != "ratios"]
     rows += [[name, "", f"{r['submit']:.2f}x", f"{r['poll']:.2f}x", f"{r['openai']:.2f}x",
-              "", "", "", "", ""] for name, r in s5["ratios"].items()]
+              "", "", "", "", "", ""] for name, r in s5["ratios"].items()]
     return ["", "5. Backends and workers: native submits and polls at c=64, OpenAI surface at "
             "c=32",
             _grid(["gateway", "procs", "submits/s", "polls/s", "openai/s", "submit p99",
-                   "poll p99", "openai p99", "RSS MB", "errors"], rows)]
+                   "poll p99", "openai p99", "RSS MB", "machine CPU busy", "errors"], rows)]

@@ -18,7 +18,14 @@ from aiohttp import web
 
 from bench.loadgen import Run, drive, encode, median
 from bench.peers import LITELLM_KEY, portkey_headers
-from bench.services import BENCH_KEY, Service, free_port, start_gateway
+from bench.services import (
+    BENCH_KEY,
+    Service,
+    busy_share,
+    free_port,
+    machine_cpu,
+    start_gateway,
+)
 
 HOST = "127.0.0.1"
 OPENAI_BODY = {"model": "bench-image", "prompt": "a red fox in the snow", "size": "1024x1024",
@@ -92,12 +99,17 @@ async def openai_path(targets: dict[str, Target], scale: Scale) -> dict[str, Any
     for name in raws:  # warm-up
         await measure(name, max(1000, scale.rate_requests // 10), 32)
     runs: dict[str, dict[str, list[Run]]] = {name: {"c1": [], "c32": []} for name in raws}
+    busy: dict[str, list[float]] = {name: [] for name in raws}
     for _ in range(scale.rounds):
         for name in raws:
             runs[name]["c1"].append(await measure(name, scale.latency_requests, 1))
+            cpu = machine_cpu()
             runs[name]["c32"].append(await measure(name, scale.rate_requests, 32))
+            busy[name].append(busy_share(cpu, machine_cpu()))
     results = {name: {level: _summary(r) for level, r in levels.items()}
                for name, levels in runs.items()}
+    for name, shares in busy.items():
+        results[name]["c32"]["cpu_busy"] = median(shares)
     for name, r in results.items():
         print(f"  {name:<14} c=1 p50 {r['c1']['p50_ms']:.2f} ms, "
               f"c=32 {r['c32']['rps']:.0f} req/s", flush=True)
