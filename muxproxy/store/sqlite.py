@@ -112,6 +112,13 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = asyncio.Lock()
+        try:
+            await self._open()
+        except BaseException:
+            await self.aclose()  # what opened before the fault: no thread left behind
+            raise
+
+    async def _open(self) -> None:
         self._writer = await self._connect()
         await self._migrate(self._writer)
         await self._forget_gone_listeners(self._writer)
@@ -129,12 +136,31 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
         # too, never at the same time as aiosqlite's thread (both hold self._lock).
         conn = await aiosqlite.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
-        conn.row_factory = aiosqlite.Row
-        for pragma in ("journal_mode = WAL", "synchronous = NORMAL",
-                       f"busy_timeout = {self.busy_timeout_ms}",
-                       "foreign_keys = ON", "temp_store = MEMORY"):
-            await conn.execute(f"PRAGMA {pragma}")
+        try:
+            conn.row_factory = aiosqlite.Row
+            await conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            await self._wal(conn)
+            for pragma in ("synchronous = NORMAL", "foreign_keys = ON", "temp_store = MEMORY"):
+                await conn.execute(f"PRAGMA {pragma}")
+        except BaseException:
+            await conn.close()
+            raise
         return conn
+
+    async def _wal(self, conn: aiosqlite.Connection) -> None:
+        """WAL mode, once per file. Processes starting together on a new file (serve
+        --workers) race to switch it: SQLite answers the loser "locked" at once, not
+        after its busy timeout (waiting could deadlock), so it is asked again."""
+        deadline = asyncio.get_running_loop().time() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                await conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+                if not busy or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(0.01)
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         async with conn.execute("PRAGMA user_version") as cur:
