@@ -1,7 +1,7 @@
-"""Scenario 5 (``pg-workers``): the PostgreSQL backend with one worker process, then
-two (``serve --workers 2``), and SQLite with one, in the same run: native submit and
+"""Scenario 5 (``pg-workers``): each backend, SQLite and PostgreSQL, with one worker
+process and then two (``serve --workers 2``), in the same run: native submit and
 poll rates at c=64 and the OpenAI-surface rate at c=32, with the ratios two workers
-against one and PostgreSQL against SQLite.
+against one on each backend and PostgreSQL against SQLite.
 
 Each PostgreSQL gateway gets a fresh database of its own, made as scenario 6 makes
 its (:func:`bench.replicas.postgres_database`, on the server of
@@ -20,11 +20,11 @@ from typing import Any
 from bench.loadgen import encode
 from bench.replicas import ADMIN_URL, postgres_database
 from bench.scenarios import HOST, OPENAI_BODY, NativeRates, Scale, _has_image, _rounds
-from bench.services import BENCH_KEY, Service, start_gateway
+from bench.services import BENCH_KEY, Service, busy_share, machine_cpu, start_gateway
 
 # (name, backend, workers), measured in this order.
-VARIANTS = (("sqlite, 1 worker", "sqlite", 1), ("postgres, 1 worker", "postgres", 1),
-            ("postgres, 2 workers", "postgres", 2))
+VARIANTS = (("sqlite, 1 worker", "sqlite", 1), ("sqlite, 2 workers", "sqlite", 2),
+            ("postgres, 1 worker", "postgres", 1), ("postgres, 2 workers", "postgres", 2))
 
 
 class PgNativeRates(NativeRates):
@@ -60,6 +60,7 @@ async def _measure(folder: Path, fake_port: int, scale: Scale, url: str | None,
         rates = (PgNativeRates(port, gateway, url) if url is not None
                  else NativeRates(port, gateway, folder / "data" / "muxproxy.db"))
         await rates.warm_up()
+        cpu = machine_cpu()
         for _ in range(scale.rounds):
             await rates.submit_round(scale.submits)
         for _ in range(scale.rounds):
@@ -67,9 +68,11 @@ async def _measure(folder: Path, fake_port: int, scale: Scale, url: str | None,
         raw = encode("POST", HOST, port, "/v1/images/generations",
                      {"Authorization": f"Bearer {BENCH_KEY}"}, OPENAI_BODY)
         openai = await _rounds(port, raw, scale.rate_requests, 32, scale.rounds, _has_image)
+        busy = busy_share(cpu, machine_cpu())
         figures = rates.figures()
         figures.update(openai_rps=openai["rps"], openai_p99_ms=openai["p99_ms"],
-                       openai_errors=openai["errors"], workers=len(gateway.children()) or 1)
+                       openai_errors=openai["errors"], workers=len(gateway.children()) or 1,
+                       cpu_busy=busy)
         figures["first_error"] = figures["first_error"] or openai["first_error"]
         return figures
     finally:
@@ -102,8 +105,11 @@ async def pg_workers(workdir: Path, fake_port: int, scale: Scale) -> dict[str, A
 
 
 def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    one, two = results["postgres, 1 worker"], results["postgres, 2 workers"]
-    lite = results["sqlite, 1 worker"]
     keys = {"submit": "submit_rps", "poll": "poll_rps", "openai": "openai_rps"}
-    return {"2 workers / 1 (postgres)": {k: two[v] / one[v] for k, v in keys.items()},
-            "postgres / sqlite (1 worker)": {k: one[v] / lite[v] for k, v in keys.items()}}
+
+    def ratio(a: str, b: str) -> dict[str, float]:
+        return {k: results[a][v] / results[b][v] for k, v in keys.items()}
+
+    return {"2 workers / 1 (postgres)": ratio("postgres, 2 workers", "postgres, 1 worker"),
+            "2 workers / 1 (sqlite)": ratio("sqlite, 2 workers", "sqlite, 1 worker"),
+            "postgres / sqlite (1 worker)": ratio("postgres, 1 worker", "sqlite, 1 worker")}

@@ -86,10 +86,11 @@ def loaded_modules(service: Service) -> dict[str, bool]:
 
 
 @contextlib.asynccontextmanager
-async def gateway_in(folder: Path, fake_port: int) -> AsyncIterator[tuple[Service, int]]:
+async def gateway_in(folder: Path, fake_port: int, workers: int = 1
+                     ) -> AsyncIterator[tuple[Service, int]]:
     """A fresh gateway (and database) in a new ``folder``, stopped on leaving."""
     os.mkdir(folder)
-    gateway, port = await start_gateway(folder, fake_port)
+    gateway, port = await start_gateway(folder, fake_port, workers=workers)
     try:
         yield gateway, port
     finally:
@@ -136,9 +137,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             if 1 in only:
                 print("1. OpenAI-compatible images, direct vs gateway vs the peers", flush=True)
-                async with gateway_in(work / "s1", fake_port) as (gateway, port):
+                async with gateway_in(work / "s1", fake_port) as (gateway, port), \
+                        gateway_in(work / "s1-workers", fake_port,
+                                   scenarios.WORKERS) as (_, workers_port):
                     out["gateway_runtime"] = loaded_modules(gateway)
-                    targets = scenarios.gateway_targets(port, fake_port)
+                    targets = scenarios.gateway_targets(port, fake_port, workers_port)
                     async with peer(out["portkey"], args.no_portkey, "--no-portkey",
                                     start_portkey(work), portkey_version) as portkey:
                         if portkey is not None:
@@ -152,8 +155,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         out["s1"].update(await scenarios.openai_path(
                             scenarios.litellm_target(litellm), scale))
             if 2 in only:
-                print("2. Native task API, concurrency 64", flush=True)
-                async with gateway_in(work / "s2", fake_port) as (gateway, port):
+                print(f"2. Native task API, concurrency 64, {scenarios.WORKERS} workers",
+                      flush=True)
+                async with gateway_in(work / "s2", fake_port,
+                                      scenarios.WORKERS) as (gateway, port):
                     out["s2"] = await scenarios.native_rates(
                         port, gateway, work / "s2" / "data" / "muxproxy.db", scale)
             if 3 in only:
@@ -171,7 +176,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 print("4. Table size", flush=True)
                 out["s4"] = await scenarios.table_sizes(work, fake_port, scale)
             if 5 in only:
-                print("5. PostgreSQL, one worker against two (and SQLite)", flush=True)
+                print("5. One worker against two, on PostgreSQL and on SQLite", flush=True)
                 out["s5"] = await pg_workers(work, fake_port, scale)
             if 8 in only:
                 print("8. OpenAI-compatible images, local folder vs S3 bucket (moto)",

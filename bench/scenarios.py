@@ -18,12 +18,22 @@ from aiohttp import web
 
 from bench.loadgen import Run, drive, encode, median
 from bench.peers import LITELLM_KEY, portkey_headers
-from bench.services import BENCH_KEY, Service, free_port, start_gateway
+from bench.services import (
+    BENCH_KEY,
+    Service,
+    busy_share,
+    free_port,
+    machine_cpu,
+    start_gateway,
+)
 
 HOST = "127.0.0.1"
 OPENAI_BODY = {"model": "bench-image", "prompt": "a red fox in the snow", "size": "1024x1024",
                "response_format": "b64_json"}
 NATIVE_PATH = "/api/v1/images/generations"
+# serve --workers for the rows and scenarios that measure the gateway at its best on
+# this machine: one process per core.
+WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -89,25 +99,37 @@ async def openai_path(targets: dict[str, Target], scale: Scale) -> dict[str, Any
     for name in raws:  # warm-up
         await measure(name, max(1000, scale.rate_requests // 10), 32)
     runs: dict[str, dict[str, list[Run]]] = {name: {"c1": [], "c32": []} for name in raws}
+    busy: dict[str, list[float]] = {name: [] for name in raws}
     for _ in range(scale.rounds):
         for name in raws:
             runs[name]["c1"].append(await measure(name, scale.latency_requests, 1))
+            cpu = machine_cpu()
             runs[name]["c32"].append(await measure(name, scale.rate_requests, 32))
+            busy[name].append(busy_share(cpu, machine_cpu()))
     results = {name: {level: _summary(r) for level, r in levels.items()}
                for name, levels in runs.items()}
+    for name, shares in busy.items():
+        results[name]["c32"]["cpu_busy"] = median(shares)
     for name, r in results.items():
         print(f"  {name:<14} c=1 p50 {r['c1']['p50_ms']:.2f} ms, "
               f"c=32 {r['c32']['rps']:.0f} req/s", flush=True)
     return results
 
 
-def gateway_targets(gateway: int, fake: int) -> dict[str, Target]:
-    return {
+def gateway_targets(gateway: int, fake: int, workers: int | None = None
+                    ) -> dict[str, Target]:
+    """The direct path; the gateway with one process (b64_json and url); and the
+    gateway with :data:`WORKERS` processes, given its port (``workers``)."""
+    auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+    targets: dict[str, Target] = {
         "direct": (fake, {"Authorization": "Bearer sk-fake"}, OPENAI_BODY),
-        "gateway": (gateway, {"Authorization": f"Bearer {BENCH_KEY}"}, OPENAI_BODY),
-        "gateway (url)": (gateway, {"Authorization": f"Bearer {BENCH_KEY}"},
+        "gateway": (gateway, auth, OPENAI_BODY),
+        "gateway (url)": (gateway, auth,
                           {**OPENAI_BODY, "model": "bench-image-url", "response_format": "url"}),
     }
+    if workers is not None:
+        targets[f"gateway x{WORKERS}"] = (workers, auth, OPENAI_BODY)
+    return targets
 
 
 def portkey_target(portkey: int, fake: int) -> dict[str, Target]:
@@ -182,7 +204,8 @@ class NativeRates:
                 "submit_errors": s["errors"],
                 "poll_rps": p["rps"], "poll_p99_ms": p["p99_ms"], "poll_errors": p["errors"],
                 "first_error": s["first_error"] or p["first_error"],
-                "drain_s": self.drained, "rss_mb": rss, "peak_rss_mb": peak}
+                "drain_s": self.drained, "rss_mb": rss, "peak_rss_mb": peak,
+                "workers": len(self.gateway.children()) or 1}
 
 
 async def native_rates(port: int, gateway: Service, db: Path, scale: Scale) -> dict[str, Any]:

@@ -199,3 +199,16 @@ async def start_gateway(workdir: Path, fake_port: int, *,
                       cwd=workdir, log=workdir / "gateway.log", env=env)
     await service.wait_http(port, "/readyz", 30)
     return service, port
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) clock ticks of every core since boot, from /proc/stat: the share
+    busy between two readings says whether the machine had a core to spare."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return busy / total if total else float("nan")

@@ -49,16 +49,18 @@ from muxproxy.webhooks.ssrf import AddressPolicy, CallbackGuard
 log = get_logger("muxproxy.app")
 
 def create_app(settings: Settings, *, clock: Clock | None = None,
-               resolver: AbstractResolver | None = None) -> Starlette:
+               resolver: AbstractResolver | None = None,
+               shared_database: bool = False) -> Starlette:
     """``resolver`` replaces DNS for callback and reference URLs (tests map names to
-    addresses)."""
+    addresses). ``shared_database``: other processes serve on the same database
+    (a worker of ``serve --workers N``)."""
     clock = clock or SystemClock()
     metrics = Metrics()
     log_writer = configure_logging(settings.logging.level, settings.logging.format)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        state = await _start(settings, clock, metrics, resolver)
+        state = await _start(settings, clock, metrics, resolver, shared_database)
         app.state.mux = state
         log.info("muxproxy started", providers=sorted(state.providers),
                  models=len(settings.models), public_url=settings.server.public_url)
@@ -82,21 +84,22 @@ def create_app(settings: Settings, *, clock: Clock | None = None,
 
 
 async def _start(settings: Settings, clock: Clock, metrics: Metrics,
-                 resolver: AbstractResolver | None) -> AppState:
+                 resolver: AbstractResolver | None, shared: bool) -> AppState:
     """Open everything. Each closer is registered before its step runs, so a step
     that fails closes what the steps before it (and its own half) opened, in
     reverse order; :func:`_stop` runs the same closers."""
     closers = AsyncExitStack()
     try:
-        return await _open(settings, clock, metrics, resolver, closers)
+        return await _open(settings, clock, metrics, resolver, shared, closers)
     except BaseException:
         await closers.aclose()
         raise
 
 
 async def _open(settings: Settings, clock: Clock, metrics: Metrics,
-                resolver: AbstractResolver | None, closers: AsyncExitStack) -> AppState:
-    store, storage = await _open_backends(settings, clock, closers)
+                resolver: AbstractResolver | None, shared: bool,
+                closers: AsyncExitStack) -> AppState:
+    store, storage = await _open_backends(settings, clock, shared, closers)
     # Client-named images are fetched on a session of their own, behind the address
     # guard; provider calls and their result links stay on ``http``.
     fetcher = ReferenceFetcher(settings.limits, resolver)
@@ -111,7 +114,7 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     signer = UrlSigner(settings.server.secret, settings.server.public_url,
                        settings.storage.url_ttl_seconds, clock)
     events = JobEvents()
-    notifier = open_notifier(settings.database, clock)
+    notifier = open_notifier(settings.database, clock, shared=shared)
     breakers = {name: CircuitBreaker(ps.circuit_threshold, ps.circuit_cooldown_seconds, clock)
                 for name, ps in settings.providers.items()}
     runner = JobRunner(settings, store, storage, providers, http, clock, metrics, events,
@@ -153,9 +156,11 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
                     closers=closers)
 
 
-async def _open_backends(settings: Settings, clock: Clock, closers: AsyncExitStack
-                         ) -> tuple[Store, BlobStorage]:
+async def _open_backends(settings: Settings, clock: Clock, shared: bool,
+                         closers: AsyncExitStack) -> tuple[Store, BlobStorage]:
     store = open_store(settings.database.url, settings.database)
+    if shared:
+        store.expect_other_processes()
     closers.push_async_callback(store.aclose)
     await store.open()
     for key in settings.keys:

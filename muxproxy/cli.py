@@ -95,11 +95,10 @@ def _supervise(settings: Settings, args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("muxproxy: --workers must be at least 1", file=sys.stderr)
         return 2
-    if not store_backend(settings.database.url).shared:
-        print(f"muxproxy: --workers {args.workers} needs PostgreSQL: database.url is "
-              f"{settings.database.url.partition(':')[0]}, a file that one process writes. "
-              f"Run one worker, or move to PostgreSQL (muxproxy copy-db, see "
-              f"docs/operations.md).", file=sys.stderr)
+    if not store_backend(settings.database.url).shared or ":memory:" in settings.database.url:
+        print(f"muxproxy: --workers {args.workers} needs a database that processes share: "
+              f"{settings.database.url} is not one. Use a SQLite file or PostgreSQL.",
+              file=sys.stderr)
         return 2
     writer = configure_logging(settings.logging.level, settings.logging.format)
     worker = [sys.executable, "-m", "muxproxy.cli", "serve", "--config", args.config]
@@ -161,7 +160,8 @@ def _serve(settings: object, host: str | None, port: int | None,
 
     assert isinstance(settings, Settings)
     open_files = raise_open_file_limit()
-    app = create_app(settings)
+    # A worker of --workers shares its database with the others.
+    app = create_app(settings, shared_database=listen_fd is not None)
     edge = EdgeLimits.from_settings(settings.server)
     if open_files < edge.max_connections + _FD_HEADROOM:
         get_logger("muxproxy.server").warning(

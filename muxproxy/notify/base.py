@@ -4,8 +4,9 @@ every gateway process that uses it.
 A process hears its own changes directly from the code that made them (the runner
 publishes a job's end to :class:`~muxproxy.pipeline.events.JobEvents`, the gateway
 wakes its scheduler, the admin API clears its key cache). A :class:`Notifier`
-carries the same news to the other processes on the database: nothing for SQLite
-(one process), ``LISTEN/NOTIFY`` for PostgreSQL. Handlers must be idempotent and
+carries the same news to the other processes on the database: nothing for a lone
+process on SQLite, rows in a table for the workers sharing a SQLite file,
+``LISTEN/NOTIFY`` for PostgreSQL. Handlers must be idempotent and
 cheap: a process may hear its own change again, and after a lost connection it
 hears :data:`EVERY`.
 """

@@ -42,7 +42,8 @@ class PostgresNotifier(Notifier):
     recheck_seconds = 2.0
 
     @classmethod
-    def from_settings(cls, database: DatabaseSettings, clock: Clock) -> PostgresNotifier:
+    def from_settings(cls, database: DatabaseSettings, clock: Clock,
+                      shared: bool = True) -> PostgresNotifier:
         return cls(database.url, clock, connect_timeout_seconds=database.connect_timeout_seconds)
 
     def __init__(self, url: str, clock: Clock, *, connect_timeout_seconds: float = 5.0,

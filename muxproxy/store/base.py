@@ -34,6 +34,11 @@ class Store(JobStore, AccountStore, IdempotencyStore, OutboxStore):
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""
 
+    def expect_other_processes(self) -> None:
+        """Other processes serve on this database too (``serve --workers N``): what a
+        backend keeps in one process's memory, it keeps in the database instead.
+        Called before :meth:`open`; PostgreSQL keeps everything there already."""
+
     @abc.abstractmethod
     async def probe_write(self, now: int) -> None:
         """One small real write, committed: fails while the database cannot write."""

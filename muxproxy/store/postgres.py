@@ -80,7 +80,7 @@ class PostgresStore(PostgresAccounts, PostgresOutbox, PostgresTables, Store):
         with faults_mapped():
             pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=self.pool_size,
-                timeout=self.connect_timeout_seconds,
+                timeout=self.connect_timeout_seconds, reset=_kept_as_is,
                 server_settings={"statement_timeout": str(timeout_ms),
                                  "application_name": "muxproxy"})
         try:
@@ -222,3 +222,11 @@ def _safe_url(url: str) -> str:
     parts = urlsplit(url)
     host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
     return f"{parts.scheme}://{host}{parts.path}"
+
+
+async def _kept_as_is(conn: asyncpg.Connection) -> None:
+    """A connection back in the pool needs no reset query (asyncpg's default sends one,
+    a round trip per use): the store leaves no session state on it. Settings are given
+    at connect, LISTEN has a connection of its own (muxproxy.notify.postgres), locks
+    are transaction-scoped but migrate's, which it releases itself, and an open
+    transaction is still rolled back by asyncpg before this is called."""

@@ -295,4 +295,58 @@ END
 CREATE INDEX webhook_deliveries_pending_age ON webhook_deliveries (created_at)
     WHERE status = 'pending'
 """,
+    # 8: several processes on one file (serve --workers N): the signals PostgreSQL's
+    # triggers send with pg_notify (pg_schema.py, migration 2), written here as rows
+    # that each process reads (muxproxy.notify.sqlite), only while one listens; and
+    # the rate buckets they share (muxproxy.ratelimit).
+    """
+CREATE TABLE signal_listeners (
+    owner      TEXT PRIMARY KEY,
+    alive_at   INTEGER NOT NULL
+) WITHOUT ROWID
+;
+CREATE TABLE signals (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel    TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    at         INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
+)
+;
+CREATE TRIGGER jobs_queued_signal AFTER INSERT ON jobs
+WHEN NEW.lease_owner IS NULL AND EXISTS (SELECT 1 FROM signal_listeners)
+BEGIN
+    INSERT INTO signals (channel, subject) VALUES ('muxproxy_job_queued', NEW.provider);
+END
+;
+CREATE TRIGGER jobs_ended_signal AFTER UPDATE OF state ON jobs
+WHEN NEW.state IN ('completed', 'failed') AND OLD.state <> NEW.state
+    AND EXISTS (SELECT 1 FROM signal_listeners)
+BEGIN
+    INSERT INTO signals (channel, subject) VALUES ('muxproxy_job_ended', NEW.id);
+END
+;
+CREATE TRIGGER api_keys_changed_signal AFTER UPDATE ON api_keys
+WHEN (OLD.revoked_at IS NOT NEW.revoked_at OR OLD.key_hash IS NOT NEW.key_hash
+    OR OLD.unlimited IS NOT NEW.unlimited OR OLD.rpm_limit IS NOT NEW.rpm_limit
+    OR OLD.max_concurrent IS NOT NEW.max_concurrent
+    OR OLD.allowed_models IS NOT NEW.allowed_models
+    OR OLD.webhook_allow_networks IS NOT NEW.webhook_allow_networks)
+    AND EXISTS (SELECT 1 FROM signal_listeners)
+BEGIN
+    INSERT INTO signals (channel, subject) VALUES ('muxproxy_key_changed', NEW.id);
+END
+;
+CREATE TRIGGER ledger_credits_signal AFTER INSERT ON ledger
+WHEN NEW.kind IN ('topup', 'deduct') AND EXISTS (SELECT 1 FROM signal_listeners)
+BEGIN
+    INSERT INTO signals (channel, subject) VALUES ('muxproxy_key_changed', NEW.key_id);
+END
+;
+CREATE TABLE rate_buckets (
+    key_id     TEXT PRIMARY KEY,
+    tokens     REAL NOT NULL,
+    updated_at INTEGER NOT NULL,
+    granted    INTEGER NOT NULL
+) WITHOUT ROWID
+""",
 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 from muxproxy.pipeline.jobs import Job, RowLike
-from muxproxy.ratelimit import RateLimiter
+from muxproxy.ratelimit import RateLimiter, retry_after
 from muxproxy.settings import DatabaseSettings, SettingsError, sqlite_path
 from muxproxy.store.base import Store
 from muxproxy.store.jobs import JobQuery
@@ -60,12 +61,28 @@ _CLAIM = f"""
                 AND (lease_owner = ? OR {TAKEN_OVER}))
         ORDER BY run_after LIMIT ?)
     RETURNING *"""  # noqa: S608 - constant fragments only
+# One token of a key's bucket, refilled to ?3 (ms) at ?2 tokens a minute, taken in one
+# statement under the write lock (the SQL of postgres_accounts._TAKE).
+_REFILLED = "min(?2, b.tokens + max(?3 - b.updated_at, 0) * ?2 / 60000.0)"
+_TAKE = f"""
+    INSERT INTO rate_buckets AS b (key_id, tokens, updated_at, granted)
+    VALUES (?1, ?2 - 1.0, ?3, 1)
+    ON CONFLICT (key_id) DO UPDATE SET
+        granted = {_REFILLED} >= 1,
+        tokens = {_REFILLED} - CASE WHEN {_REFILLED} >= 1 THEN 1 ELSE 0 END,
+        updated_at = max(b.updated_at, ?3)
+    RETURNING tokens, granted"""  # noqa: S608 - constant fragments only
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
+# A listener (muxproxy.notify.sqlite) not heard from for this long is gone: its
+# process died without taking its row back.
+LISTENER_GONE_MS = 60_000
 
 
 class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, Store):
-    shared = False  # one process writes the file (it runs group commits of its own)
+    # Several processes of one host may use the file (serve --workers N); each runs
+    # group commits of its own and takes the write lock in turn.
+    shared = True
 
     @classmethod
     def check_url(cls, url: str) -> None:
@@ -88,8 +105,8 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
         self._lock: Any = None
         self._batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._commits: set[asyncio.Task[None]] = set()
-        # One process uses the file: its rate buckets live in its memory.
-        self._rates = RateLimiter()
+        # Until other processes use the file too, its rate buckets live in memory.
+        self._rates: RateLimiter | None = RateLimiter()
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -97,6 +114,7 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
         self._lock = asyncio.Lock()
         self._writer = await self._connect()
         await self._migrate(self._writer)
+        await self._forget_gone_listeners(self._writer)
         self._reader = await self._connect() if self.path != ":memory:" else self._writer
         if self.path == ":memory:":
             self._inline_reader = self._writer._conn
@@ -128,6 +146,12 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             await conn.execute("BEGIN IMMEDIATE")
             try:
+                # Another process starting on the same file may have run it meanwhile.
+                async with conn.execute("PRAGMA user_version") as cur:
+                    row = await cur.fetchone()
+                if row and int(row[0]) >= number:
+                    await conn.execute("ROLLBACK")
+                    continue
                 for statement in _statements(script):
                     await conn.execute(statement)
                 await conn.execute(f"PRAGMA user_version = {number}")
@@ -135,6 +159,26 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
             except BaseException:
                 await conn.execute("ROLLBACK")
                 raise
+
+    async def _forget_gone_listeners(self, conn: aiosqlite.Connection) -> None:
+        """Signals are written while a process listens (schema migration 8); one that
+        died without saying so would have them written for nobody, forever."""
+        gone = int(time.time() * 1000) - LISTENER_GONE_MS
+        async with conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM signal_listeners WHERE alive_at < ?) OR "
+                "(NOT EXISTS (SELECT 1 FROM signal_listeners) AND "
+                "EXISTS (SELECT 1 FROM signals))", (gone,)) as cur:
+            row = await cur.fetchone()
+        if not (row and row[0]):
+            return  # the usual case: nothing to write
+        await conn.execute("BEGIN IMMEDIATE")
+        await conn.execute("DELETE FROM signal_listeners WHERE alive_at < ?", (gone,))
+        await conn.execute("DELETE FROM signals WHERE NOT EXISTS "
+                           "(SELECT 1 FROM signal_listeners)")
+        await conn.execute("COMMIT")
+
+    def expect_other_processes(self) -> None:
+        self._rates = None
 
     async def aclose(self) -> None:
         while self._commits:  # a batch still gathering is written first
@@ -147,7 +191,11 @@ class SqliteStore(AccountsMixin, SqliteOutbox, SqliteRetention, SqliteTables, St
         self._reader = self._writer = None
 
     async def take_request(self, key_id: str, rpm: int, now: int) -> float | None:
-        return self._rates.acquire(key_id, rpm, now)
+        if self._rates is not None:
+            return self._rates.acquire(key_id, rpm, now)
+        tokens, granted = await self._in_writer(
+            lambda db: db.execute(_TAKE, (key_id, rpm, now)).fetchone())
+        return None if granted else retry_after(float(tokens), rpm)
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")

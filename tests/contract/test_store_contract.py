@@ -24,6 +24,7 @@ from tests.support.postgres import fresh_database
 # name -> factory(a folder of the test's own, a fresh PostgreSQL database's URL)
 BACKENDS: dict[str, Callable[[Path, str], Store]] = {
     "sqlite": lambda tmp, _: SqliteStore(tmp / "store.db"),
+    "sqlite-shared": lambda tmp, _: _shared_sqlite(tmp / "store.db"),
     "memory": lambda tmp, _: MemoryStore(),
     "postgres": lambda _, url: _postgres(url),
 }
@@ -55,6 +56,13 @@ async def _database(request: pytest.FixtureRequest, backend: str) -> AsyncIterat
     request.getfixturevalue("postgres_server")  # skips, or under CI fails, without one
     async with fresh_database() as url:
         yield url
+
+
+def _shared_sqlite(path: Path) -> Store:
+    """A file other processes use too (serve --workers N): rate buckets in a table."""
+    store = SqliteStore(path)
+    store.expect_other_processes()
+    return store
 
 
 def _postgres(url: str) -> Store:

@@ -1,5 +1,6 @@
-"""``muxproxy serve --workers N``: N processes serve one port on PostgreSQL, a worker
-that dies is started again, SIGTERM stops them all, and SQLite is refused."""
+"""``muxproxy serve --workers N``: N processes serve one port on one database (a
+SQLite file or PostgreSQL), a worker that dies is started again, SIGTERM stops them
+all, and a database only one process can use is refused."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import signal
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 
 from muxproxy.cli import main
 from muxproxy.store.postgres import PostgresStore
+from tests.support.audit import Database, jobs, unfinished
+from tests.support.databases import TestDatabase
 from tests.support.gateway import KEY_A
 from tests.support.process import GatewayProcess, free_port, gateway_process
 from tests.support.wait import eventually
@@ -113,42 +115,30 @@ async def submit_and_finish(url: str, count: int) -> None:
         await asyncio.gather(*(one(i) for i in range(count)))
 
 
-async def running_owners(url: str, database_url: str) -> set[str]:
+async def running_owners(url: str, db: Database) -> set[str]:
     """The lease owners of slow jobs running at once, submitted on fresh connections
     until two owners hold some."""
     owners: set[str] = set()
-    db = await asyncpg.connect(database_url)
-    try:
-        async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True)) as http:
-            async def two_owners() -> bool:
-                async with http.post(f"{url}/api/v1/images/generations", headers=HEADERS,
-                                     json={"model": "slow-image", "prompt": "hold"}) as resp:
-                    assert resp.status == 200
-                rows = await db.fetch("SELECT DISTINCT lease_owner FROM jobs WHERE "
-                                      "state = 'processing' AND lease_owner IS NOT NULL")
-                owners.update(r[0] for r in rows)
-                return len(owners) >= 2
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        async def two_owners() -> bool:
+            async with http.post(f"{url}/api/v1/images/generations", headers=HEADERS,
+                                 json={"model": "slow-image", "prompt": "hold"}) as resp:
+                assert resp.status == 200
+            owners.update(job["lease_owner"] for job in await jobs(db)
+                          if job["state"] == "processing" and job["lease_owner"])
+            return len(owners) >= 2
 
-            await eventually(two_owners, timeout=20, interval=0.05)
-    finally:
-        await db.close()
+        await eventually(two_owners, timeout=20, interval=0.05)
     return owners
 
 
-async def nothing_runs(database_url: str) -> bool:
-    db = await asyncpg.connect(database_url)
-    try:
-        active = await db.fetchval(
-            "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'processing')")
-    finally:
-        await db.close()
-    return int(active) == 0
+async def nothing_runs(db: Database) -> bool:
+    return await unfinished(db) == 0
 
 
 async def test_two_workers_serve_one_port_and_stop_together(tmp_path: Path,
-                                                            postgres_url: str) -> None:
-    config = write_config(tmp_path / "config.toml", postgres_url)
+                                                            database: TestDatabase) -> None:
+    config = write_config(tmp_path / "config.toml", database.url)
     log = tmp_path / "gateway.log"
     async with gateway_process(config, log=log, args=["--workers", "2"]) as gw:
         # Both serve before any job is made: a worker's recovery at start would take
@@ -157,12 +147,12 @@ async def test_two_workers_serve_one_port_and_stop_together(tmp_path: Path,
         assert all(parent_of(pid) == gw.pid for pid in workers), workers
         await submit_and_finish(gw.url, 6)
         # Each worker runs jobs under a lease owner of its own (host:pid:tag).
-        owners = await running_owners(gw.url, postgres_url)
+        owners = await running_owners(gw.url, database.audit)
         assert {int(owner.split(":")[1]) for owner in owners} == workers, (owners, workers)
 
         # A worker that dies is reported and replaced; the port keeps answering. (Killed
         # once nothing runs, for the same reason.)
-        await eventually(lambda: nothing_runs(postgres_url), timeout=20, interval=0.1)
+        await eventually(lambda: nothing_runs(database.audit), timeout=20, interval=0.1)
         dead = min(workers)
         os.kill(dead, signal.SIGKILL)
         await eventually(lambda: "worker died" in log.read_text(), timeout=10)
@@ -189,17 +179,17 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path,
         await eventually(lambda pid=pid: not alive(pid), timeout=10)  # type: ignore[misc]
 
 
-def test_several_workers_on_sqlite_are_refused(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    config = write_config(tmp_path / "config.toml", "sqlite:///state/jobs.db")
-    monkeypatch.chdir(tmp_path)  # where the relative database path would be made
+def test_several_workers_on_a_database_in_memory_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_config(tmp_path / "config.toml", "sqlite:///:memory:")
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MUXPROXY_PORT", "8080")
     monkeypatch.setenv("MUXPROXY_PUBLIC_URL", "http://127.0.0.1:8080")
     assert main(["serve", "--config", str(config), "--workers", "2"]) == 2
     err = capsys.readouterr().err
-    assert "--workers 2 needs PostgreSQL" in err and "copy-db" in err
-    assert not (tmp_path / "state").exists()  # nothing was opened or created
+    assert "--workers 2 needs a database that processes share" in err
+    assert list(tmp_path.iterdir()) == [config]  # nothing was opened or created
 
 
 async def test_a_worker_that_cannot_start_stops_them_all(tmp_path: Path,

@@ -67,19 +67,25 @@ def test_the_storage_scenario_reports_s3_against_the_local_folder() -> None:
 def test_targets_are_ratios_to_the_peers_in_the_same_run() -> None:
     # Portkey adds 2.0 ms at c=1: the gateway may add at most 1.0 ms.
     met = {row[0]: row[3] for row in report.targets({"s1": _s1(1.2, 2001)})}
-    assert met == {"1. OpenAI req/s c=32 vs Portkey": True,
-                   "1. added p50 c=1 vs Portkey's": True,
-                   "1. OpenAI req/s c=32 vs LiteLLM": True}
+    assert met == {"1. gateway req/s c=32 vs Portkey": True,
+                   "1. gateway added p50 c=1 vs Portkey's": True,
+                   "1. gateway req/s c=32 vs LiteLLM": True}
     missed = {row[0]: row[3] for row in report.targets({"s1": _s1(1.3, 1999)})}
     assert set(missed.values()) == {False}
+    # With several workers, their row is judged too, beside the one process's.
+    s1 = {**_s1(1.3, 1999), "gateway x2": _s1(1.0, 2001)["gateway"]}
+    met = {row[0]: row[3] for row in report.targets({"s1": s1})}
+    assert met["1. gateway req/s c=32 vs Portkey"] is False
+    assert met["1. gateway x2 req/s c=32 vs Portkey"] is True
+    assert met["1. gateway x2 added p50 c=1 vs Portkey's"] is True
 
 
 def test_a_peer_left_out_leaves_its_targets_unjudged() -> None:
     s1 = _s1(1.0, 5000)
     del s1["portkey"]
     met = {row[0]: row[3] for row in report.targets({"s1": s1})}
-    assert met["1. OpenAI req/s c=32 vs Portkey"] is None
-    assert met["1. OpenAI req/s c=32 vs LiteLLM"] is True
+    assert met["1. gateway req/s c=32 vs Portkey"] is None
+    assert met["1. gateway req/s c=32 vs LiteLLM"] is True
 
 
 def test_polls_are_judged_against_the_direct_path_and_memory_at_the_largest_table() -> None:
@@ -117,11 +123,14 @@ def test_the_workers_scenario_reports_rates_and_their_ratios() -> None:
                 "workers": workers}
 
     s5: dict[str, Any] = {"sqlite, 1 worker": figures(1000, 4000, 300, 1),
+                          "sqlite, 2 workers": figures(1500, 7000, 450, 2),
                           "postgres, 1 worker": figures(500, 2000, 200, 1),
                           "postgres, 2 workers": figures(900, 3000, 380, 2)}
     s5["ratios"] = ratios(s5)
     assert s5["ratios"]["2 workers / 1 (postgres)"] == {"submit": 1.8, "poll": 1.5,
                                                         "openai": 1.9}
+    assert s5["ratios"]["2 workers / 1 (sqlite)"] == {"submit": 1.5, "poll": 1.75,
+                                                      "openai": 1.5}
     assert s5["ratios"]["postgres / sqlite (1 worker)"]["submit"] == 0.5
     out = {"date": "now", "machine": {"cpu": "cpu", "cores": 2, "python": "3.11"},
            "litellm": {"version": None, "error": None}, "s5": s5}
@@ -130,9 +139,13 @@ def test_the_workers_scenario_reports_rates_and_their_ratios() -> None:
     assert "not measured: no server" in report.table({**out, "s5": {"error": "no server"}})
 
 
-def test_two_postgres_workers_are_judged_against_one() -> None:
-    ratios = {"2 workers / 1 (postgres)": {"submit": 1.6, "poll": 1.2, "openai": 1.5}}
+def test_two_workers_are_judged_against_one_on_each_backend() -> None:
+    ratios = {"2 workers / 1 (postgres)": {"submit": 1.6, "poll": 1.2, "openai": 1.5},
+              "2 workers / 1 (sqlite)": {"submit": 1.4, "poll": 1.9, "openai": 1.5}}
     met = {row[0]: row[3] for row in report.targets({"s5": {"ratios": ratios}})}
-    assert met == {"5. PostgreSQL submit/s, 2 workers vs 1": True,
-                   "5. PostgreSQL poll/s, 2 workers vs 1": False,
-                   "5. PostgreSQL openai/s, 2 workers vs 1": True}
+    assert met == {"5. postgres submit/s, 2 workers vs 1": True,
+                   "5. postgres poll/s, 2 workers vs 1": False,
+                   "5. postgres openai/s, 2 workers vs 1": True,
+                   "5. sqlite submit/s, 2 workers vs 1": False,
+                   "5. sqlite poll/s, 2 workers vs 1": True,
+                   "5. sqlite openai/s, 2 workers vs 1": True}

@@ -7,22 +7,28 @@ from muxproxy.auth import Authenticator, hash_key
 from muxproxy.clock import ManualClock
 from muxproxy.notify import EVERY, NOTIFIERS, Signal, open_notifier
 from muxproxy.notify.local import LocalNotifier
+from muxproxy.notify.sqlite import SqliteNotifier
 from muxproxy.settings import DatabaseSettings
 from muxproxy.store import BACKENDS
 from muxproxy.store.pg_schema import PG_MIGRATIONS
+from muxproxy.store.schema import MIGRATIONS
 from muxproxy.testing import MemoryStore
 
 
 def test_every_store_backend_has_a_notifier() -> None:
     assert set(NOTIFIERS) == set(BACKENDS)
-    notifier = open_notifier(DatabaseSettings(url="sqlite:///x.db"), ManualClock())
-    assert isinstance(notifier, LocalNotifier) and notifier.recheck_seconds is None
+    # A SQLite file one process serves on needs none; shared by workers, it has one.
+    alone = open_notifier(DatabaseSettings(url="sqlite:///x.db"), ManualClock())
+    assert isinstance(alone, LocalNotifier) and alone.recheck_seconds is None
+    shared = open_notifier(DatabaseSettings(url="sqlite:///x.db"), ManualClock(), shared=True)
+    assert isinstance(shared, SqliteNotifier) and shared.recheck_seconds is not None
 
 
-def test_every_signal_is_sent_by_the_postgres_schema() -> None:
-    schema = "".join(PG_MIGRATIONS)
+def test_every_signal_is_sent_by_both_schemas() -> None:
+    postgres, sqlite = "".join(PG_MIGRATIONS), "".join(MIGRATIONS)
     for signal in Signal:
-        assert f"pg_notify('{signal.value}'" in schema
+        assert f"pg_notify('{signal.value}'" in postgres
+        assert f"VALUES ('{signal.value}'" in sqlite
 
 
 async def test_handlers_hear_their_signal_and_a_failing_one_stops_no_other() -> None:

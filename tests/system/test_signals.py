@@ -1,12 +1,17 @@
-"""The PostgreSQL notifier: which changes are signalled (committed ones only), that
-every listener hears them, and that a listener whose connection is killed comes
-back and tells its handlers that anything may have changed meanwhile."""
+"""The notifiers of databases several processes share: which changes are signalled
+(committed ones only) and that every listener hears them, on PostgreSQL
+(LISTEN/NOTIFY) and on a SQLite file (rows its triggers write); and that a
+PostgreSQL listener whose connection is killed comes back and tells its handlers
+that anything may have changed meanwhile."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,17 +19,20 @@ import pytest
 from muxproxy.clock import SystemClock
 from muxproxy.notify import EVERY, Signal
 from muxproxy.notify.postgres import APPLICATION_NAME, PostgresNotifier
+from muxproxy.notify.sqlite import SqliteNotifier
 from muxproxy.pipeline.jobs import JobState, Lease
-from muxproxy.store import InsufficientBalance, KeyLimits
+from muxproxy.store import InsufficientBalance, KeyLimits, Store
 from muxproxy.store.postgres import PostgresStore
+from muxproxy.store.sqlite import SqliteStore
 from tests.contract.test_store_contract import OWNER, T0, claim_one, new_job
+from tests.support.postgres import fresh_database
 
 Heard = asyncio.Queue[tuple[Signal, str]]
 
 
 class Listener:
-    def __init__(self, url: str) -> None:
-        self.notifier = PostgresNotifier(url, SystemClock())
+    def __init__(self, notifier: PostgresNotifier | SqliteNotifier) -> None:
+        self.notifier = notifier
         self.heard: Heard = asyncio.Queue()
         for signal in Signal:
             self.notifier.subscribe(signal, self._hearing(signal))
@@ -47,9 +55,10 @@ async def pg(postgres_url: str) -> AsyncIterator[PostgresStore]:
         await store.aclose()
 
 
-@pytest.fixture
-async def listeners(pg: PostgresStore, postgres_url: str) -> AsyncIterator[list[Listener]]:
-    two = [Listener(postgres_url), Listener(postgres_url)]
+@asynccontextmanager
+async def listening(make: Callable[[], PostgresNotifier | SqliteNotifier]
+                    ) -> AsyncIterator[list[Listener]]:
+    two = [Listener(make()), Listener(make())]
     for listener in two:
         await listener.notifier.start()
     try:
@@ -59,8 +68,37 @@ async def listeners(pg: PostgresStore, postgres_url: str) -> AsyncIterator[list[
             await listener.notifier.aclose()
 
 
+@pytest.fixture
+async def listeners(pg: PostgresStore, postgres_url: str) -> AsyncIterator[list[Listener]]:
+    async with listening(lambda: PostgresNotifier(postgres_url, SystemClock())) as two:
+        yield two
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def shared(request: pytest.FixtureRequest, tmp_path: Path
+                 ) -> AsyncIterator[tuple[Store, list[Listener]]]:
+    """A store and two listeners on one database, as two other processes would be."""
+    make: Callable[[], PostgresNotifier | SqliteNotifier]
+    store: Store
+    async with AsyncExitStack() as stack:
+        if request.param == "postgres":
+            request.getfixturevalue("postgres_server")
+            url = await stack.enter_async_context(fresh_database())
+            store = PostgresStore(url, pool_size=4)
+            make = functools.partial(PostgresNotifier, url, SystemClock())
+        else:
+            path = tmp_path / "shared.db"
+            store = SqliteStore(path)
+            store.expect_other_processes()
+            make = functools.partial(SqliteNotifier, str(path), poll_seconds=0.005)
+        await store.open()
+        stack.push_async_callback(store.aclose)
+        yield store, await stack.enter_async_context(listening(make))
+
+
 async def test_committed_changes_are_signalled_to_every_listener(
-        pg: PostgresStore, listeners: list[Listener]) -> None:
+        shared: tuple[Store, list[Listener]]) -> None:
+    pg, listeners = shared
     one, other = listeners
     key = await pg.create_key("team", "digest", now=T0)  # no credits: no ledger row
     # Created leased (this process runs it): nobody else needs waking.
@@ -110,7 +148,7 @@ async def test_a_listener_whose_connection_dies_comes_back_and_says_so(
         killed = await admin.fetchval(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
             "application_name = $1 AND datname = current_database() AND pid = ANY($2::int[])",
-            APPLICATION_NAME, [_backend_pid(one.notifier)])
+            APPLICATION_NAME, [_backend_pid(listener_of(one))])
         assert killed is True
     finally:
         await admin.close()
@@ -119,6 +157,11 @@ async def test_a_listener_whose_connection_dies_comes_back_and_says_so(
     await pg.create_job(new_job("after", provider="demo"))
     assert await one.next() == (Signal.JOB_QUEUED, "demo")
     assert await other.next() == (Signal.JOB_QUEUED, "demo")  # never lost its own
+
+
+def listener_of(listener: Listener) -> PostgresNotifier:
+    assert isinstance(listener.notifier, PostgresNotifier)
+    return listener.notifier
 
 
 def _backend_pid(notifier: PostgresNotifier) -> int:
