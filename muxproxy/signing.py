@@ -40,16 +40,23 @@ class UrlSigner:
         # first two once and skip the third (a key is too short to gain from it), and
         # sign exactly as its TimestampSigner does (HMAC-SHA1 over payload.timestamp),
         # so verify(), which reads either payload form, accepts the tokens.
-        self._key = self._serializer.make_signer().derive_key()
+        self._mac = hmac.new(self._serializer.make_signer().derive_key(), digestmod="sha1")
         self._clock = clock
+        self._second = -1
+        self._stamp = b""
         self.base = public_url.rstrip("/")
         self.ttl = ttl_seconds
 
     def token(self, key: str) -> str:
         payload = base64_encode(orjson.dumps(key))  # as dump_payload, uncompressed
-        value = payload + b"." + base64_encode(int_to_bytes(int(self._clock.now())))
-        signature = base64_encode(hmac.digest(self._key, value, "sha1"))
-        return (value + b"." + signature).decode("ascii")
+        second = int(self._clock.now())
+        if second != self._second:  # the timestamp's encoding changes once a second
+            self._stamp = b"." + base64_encode(int_to_bytes(second))
+            self._second = second
+        value = payload + self._stamp
+        mac = self._mac.copy()  # the key set up once, not per token as hmac.digest()
+        mac.update(value)
+        return (value + b"." + base64_encode(mac.digest())).decode("ascii")
 
     def url(self, key: str) -> str:
         name = key.rsplit("/", 1)[-1]
@@ -72,3 +79,4 @@ class UrlSigner:
             raise LinkInvalid
         left = int(signed_at.timestamp()) + self.ttl - int(self._clock.now())
         return key, max(1, left)
+

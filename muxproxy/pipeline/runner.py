@@ -291,8 +291,12 @@ class JobRunner:
 
     def record(self, job: Job) -> None:
         """Count and log a job entering its state; announce it when terminal."""
-        log.info("job state", job_id=job.id, state=job.state.value, model=job.model,
-                 provider=job.provider, fail_code=job.fail_code)
+        # Its start is at debug: at info a job's "job created" and its end bracket it
+        # (the start time is the job's started_at), and a busy gateway logs one line
+        # fewer per job.
+        (log.info if job.is_terminal else log.debug)(
+            "job state", job_id=job.id, state=job.state.value, model=job.model,
+            provider=job.provider, fail_code=job.fail_code)
         self.metrics.job_transitions.labels(job.model, job.provider, job.state).inc()
         if job.state is JobState.PROCESSING and job.billing == Billing.CHARGED:
             self.metrics.credits_charged.labels(job.model).inc(job.credits)

@@ -37,3 +37,12 @@ def test_tokens_expire_and_resist_tampering() -> None:
     clock.advance(61)
     with pytest.raises(LinkExpired):
         signer.verify(token)
+
+
+def test_a_token_takes_the_clocks_second_as_it_moves() -> None:
+    clock = ManualClock(1_700_000_123.7)
+    signer = UrlSigner("a-secret-of-enough-length", "http://gw/", 60, clock)
+    first = signer.token("results/a/0.png")
+    clock.advance(1)
+    assert signer.token("results/a/0.png") == signer._serializer.dumps("results/a/0.png")
+    assert signer.token("results/a/0.png") != first
