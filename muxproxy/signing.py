@@ -79,4 +79,3 @@ class UrlSigner:
             raise LinkInvalid
         left = int(signed_at.timestamp()) + self.ttl - int(self._clock.now())
         return key, max(1, left)
-
