@@ -263,4 +263,46 @@ CREATE TABLE rate_buckets (
     granted    BOOLEAN NOT NULL
 );
 """,
+    # 3: the counts kept for /metrics in shards, one chosen by the connection's
+    # backend: a single row per (model, provider, state) was updated by every job's
+    # every move, so concurrent transactions queued on its lock, each through its
+    # commit. A shard may go below zero; the sums are the counts.
+    """
+ALTER TABLE job_counts ADD COLUMN shard SMALLINT NOT NULL DEFAULT 0;
+ALTER TABLE job_counts DROP CONSTRAINT job_counts_pkey;
+ALTER TABLE job_counts ADD PRIMARY KEY (model, provider, state, shard);
+CREATE OR REPLACE FUNCTION job_counts_keep() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    s SMALLINT := pg_backend_pid() % 16;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        INSERT INTO job_counts (model, provider, state, shard, n)
+            VALUES (OLD.model, OLD.provider, OLD.state, s, -1)
+            ON CONFLICT (model, provider, state, shard) DO UPDATE SET n = job_counts.n - 1;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO job_counts (model, provider, state, shard, n)
+            VALUES (NEW.model, NEW.provider, NEW.state, s, 1)
+            ON CONFLICT (model, provider, state, shard) DO UPDATE SET n = job_counts.n + 1;
+    END IF;
+    RETURN NULL;
+END $$;
+ALTER TABLE webhook_counts ADD COLUMN shard SMALLINT NOT NULL DEFAULT 0;
+ALTER TABLE webhook_counts DROP CONSTRAINT webhook_counts_pkey;
+ALTER TABLE webhook_counts ADD PRIMARY KEY (status, shard);
+CREATE OR REPLACE FUNCTION webhook_counts_keep() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    s SMALLINT := pg_backend_pid() % 16;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        INSERT INTO webhook_counts (status, shard, n) VALUES (OLD.status, s, -1)
+            ON CONFLICT (status, shard) DO UPDATE SET n = webhook_counts.n - 1;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO webhook_counts (status, shard, n) VALUES (NEW.status, s, 1)
+            ON CONFLICT (status, shard) DO UPDATE SET n = webhook_counts.n + 1;
+    END IF;
+    RETURN NULL;
+END $$;
+""",
 )

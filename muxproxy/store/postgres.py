@@ -188,8 +188,10 @@ class PostgresStore(PostgresAccounts, PostgresOutbox, PostgresTables, Store):
                                 "AND id = ANY($3::text[])", until, owner, list(job_ids))
 
     async def count_jobs(self) -> Mapping[tuple[str, str, str], int]:
-        # Kept by triggers (pg_schema.py, job_counts): a few rows, whatever the table's size.
-        rows = await self._fetch("SELECT model, provider, state, n FROM job_counts WHERE n > 0")
+        # Kept by triggers (pg_schema.py, job_counts) in up to 16 shards: a few rows,
+        # whatever the table's size.
+        rows = await self._fetch("SELECT model, provider, state, SUM(n)::bigint FROM job_counts "
+                                 "GROUP BY model, provider, state HAVING SUM(n) > 0")
         return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
 
     # -- retention ------------------------------------------------------------

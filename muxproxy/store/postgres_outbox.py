@@ -126,7 +126,7 @@ class PostgresOutbox:
     async def delivery_backlog(self) -> Backlog:
         # The count is kept by triggers and the oldest found on a partial index.
         row = await self._fetchrow(
-            f"SELECT (SELECT n FROM webhook_counts WHERE {_PENDING}), "  # noqa: S608
+            f"SELECT (SELECT SUM(n)::bigint FROM webhook_counts WHERE {_PENDING}), "  # noqa: S608
             f"(SELECT MIN(created_at) FROM webhook_deliveries WHERE {_PENDING})")
         assert row is not None
         return Backlog(pending=int(row[0] or 0),
