@@ -14,8 +14,11 @@ hears :data:`EVERY`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
 from enum import StrEnum
+from typing import Any
 
 from muxproxy.logs import get_logger
 
@@ -45,6 +48,7 @@ class Notifier(abc.ABC):
 
     def __init__(self) -> None:
         self._handlers: dict[Signal, list[Handler]] = {signal: [] for signal in Signal}
+        self._listening: asyncio.Task[None] | None = None
 
     def subscribe(self, signal: Signal, handler: Handler) -> None:
         """Call ``handler`` with the subject of every ``signal`` (or :data:`EVERY`). It
@@ -62,6 +66,16 @@ class Notifier(abc.ABC):
         """Signals may have been missed: every handler hears :data:`EVERY`."""
         for signal in Signal:
             self.deliver(signal, EVERY)
+
+    def _listen_in_background(self, loop: Coroutine[Any, Any, None]) -> None:
+        self._listening = asyncio.create_task(loop, name="muxproxy-notify")
+
+    async def _stop_listening(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listening
+            self._listening = None
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -54,20 +54,15 @@ class PostgresNotifier(Notifier):
         self.connect_timeout_seconds = connect_timeout_seconds
         self.keepalive_seconds = keepalive_seconds
         self._conn: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Listen now (a database that cannot be reached raises, as the store's open
         does), then keep listening in the background."""
         self._conn = await self._connect()
-        self._task = asyncio.create_task(self._keep_listening(), name="muxproxy-notify")
+        self._listen_in_background(self._keep_listening())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._stop_listening()
         if self._conn is not None:
             self._conn.terminate()  # never wait on a server that may be gone
             self._conn = None

@@ -58,7 +58,6 @@ class SqliteNotifier(Notifier):
         self.keep_alive_seconds = keep_alive_seconds
         self.owner = secrets.token_hex(8)
         self._conn: sqlite3.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
         self._last = 0
 
     async def start(self) -> None:
@@ -70,14 +69,10 @@ class SqliteNotifier(Notifier):
         row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM signals").fetchone()
         self._last = int(row[0])
         self._conn.execute("PRAGMA busy_timeout = 0")  # later ones never block the loop
-        self._task = asyncio.create_task(self._listen(), name="muxproxy-notify")
+        self._listen_in_background(self._listen())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._stop_listening()
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("DELETE FROM signal_listeners WHERE owner = ?",
