@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from muxproxy.generation import GenerationRequest
-from muxproxy.pipeline.jobs import Job, JobResult, JobState, RowLike
+from muxproxy.pipeline.jobs import Job, JobResult, JobState, RowLike, built
 from muxproxy.store.accounts import ApiKey, KeyLimits
 from muxproxy.store.tx import IdempotencyRow
 from muxproxy.surfaces import SurfaceName
@@ -58,37 +59,40 @@ def _result_of(result: Any) -> JobResult | None:
 
 
 def job_from_row(row: RowLike) -> Job:
-    return Job(
-        id=row["id"],
-        key_id=row["key_id"],
-        surface=SurfaceName(row["surface"]),
-        model=row["model"],
-        state=JobState(row["state"]),
-        request=_request_of(row["params"]),
-        client_params=decoded(row["client_params"]),
-        route_index=row["route_index"],
-        provider=row["provider"],
-        upstream_model=row["upstream_model"],
-        upstream_id=row["upstream_id"],
-        upstream_state=decoded(row["upstream_state"]) or {},
-        result=_result_of(row["result"]),
-        fail_code=row["fail_code"],
-        fail_msg=row["fail_msg"],
-        attempts=row["attempts"],
-        recoveries=row["recoveries"],
-        polls=row["polls"],
-        callback_url=row["callback_url"],
-        credits=row["credits"],
-        billing=row["billing"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        updated_at=row["updated_at"],
-        run_after=row["run_after"],
-        deadline_at=row["deadline_at"],
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"],
-    )
+    if isinstance(row, sqlite3.Row):
+        # Its lookup by name compares the names one by one: one pass over it instead.
+        row = dict(zip(row.keys(), row, strict=True))
+    return built(Job, {
+        "id": row["id"],
+        "key_id": row["key_id"],
+        "surface": SurfaceName(row["surface"]),
+        "model": row["model"],
+        "state": JobState(row["state"]),
+        "request": _request_of(row["params"]),
+        "client_params": decoded(row["client_params"]),
+        "route_index": row["route_index"],
+        "provider": row["provider"],
+        "upstream_model": row["upstream_model"],
+        "upstream_id": row["upstream_id"],
+        "upstream_state": decoded(row["upstream_state"]) or {},
+        "result": _result_of(row["result"]),
+        "fail_code": row["fail_code"],
+        "fail_msg": row["fail_msg"],
+        "attempts": row["attempts"],
+        "recoveries": row["recoveries"],
+        "polls": row["polls"],
+        "callback_url": row["callback_url"],
+        "credits": row["credits"],
+        "billing": row["billing"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "completed_at": row["completed_at"],
+        "updated_at": row["updated_at"],
+        "run_after": row["run_after"],
+        "deadline_at": row["deadline_at"],
+        "lease_owner": row["lease_owner"],
+        "lease_until": row["lease_until"],
+    })
 
 
 def key_from_row(row: RowLike) -> ApiKey:

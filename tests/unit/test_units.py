@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sqlite3
 import struct
 from dataclasses import FrozenInstanceError, replace
+from typing import Any
 
+import orjson
 import pytest
 from PIL import Image
 
@@ -15,9 +18,11 @@ from muxproxy.clock import ManualClock
 from muxproxy.errors import InvalidRequest
 from muxproxy.generation import GenerationRequest, ImageRef
 from muxproxy.pipeline.backoff import backoff, poll_delay
-from muxproxy.pipeline.jobs import evolve
+from muxproxy.pipeline.jobs import Job, JobResult, JobState, evolve
 from muxproxy.pricing import billed, price, resolution_of
 from muxproxy.settings import ModelSettings
+from muxproxy.store.rows import JSON_COLUMNS, job_from_row
+from muxproxy.surfaces import SurfaceName
 
 
 @pytest.mark.parametrize(("ratio", "resolution", "expected"), [
@@ -169,3 +174,38 @@ def test_evolve_is_dataclasses_replace_without_the_cost() -> None:
     assert request.images == (ImageRef(url="https://x/a.png"),) and request.mask is None
     with pytest.raises(FrozenInstanceError):
         changed.prompt = "a hen"  # type: ignore[misc]
+
+
+def test_a_job_read_from_a_row_is_the_one_its_constructor_makes() -> None:
+    result = {"images": [{"key": "results/j1/0.png", "content_type": "image/png",
+                          "width": 1, "height": 1}]}
+    stored: dict[str, Any] = {
+        "id": "j1", "key_id": "k1", "surface": "openai", "model": "m", "state": "completed",
+        "params": GenerationRequest(prompt="a fox").to_json(), "client_params": {"n": 1},
+        "route_index": 0, "provider": "demo", "upstream_model": "demo-image",
+        "upstream_id": "u1", "upstream_state": None,
+        "result": result,
+        "fail_code": None, "fail_msg": None, "attempts": 1, "recoveries": 0, "polls": 2,
+        "callback_url": None, "credits": 3, "billing": "charged", "created_at": 1,
+        "started_at": 2, "completed_at": 3, "updated_at": 3, "run_after": 2,
+        "deadline_at": 9, "lease_owner": None, "lease_until": None}
+    expected = Job(
+        id="j1", key_id="k1", surface=SurfaceName.OPENAI, model="m",
+        state=JobState.COMPLETED, request=GenerationRequest(prompt="a fox"),
+        client_params={"n": 1}, route_index=0, provider="demo", upstream_model="demo-image",
+        upstream_id="u1", upstream_state={}, result=JobResult.from_json(result),
+        fail_code=None, fail_msg=None, attempts=1, recoveries=0, polls=2, callback_url=None,
+        credits=3, billing="charged", created_at=1, started_at=2, completed_at=3,
+        updated_at=3, run_after=2, deadline_at=9)
+    # As a driver that decodes JSON hands it over, and as SQLite's text in a Row.
+    as_text = {k: orjson.dumps(v).decode() if k in JSON_COLUMNS and v is not None else v
+               for k, v in stored.items()}
+    with sqlite3.connect(":memory:") as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute(f"SELECT {', '.join(f':{k} AS {k}' for k in as_text)}",
+                         as_text).fetchone()
+    for read in (job_from_row(stored), job_from_row(row)):
+        assert read == expected
+        assert vars(read).keys() == vars(expected).keys()
+        with pytest.raises(FrozenInstanceError):
+            read.state = JobState.FAILED  # type: ignore[misc]
