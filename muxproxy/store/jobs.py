@@ -95,6 +95,8 @@ class JobStore(Transactional):
         With ``new.idempotency``, bind that reserved key to the job in the same
         transaction (:class:`IdempotencySuperseded` if a retry took it over)."""
         row = new_row(new)
+        if new.max_concurrent is None and new.credits == 0 and new.idempotency is None:
+            return await self._statement(lambda tx: tx.insert_job(row))
 
         async def insert(tx: Tx) -> Job:
             if new.max_concurrent is not None:
@@ -183,7 +185,9 @@ class JobStore(Transactional):
             found = await tx.update_job(job_id, expected, owner, values, after=after)
             return None if found is None else (await moved(tx, [found], now))[0]
 
-        result = await self._transaction(move)
+        # With no billing to move and no delivery to insert, the update is all.
+        alone = after is not None and (after.callback_url is None or not after.is_terminal)
+        result = await (self._statement if alone else self._transaction)(move)
         if result is None:
             current = await self.get_job(job_id)
             raise StaleJob(job_id, expected, current.state if current else None)
@@ -191,7 +195,7 @@ class JobStore(Transactional):
 
     async def release(self, job_id: str, owner: str, *, now: int) -> None:
         """Drop a lease without changing the job (a worker stopping mid-step)."""
-        await self._transaction(lambda tx: tx.update_job(job_id, None, owner, _UNLEASED))
+        await self._statement(lambda tx: tx.update_job(job_id, None, owner, _UNLEASED))
 
     async def expire_overdue(self, now: int, limit: int = 100) -> list[Job]:
         """Fail unleased non-terminal jobs whose deadline has passed; return them."""

@@ -123,6 +123,11 @@ class PostgresStore(PostgresAccounts, PostgresOutbox, PostgresTables, Store):
         async with self._connection() as db, db.transaction():
             return await rule(PostgresTx(db))
 
+    async def _statement(self, rule: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        # The statement is its own transaction: one round trip instead of three.
+        async with self._connection() as db:
+            return await rule(PostgresTx(db))
+
     async def ping(self) -> None:
         await self._fetchrow("SELECT 1")
 

@@ -6,6 +6,8 @@ recovery policy, idempotency binding) live in the backend-neutral classes
 :meth:`Transactional._transaction` with a :class:`Tx`: the few row operations the
 rules need, all inside one transaction, so a rule's writes land together or not
 at all. A backend implements :class:`Tx` and ``_transaction``; the rules stay here.
+A rule that makes a single statement may run as :meth:`Transactional._statement`
+instead, which PostgreSQL sends without ``BEGIN`` and ``COMMIT``.
 
 Values in a row or in a change are the records' own: JSON columns as mappings, which
 a backend encodes its way (text for SQLite, ``jsonb`` for PostgreSQL).
@@ -140,6 +142,11 @@ class Transactional(abc.ABC):
     @abc.abstractmethod
     async def _transaction(self, rule: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
         """Run ``rule`` in one transaction: all its writes, or (it raised) none."""
+
+    async def _statement(self, rule: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        """Run ``rule``, which makes exactly one statement, atomic by itself: a backend
+        may spare it a transaction's own round trips (``BEGIN`` and ``COMMIT``)."""
+        return await self._transaction(rule)
 
 
 def run_inline(step: Coroutine[Any, Any, T]) -> T:

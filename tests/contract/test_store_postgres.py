@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -17,9 +18,13 @@ from muxproxy.pipeline.jobs import JobState
 from muxproxy.store.pg_schema import PG_MIGRATIONS
 from muxproxy.store.postgres import PostgresStore
 from muxproxy.store.postgres_migrate import SchemaTooNew
+from muxproxy.store.postgres_tx import PostgresTx
 from muxproxy.store.schema import MIGRATIONS
+from muxproxy.store.tx import Tx
 from tests.contract.test_store_contract import OWNER, T0, claim_one, new_job
 from tests.support.wait import eventually
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -244,5 +249,56 @@ async def test_job_counts_sum_their_shards_and_keep_what_migration_2_counted(
         finally:
             await db.close()
         assert shards > 1  # several connections wrote, each to its own shard
+    finally:
+        await store.aclose()
+
+
+class _Counting(PostgresStore):
+    """Which way each write went: a transaction, or a statement of its own."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, pool_size=2)
+        self.ways: list[str] = []
+
+    async def _transaction(self, rule: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        self.ways.append("transaction")
+        return await super()._transaction(rule)
+
+    async def _statement(self, rule: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        self.ways.append("statement")
+        return await super()._statement(rule)
+
+
+async def test_a_write_of_one_statement_goes_without_begin_and_commit(
+        postgres_url: str) -> None:
+    store = _Counting(postgres_url)
+    await store.open()
+    try:
+        async def in_transaction(tx: Tx) -> bool:
+            assert isinstance(tx, PostgresTx)
+            return tx.db.is_in_transaction()
+
+        assert await store._transaction(in_transaction) is True
+        assert await store._statement(in_transaction) is False
+        store.ways.clear()
+        await store.create_job(new_job("plain"))
+        await store.create_job(new_job("capped", max_concurrent=5))
+        await store.create_job(new_job("hooked", callback="https://example.com/cb"))
+        assert store.ways == ["statement", "transaction", "statement"]
+        store.ways.clear()
+        claimed = await store.claim_due("demo", T0, 10, OWNER, T0 + 60_000)
+        store.ways.clear()
+        for job in sorted((j for j in claimed if j.id != "capped"), key=lambda j: j.id,
+                          reverse=True):
+            job = await store.transition(job, JobState.PENDING, JobState.PROCESSING, now=T0,
+                                         owner=OWNER, release=False, started_at=T0)
+            await store.transition(job, JobState.PROCESSING, JobState.COMPLETED, now=T0,
+                                   owner=OWNER, completed_at=T0)
+        # The ending of a job with a callback inserts its delivery in the same write.
+        assert store.ways == ["statement", "statement", "statement", "transaction"]
+        assert await store.get_delivery("hooked") is not None
+        assert await store.get_delivery("plain") is None
+        ended = [await store.get_job(job_id) for job_id in ("plain", "hooked")]
+        assert [job.state if job else None for job in ended] == [JobState.COMPLETED] * 2
     finally:
         await store.aclose()
