@@ -131,7 +131,7 @@ async def _open(settings: Settings, clock: Clock, metrics: Metrics,
     retention = RetentionSweep(settings.storage, store, storage, clock)
     auth = Authenticator(store)
     # What other processes on the database change, this one hears here.
-    notifier.subscribe(Signal.JOB_ENDED, events.nudge)
+    notifier.subscribe(Signal.JOB_ENDED, scheduler.heard_end)
     notifier.subscribe(Signal.JOB_QUEUED, scheduler.queued_elsewhere)
     notifier.subscribe(Signal.KEY_CHANGED, auth.forget_key)
     closers.push_async_callback(notifier.aclose)

@@ -50,6 +50,8 @@ class Scheduler(WorkerLoop[Job, bool]):
         self.metrics = metrics
         self._draining = False
         self._leases: dict[str, int] = {}  # job id -> lease_until, for steps running here
+        # Jobs whose end was signalled while a step of theirs ran here (heard_end).
+        self._ends_heard: set[str] = set()
         self._in_flight = dict.fromkeys(providers, 0)
         # Whether due jobs of a provider may be waiting for a slot (then a new job
         # queues behind them rather than take a slot that frees up).
@@ -106,6 +108,18 @@ class Scheduler(WorkerLoop[Job, bool]):
         :class:`~muxproxy.notify.Notifier` handler."""
         if provider == EVERY or (provider in self.providers and not self._full(provider)):
             self._wake.set()
+
+    def heard_end(self, job_id: str) -> None:
+        """A job ended in some process (:data:`~muxproxy.notify.EVERY`: any may have),
+        so its waiters here read it (:meth:`JobEvents.nudge`). When a step of the job
+        runs here, the signal is most likely that step's own end, which reaches the
+        waiters with the job itself: they are nudged only once the step is over, and
+        then find nothing to read unless the job ended elsewhere after all. A
+        :class:`~muxproxy.notify.Notifier` handler."""
+        if job_id in self._leases:
+            self._ends_heard.add(job_id)
+        else:
+            self.runner.events.nudge(job_id)
 
     def running(self, job_id: str) -> bool:
         """Is a step of this job running in this process now?"""
@@ -220,6 +234,9 @@ class Scheduler(WorkerLoop[Job, bool]):
 
     def _finished(self, task: asyncio.Task[bool], job: Job) -> None:
         self._leases.pop(job.id, None)
+        if job.id in self._ends_heard:
+            self._ends_heard.discard(job.id)
+            self.runner.events.nudge(job.id)
         provider = job.provider
         was_full = self._full(provider)
         self._in_flight[provider] -= 1

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
+
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
 
 from muxproxy.clock import now_ms
 from muxproxy.notify import EVERY
 from muxproxy.pipeline.jobs import Job, JobState
 from tests.contract.test_store_contract import new_job
-from tests.support.gateway import RunningGateway
+from tests.fakes.fal import FakeFal
+from tests.support.gateway import RunningGateway, base_config, merge, run_gateway
 from tests.support.wait import eventually
+from tests.system.test_cancel import serve
 
 ELSEWHERE = "elsewhere"  # a provider no scheduler here serves
 
@@ -64,3 +70,49 @@ async def test_a_lost_signal_delays_the_answer_by_one_recheck_at_most(
         ended = await waiting
     assert ended.state is JobState.COMPLETED
     assert gateway.state.events.waiting(job.id) == 0
+
+
+async def test_a_signal_heard_while_the_job_runs_here_waits_for_the_step(
+        tmp_path: Path, aiohttp_server: AiohttpServer) -> None:
+    """On PostgreSQL a process hears its own end signals, often before the step that
+    ended the job has announced it here. The waiters are nudged once the step is over:
+    none reads a job that the step hands them anyway, and a job ended elsewhere
+    meanwhile is still read."""
+    fal = FakeFal(queued_polls=0, running_polls=0)
+    release, held = asyncio.Event(), []
+
+    async def gate(request: web.Request) -> None:
+        if request.method == "POST":  # each job's submit, held until released
+            held.append(request.path)
+            await release.wait()
+
+    await serve(fal, aiohttp_server, gate)
+    config = merge(base_config(tmp_path), {
+        "providers": {"fal": {"kind": "fal", "base_url": fal.url, "api_key": fal.key}},
+        "models": {"banana": {"routes": [{"provider": "fal", "model": "fal-ai/nano-banana"}]}}})
+    async with run_gateway(config) as gw:
+        state = gw.state
+        ids = [await gw.submit({"model": "banana", "prompt": p}) for p in ("here", "there")]
+        await eventually(lambda: len(held) == 2)
+        jobs = [await state.store.get_job(i) for i in ids]
+        waits = [asyncio.ensure_future(state.gateway.wait(j, 60)) for j in jobs if j]
+        await eventually(lambda: all(state.events.waiting(i) == 1 for i in ids))
+        # "there" is cancelled by another replica: a compare-and-swap without the lease.
+        now = now_ms(state.clock)
+        await state.store.transition(ids[1], JobState.PROCESSING, JobState.FAILED, now=now,
+                                     fail_code="cancelled", fail_msg="cancelled",
+                                     completed_at=now)
+        for job_id in ids:
+            state.scheduler.heard_end(job_id)
+            assert state.events.waiting(job_id) == 1  # not nudged while its step runs
+        release.set()
+        async with asyncio.timeout(10):
+            here, there = await asyncio.gather(*waits)
+        assert (here.id, here.state) == (ids[0], JobState.COMPLETED)
+        assert (there.id, there.state, there.fail_code) == (ids[1], JobState.FAILED,
+                                                            "cancelled")
+        # A signal for a job with no step here nudges at once.
+        waiting = asyncio.ensure_future(state.gateway.wait(here, 60))
+        state.scheduler.heard_end(ids[0])
+        async with asyncio.timeout(5):
+            assert (await waiting).state is JobState.COMPLETED
