@@ -31,7 +31,7 @@ from muxproxy.errors import InvalidRequest, NotFound, RangeNotSatisfiable, Stora
 from muxproxy.http import ErrorRenderer
 from muxproxy.logs import get_logger
 from muxproxy.metrics import Metrics
-from muxproxy.storage import BlobNotFound, BlobStorage
+from muxproxy.storage import BlobNotFound, BlobStorage, inline_disposition
 
 log = get_logger("muxproxy.downloads")
 
@@ -61,10 +61,10 @@ async def _serve(request: Request, storage: BlobStorage, key: str, content_type:
                  redirect_ttl: int | None) -> Response:
     headers = {"Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
     if filename is not None:
-        headers["Content-Disposition"] = f'inline; filename="{filename}"'
+        headers["Content-Disposition"] = inline_disposition(filename)
     try:
         if redirect_ttl is not None:
-            url = await storage.url_for(key, redirect_ttl)
+            url = await storage.url_for(key, redirect_ttl, filename=filename)
             if url is not None:
                 # Not kept by caches: the URL it points to expires on its own clock.
                 return RedirectResponse(url, status_code=302,

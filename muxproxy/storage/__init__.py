@@ -17,6 +17,7 @@ from muxproxy.storage.base import (
     BlobStorage,
     StorageUnavailable,
     blob_key,
+    inline_disposition,
 )
 from muxproxy.storage.cache import RecentCache
 
@@ -57,4 +58,5 @@ def open_storage(url: str, settings: StorageSettings | None = None) -> BlobStora
 
 
 __all__ = ["BlobInfo", "BlobNotFound", "BlobStorage", "RecentCache", "StorageBackend",
-           "StorageUnavailable", "blob_key", "check_storage_url", "open_storage", "storage_backend"]
+           "StorageUnavailable", "blob_key", "check_storage_url", "inline_disposition",
+           "open_storage", "storage_backend"]

@@ -39,6 +39,12 @@ def blob_key(kind: str, job_id: str, created_at_ms: int, name: str, extension: s
     return f"{kind}/{day}/{job_id}-{name}.{extension}"
 
 
+def inline_disposition(filename: str) -> str:
+    """The ``Content-Disposition`` of a download named ``filename`` (a key's last
+    part: no quote or backslash to escape), shown in the browser."""
+    return f'inline; filename="{filename}"'
+
+
 class BlobNotFound(Exception):
     pass
 
@@ -131,9 +137,12 @@ class BlobStorage(abc.ABC):
         check_key(key)
         return None
 
-    async def url_for(self, key: str, ttl_seconds: int) -> str | None:
+    async def url_for(self, key: str, ttl_seconds: int, *,
+                      filename: str | None = None) -> str | None:
         """A URL of the backend's own that serves the blob for ``ttl_seconds`` (an
-        object store's presigned GET), or None when downloads go through us."""
+        object store's presigned GET), or None when downloads go through us. With
+        ``filename``, that URL answers with the ``Content-Disposition`` naming it, as
+        the gateway's own download does."""
         check_key(key)
         return None
 

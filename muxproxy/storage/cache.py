@@ -97,8 +97,9 @@ class RecentCache(BlobStorage):
     def local_path(self, key: str) -> str | None:
         return self.inner.local_path(key)
 
-    async def url_for(self, key: str, ttl_seconds: int) -> str | None:
-        return await self.inner.url_for(key, ttl_seconds)
+    async def url_for(self, key: str, ttl_seconds: int, *,
+                      filename: str | None = None) -> str | None:
+        return await self.inner.url_for(key, ttl_seconds, filename=filename)
 
     async def check(self) -> None:
         # The backend's own probe: a read back from memory would prove nothing.

@@ -34,6 +34,7 @@ from muxproxy.storage.base import (
     StorageUnavailable,
     check_key,
     content_type_of,
+    inline_disposition,
     is_key,
 )
 
@@ -277,11 +278,15 @@ class S3Storage(BlobStorage):
                     if is_key(key):
                         yield key
 
-    async def url_for(self, key: str, ttl_seconds: int) -> str | None:
-        name = self._object(key)
+    async def url_for(self, key: str, ttl_seconds: int, *,
+                      filename: str | None = None) -> str | None:
+        params = {"Bucket": self.bucket, "Key": self._object(key)}
+        if filename is not None:
+            # Signed into the URL: the bucket answers with this header.
+            params["ResponseContentDisposition"] = inline_disposition(filename)
         with _mapped("sign"):
             url: str = await self.client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": name},
+                "get_object", Params=params,
                 ExpiresIn=max(1, min(ttl_seconds, MAX_PRESIGN_SECONDS)))
         return url
 

@@ -141,7 +141,8 @@ async def test_several_ranges_stream_the_whole_image(gateway: RunningGateway,
 class PresigningStorage(LocalStorage):
     """Stands in for an object store: it has a URL of its own for every blob."""
 
-    async def url_for(self, key: str, ttl_seconds: int) -> str | None:
+    async def url_for(self, key: str, ttl_seconds: int, *,
+                      filename: str | None = None) -> str | None:
         return f"https://bucket.example/{check_key(key)}?expires={ttl_seconds}"
 
 

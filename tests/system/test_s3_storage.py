@@ -81,17 +81,20 @@ async def check_link(gw: RunningGateway, bucket: Bucket, redirect: bool, url: st
 
 
 async def check_gateway_download(gw: RunningGateway, bucket: Bucket, redirect: bool,
-                                 url: str, image: bytes, **headers: str) -> None:
+                                 url: str, image: bytes, disposition: str | None = None,
+                                 **headers: str) -> None:
     """A gateway address (/files, /image): a 302 to the bucket with redirect on, the
-    bytes streamed from the bucket with it off."""
+    bytes streamed from the bucket with it off; either way with the
+    ``Content-Disposition`` the address gives, if any."""
     status, answer, body = await fetch(gw.http, url, **headers)
     if redirect:
         assert status == 302 and answer["Cache-Control"] == "no-store"
         assert_presigned(answer["Location"], bucket, TTL)
-        status, _, body = await fetch(gw.http, answer["Location"])
+        status, answer, body = await fetch(gw.http, answer["Location"])
     else:
-        assert answer["Content-Type"] == "image/png"
         assert answer["Content-Length"] == str(len(image))
+    assert answer["Content-Type"] == "image/png"
+    assert answer.get("Content-Disposition") == disposition
     assert (status, body) == (200, image)
 
 
@@ -150,7 +153,7 @@ async def test_the_surfaces_and_callbacks_serve_images_from_the_bucket(
     await check_link(gw, s3_bucket, redirect, output_url, image)
     await check_gateway_download(gw, s3_bucket, redirect,
                                  f"{gw.url}/api/v1/generations/{mux_id}/image", image,
-                                 **gw.headers())
+                                 f'inline; filename="{mux_id}.png"', **gw.headers())
 
     # Every image is in the bucket under the prefix, none on the local disk.
     objects = await list_objects(s3_bucket)
