@@ -77,6 +77,13 @@ class Notifier(abc.ABC):
                 await self._listening
             self._listening = None
 
+    @property
+    def listening(self) -> bool | None:
+        """Whether the other processes' signals are heard now; None where none
+        travel (a lone process). Shown by ``/readyz``: while False, waits for jobs
+        that end elsewhere answer by their ``recheck_seconds`` reads."""
+        return None
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Begin hearing other processes' signals (raise if that cannot begin)."""

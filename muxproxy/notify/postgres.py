@@ -55,6 +55,10 @@ class PostgresNotifier(Notifier):
         self.keepalive_seconds = keepalive_seconds
         self._conn: asyncpg.Connection | None = None
 
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None
+
     async def start(self) -> None:
         """Listen now (a database that cannot be reached raises, as the store's open
         does), then keep listening in the background."""

@@ -59,6 +59,7 @@ class SqliteNotifier(Notifier):
         self.owner = secrets.token_hex(8)
         self._conn: sqlite3.Connection | None = None
         self._last = 0
+        self._reading = False
 
     async def start(self) -> None:
         """Listen from now on: signals written before this are not heard."""
@@ -69,7 +70,12 @@ class SqliteNotifier(Notifier):
         row = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM signals").fetchone()
         self._last = int(row[0])
         self._conn.execute("PRAGMA busy_timeout = 0")  # later ones never block the loop
+        self._reading = True
         self._listen_in_background(self._listen())
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None and self._reading
 
     async def aclose(self) -> None:
         await self._stop_listening()
@@ -88,10 +94,12 @@ class SqliteNotifier(Notifier):
             await asyncio.sleep(self.poll_seconds)
             try:
                 self.read()
+                self._reading = True
                 if loop.time() - renewed >= self.keep_alive_seconds:
                     renewed = loop.time()
                     self._keep_alive()
             except sqlite3.Error as exc:
+                self._reading = False
                 log.warning("reading signals failed; retrying", error=str(exc))
 
     def read(self) -> int:

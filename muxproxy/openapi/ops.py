@@ -49,12 +49,15 @@ def _download(summary: str, operation_id: str) -> dict[str, Any]:
 def part(settings: Settings) -> Part:
     circuits: Schema = {"type": "object", "description": "Each provider's circuit breaker.",
                         "additionalProperties": choice(["closed", "open", "half_open"])}
+    signals = choice(["local", "listening", "reconnecting"],
+                     "The listener of other processes' signals: none travel for a lone "
+                     "process (local).")
+    shown = ["status", "store", "storage", "providers", "signals"]
     ready = obj({"status": {"const": "ready"}, "store": {"const": "ok"},
-                 "storage": {"const": "ok"}, "providers": circuits},
-                ["status", "store", "storage", "providers"])
+                 "storage": {"const": "ok"}, "providers": circuits, "signals": signals}, shown)
     unready = obj({"status": {"const": "unavailable"}, "store": choice(["ok", "unreachable"]),
-                   "storage": choice(["ok", "failing"]), "providers": circuits},
-                  ["status", "store", "storage", "providers"])
+                   "storage": choice(["ok", "failing"]), "providers": circuits,
+                   "signals": signals}, shown)
     paths: dict[str, dict[str, Any]] = {
         "/healthz": {"get": operation(
             "Liveness", TAG, operation_id="healthz", security=NO_AUTH,

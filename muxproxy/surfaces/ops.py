@@ -23,16 +23,22 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+# The notification listener's state (Notifier.listening), as /readyz shows it.
+_SIGNALS = {None: "local", True: "listening", False: "reconnecting"}
+
+
 async def readyz(request: Request) -> Response:
     """Ready while the store reads and writes and the blob storage writes, reads and
     deletes (see muxproxy.readiness); providers' circuits are shown, not judged (one
-    provider down is what routes and fallbacks are for)."""
+    provider down is what routes and fallbacks are for), and so is the listener of
+    other processes' signals (without it, waits still end by reading their job)."""
     state: AppState = request.app.state.mux
     circuits = {name: breaker.state.value for name, breaker in state.breakers.items()}
     health = await state.readiness.check()
     body = {"status": "ready" if health.ready else "unavailable",
             "store": "ok" if health.store else "unreachable",
-            "storage": "ok" if health.storage else "failing", "providers": circuits}
+            "storage": "ok" if health.storage else "failing", "providers": circuits,
+            "signals": _SIGNALS[state.notifier.listening]}
     return JSONResponse(body, status_code=200 if health.ready else 503)
 
 

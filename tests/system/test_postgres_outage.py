@@ -134,12 +134,19 @@ async def outage(gw: RunningGateway, pg: PrivatePostgres, load: Load,
         assert resp.status == 503
         assert (await resp.json())["store"] == "unreachable"
 
+    async def reconnecting() -> bool:
+        # The listener lost its connection: shown, not judged.
+        async with gw.http.get(f"{gw.url}/readyz") as resp:
+            return bool((await resp.json())["signals"] == "reconnecting")
+
+    await eventually(reconnecting, timeout=10, interval=0.1)
+
     await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - cut)))
     await pg.start()
 
     async def ready() -> bool:
         async with gw.http.get(f"{gw.url}/readyz") as resp:
-            return resp.status == 200
+            return resp.status == 200 and (await resp.json())["signals"] == "listening"
 
     await eventually(ready, timeout=15, interval=0.1)
     before = len(load.accepted)

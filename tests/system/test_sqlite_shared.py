@@ -101,6 +101,33 @@ async def test_listeners_renew_themselves_and_delete_what_all_have_read(
         await store.aclose()
 
 
+async def test_a_listener_that_cannot_read_says_so_until_it_can_again(
+        tmp_path: Path) -> None:
+    path = tmp_path / "unread.db"
+    store = await opened(path)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    notifier = SqliteNotifier(str(path), poll_seconds=0.005)
+    notifier.subscribe(Signal.JOB_ENDED, heard.put_nowait)
+    assert notifier.listening is False  # not started
+    await notifier.start()
+    try:
+        assert notifier.listening is True
+        with sqlite3.connect(path) as db:  # its reads now fail: no such table
+            db.execute("ALTER TABLE signals RENAME TO signals_away")
+        await eventually(lambda: notifier.listening is False)
+        with sqlite3.connect(path) as db:
+            db.execute("ALTER TABLE signals_away RENAME TO signals")
+            db.execute("INSERT INTO signals (channel, subject) VALUES "
+                       "('muxproxy_job_ended', 'back')")
+        async with asyncio.timeout(10):
+            assert await heard.get() == "back"
+        assert notifier.listening is True
+    finally:
+        await notifier.aclose()
+        await store.aclose()
+    assert notifier.listening is False
+
+
 async def test_every_process_takes_from_one_bucket_per_key(tmp_path: Path) -> None:
     path = tmp_path / "rates.db"
     stores = [await opened(path), await opened(path)]
