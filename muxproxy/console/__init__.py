@@ -14,6 +14,7 @@ import datetime
 import jinja2
 
 from muxproxy.console.session import Sessions
+from muxproxy.console.throttle import FailedSignIns
 from muxproxy.settings import Settings
 
 
@@ -22,6 +23,7 @@ class Console:
         self.settings = settings
         self.path = settings.console.path
         self.sessions = Sessions(settings)
+        self.failed_signins = FailedSignIns()
         # Autoescaped everywhere: job prompts, key names and errors are user text.
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("muxproxy.console", "templates"),

@@ -7,6 +7,7 @@ import hmac
 
 from starlette.responses import HTMLResponse, Response
 
+from muxproxy.clock import now_ms
 from muxproxy.console.pages import Ctx, SignInNeeded, page, viewer_of
 
 ENDED = {
@@ -41,13 +42,22 @@ def _form(ctx: Ctx, notice: str, error: str, status: int = 200) -> Response:
 async def signin(ctx: Ctx) -> Response:
     form = await ctx.form()
     presented = form.get("token")
-    sessions = ctx.console.sessions
+    sessions, failures = ctx.console.sessions, ctx.console.failed_signins
+    address = ctx.request.client.host if ctx.request.client else ""
+    now = now_ms(ctx.state.clock)
+    wait = failures.wait(address, now)
+    if wait is not None:
+        answer = _form(ctx, "", f"Too many failed sign-ins from your address: try again "
+                                f"in {wait} s.", status=429)
+        answer.headers["Retry-After"] = str(wait)
+        return answer
     admin_token = ctx.state.settings.admin.token
     if admin_token and hmac.compare_digest(presented.encode(), admin_token.encode()):
         session = sessions.operator(admin_token)
     else:
         key = await ctx.state.auth.lookup(presented) if presented else None
         if key is None or key.revoked_at is not None:
+            failures.failed(address, now)
             return _form(ctx, "", "That is neither the admin token nor a valid API key.",
                          status=401)
         session = sessions.team(key.id)

@@ -11,9 +11,11 @@ import orjson
 import pytest
 from starlette.responses import Response
 
+from muxproxy.clock import ManualClock
 from muxproxy.console.session import COOKIE, Sessions
+from muxproxy.console.throttle import PER_MINUTE, FailedSignIns
 from muxproxy.settings import SettingsError, parse_settings
-from tests.support.console import console_client
+from tests.support.console import CSRF, console_client
 from tests.support.gateway import KEY_A, base_config, merge, run_gateway
 
 ADMIN_TOKEN = "console-admin-token-0123456789"
@@ -22,6 +24,12 @@ ADMIN_TOKEN = "console-admin-token-0123456789"
 @pytest.fixture
 def console_config(tmp_path: Path) -> dict[str, Any]:
     return merge(base_config(tmp_path), {"admin": {"token": ADMIN_TOKEN}})
+
+
+def fresh_csrf(page: str) -> str:
+    found = CSRF.search(page)
+    assert found is not None
+    return found.group(1)
 
 
 def cookie_of(response: Response) -> str:
@@ -126,3 +134,43 @@ async def test_operator_tops_up_and_changes_limits_through_key_admin(
         key = await gateway.state.store.get_key(alpha.id)
         assert key is not None and key.balance == alpha.balance + 25
         assert key.limits.rpm_limit == 30
+
+
+async def test_failed_sign_ins_are_held_to_a_pace_per_address(
+        console_config: dict[str, Any]) -> None:
+    clock = ManualClock()
+    async with run_gateway(console_config, clock=clock) as gw, \
+            console_client(gw.url, None) as client:
+        for _ in range(PER_MINUTE):
+            status, _, body = await client.form("/console/signin", {"token": "guess"})
+            assert status == 401 and "neither the admin token" in body
+            client.csrf = fresh_csrf(body)  # each answered form has a token of its own
+        # Past the allowance, not even the right token is checked until a refill.
+        async with client.http.post(f"{gw.url}/console/signin", allow_redirects=False,
+                                    data={"token": ADMIN_TOKEN, "csrf": client.csrf}) as resp:
+            page = await resp.text()
+            assert resp.status == 429 and "Too many failed sign-ins" in page
+            wait = int(resp.headers["Retry-After"])
+        client.csrf = fresh_csrf(page)
+        assert 0 < wait <= 60 / PER_MINUTE
+        clock.advance(wait)
+        status, location, _ = await client.form("/console/signin", {"token": ADMIN_TOKEN})
+        assert (status, location) == (303, "/console/overview")
+
+
+def test_a_refilled_bucket_allows_one_more_try_at_a_time() -> None:
+    failures, now = FailedSignIns(per_minute=2), 1_000_000
+    for _ in range(2):
+        assert failures.wait("10.0.0.1", now) is None
+        failures.failed("10.0.0.1", now)
+    assert failures.wait("10.0.0.1", now) == 30
+    assert failures.wait("10.0.0.2", now) is None  # another address is not held
+    now += 20_000
+    assert failures.wait("10.0.0.1", now) == 10
+    now += 10_000
+    assert failures.wait("10.0.0.1", now) is None
+    failures.failed("10.0.0.1", now)  # the refilled try, spent
+    assert failures.wait("10.0.0.1", now) == 30
+    now += 600_000
+    failures.failed("10.0.0.1", now)  # long after: the whole allowance is back
+    assert failures.wait("10.0.0.1", now) is None
