@@ -10,14 +10,15 @@ import pytest
 
 from tests.support.databases import database
 from tests.support.gateway import RunningGateway, base_config, run_gateway
-from tests.support.postgres import postgres_server, postgres_url
+from tests.support.postgres import pg, postgres_server, postgres_url
 from tests.support.private_postgres import stoppable_postgres
 from tests.support.s3 import s3_bucket, s3_server
 
 ROOT = Path(__file__).resolve().parent.parent
-# PostgreSQL and S3 fixtures, for any suite (tests/support/postgres.py and s3.py have the
-# skip/fail rule), and a database on either backend (tests/support/databases.py).
-__all__ = ["database", "postgres_server", "postgres_url", "s3_bucket", "s3_server",
+# PostgreSQL (a database, a store on it) and S3 fixtures, for any suite
+# (tests/support/postgres.py and s3.py have the skip/fail rule), and a database on
+# either backend (tests/support/databases.py).
+__all__ = ["database", "pg", "postgres_server", "postgres_url", "s3_bucket", "s3_server",
            "stoppable_postgres"]
 
 

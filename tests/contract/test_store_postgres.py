@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,16 +25,6 @@ from tests.contract.test_store_contract import OWNER, T0, claim_one, new_job
 from tests.support.wait import eventually
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-async def pg(postgres_url: str) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(postgres_url, pool_size=4)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 async def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:

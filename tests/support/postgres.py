@@ -3,7 +3,8 @@
 
 The one rule for a missing server lives here: under ``CI=true`` a PostgreSQL test
 fails (CI must run it); elsewhere it is skipped with a message saying how to get a
-server. Suites take :func:`postgres_url` (registered in ``tests/conftest.py``).
+server. Suites take :func:`postgres_url`, or :func:`pg` for a store open on it
+(both registered in ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from muxproxy.store.postgres import PostgresStore
 
 ENV = "MUXPROXY_TEST_POSTGRES_URL"
 # The admin connection: it creates and drops the tests' databases.
@@ -119,3 +122,14 @@ async def postgres_url(postgres_server: str) -> AsyncIterator[str]:
     costs a few tens of milliseconds, and no test sees another's rows."""
     async with fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> AsyncIterator[PostgresStore]:
+    """A PostgreSQL store, migrated and open, on a fresh database."""
+    store = PostgresStore(postgres_url, pool_size=4)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.aclose()

@@ -45,16 +45,6 @@ class Listener:
             return await self.heard.get()
 
 
-@pytest.fixture
-async def pg(postgres_url: str) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(postgres_url, pool_size=4)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.aclose()
-
-
 @asynccontextmanager
 async def listening(make: Callable[[], PostgresNotifier | SqliteNotifier]
                     ) -> AsyncIterator[list[Listener]]:
