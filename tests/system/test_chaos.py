@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,17 @@ async def quiet_fds(pid: int) -> None:
                 last, since = now, time.monotonic()
 
 
+async def usage_at_rest(gw: GatewayProcess) -> Usage:
+    """The gateway's usage with nothing to do, its task count the most seen over
+    1.5 s: a worker loop holds two tasks while it waits for work (its wake-up and
+    its timer) and none during a pass, so a single reading may catch it short."""
+    samples = []
+    for _ in range(15):
+        samples.append(await usage(gw.pid, gw.url))
+        await asyncio.sleep(0.1)
+    return replace(samples[-1], tasks=max(sample.tasks for sample in samples))
+
+
 async def usage_back_to(gw: GatewayProcess, before: Usage) -> Usage:
     """The gateway's usage once its task count is back to ``before``'s, or after 10 s:
     a task that finishes a delivery or a step's clean-up may still be on its way
@@ -202,7 +213,7 @@ async def _chaos_run(tmp: Path, jobs: int, url: str, db: Database) -> ChaosRun:
                 run.secrets.append((await resp.json())["data"]["secret"])
             await load.go(max(100, jobs // 10), "warm")
             await settle(gw, db, timeout=60)
-            run.before = await usage(gw.pid, gw.url)
+            run.before = await usage_at_rest(gw)
             started = time.monotonic()
             await load.go(jobs, "j")
             await settle(gw, db, timeout=120)
